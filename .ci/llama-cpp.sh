@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Build (once per machine) or reuse a CPU wheel of llama-cpp-python, the engine behind moeplace's
+# llama.cpp oracle tests and live profiler. The wheel is cached outside the repo, keyed by version,
+# so only the first run on a machine pays the ~25 minute compile.
+# Usage: .ci/llama-cpp.sh [PYTHON]   installs the wheel into PYTHON's environment (default: python3)
+set -euo pipefail
+version="${MOEPLACE_LLAMA_CPP_VERSION:-0.3.36}"
+py="${1:-python3}"
+cache="${MOEPLACE_CACHE:-$HOME/.cache/moeplace}/wheels/llama-cpp-python-$version"
+mkdir -p "$cache"
+if ! ls "$cache"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    echo "moeplace: building llama-cpp-python $version (CPU, once per machine, ~25 min) into $cache" >&2
+    tmp="$(mktemp -d "$cache/.build.XXXXXX")"
+    CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
+    CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF}" \
+        "$py" -m pip wheel --no-deps --no-cache-dir -w "$tmp" "llama-cpp-python==$version"
+    mv "$tmp"/llama_cpp_python-*.whl "$cache"/
+    rm -rf "$tmp"
+fi
+"$py" -m pip install -q "$cache"/llama_cpp_python-*.whl

@@ -1,0 +1,79 @@
+"""The ``moeplace`` command: thin click commands over the library, one module per command group.
+
+Every command turns a :class:`~moeplace.errors.MoeplaceError` into one line on stderr and exit code 2, never
+a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from moeplace.errors import MoeplaceError
+from moeplace.sizes import SIZE_HELP, parse_size
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(fn: F) -> F:
+    """Reports MoeplaceError as 'Error: <message>' with exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MoeplaceError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class SizeType(click.ParamType):
+    """A byte size such as 24G (GiB) or 24GB (10^9 bytes)."""
+
+    name = "SIZE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except MoeplaceError as e:
+            self.fail(str(e), param, ctx)
+
+
+SIZE = SizeType()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="moeplace")
+def main() -> None:
+    """Place the tensors of a Mixture-of-Experts model in GPU memory or system RAM for llama.cpp.
+
+    \b
+      moeplace inspect model.gguf                  what is in the file
+      moeplace profile model.gguf --prompts p.txt  how often each expert is routed to
+      moeplace solve model.gguf --vram 24G         the fastest placement that fits, as llama.cpp arguments
+
+    Sizes: """
+
+
+main.help = (main.help or "") + SIZE_HELP + "."
+
+
+def _register() -> None:
+    # Imported here so each command module can import SIZE and friendly_errors from this package.
+    from moeplace.cli import inspect_cmd
+
+    main.add_command(inspect_cmd.inspect)
+
+
+_register()
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,62 @@
+"""A placement: which device holds each tensor, and which device runs each layer.
+
+llama.cpp decides these separately. ``-ngl``/``-ts`` assign whole layers to devices: a layer's KV cache and its
+compute live there. ``-ot`` then moves individual tensors (typically routed experts) to another buffer, while
+the layer still runs where ``-ngl`` put it. A placement records both, so the memory model can put KV where
+llama.cpp will, and the emitters can reproduce it exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from moeplace.model import ModelDescription, Role, Tensor
+
+HOST = "CPU"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """``layer_devices[il]`` runs block ``il`` (its KV and compute); ``output_device`` runs the output layer;
+    ``tensor_devices`` maps every loaded tensor name to the device whose memory holds it."""
+
+    layer_devices: tuple[str, ...]
+    output_device: str
+    tensor_devices: Mapping[str, str]
+
+    def device_of(self, tensor_name: str) -> str:
+        return self.tensor_devices[tensor_name]
+
+    def devices(self) -> tuple[str, ...]:
+        """Every device used, in first-use order."""
+        seen = dict.fromkeys([*self.layer_devices, self.output_device, *self.tensor_devices.values()])
+        return tuple(seen)
+
+
+def default_tensor_device(t: Tensor, layer_devices: tuple[str, ...], output_device: str) -> str:
+    """Where llama.cpp puts a tensor that no override names: with its layer; token embeddings on the host;
+    output and output norm with the output slot."""
+    if t.role is Role.TOKEN_EMBD:
+        return HOST
+    if t.block is None:
+        return output_device if t.role in (Role.OUTPUT, Role.OUTPUT_NORM) else HOST
+    return layer_devices[t.block]
+
+
+def layer_placement(model: ModelDescription, layer_devices: tuple[str, ...], output_device: str,
+                    overrides: Mapping[str, str] | None = None) -> Placement:
+    """A placement from per-layer devices plus per-tensor overrides (tensor name -> device)."""
+    if len(layer_devices) != model.hparams.n_layer:
+        raise ValueError(f"{len(layer_devices)} layer devices for {model.hparams.n_layer} layers")
+    overrides = overrides or {}
+    tensor_devices = {
+        t.name: overrides.get(t.name) or default_tensor_device(t, layer_devices, output_device)
+        for t in model.tensors if t.loaded
+    }
+    return Placement(tuple(layer_devices), output_device, tensor_devices)
+
+
+def all_on(model: ModelDescription, device: str) -> Placement:
+    """Every layer on one device (``-ngl`` all), token embeddings on the host as llama.cpp keeps them."""
+    return layer_placement(model, (device,) * model.hparams.n_layer, device)

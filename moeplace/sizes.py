@@ -1,0 +1,40 @@
+"""Byte sizes as people write them: ``24G`` and ``24GiB`` are 24 x 2^30 bytes, ``24GB`` is 24 x 10^9."""
+
+from __future__ import annotations
+
+import re
+
+from moeplace.errors import MoeplaceError
+
+_UNITS = {
+    "K": 1 << 10, "KIB": 1 << 10, "KB": 10**3,
+    "M": 1 << 20, "MIB": 1 << 20, "MB": 10**6,
+    "G": 1 << 30, "GIB": 1 << 30, "GB": 10**9,
+    "T": 1 << 40, "TIB": 1 << 40, "TB": 10**12,
+    "B": 1,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*$")
+
+SIZE_HELP = "24G or 24GiB = 24 x 2^30 bytes (what a '24 GB' card has); 24GB = 24 x 10^9 bytes; also K, M, T"
+
+
+def parse_size(text: str) -> int:
+    """Parses ``24G``, ``24GiB``, ``10.5G``, ``24GB``, ``512M``... into bytes; a bare number is refused because
+    it is ambiguous."""
+    m = _SIZE.match(text)
+    if not m or m.group(2).upper() not in _UNITS:
+        if re.fullmatch(r"\s*\d+(\.\d+)?\s*", text):
+            raise MoeplaceError(f"size '{text}' has no unit: write {text.strip()}G for GiB "
+                                f"or {text.strip()}GB for 10^9 bytes")
+        raise MoeplaceError(f"malformed size '{text}': write a number and a unit, like 24G ({SIZE_HELP})")
+    return round(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def format_size(n: float) -> str:
+    """Binary units, as llama.cpp prints them (MiB, GiB)."""
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{sign}{n / scale:.2f} {unit}"
+    return f"{sign}{int(n)} B"

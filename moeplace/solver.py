@@ -1,0 +1,185 @@
+"""The optimisation: which device runs each layer, and which routed-expert tensors stay with it or go to the host.
+
+The problem as llama.cpp lets us state it:
+
+* ``-ngl``/``-ts`` give each GPU a contiguous run of layers, in device order, after a prefix of host layers;
+  the output layer sits on the last GPU used. A layer's *core* (attention, norms, router, shared experts,
+  dense FFN, its KV cache) lives on its device.
+* ``-ot`` moves single tensors. A layer's routed-expert tensors (``ffn_up_exps``...) either stay on the
+  layer's device or go to the host; a layer split this way pays two device switches per token.
+* Every device has a byte budget; the objective is predicted time per token, linear in where each item is.
+
+Given that structure the problem is a multiple-choice knapsack along the layer sequence, solved here exactly by
+dynamic programming from the last layer to the first, with one capacity dimension for the GPU being filled
+(a GPU's budget is closed once the sequence moves on to the previous device). Sizes are rounded *up* to a unit
+of at most 1/65536 of the largest budget, so a plan never exceeds a budget; the rounding is reported.
+
+Why not CP-SAT directly: on a DeepSeek-V3-size instance (174 expert tensors, 3 devices, 2 cores) CP-SAT was
+still 2.5% from its bound after 20 s, because same-size expert tensors make the search symmetric. The tests
+check this DP against CP-SAT (OR-Tools) on instances small enough for CP-SAT to prove optimality.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import product
+
+import numpy as np
+
+HOST_INDEX = 0
+MAX_STATES = 1 << 16
+MIN_UNIT = 64 << 10
+
+
+@dataclass(frozen=True)
+class Movable:
+    """A group of tensors that moves as one (a weight and its bias): bytes, and time per token on each device."""
+
+    names: tuple[str, ...]
+    nbytes: int
+    time: tuple[float, ...]  # seconds per token, indexed like Problem.devices
+
+
+@dataclass(frozen=True)
+class LayerItems:
+    """One layer: the core that lives on the layer's device and the routed-expert groups that may leave it."""
+
+    core_bytes: int  # weights + KV cache held on the layer's device
+    core_time: tuple[float, ...]
+    movables: tuple[Movable, ...]
+    allowed: tuple[bool, ...]  # devices this layer may run on (pins can forbid some)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Devices are indexed 0 = host, then the GPUs in llama.cpp's order."""
+
+    devices: tuple[str, ...]
+    capacity: tuple[int, ...]  # bytes available for layers on each GPU (index 0, the host, is checked apart)
+    layers: tuple[LayerItems, ...]
+    output_bytes: int
+    output_time: tuple[float, ...]
+    switch_time: float  # seconds per token for each activation hop between devices
+
+
+@dataclass(frozen=True)
+class Solution:
+    layer_device: tuple[int, ...]
+    output_device: int
+    on_host: tuple[tuple[bool, ...], ...]  # per layer, per movable: sent to the host
+    objective: float  # predicted seconds per token
+    bytes_per_device: tuple[int, ...]
+    unit: int  # bytes per capacity unit of the DP
+    states: int
+
+
+def _options(layer: LayerItems, device: int,
+             switch_time: float) -> tuple[np.ndarray, np.ndarray, list[tuple[bool, ...]]]:
+    """Every way to split a layer's movables between ``device`` and the host: (bytes on device, cost, choice)."""
+    if device == HOST_INDEX:
+        cost = layer.core_time[HOST_INDEX] + sum(m.time[HOST_INDEX] for m in layer.movables)
+        return np.array([0]), np.array([cost]), [(True,) * len(layer.movables)]
+    sizes, costs, choices = [], [], []
+    for choice in product((False, True), repeat=len(layer.movables)):
+        sizes.append(layer.core_bytes + sum(m.nbytes for m, host in zip(layer.movables, choice) if not host))
+        cost = layer.core_time[device] + sum(m.time[HOST_INDEX if host else device]
+                                             for m, host in zip(layer.movables, choice))
+        # Experts on the host while the layer runs on a GPU: activations go out and come back every token.
+        costs.append(cost + (2 * switch_time if any(choice) else 0.0))
+        choices.append(choice)
+    return np.array(sizes, dtype=np.int64), np.array(costs), choices
+
+
+def solve(problem: Problem) -> Solution:
+    """The placement that minimises predicted time per token within every GPU budget (exact, see module doc).
+
+    Raises ValueError when nothing fits (the caller explains why in the user's terms).
+    """
+    n_dev = len(problem.devices)
+    n_layer = len(problem.layers)
+    max_cap = max(problem.capacity[1:], default=0)
+    unit = max(MIN_UNIT, math.ceil(max(max_cap, 1) / (MAX_STATES - 1)))
+    size = [max(problem.capacity[d], 0) // unit + 1 if d else 1 for d in range(n_dev)]
+    inf = math.inf
+
+    opts = []
+    for layer in problem.layers:
+        row = []
+        for d in range(n_dev):
+            if not layer.allowed[d]:
+                row.append(None)
+                continue
+            sizes, costs, choices = _options(layer, d, problem.switch_time)
+            row.append((-(-sizes // unit), costs, choices))
+        opts.append(row)
+
+    # cost[d][c]: best time of the layers after the current one plus the output slot, given that the current run
+    # of layers is on device d and has used c units of it. The host has one state: its budget is checked apart.
+    cost = []
+    for d in range(n_dev):
+        v = np.full(size[d], inf)
+        w = -(-problem.output_bytes // unit) if d else 0
+        if w < size[d]:
+            v[w] = problem.output_time[d]
+        cost.append(v)
+
+    back_opt: list[list[np.ndarray]] = [[] for _ in range(n_layer)]
+    back_from: list[list[np.ndarray]] = [[] for _ in range(n_layer)]
+    closed_state: list[list[int]] = [[] for _ in range(n_layer)]
+    for il in range(n_layer - 1, -1, -1):
+        # A later device's run is closed when the sequence moves to an earlier device: only its best total counts.
+        closed = [float(np.min(c)) for c in cost]
+        closed_state[il] = [int(np.argmin(c)) for c in cost]
+        new_cost = []
+        for d in range(n_dev):
+            nc = np.full(size[d], inf)
+            no = np.full(size[d], -1, dtype=np.int32)
+            nf = np.full(size[d], -1, dtype=np.int8)
+            entry = opts[il][d]
+            if entry is not None:
+                later = [(closed[q], q) for q in range(d + 1, n_dev) if math.isfinite(closed[q])]
+                best_val, best_q = min(later) if later else (inf, -1)
+                units, costs, _ = entry
+                for o, (w, c) in enumerate(zip(units.tolist(), costs.tolist())):
+                    if w >= size[d]:
+                        continue
+                    cand = np.full(size[d], inf)
+                    cand[w:] = cost[d][: size[d] - w] + c
+                    better = cand < nc
+                    nc[better], no[better], nf[better] = cand[better], o, -1
+                    if best_q >= 0 and best_val + c + problem.switch_time < nc[w]:
+                        nc[w], no[w], nf[w] = best_val + c + problem.switch_time, o, best_q
+            back_opt[il].append(no)
+            back_from[il].append(nf)
+            new_cost.append(nc)
+        cost = new_cost
+
+    objective, d = min((float(np.min(c)), d) for d, c in enumerate(cost))
+    if not math.isfinite(objective):
+        raise ValueError("no placement fits the budgets")
+
+    layer_device: list[int] = []
+    on_host: list[tuple[bool, ...]] = []
+    state = int(np.argmin(cost[d]))
+    for il in range(n_layer):
+        o = int(back_opt[il][d][state])
+        src = int(back_from[il][d][state])
+        units, _, choices = opts[il][d]
+        layer_device.append(d)
+        on_host.append(choices[o])
+        if src >= 0:
+            d, state = src, closed_state[il][src]
+        else:
+            state -= int(units[o])
+    output_device = d
+
+    used = [0] * n_dev
+    for il, (dev, host) in enumerate(zip(layer_device, on_host)):
+        layer = problem.layers[il]
+        used[dev] += layer.core_bytes
+        for m, h in zip(layer.movables, host):
+            used[HOST_INDEX if h else dev] += m.nbytes
+    used[output_device] += problem.output_bytes
+    return Solution(tuple(layer_device), output_device, tuple(on_host), objective, tuple(used), unit,
+                    sum(size))
