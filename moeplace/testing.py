@@ -1,4 +1,4 @@
-"""Test model factory: real GGUF files of Mixture-of-Experts (and dense) models for tests, examples, benchmarks.
+"""Test model factory: real GGUF files of Mixture-of-Experts (and dense) models for tests and benchmarks.
 
 Two families:
 
@@ -201,7 +201,7 @@ class TensorSpec:
         """Exact data size in bytes (unpadded)."""
         block, size = GGML_QUANT_SIZES[self.ggml_type]
         if self.ne[0] % block:
-            raise ValueError(f"{self.name}: row of {self.ne[0]} is not a multiple of {self.ggml_type.name} blocks")
+            raise ValueError(f"{self.name}: a row of {self.ne[0]} is not whole {self.ggml_type.name} blocks")
         return self.n_elements // block * size
 
 
@@ -245,17 +245,14 @@ class _Plan:
 
     def add(self, kind: MODEL_TENSOR, ne: Sequence[int], role: str, *, bid: int | None = None,
             suffix: str = ".weight") -> None:
-        # Extra tensors llama.cpp reads by the same templates (biases, sinks, NextN) are not always listed
-        # in gguf-py's per-arch table; the template itself must still be gguf's.
-        if kind not in self.known and kind not in _UNLISTED_OK:
+        # gguf-py's per-arch table is what the converter may write for this arch: a tensor outside it would
+        # be a name no real file of the arch has.
+        if kind not in self.known:
             raise ValueError(f"{kind.name} is not a {self.spec.arch} tensor in gguf-py")
         name = gguf.TENSOR_NAMES[kind].format(bid=bid) + suffix
         if bid is not None and bid >= self.nextn_from:
             role = "nextn"
         self.items.append((name, tuple(int(x) for x in ne), role))
-
-
-_UNLISTED_OK = frozenset({MODEL_TENSOR.ATTN_SINKS, MODEL_TENSOR.FFN_GATE_INP_SHEXP})
 
 
 def _attention(p: _Plan, il: int) -> None:
@@ -472,9 +469,8 @@ def _assign_types(spec: ModelSpec, raw: list[tuple[str, tuple[int, ...], str]]) 
             if q4km and _use_more_bits(i_layer, spec.n_layer):
                 new = QT.Q6_K
             i_ffn_down += 1
-        elif cat == "attn_output":
-            if q4km and spec.n_expert == 8:
-                new = QT.Q5_K
+        elif cat == "attn_output" and q4km and spec.n_expert == 8:
+            new = QT.Q5_K
         out.append(_fallback(ne[0], new))
     return out
 
@@ -588,7 +584,8 @@ def _add_hparams(w: gguf.GGUFWriter, s: ModelSpec) -> None:
 def _gpt2_byte_chars() -> list[str]:
     """GPT-2's byte-to-unicode table: byte-level BPE vocabularies hold these 256 one-character tokens, which
     llama.cpp needs to fall back to when a piece is not in the vocabulary."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
     chars: dict[int, str] = {b: chr(b) for b in printable}
     n = 0
     for b in range(256):
@@ -598,8 +595,11 @@ def _gpt2_byte_chars() -> list[str]:
     return [chars[b] for b in range(256)]
 
 
-_SPM_WORDS = ("the of and to in is it that was for on are with as be at this have from or one had by but not "
-              "hello world model expert layer token").split()
+_SPM_WORDS = (
+    "the", "of", "and", "to", "in", "is", "it", "that", "was", "for", "on", "are", "with", "as", "be", "at",
+    "this", "have", "from", "or", "one", "had", "by", "but", "not", "hello", "world", "model", "expert",
+    "layer", "token",
+)
 
 
 def _spm_vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
@@ -628,9 +628,9 @@ _U64 = struct.Struct("<Q").pack
 class _Writer(gguf.GGUFWriter):
     """``GGUFWriter`` that packs typed little-endian arrays in bulk.
 
-    The stock writer packs a metadata array item by item (about 2 us each); the full-scale vocabularies have up
-    to 650k items, which made writing them the slowest part of the test suite. The bytes are the same (a test
-    compares both writers); anything else goes to the stock packer.
+    The stock writer packs a metadata array item by item (about 2 us each); the full-scale vocabularies have
+    up to 650k items, which made writing them the slowest part of the test suite. The bytes are the same (a
+    test compares both writers); anything else goes to the stock packer.
     """
 
     def _pack_val(self, val: Any, vtype: GGUFValueType, add_vtype: bool,
@@ -696,7 +696,7 @@ def _values(spec: ModelSpec, t: TensorSpec) -> np.ndarray:
 
 def _encode(spec: ModelSpec, t: TensorSpec) -> np.ndarray:
     if t.ggml_type in _K_QUANTS:
-        raise ValueError(f"{spec.name}: {t.name} would be {t.ggml_type.name}, which cannot be written with data")
+        raise ValueError(f"{spec.name}: {t.name} would be {t.ggml_type.name}, which gguf cannot encode")
     data = gguf.quants.quantize(_values(spec, t), t.ggml_type)
     if data.nbytes != t.nbytes:
         raise AssertionError(f"{t.name}: encoded {data.nbytes} bytes, expected {t.nbytes}")
@@ -728,13 +728,15 @@ def _spec(spec: ModelSpec | str) -> ModelSpec:
         raise KeyError(f"unknown factory model {spec!r}; known: {', '.join(SPECS)}") from None
 
 
-def write_model(spec: ModelSpec | str, path: str | os.PathLike[str], *, split: int | None = None) -> list[Path]:
+def write_model(
+    spec: ModelSpec | str, path: str | os.PathLike[str], *, split: int | None = None
+) -> list[Path]:
     """Writes the model; returns the file paths.
 
-    One file at ``path``, or ``split`` shards named ``<stem>-0000i-of-0000N.gguf`` next to it (``path``'s stem
-    is used), split the way ``gguf-split`` does: all metadata in the first shard, ``split.no``/``split.count``/
-    ``split.tensors.count`` in every shard. ``split=None`` uses ``spec.shards`` (1 for all but the split
-    variants). Header-only specs get their data region as a sparse hole of the exact size.
+    One file at ``path``, or ``split`` shards named ``<stem>-0000i-of-0000N.gguf`` next to it (``path``'s
+    stem is used), split the way ``gguf-split`` does: all metadata in the first shard, ``split.no``,
+    ``split.count`` and ``split.tensors.count`` in every shard. ``split=None`` uses ``spec.shards`` (1 for
+    all but the split variants). Header-only specs get their data region as a sparse hole of the exact size.
     """
     spec = _spec(spec)
     n_files = spec.shards if split is None else split
@@ -829,8 +831,8 @@ _TINY_SPECS: tuple[ModelSpec, ...] = (
     ),
     ModelSpec(
         name="qwen3next-tiny", arch="qwen3next", n_layer=4, n_embd=64, n_head=4, n_head_kv=2, head_dim=16,
-        n_ff=96, n_expert=8, n_expert_used=2, n_ff_exp=32, n_ff_shexp=32, explicit_head_dim=True, qk_norm=True,
-        rope_dim=4, rope_theta=1e7, ssm_conv_kernel=4, ssm_state_size=16, ssm_group_count=2,
+        n_ff=96, n_expert=8, n_expert_used=2, n_ff_exp=32, n_ff_shexp=32, explicit_head_dim=True,
+        qk_norm=True, rope_dim=4, rope_theta=1e7, ssm_conv_kernel=4, ssm_state_size=16, ssm_group_count=2,
         ssm_time_step_rank=4, full_attention_interval=4, ftype=LlamaFileType.MOSTLY_BF16, **_TINY_COMMON,
     ),
 )
@@ -847,9 +849,9 @@ _FULL_SPECS: tuple[ModelSpec, ...] = (
     ),
     # Qwen/Qwen3-235B-A22B
     ModelSpec(
-        name="qwen3-235b-a22b", arch="qwen3moe", n_layer=94, n_embd=4096, n_head=64, n_head_kv=4, head_dim=128,
-        n_ff=12288, n_ctx=40960, n_expert=128, n_expert_used=8, n_ff_exp=1536, explicit_head_dim=True,
-        qk_norm=True, rope_theta=1e6, ftype=_Q4KM, header_only=True, **_QWEN_VOCAB,
+        name="qwen3-235b-a22b", arch="qwen3moe", n_layer=94, n_embd=4096, n_head=64, n_head_kv=4,
+        head_dim=128, n_ff=12288, n_ctx=40960, n_expert=128, n_expert_used=8, n_ff_exp=1536,
+        explicit_head_dim=True, qk_norm=True, rope_theta=1e6, ftype=_Q4KM, header_only=True, **_QWEN_VOCAB,
     ),
     # deepseek-ai/DeepSeek-V3 (MTP block dropped, as the popular GGUFs do)
     ModelSpec(
