@@ -15,6 +15,10 @@ from moeplace.model import ModelDescription, Role, Tensor
 
 HOST = "CPU"
 
+# llama-arch.cpp LLM_TENSOR_INFOS: these kinds are REPEATING tensors created with the bid of layer 0 (llama and
+# phi3 create them for every layer, TENSOR_DUPLICATED after the first), so they land in layer 0's buffer.
+_LAYER0_KINDS = frozenset({"ROPE_FREQS", "ROPE_FACTORS_LONG", "ROPE_FACTORS_SHORT"})
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -35,8 +39,10 @@ class Placement:
 
 
 def default_tensor_device(t: Tensor, layer_devices: tuple[str, ...], output_device: str) -> str:
-    """Where llama.cpp puts a tensor that no override names: with its layer; token embeddings on the host;
-    output and output norm with the output slot."""
+    """Where llama.cpp puts a tensor that no override names: with its layer; ``rope_freqs`` with layer 0;
+    output and output norm with the output slot; token embeddings and anything else on the host."""
+    if t.block is None and t.kind in _LAYER0_KINDS and layer_devices:
+        return layer_devices[0]
     if t.role is Role.TOKEN_EMBD:
         return HOST
     if t.block is None:

@@ -1,0 +1,173 @@
+"""From a placement and run settings to the llama.cpp argument list (argv), verified.
+
+The argument list is the same for ``llama-server`` and ``llama-cli``; the scripts add the program and, for the
+server, ``--host``/``--port``. Choices, each for a reason:
+
+* ``-ngl`` is a number: ``n_layer + 1`` when every layer slot is on a GPU (llama.cpp clamps anything larger to
+  that, so it is the same as ``999`` but says what it means), else the count of offloaded slots.
+* ``-ts`` (one integer per GPU: its slot count) whenever more than one GPU is declared, because without it
+  llama.cpp splits by free memory at start-up. Declare every GPU llama.cpp sees, in its order.
+* ``--rpc host:port,..`` for RPC devices, which llama.cpp only knows when told.
+* ``-ot`` once per target device, its patterns comma-joined (``p1=CPU,p2=CPU``): one flag per device reads as
+  "what goes where"; the patterns of different devices select disjoint tensors, and successive ``-ot`` flags
+  append in order, so grouping cannot change llama.cpp's first-match result. The grouping is checked by the
+  same verification as the patterns themselves.
+* ``-c``, ``-ctk``/``-ctv``, ``-fa on|off``, ``-ub``, ``-b``, ``-np`` always, explicitly: the memory model's
+  figures hold for these values only (llama-server's own ``-np`` default is automatic).
+* ``--fit off``: llama.cpp's ``--fit`` is on by default and, seeing ``-ngl``/``-ts``/``-ot``, gives up with a
+  warning; turning it off says the plan is deliberate. Builds from before ``--fit`` existed reject the flag;
+  ``RunSettings(fit_off=False)`` leaves it out for them.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from moeplace.errors import MoeplaceError
+from moeplace.llamacpp import Expression, Override, express, parse_override_arg, rpc_endpoint
+from moeplace.model import ModelDescription
+from moeplace.placement import Placement
+
+# common/arg.cpp kv_cache_types: the names -ctk/-ctv accept.
+CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+_UNQUANTIZED = ("f32", "f16", "bf16")
+
+
+class SettingsError(MoeplaceError):
+    """Run settings llama.cpp would refuse or silently change."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything besides the placement that goes on llama.cpp's command line.
+
+    ``devices`` are the GPU buffer names (``CUDA0``, ``RPC[host:port]``...) in llama.cpp's device order: RPC
+    servers first, then local GPUs as ``--list-devices`` shows them."""
+
+    model_path: str | os.PathLike[str]
+    n_ctx: int
+    devices: tuple[str, ...] = ()
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    flash_attn: bool = True
+    n_ubatch: int = 512
+    n_batch: int = 2048
+    n_parallel: int = 1
+    kv_offload: bool = True
+    fit_off: bool = True
+    extra_args: tuple[str, ...] = ()
+
+    def check(self) -> RunSettings:
+        """Raises :class:`SettingsError` for values llama.cpp would refuse or change behind our back."""
+        for flag, ctype in (("-ctk", self.cache_type_k), ("-ctv", self.cache_type_v)):
+            if ctype not in CACHE_TYPES:
+                raise SettingsError(f"{flag} {ctype}: llama.cpp accepts {', '.join(CACHE_TYPES)}")
+        if self.n_ctx < 1:
+            raise SettingsError(f"context {self.n_ctx}: give a positive number of tokens")
+        if self.n_ubatch < 1 or self.n_batch < 1:
+            raise SettingsError("-ub and -b must be at least 1")
+        if self.n_ubatch > self.n_batch:
+            raise SettingsError(f"-ub {self.n_ubatch} exceeds -b {self.n_batch}: llama.cpp would lower -ub to "
+                                f"{self.n_batch}; raise -b or lower -ub")
+        if self.n_parallel < 1:
+            raise SettingsError(f"-np {self.n_parallel}: give at least 1 parallel sequence")
+        _check_text(os.fspath(self.model_path), "model path")
+        for a in self.extra_args:
+            _check_text(a, "extra argument")
+        return self
+
+
+def _check_text(text: str, what: str) -> str:
+    """Text that can be an argv element and be written into a UTF-8 script."""
+    if "\0" in text:
+        raise SettingsError(f"{what} {text!r} contains a NUL character, which no command line can carry")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SettingsError(f"{what} {text!r} is not valid UTF-8 (undecodable bytes in a file name?): "
+                            "rename the file") from None
+    return text
+
+
+@dataclass(frozen=True)
+class LlamaArgs:
+    """A verified llama.cpp argument list (without the program name) and how it was derived."""
+
+    argv: tuple[str, ...]
+    expression: Expression
+    settings: RunSettings
+
+    def command(self, program: str = "llama-server") -> list[str]:
+        """The full argv: the program, then the arguments."""
+        return [program, *self.argv]
+
+    def shell_line(self, program: str = "llama-server") -> str:
+        """The command as one POSIX-shell line, every element quoted so it stays a literal."""
+        return shlex.join(self.command(program))
+
+    def override_groups(self) -> list[tuple[str, tuple[str, ...]]]:
+        """``(buffer, patterns)`` per ``-ot`` flag, in argument order."""
+        return _groups(self.expression.overrides)
+
+
+def _groups(overrides: Sequence[Override]) -> list[tuple[str, tuple[str, ...]]]:
+    groups: dict[str, list[str]] = {}
+    for o in overrides:
+        groups.setdefault(o.buffer, []).append(o.pattern)
+    return [(b, tuple(ps)) for b, ps in groups.items()]
+
+
+def build_args(model: ModelDescription, placement: Placement, settings: RunSettings) -> LlamaArgs:
+    """The llama.cpp arguments that run ``model`` with ``placement`` and ``settings``. The layer and tensor part
+    is verified (see :func:`moeplace.llamacpp.express`): a plan the arguments would not reproduce exactly is
+    refused with an error, never emitted."""
+    settings.check()
+    # src/llama-context.cpp (llama_init_from_model) refuses these combinations at start-up.
+    if settings.cache_type_v not in _UNQUANTIZED and not settings.flash_attn:
+        raise SettingsError(f"-ctv {settings.cache_type_v} needs flash attention: llama.cpp refuses a quantized V "
+                            "cache with -fa off; turn flash attention on or use -ctv f16")
+    if model.hparams.mla and settings.cache_type_k != settings.cache_type_v:
+        raise SettingsError(f"{model.arch} (MLA) needs the same K and V cache types, not -ctk "
+                            f"{settings.cache_type_k} -ctv {settings.cache_type_v}")
+    expr = express(model, placement, settings.devices)
+    argv: list[str] = ["-m", os.fspath(settings.model_path), "-c", str(settings.n_ctx), "-ngl", str(expr.ngl)]
+    if len(expr.devices) > 1 and expr.ngl > 0:
+        assert expr.tensor_split is not None
+        argv += ["-ts", ",".join(str(n) for n in expr.tensor_split)]
+    endpoints = list(dict.fromkeys(e for d in expr.devices if (e := rpc_endpoint(d)) is not None))
+    if endpoints:
+        argv += ["--rpc", ",".join(endpoints)]
+    for buffer, patterns in _groups(expr.overrides):
+        argv += ["-ot", ",".join(f"{p}={buffer}" for p in patterns)]
+    argv += ["-ctk", settings.cache_type_k, "-ctv", settings.cache_type_v,
+             "-fa", "on" if settings.flash_attn else "off",
+             "-ub", str(settings.n_ubatch), "-b", str(settings.n_batch), "-np", str(settings.n_parallel)]
+    if not settings.kv_offload:
+        argv.append("-nkvo")
+    if settings.fit_off:
+        argv += ["--fit", "off"]
+    argv += list(settings.extra_args)
+    return LlamaArgs(tuple(argv), expr, settings)
+
+
+_NO_VALUE_FLAGS = frozenset({"-nkvo", "--no-kv-offload", "-cmoe", "--cpu-moe"})
+
+
+def parse_ot_args(argv: Sequence[str]) -> tuple[Override, ...]:
+    """The overrides an argument list (without the program) gives llama.cpp, in order: every
+    ``-ot``/``--override-tensor`` value split the way llama.cpp splits it. Every flag but the switches moeplace
+    emits (``-nkvo``) is taken to have one value, as all flags moeplace emits do."""
+    out: list[Override] = []
+    i = 0
+    while i < len(argv):
+        flag = argv[i]
+        if flag in _NO_VALUE_FLAGS:
+            i += 1
+            continue
+        if flag in ("-ot", "--override-tensor") and i + 1 < len(argv):
+            out.extend(parse_override_arg(argv[i + 1]))
+        i += 2
+    return tuple(out)
