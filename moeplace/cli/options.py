@@ -1,0 +1,112 @@
+"""Options shared by the commands that take hardware and llama.cpp context settings, named as llama.cpp names
+them (short forms too), and the functions that turn them into devices and a RunConfig."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from moeplace.cli import SIZE
+from moeplace.errors import MoeplaceError
+from moeplace.hardware import Device, catalog, device_set, host_device, parse_gpus
+from moeplace.memory import CACHE_TYPES, DEFAULT_MARGIN, RunConfig, resolve_flash_attn, validate
+from moeplace.model import ModelDescription
+from moeplace.sizes import format_size
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def _list_presets(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    cat = catalog()
+    for key in cat.preset_names():
+        p = cat.presets[key]
+        click.echo(f"{p.key:16s} {p.label:38s} {format_size(p.memory):>10s} {p.bandwidth / 1e9:6.0f} GB/s "
+                   f"{p.power:5.0f} W  {p.backend}")
+    click.echo("RAM: --ram-bw takes GB/s, ddrN-MTS[xCHANNELS] or a platform: " + ", ".join(cat.platforms))
+    ctx.exit(0)
+
+
+def _stack(*decorators: Decorator) -> Decorator:
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+    return apply
+
+
+HARDWARE_HELP = """\b
+Hardware: --gpu/--vram takes a preset (--list-gpus), SIZE@GB/s (24G@936) or a size (24G); repeat it or
+separate with commas for several GPUs (CUDA0, CUDA1, ... in llama.cpp's order). --ram is the RAM size
+(default: this machine's), --ram-bw its bandwidth (GB/s, ddr5-6000x2 = 2 channels of DDR5-6000, or a
+platform name). Sizes: 24G or 24GiB = 24 x 2^30 bytes; 24GB = 24 x 10^9 bytes."""
+
+hardware_options = _stack(
+    click.option("--gpu", "--vram", "gpus", multiple=True, metavar="SPEC",
+                 help="A GPU: preset name, SIZE@GB/s or SIZE; repeat or comma-separate for several."),
+    click.option("--backend", type=click.Choice(["cuda", "rocm", "vulkan", "sycl", "metal", "musa"]), default=None,
+                 help="llama.cpp backend of the GPUs (buffer names CUDA0, ROCm0, Vulkan0, SYCL0, MTL0); "
+                      "default: the preset's own, CUDA for sizes."),
+    click.option("--ram", type=SIZE, default=None, help="System RAM (default: this machine's)."),
+    click.option("--ram-bw", default=None, metavar="GB/s|DDR|PLATFORM",
+                 help="RAM bandwidth: 80, ddr5-6000x2, epyc-9004... (default: dual-channel DDR4-3200, stated)."),
+    click.option("--margin", type=SIZE, default=None,
+                 help=f"Memory kept free on each GPU (default {format_size(DEFAULT_MARGIN)}, from the measured "
+                      "error of the compute-buffer estimate)."),
+    click.option("--list-gpus", is_flag=True, expose_value=False, is_eager=True, callback=_list_presets,
+                 help="List the hardware presets and exit."),
+)
+
+
+_TOKENS = click.IntRange(min=0)
+
+
+def context_options(ctx_help: str = "Context size in tokens (0 = the model's trained context).",
+                    ctx_type: Any = _TOKENS, ctx_default: Any = 4096) -> Decorator:
+    """llama.cpp's context flags; ``solve`` passes a context type that also accepts ``auto``."""
+    return _stack(
+        click.option("-c", "--ctx", "--ctx-size", "n_ctx", type=ctx_type, default=ctx_default, show_default=True,
+                     help=ctx_help),
+        click.option("-ctk", "--cache-type-k", "type_k", type=click.Choice(list(CACHE_TYPES)), default="f16",
+                     show_default=True, help="KV cache type for K."),
+        click.option("-ctv", "--cache-type-v", "type_v", type=click.Choice(list(CACHE_TYPES)), default="f16",
+                     show_default=True, help="KV cache type for V (quantized V needs flash attention)."),
+        click.option("-b", "--batch-size", "n_batch", type=click.IntRange(min=1), default=2048, show_default=True,
+                     help="Logical batch size."),
+        click.option("-ub", "--ubatch-size", "n_ubatch", type=click.IntRange(min=1), default=512,
+                     show_default=True, help="Physical batch size: prompt tokens per graph; sizes the compute "
+                                             "buffers."),
+        click.option("-fa", "--flash-attn", "flash_attn", type=click.Choice(["on", "off", "auto"]), default="auto",
+                     show_default=True, help="Flash attention."),
+        click.option("-np", "--parallel", "n_seq_max", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Parallel sequences (slots); decode is also estimated at this batch."),
+        click.option("-kvu", "--kv-unified", is_flag=True, help="One KV buffer shared by all sequences."),
+        click.option("--swa-full", is_flag=True, help="Full-size cache for sliding-window layers."),
+        click.option("-nkvo", "--no-kv-offload", is_flag=True, help="Keep the KV cache in RAM."),
+        click.option("--no-op-offload", is_flag=True,
+                     help="Do not copy RAM-resident weights to the GPU for prompts."),
+    )
+
+
+def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ram_bw: str | None
+                 ) -> dict[str, Device]:
+    """The host and the GPUs the options describe, keyed by llama.cpp buffer name."""
+    gpu_devs = parse_gpus(gpus, backend)
+    return device_set(gpu_devs, host_device(ram, ram_bw, gpu_devs))
+
+
+def run_config_from(model: ModelDescription, devices: dict[str, Device], *, n_ctx: int, type_k: str, type_v: str,
+                    n_batch: int, n_ubatch: int, flash_attn: str, n_seq_max: int, kv_unified: bool,
+                    swa_full: bool, no_kv_offload: bool, no_op_offload: bool) -> RunConfig:
+    """The RunConfig the context options describe, checked against what llama.cpp accepts for this model."""
+    if n_ubatch > n_batch:
+        raise MoeplaceError(f"-ub {n_ubatch} exceeds -b {n_batch}: llama.cpp would lower -ub to {n_batch}; "
+                            "raise -b or lower -ub")
+    cfg = RunConfig(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, n_seq_max=n_seq_max, kv_unified=kv_unified,
+                    type_k=type_k, type_v=type_v, flash_attn=resolve_flash_attn(flash_attn, devices),
+                    swa_full=swa_full, no_kv_offload=no_kv_offload, op_offload=not no_op_offload)
+    validate(model, cfg)
+    return cfg

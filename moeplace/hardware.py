@@ -1,0 +1,382 @@
+"""Devices: what each GPU and the host can hold and how fast they read it, from presets or the user's own figures.
+
+A :class:`Device` carries the llama.cpp buffer name a placement uses (``CUDA0``, ``ROCm0``, ``Vulkan0``,
+``SYCL0``, ``MTL0``, ``RPC[host:port]``, ``CPU``), its memory, its peak memory bandwidth and the fraction of it
+llama.cpp reaches while decoding (``efficiency``; calibration replaces the literature default), board power,
+and the bandwidth of its link to the host.
+
+Presets live in ``profiles/hardware/*.json`` (the documented, cited source). The package ships byte-identical
+copies as ``moeplace/data/hardware-<name>.json`` so that they load with :mod:`importlib.resources` after
+``pip install .`` too; a test checks the copies have not drifted. Package data was chosen over reading
+``profiles/`` at run time because an installed package has no repository next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from moeplace.errors import MoeplaceError
+from moeplace.sizes import format_size, parse_size
+
+GB = 1e9  # bandwidths are quoted in decimal GB/s, as vendors do
+GIB = 1 << 30
+
+# llama.cpp buffer-name prefixes per backend (ggml-cuda, ggml-vulkan, ggml-sycl, ggml-metal device names; HIP
+# builds name their devices ROCm<n>).
+BACKEND_PREFIX: dict[str, str] = {
+    "cuda": "CUDA", "rocm": "ROCm", "vulkan": "Vulkan", "sycl": "SYCL", "metal": "MTL", "musa": "MUSA",
+}
+HOST_NAME = "CPU"
+
+
+class HardwareError(MoeplaceError):
+    """A device specification moeplace cannot read."""
+
+
+@dataclass(frozen=True)
+class Device:
+    """One memory pool with compute next to it: a GPU, or the host (``name == "CPU"``).
+
+    ``memory`` is what llama.cpp may use there in bytes; ``bandwidth`` is the peak in bytes/s and
+    ``efficiency`` the fraction of it reached while decoding; ``flops`` is dense FP16 FLOP/s (prefill only);
+    ``link_bandwidth`` is bytes/s to the host (PCIe, or the network for RPC); ``unified`` marks a GPU that
+    shares the host's RAM (Apple), so its use also counts against host memory."""
+
+    name: str
+    backend: str
+    label: str
+    memory: int
+    bandwidth: float
+    efficiency: float
+    power: float = 0.0
+    link_bandwidth: float = 0.0
+    unified: bool = False
+    flops: float = 0.0
+    idle_power: float = 0.0
+    link_latency: float = 0.0  # seconds per switch of decoding to or from this device (graph split sync + copy)
+    pool: int = 0  # unified memory: the whole pool the GPU shares with the host (its ``memory`` is the GPU's part)
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def is_host(self) -> bool:
+        return self.name == HOST_NAME
+
+    @property
+    def effective_bandwidth(self) -> float:
+        """Bytes/s llama.cpp actually streams weights at: peak x efficiency."""
+        return self.bandwidth * self.efficiency
+
+    def with_efficiency(self, efficiency: float) -> Device:
+        """The same device with a measured efficiency (what calibration does)."""
+        if not 0 < efficiency <= 1.5:
+            raise HardwareError(f"{self.name}: efficiency {efficiency} is outside (0, 1.5]")
+        return replace(self, efficiency=efficiency)
+
+    def describe(self) -> str:
+        bw = f"{self.bandwidth / GB:.0f} GB/s x {self.efficiency:.2f}"
+        return f"{self.name}: {self.label}, {format_size(self.memory)}, {bw}"
+
+
+# --- presets -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named device from the preset files."""
+
+    key: str
+    label: str
+    backend: str
+    memory: int  # bytes the GPU may use (for unified memory: gpu_fraction of the pool)
+    total_memory: int  # the whole pool for unified memory, else == memory
+    bandwidth: float
+    power: float
+    flops: float
+    pcie: str
+    unified: bool
+    source: str
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Everything the preset files say."""
+
+    presets: Mapping[str, Preset]
+    aliases: Mapping[str, str]
+    efficiency: Mapping[str, float]
+    generic: Mapping[str, Any]
+    default_ram_bw: str
+    cpu_power: float
+    cpu_flops: float
+    platforms: Mapping[str, Mapping[str, str]]
+    link_efficiency: float
+    pcie_lane: Mapping[str, float]
+    network: Mapping[str, float]
+    default_rpc_link: str
+    overhead: Mapping[str, int]
+    disk_bandwidth: float
+    switch_latency: Mapping[str, float]
+
+    def preset(self, name: str) -> Preset | None:
+        key = _norm(name)
+        key = self.aliases.get(key, key)
+        return self.presets.get(key)
+
+    def preset_names(self) -> list[str]:
+        return sorted(self.presets)
+
+
+def _norm(name: str) -> str:
+    """Preset names match ignoring case, spaces, dashes and underscores ('RTX-3090' == 'rtx3090')."""
+    return re.sub(r"[\s_\-]", "", name.lower())
+
+
+def preset_files() -> dict[str, str]:
+    """The shipped preset files, name -> JSON text (``hardware-gpus.json`` is ``profiles/hardware/gpus.json``)."""
+    out = {}
+    for entry in resources.files("moeplace").joinpath("data").iterdir():
+        m = re.fullmatch(r"hardware-(.+\.json)", entry.name)
+        if m:
+            out[m.group(1)] = entry.read_text(encoding="utf-8")
+    return out
+
+
+def build_catalog(texts: Iterable[str]) -> Catalog:
+    """A catalog from the text of preset files (any mix of gpus/apple/memory/links files)."""
+    presets: dict[str, Preset] = {}
+    aliases: dict[str, str] = {}
+    merged: dict[str, Any] = {}
+    for text in texts:
+        data = json.loads(text)
+        for key, spec in data.get("devices", {}).items():
+            unified = spec["backend"] == "metal"
+            total = round(float(spec["memory_gib"]) * GIB)
+            usable = round(total * float(spec.get("gpu_fraction", 1.0)))
+            k = _norm(key)
+            presets[k] = Preset(
+                key=key, label=spec["label"], backend=spec["backend"], memory=usable, total_memory=total,
+                bandwidth=float(spec["bandwidth_gbs"]) * GB, power=float(spec["power_w"]),
+                flops=float(spec.get("fp16_tflops", 0.0)) * 1e12, pcie=spec.get("pcie", ""), unified=unified,
+                source=spec.get("source", ""),
+            )
+            for alias in spec.get("aliases", []):
+                aliases[_norm(alias)] = k
+        for key, value in data.items():
+            if key != "devices" and not key.startswith("_about"):  # _about* keys are documentation
+                merged[key] = value
+    efficiency = {k: float(v) for k, v in merged.get("_efficiency", {}).items() if not k.startswith("_")}
+    return Catalog(
+        presets=presets, aliases=aliases, efficiency=efficiency, generic=merged.get("_generic", {}),
+        default_ram_bw=merged.get("default_ram_bw", "ddr4-3200x2"),
+        cpu_power=float(merged.get("cpu_power_w", 65)), cpu_flops=float(merged.get("cpu_fp16_tflops", 1.0)) * 1e12,
+        platforms=merged.get("platforms", {}), link_efficiency=float(merged.get("link_efficiency", 0.8)),
+        pcie_lane={k: float(v) for k, v in merged.get("pcie_lane_gbs", {}).items()},
+        network={k: float(v) for k, v in merged.get("network_gbs", {}).items()},
+        default_rpc_link=merged.get("default_rpc_link", "10gbe"),
+        overhead={k: int(v) << 20 for k, v in merged.get("_overhead_mib", {}).items() if not k.startswith("_")},
+        disk_bandwidth=float(merged.get("disk_gbs", 3.0)) * GB,
+        switch_latency={k: float(v) * 1e-6 for k, v in merged.get("switch_latency_us", {}).items()},
+    )
+
+
+@cache
+def catalog() -> Catalog:
+    """The shipped presets (read once; the files are data, not state)."""
+    return build_catalog(preset_files().values())
+
+
+# --- links ---------------------------------------------------------------------------------------------------
+
+
+def link_bandwidth(spec: str, cat: Catalog | None = None) -> float:
+    """Effective bytes/s of a host link: ``4.0x16`` (PCIe generation x lanes) or a network name (``10gbe``)."""
+    cat = cat or catalog()
+    s = spec.strip().lower()
+    if s in cat.network:
+        return cat.network[s] * GB * cat.link_efficiency
+    m = re.fullmatch(r"(?:pcie)?\s*(\d\.\d)\s*x\s*(\d+)", s)
+    if not m or m.group(1) not in cat.pcie_lane:
+        raise HardwareError(f"unknown link '{spec}': write PCIe as GEN x LANES ({', '.join(sorted(cat.pcie_lane))}"
+                            f" x 1..16, e.g. 4.0x16) or a network: {', '.join(cat.network)}")
+    return cat.pcie_lane[m.group(1)] * int(m.group(2)) * GB * cat.link_efficiency
+
+
+# --- parsing user specs --------------------------------------------------------------------------------------
+
+_SIZE_AT_BW = re.compile(r"^(?P<size>[\d.]+\s*[A-Za-z]+)\s*(?:@\s*(?P<bw>[\d.]+)\s*(?:gb/?s|g)?)?$", re.IGNORECASE)
+_RPC = re.compile(r"^rpc:(?P<host>[^=\s]+:\d+)=(?P<spec>.+)$", re.IGNORECASE)
+_BACKEND_ITEM = re.compile(r"^(?P<backend>[a-z]+):(?P<spec>.+)$", re.IGNORECASE)
+_DDR = re.compile(r"^(?P<gen>l?pddr\d+x?|ddr\d)-(?P<mts>\d+)(?:x(?P<ch>\d+))?$", re.IGNORECASE)
+
+
+def _check_backend(backend: str) -> str:
+    b = backend.lower()
+    if b == "hip":
+        b = "rocm"
+    if b not in BACKEND_PREFIX:
+        raise HardwareError(f"unknown backend '{backend}': use one of {', '.join(BACKEND_PREFIX)}")
+    return b
+
+
+def _gpu_from_item(item: str, backend: str | None, cat: Catalog) -> tuple[str, Device]:
+    """One --gpu item -> (backend, device with a placeholder name)."""
+    text = item.strip()
+    rpc_host = None
+    m = _RPC.match(text)
+    if m:
+        rpc_host, text = m.group("host"), m.group("spec").strip()
+    else:
+        m = _BACKEND_ITEM.match(text)
+        if m and m.group("backend").lower() in (*BACKEND_PREFIX, "hip"):
+            backend, text = m.group("backend"), m.group("spec").strip()
+    preset = cat.preset(text)
+    notes: list[str] = []
+    if preset is not None:
+        b = _check_backend(backend) if backend else preset.backend
+        link = link_bandwidth(preset.pcie, cat) if preset.pcie and not preset.unified else 0.0
+        dev = Device(
+            name="", backend=b, label=preset.label, memory=preset.memory, bandwidth=preset.bandwidth,
+            efficiency=cat.efficiency.get(b, 0.6), power=preset.power, link_bandwidth=link,
+            unified=preset.unified, flops=preset.flops, idle_power=0.1 * preset.power,
+            pool=preset.total_memory if preset.unified else 0,
+            link_latency=cat.switch_latency.get("unified" if preset.unified else "pcie", 2e-5),
+        )
+    else:
+        m = _SIZE_AT_BW.match(text)
+        if not m:
+            close = [n for n in cat.preset_names() if _norm(text)[:4] in n][:5]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise HardwareError(f"unknown GPU '{item}'{hint}: give a preset name (moeplace lists them with "
+                                "--list-gpus), SIZE@GB/s like 24G@936, or a size like 24G")
+        size = parse_size(m.group("size"))
+        b = _check_backend(backend) if backend else "cuda"
+        gen = cat.generic
+        if m.group("bw"):
+            bw = float(m.group("bw")) * GB
+            label = f"GPU {format_size(size)} @ {float(m.group('bw')):g} GB/s"
+        else:
+            bw = float(gen.get("bandwidth_gbs", 448)) * GB
+            label = f"GPU {format_size(size)}"
+            notes.append(f"bandwidth not given: assumed {bw / GB:.0f} GB/s (write {m.group('size')}@GB/s)")
+        power = float(gen.get("power_w", 200))
+        dev = Device(
+            name="", backend=b, label=label, memory=size, bandwidth=bw, efficiency=cat.efficiency.get(b, 0.6),
+            power=power, link_bandwidth=link_bandwidth(str(gen.get("pcie", "4.0x16")), cat),
+            flops=float(gen.get("fp16_tflops", 50)) * 1e12, idle_power=0.1 * power, notes=tuple(notes),
+            link_latency=cat.switch_latency.get("pcie", 2e-5),
+        )
+    if rpc_host is not None:
+        dev = replace(dev, name=f"RPC[{rpc_host}]", backend="rpc", efficiency=cat.efficiency.get("rpc", dev.efficiency),
+                      link_bandwidth=link_bandwidth(cat.default_rpc_link, cat),
+                      link_latency=cat.switch_latency.get("rpc", 2e-4),
+                      notes=(*dev.notes, f"RPC link assumed {cat.default_rpc_link}"))
+        return "rpc", dev
+    return dev.backend, dev
+
+
+def parse_gpus(specs: Sequence[str], backend: str | None = None, cat: Catalog | None = None) -> tuple[Device, ...]:
+    """GPUs from ``--gpu`` values. Each value is one item or a comma list of items; an item is a preset name
+    (``rtx3090``), ``SIZE@GB/s`` (``24G@936``), a bare size (``24G``, bandwidth assumed and noted), optionally
+    prefixed with a backend (``vulkan:rx7900xtx``) or written ``rpc:HOST:PORT=ITEM`` for an RPC server.
+    Devices are named as llama.cpp names them, numbered per backend in the order given (CUDA0, CUDA1, ...);
+    ``backend`` changes the default backend of every item (``--backend rocm``)."""
+    cat = cat or catalog()
+    items = [part for spec in specs for part in spec.split(",") if part.strip()]
+    counters: dict[str, int] = {}
+    out = []
+    for item in items:
+        b, dev = _gpu_from_item(item, backend, cat)
+        if b != "rpc":
+            n = counters.get(b, 0)
+            counters[b] = n + 1
+            dev = replace(dev, name=f"{BACKEND_PREFIX[b]}{n}")
+        out.append(dev)
+    names = [d.name for d in out]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise HardwareError(f"device {', '.join(sorted(dupes))} given twice: each RPC server may appear once")
+    return tuple(out)
+
+
+def ram_bandwidth(text: str | float, cat: Catalog | None = None) -> float:
+    """Peak RAM bandwidth in bytes/s from ``80`` (GB/s), ``ddr5-6000x2`` (MT/s x channels x 8 bytes; one
+    channel when ``xN`` is left out) or a platform name (``epyc-9004``)."""
+    cat = cat or catalog()
+    if isinstance(text, int | float):
+        return float(text) * GB
+    s = text.strip().lower().removesuffix("gb/s").strip()
+    if s in cat.platforms:
+        s = cat.platforms[s]["ram"].lower()
+    try:
+        value = float(s)
+    except ValueError:
+        pass
+    else:
+        if value <= 0:
+            raise HardwareError(f"RAM bandwidth must be positive, got '{text}'")
+        return value * GB
+    m = _DDR.match(s)
+    if not m:
+        raise HardwareError(f"unknown RAM bandwidth '{text}': give GB/s (80), a DDR spec like ddr5-6000x2 "
+                            f"(MT/s x channels), or a platform: {', '.join(cat.platforms)}")
+    channels = int(m.group("ch") or 1)
+    return int(m.group("mts")) * 1e6 * 8 * channels
+
+
+def system_ram_bytes() -> int:
+    """This machine's physical RAM (POSIX sysconf); 0 where the platform does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def host_device(ram: int | None = None, ram_bw: str | float | None = None, gpus: Sequence[Device] = (),
+                cat: Catalog | None = None) -> Device:
+    """The host (``CPU``): ``ram`` bytes (default: this machine's RAM, or the unified pool of an Apple preset)
+    at ``ram_bw`` (see :func:`ram_bandwidth`; default from the preset files, and an Apple GPU's bandwidth
+    when the memory is unified)."""
+    cat = cat or catalog()
+    notes = []
+    unified = next((g for g in gpus if g.unified), None)
+    if unified is not None:
+        default_ram = unified.pool or unified.memory
+        default_bw: float = unified.bandwidth
+    else:
+        default_ram = system_ram_bytes()
+        default_bw = ram_bandwidth(cat.default_ram_bw, cat)
+    if ram is None:
+        ram = default_ram
+        notes.append(f"RAM not given: using {format_size(ram)}" + (" (unified pool)" if unified else
+                                                                     " (this machine)"))
+    if ram_bw is None:
+        bw = default_bw
+        if unified is None:
+            notes.append(f"RAM bandwidth not given: assumed {cat.default_ram_bw} = {bw / GB:.1f} GB/s "
+                         "(give --ram-bw)")
+    else:
+        bw = ram_bandwidth(ram_bw, cat)
+    return Device(
+        name=HOST_NAME, backend="cpu", label="system RAM" + (" (unified)" if unified else ""), memory=int(ram),
+        bandwidth=bw, efficiency=cat.efficiency.get("cpu", 0.65), power=cat.cpu_power, link_bandwidth=0.0,
+        unified=unified is not None, flops=cat.cpu_flops, idle_power=0.15 * cat.cpu_power, notes=tuple(notes),
+    )
+
+
+def runtime_overhead(device: Device, cat: Catalog | None = None) -> int:
+    """Bytes a backend takes on a GPU beyond llama.cpp's buffers (driver context, BLAS workspace), per the
+    preset files' ``_overhead_mib``; 0 for the host."""
+    cat = cat or catalog()
+    return 0 if device.is_host else cat.overhead.get(device.backend, 0)
+
+
+def device_set(gpus: Sequence[Device], host: Device) -> dict[str, Device]:
+    """Devices by llama.cpp buffer name, GPUs first, host last."""
+    return {d.name: d for d in (*gpus, host)}

@@ -1,0 +1,474 @@
+"""From a model, devices and settings to a Plan: build the optimisation problem, solve it, compare with what
+llama.cpp would do by itself, and keep the reasons.
+
+The solver (:mod:`moeplace.solver`) sees only numbers: per-layer bytes and seconds per device. This module
+turns the model into those numbers with the memory and speed model's linearisation (bytes read per tensor per
+token, prefill copy and compute per ubatch), reserves each GPU's compute buffer, backend overhead and margin,
+fixes the tensors the user pinned, and afterwards scores the plan and every baseline with the full estimate
+(:func:`moeplace.speed.estimate`): the plan returned is never predicted slower than a baseline that fits.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from moeplace.errors import MoeplaceError
+from moeplace.hardware import HOST_NAME, Device, runtime_overhead
+from moeplace.llamacpp import (
+    check_portable_pattern,
+    cpu_moe_placement,
+    fit_placement,
+    n_cpu_moe_placement,
+    smallest_n_cpu_moe,
+)
+from moeplace.memory import (
+    DEFAULT_MARGIN,
+    OP_OFFLOAD_MIN_BATCH,
+    RunConfig,
+    compute_terms,
+    context_shape,
+    kv_bytes_per_layer,
+    memory_by_device,
+)
+from moeplace.model import ModelDescription, Role, Tensor
+from moeplace.placement import Placement, default_tensor_device, layer_placement
+from moeplace.sizes import format_size
+from moeplace.solver import HOST_INDEX, LayerItems, Movable, Problem, Solution, solve
+from moeplace.speed import (
+    GPU_COMPUTE_EFFICIENCY,
+    Estimate,
+    ExpertProbs,
+    estimate,
+    kv_read_bytes_per_layer,
+    tensor_costs,
+)
+
+
+class PlanError(MoeplaceError):
+    """The request cannot be planned: the message says why and what to change."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the time per token weighs: ``prompt_per_generated`` prompt tokens are processed for every generated
+    token, and generation decodes ``batch`` sequences together."""
+
+    name: str
+    prompt_per_generated: float
+    batch: int = 1
+
+
+WORKLOADS = {
+    "chat": Workload("chat", 2.0, 1),
+    "long-prompt": Workload("long-prompt", 20.0, 1),
+    "batch": Workload("batch", 1.0, 8),
+}
+
+
+def parse_workload(text: str, n_parallel: int = 1) -> Workload:
+    """``chat``, ``long-prompt``, ``batch`` or a ratio ``PROMPT:GENERATED`` of tokens, e.g. ``8:1``."""
+    if text in WORKLOADS:
+        w = WORKLOADS[text]
+        return Workload(w.name, w.prompt_per_generated, max(w.batch, n_parallel) if text == "batch" else n_parallel)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*", text)
+    if not m or float(m.group(2)) == 0:
+        raise PlanError(f"workload '{text}': use chat, long-prompt, batch, or a ratio of prompt to generated "
+                        "tokens such as 8:1")
+    return Workload(text.strip(), float(m.group(1)) / float(m.group(2)), n_parallel)
+
+
+@dataclass(frozen=True)
+class Pin:
+    """``--pin REGEX=DEVICE``: every loaded tensor whose name the regex searches into lives on DEVICE."""
+
+    pattern: str
+    device: str
+
+
+def parse_pin(text: str, devices: Sequence[str]) -> Pin:
+    """Parses ``REGEX=DEVICE`` (the last ``=`` separates them) and checks both."""
+    pattern, sep, device = text.rpartition("=")
+    if not sep or not pattern or not device:
+        raise PlanError(f"--pin '{text}': write REGEX=DEVICE, e.g. --pin 'blk\\.(0|1)\\.ffn_.*_exps=CPU'")
+    if device not in devices:
+        raise PlanError(f"--pin '{text}': unknown device '{device}'; the devices are {', '.join(devices)}")
+    try:
+        re.compile(pattern)
+        check_portable_pattern(pattern)
+    except re.error as e:
+        raise PlanError(f"--pin '{text}': not a valid regular expression ({e})") from None
+    return Pin(pattern, device)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A placement and its predicted cost: the plan, or a baseline (what llama.cpp's own options give)."""
+
+    name: str
+    placement: Placement
+    estimate: Estimate
+    seconds: float  # the workload's predicted seconds per generated token
+    fits: bool
+    note: str = ""
+
+    @property
+    def decode_tps(self) -> float:
+        return self.estimate.tokens_per_second
+
+    @property
+    def prefill_tps(self) -> float:
+        return self.estimate.prefill.tokens_per_second
+
+
+@dataclass(frozen=True)
+class LayerReason:
+    """Why a layer's tensors went where they did."""
+
+    block: int
+    device: str
+    core_bytes: int
+    experts_on_device: tuple[str, ...]
+    experts_on_host: tuple[str, ...]
+    expert_bytes: int
+    gain_per_gib: float  # seconds per token saved per GiB of this layer's experts moved to its GPU
+    text: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The chosen placement with its prediction, the baselines beside it, and how it was found."""
+
+    model: ModelDescription
+    devices: Mapping[str, Device]
+    cfg: RunConfig
+    workload: Workload
+    margin: int
+    chosen: Candidate
+    baselines: tuple[Candidate, ...]
+    budgets: Mapping[str, int]  # bytes each GPU offered the solver after compute, overhead and margin
+    solution: Solution
+    solve_seconds: float
+    optimality: str
+    reasons: tuple[LayerReason, ...]
+    pins: tuple[Pin, ...] = ()
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def placement(self) -> Placement:
+        return self.chosen.placement
+
+    @property
+    def estimate(self) -> Estimate:
+        return self.chosen.estimate
+
+
+# --- building the problem ------------------------------------------------------------------------------------
+
+
+def _stem(name: str) -> str:
+    """A tensor's name without .weight/.bias: a weight and its bias move together."""
+    return name.rsplit(".", 1)[0] if name.endswith((".weight", ".bias")) else name
+
+
+@dataclass(frozen=True)
+class _Costs:
+    """Seconds per generated token of every loaded tensor on every device (rows follow ``names``)."""
+
+    names: tuple[str, ...]
+    index: Mapping[str, int]
+    seconds: np.ndarray  # [tensor, device]
+    kv_seconds: np.ndarray  # [block, device]
+
+
+def _tensor_seconds(model: ModelDescription, cfg: RunConfig, devs: Sequence[Device], workload: Workload,
+                    profile: ExpertProbs | None) -> _Costs:
+    """The solver's linear objective: per tensor and device, decode bytes over effective bandwidth plus the
+    workload's share of prefill (a GPU computes its weights; host weights are copied to the first GPU under op
+    offload, else the CPU computes them). Per block and device, the KV cache read per token."""
+    tc = tensor_costs(model, cfg, profile, batch=workload.batch)
+    eff = np.array([d.effective_bandwidth for d in devs])
+    decode = tc.decode_bytes[:, None] / eff[None, :]
+    gpus = [d for d in devs if not d.is_host]
+    rate = np.array([max(d.flops * (1.0 if d.is_host else GPU_COMPUTE_EFFICIENCY), 1.0) for d in devs])
+    prefill = np.maximum(tc.prefill_bytes[:, None] / eff[None, :], tc.prefill_flops[:, None] / rate[None, :])
+    if gpus and cfg.op_offload and tc.n_ubatch >= OP_OFFLOAD_MIN_BATCH:
+        first = gpus[0]
+        copy = tc.prefill_bytes / first.link_bandwidth if first.link_bandwidth else 0.0
+        prefill[:, HOST_INDEX] = copy + tc.prefill_flops / max(first.flops * GPU_COMPUTE_EFFICIENCY, 1.0)
+    per_token = decode / workload.batch + workload.prompt_per_generated * prefill / tc.n_ubatch
+    # Each sequence reads its own KV: per generated token that is one sequence's cache, at the full context
+    # (decode is slowest there, and that is what the estimate reports).
+    kv = kv_read_bytes_per_layer(model, cfg, context_shape(model, cfg).n_ctx_seq)
+    kv_seconds = kv[:, None] / eff[None, :]
+    return _Costs(tc.names, {n: i for i, n in enumerate(tc.names)}, per_token, kv_seconds)
+
+
+def _pinned(model: ModelDescription, pins: Sequence[Pin]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    compiled = [(re.compile(p.pattern), p.device) for p in pins]
+    for t in model.loaded_tensors:
+        for rx, dev in compiled:
+            if rx.search(t.name):
+                out[t.name] = dev
+                break
+    return out
+
+
+def gpu_budgets(model: ModelDescription, cfg: RunConfig, gpus: Sequence[Device], margin: int) -> dict[str, int]:
+    """What each GPU can give to layers: its memory less the compute buffer (reserved as if it ran both layers
+    and the output, the larger case), the backend's runtime overhead and the safety margin."""
+    compute = compute_terms(model, cfg).bytes(runs_layers=True, runs_output=True)
+    return {g.name: g.memory - compute - runtime_overhead(g) - margin for g in gpus}
+
+
+def build_problem(model: ModelDescription, devs: Sequence[Device], cfg: RunConfig, costs: _Costs,
+                  budgets: Mapping[str, int], pinned: Mapping[str, str]) -> tuple[Problem, list[list[Movable]]]:
+    """The solver's view of the model: per block, the core that runs where the block runs (weights and KV) and
+    the routed-expert groups that may stay or go to the host; the output slot; GPU capacities net of pins."""
+    names = [d.name for d in devs]
+    col = {n: i for i, n in enumerate(names)}
+    kv = {x.layer: x.total for x in kv_bytes_per_layer(model, cfg)}
+    capacity = [0] + [budgets[n] for n in names[1:]]
+    by_block: dict[int, list[Tensor]] = {il: [] for il in range(model.hparams.n_layer)}
+    output: list[Tensor] = []
+    for t in model.loaded_tensors:
+        if t.name in pinned:
+            if pinned[t.name] != HOST_NAME:
+                capacity[col[pinned[t.name]]] -= t.nbytes
+        elif t.block is not None:
+            by_block[t.block].append(t)
+        elif t.role in (Role.OUTPUT, Role.OUTPUT_NORM):
+            output.append(t)
+        elif default_tensor_device(t, (names[1],) if len(names) > 1 else (HOST_NAME,), HOST_NAME) != HOST_NAME:
+            by_block[0].append(t)  # rope_freqs and its kind live with layer 0
+    layers = []
+    movables_by_layer = []
+    for il in range(model.hparams.n_layer):
+        core_bytes = 0
+        core_time = np.zeros(len(names))
+        groups: dict[str, list[Tensor]] = {}
+        for t in by_block[il]:
+            if t.role is Role.ROUTED_EXPERT:
+                groups.setdefault(_stem(t.name), []).append(t)
+            else:
+                core_bytes += t.nbytes
+                core_time += costs.seconds[costs.index[t.name]]
+        if not cfg.no_kv_offload:
+            core_bytes += kv.get(il, 0)
+            core_time += costs.kv_seconds[il]
+        movs = [Movable(tuple(t.name for t in ts), sum(t.nbytes for t in ts),
+                        tuple(float(x) for x in sum(costs.seconds[costs.index[t.name]] for t in ts)))
+                for _, ts in sorted(groups.items())]
+        movables_by_layer.append(movs)
+        layers.append(LayerItems(core_bytes, tuple(float(x) for x in core_time), tuple(movs),
+                                 (True,) * len(names)))
+    out_time = sum((costs.seconds[costs.index[t.name]] for t in output), np.zeros(len(names)))
+    gpus = [d for d in devs if not d.is_host]
+    switch = max((d.link_latency for d in gpus), default=0.0) + (
+        2 * 4.0 * model.hparams.n_embd / min(d.link_bandwidth for d in gpus) if gpus else 0.0)
+    problem = Problem(tuple(names), tuple(max(c, 0) for c in capacity), tuple(layers),
+                      sum(t.nbytes for t in output), tuple(float(x) for x in out_time), switch)
+    return problem, movables_by_layer
+
+
+def _placement_of(model: ModelDescription, problem: Problem, sol: Solution, pinned: Mapping[str, str]) -> Placement:
+    names = problem.devices
+    layer_devs = tuple(names[d] for d in sol.layer_device)
+    overrides = dict(pinned)
+    for il, host in enumerate(sol.on_host):
+        for mv, h in zip(problem.layers[il].movables, host):
+            target = HOST_NAME if h else layer_devs[il]
+            for n in mv.names:
+                overrides[n] = target
+    return layer_placement(model, layer_devs, names[sol.output_device], overrides)
+
+
+# --- scoring and baselines ------------------------------------------------------------------------------------
+
+
+def _score(model: ModelDescription, placement: Placement, cfg: RunConfig, devices: Mapping[str, Device],
+           workload: Workload, profile: ExpertProbs | None, margin: int, name: str, note: str = "") -> Candidate:
+    est = estimate(model, placement, cfg, devices, profile, batch=workload.batch, margin=margin)
+    seconds = (est.decode.seconds / workload.batch
+               + workload.prompt_per_generated * est.prefill.seconds / est.prefill.n_ubatch)
+    fits = all(f.fits for f in est.fits.values()) and est.host.possible
+    return Candidate(name, placement, est, seconds, fits, note)
+
+
+def baselines(model: ModelDescription, cfg: RunConfig, devices: Mapping[str, Device], workload: Workload,
+              profile: ExpertProbs | None, margin: int) -> list[Candidate]:
+    """What llama.cpp's own options give on the same hardware: the smallest ``--n-cpu-moe`` that fits,
+    ``--cpu-moe``, and ``--fit`` (its 1 GiB margin, host RAM unlimited)."""
+    gpus = [n for n, d in devices.items() if not d.is_host]
+    if not gpus:
+        return []
+    split = [devices[g].memory for g in gpus] if len(gpus) > 1 else None
+
+    def mem(p: Placement) -> dict[str, int]:
+        return {d: b.total for d, b in memory_by_device(model, p, cfg, devices).items()}
+
+    def fits(p: Placement) -> bool:
+        use = mem(p)
+        return all(use.get(g, 0) + margin <= devices[g].memory for g in gpus)
+
+    out = []
+    if model.is_moe:
+        n = smallest_n_cpu_moe(model, fits, gpus, -1, split)
+        if n is not None:
+            out.append(_score(model, n_cpu_moe_placement(model, n, gpus, -1, split), cfg, devices, workload,
+                              profile, margin, f"--n-cpu-moe {n}", "smallest N that fits"))
+        out.append(_score(model, cpu_moe_placement(model, gpus, -1, split), cfg, devices, workload, profile,
+                          margin, "--cpu-moe", "every routed expert on the host"))
+    fr = fit_placement(model, gpus, {g: devices[g].memory for g in gpus}, mem)
+    note = "llama.cpp --fit (1 GiB margin)"
+    if fr.over_target:
+        note += f"; overfills {', '.join(fr.over_target)} (fit.cpp re-checks only the device it converts)"
+    out.append(_score(model, fr.placement, cfg, devices, workload, profile, margin, "--fit", note))
+    return out
+
+
+# --- explanations ---------------------------------------------------------------------------------------------
+
+
+def _reasons(problem: Problem, sol: Solution) -> tuple[LayerReason, ...]:
+    names = problem.devices
+    # Gain of keeping a layer's experts on a GPU instead of the host, per GiB: the solver fills each GPU with the
+    # highest gains first (up to how the sizes pack), so the smallest gain kept is the bar others did not clear.
+    gains = []
+    for il, layer in enumerate(problem.layers):
+        gpu = sol.layer_device[il] if sol.layer_device[il] != HOST_INDEX else min(1, len(names) - 1)
+        gains.append([(m.time[HOST_INDEX] - m.time[gpu]) / max(m.nbytes, 1) * (1 << 30) for m in layer.movables])
+    kept = [g for il, row in enumerate(gains) for g, h in zip(row, sol.on_host[il])
+            if not h and sol.layer_device[il] != HOST_INDEX]
+    floor = min(kept, default=0.0)
+    out = []
+    for il, layer in enumerate(problem.layers):
+        d = sol.layer_device[il]
+        dev = names[d]
+        host = sol.on_host[il]
+        on_dev = tuple(m.names[0] for m, h in zip(layer.movables, host) if not h and d != HOST_INDEX)
+        on_host = tuple(m.names[0] for m, h in zip(layer.movables, host) if h or d == HOST_INDEX)
+        gain = float(np.mean(gains[il])) if gains[il] else 0.0
+        if d == HOST_INDEX:
+            text = ("runs on the host: the GPU budget went to later layers, whose attention and KV are read every "
+                    "token (llama.cpp offloads the last layers first)")
+        elif not layer.movables:
+            text = "no routed experts: attention, KV and dense FFN on the GPU"
+        elif not on_host:
+            text = f"experts kept on {dev}: {gain * 1e3:.2f} ms/token saved per GiB"
+        elif not on_dev and gain >= floor * 0.995:
+            text = (f"experts on the host: they save as much per GiB ({gain * 1e3:.2f} ms/token) as the experts "
+                    f"kept, so which blocks stay is decided by how their sizes pack into {dev}'s budget")
+        elif not on_dev:
+            text = (f"experts on the host: {gain * 1e3:.2f} ms/token per GiB would not beat the "
+                    f"{floor * 1e3:.2f} ms/GiB of the experts kept, and {dev} is full")
+        else:
+            text = f"split: {len(on_dev)} expert tensor(s) filled the last room on {dev}, the rest on the host"
+        out.append(LayerReason(il, dev, layer.core_bytes, on_dev, on_host, sum(m.nbytes for m in layer.movables),
+                               gain, text))
+    return tuple(out)
+
+
+# --- the entry point -------------------------------------------------------------------------------------------
+
+
+def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
+         workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN, pins: Sequence[Pin] = (),
+         profile: ExpertProbs | None = None, progress: Callable[[str], None] | None = None) -> Plan:
+    """The placement with the best predicted time per token that fits every GPU, with baselines and reasons.
+
+    ``devices`` maps llama.cpp buffer names to devices: the host ``CPU`` and the GPUs in llama.cpp's order."""
+    if HOST_NAME not in devices:
+        raise PlanError("the devices must include the host CPU")
+    gpus = [d for n, d in devices.items() if n != HOST_NAME]
+    devs = [devices[HOST_NAME], *gpus]
+    budgets = gpu_budgets(model, cfg, gpus, margin)
+    if gpus and all(b <= 0 for b in budgets.values()):
+        need = min(g.memory - b for g, b in zip(gpus, budgets.values()))
+        raise PlanError(f"no GPU has room for any layer: compute buffers, runtime overhead and the "
+                        f"{format_size(margin)} margin alone need {format_size(need)}; give more VRAM, or lower "
+                        "-ub/--ubatch-size, -c/--ctx or --margin")
+    pinned = _pinned(model, pins)
+    warnings: list[str] = []
+    for p in pins:
+        if not any(dev == p.device for dev in pinned.values()) and not any(
+                re.search(p.pattern, t.name) for t in model.loaded_tensors):
+            warnings.append(f"--pin {p.pattern}={p.device} matches no tensor of this model")
+    if progress:
+        progress("building the problem")
+    costs = _tensor_seconds(model, cfg, devs, workload, profile)
+    problem, _ = build_problem(model, devs, cfg, costs, budgets, pinned)
+    over_pins = [n for i, n in enumerate(problem.devices) if i and budgets[n] > 0 and
+                 sum(model.tensor(t).nbytes for t, d in pinned.items() if d == n) > budgets[n]]
+    if over_pins:
+        raise PlanError(f"the tensors pinned to {', '.join(over_pins)} do not fit its budget: pin fewer")
+    t0 = time.perf_counter()
+    sol = solve(problem)
+    elapsed = time.perf_counter() - t0
+    placement = _placement_of(model, problem, sol, pinned)
+    chosen = _score(model, placement, cfg, devices, workload, profile, margin, "moeplace")
+    base = baselines(model, cfg, devices, workload, profile, margin) if not pins else []
+    better = [b for b in base if b.fits and b.seconds < chosen.seconds]
+    if better:
+        best = min(better, key=lambda b: b.seconds)
+        chosen = Candidate("moeplace", best.placement, best.estimate, best.seconds, best.fits,
+                           f"the full estimate ranks the {best.name} placement above the solver's (the solver's "
+                           "objective is its linear part), so the plan uses that placement")
+        warnings.append(chosen.note)
+    if not chosen.fits:
+        over = [f.device for f in chosen.estimate.fits.values() if not f.fits]
+        if over:
+            warnings.append(f"the estimate puts {', '.join(over)} over budget by the rounding of the solver; "
+                            "raise --margin")
+        if not chosen.estimate.host.possible:
+            raise PlanError(f"the model does not fit in VRAM plus {format_size(devices[HOST_NAME].memory)} of RAM "
+                            "even with the host's weights paged from disk: give --ram, or use a smaller quant")
+    if not chosen.estimate.host.fits:
+        warnings.append(f"host RAM short by {format_size(chosen.estimate.host.paged)}: that much of the model "
+                        "is re-read from disk through mmap, which is slow")
+    if gpus and any(d == HOST_INDEX for d in sol.layer_device):
+        n_host = sum(d == HOST_INDEX for d in sol.layer_device)
+        warnings.append(f"{n_host} layer(s) run entirely on the host: the GPUs cannot hold every layer's "
+                        "attention and KV cache; a smaller context or -ctk/-ctv q8_0 frees room")
+    optimality = (f"optimal for the linear model (exact dynamic programme over {len(problem.layers)} layers, "
+                  f"{sol.states} states, sizes rounded up to {format_size(sol.unit)})")
+    return Plan(model, devices, cfg, workload, margin, chosen, tuple(base), budgets, sol, elapsed, optimality,
+                _reasons(problem, sol), tuple(pins), tuple(warnings))
+
+
+# Decode speed a longer context may cost before -c auto stops growing it.
+AUTO_CONTEXT_LOSS = 0.10
+
+
+def context_ladder(n_ctx_train: int, start: int = 4096) -> list[int]:
+    """Contexts -c auto tries: ``start`` doubling up to the trained context (which is always tried last)."""
+    out, c = [], start
+    while c < n_ctx_train:
+        out.append(c)
+        c *= 2
+    return [*out, n_ctx_train] if n_ctx_train else out or [start]
+
+
+def auto_context(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
+                 workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN, pins: Sequence[Pin] = (),
+                 profile: ExpertProbs | None = None) -> tuple[Plan, list[Plan]]:
+    """Plans every context of :func:`context_ladder` and picks the largest whose predicted decode speed is within
+    :data:`AUTO_CONTEXT_LOSS` of the smallest context's; returns it and the whole trade for display."""
+    trade: list[Plan] = []
+    for n_ctx in context_ladder(model.hparams.n_ctx_train):
+        try:
+            trade.append(plan(model, devices, cfg.with_(n_ctx=n_ctx), workload=workload, margin=margin, pins=pins,
+                              profile=profile))
+        except PlanError:
+            break
+    if not trade:
+        raise PlanError("not even a 4096-token context fits: give more memory, or -ctk/-ctv q8_0")
+    floor = trade[0].chosen.decode_tps * (1 - AUTO_CONTEXT_LOSS)
+    best = max((p for p in trade if p.chosen.fits and p.chosen.decode_tps >= floor),
+               key=lambda p: p.cfg.n_ctx, default=trade[0])
+    return best, trade

@@ -1,0 +1,157 @@
+"""``moeplace estimate`` through click's CliRunner, on the factory's full-scale Qwen3-30B-A3B and DeepSeek-V3."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from moeplace.cli.estimate_cmd import build_placement, estimate
+from moeplace.hardware import GIB, parse_gpus
+from moeplace.memory import RunConfig, kv_bytes
+from moeplace.model import Role, load_model
+from moeplace.placement import HOST
+from moeplace.testing import SPECS, write_model
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("models")
+    return {n: write_model(n, d / f"{n}.gguf")[0] for n in ("qwen3-30b-a3b", "deepseek-v3", "glm4moe-tiny")}
+
+
+def run(*args: str) -> tuple[int, str]:
+    r = CliRunner().invoke(estimate, list(args))
+    return r.exit_code, r.output
+
+
+def test_qwen3_report(paths: dict[str, Path]) -> None:
+    code, out = run(str(paths["qwen3-30b-a3b"]), "--gpu", "rtx3090", "--ram", "64G", "--ram-bw", "ddr5-6000x2",
+                    "-c", "16384", "--n-cpu-moe", "8", "--api-price", "0.6")
+    assert code == 0, out
+    for text in ("CUDA0", "NVIDIA GeForce RTX 3090", "memory", "weights", "decode at 16384 tokens of context",
+                 "tokens/s", "prefill", "J/token", "per million tokens", "(API: 0.6"):
+        assert text in out
+    # the context table runs from 4K to the trained context, doubling
+    trained = SPECS["qwen3-30b-a3b"].n_ctx
+    for c in (4096, 8192, 16384, 32768):
+        assert f"\n{c} " in out
+    assert f"{trained} (trained)" in out
+
+
+def test_deepseek_json(paths: dict[str, Path]) -> None:
+    code, out = run(str(paths["deepseek-v3"]), "--gpu", "24G@936,24G@936", "--ram", "512G", "--ram-bw",
+                    "epyc-9004", "--cpu-moe", "-c", "32768", "-ctk", "q8_0", "-ctv", "q8_0", "--json")
+    assert code == 0, out
+    j = json.loads(out)
+    m = load_model(paths["deepseek-v3"])
+    assert set(j["memory"]) == {"CUDA0", "CUDA1", "CPU"}
+    # every routed expert in RAM, the token embedding too; everything else on the two GPUs
+    host = sum(t.nbytes for t in m.tensors if t.loaded and t.role in (Role.ROUTED_EXPERT, Role.TOKEN_EMBD))
+    assert j["memory"]["CPU"]["weights"] == host
+    assert j["memory"]["CUDA0"]["weights"] + j["memory"]["CUDA1"]["weights"] == m.loaded_bytes - host
+    cfg = RunConfig(n_ctx=32768, type_k="q8_0", type_v="q8_0")
+    assert j["memory"]["CUDA0"]["kv"] + j["memory"]["CUDA1"]["kv"] == kv_bytes(m, cfg)
+    assert j["decode"]["tokens_per_second"] > 0 and j["prefill"]["transfer_bytes"] > 0
+    assert [r["n_ctx"] for r in j["context_table"]][-1] == SPECS["deepseek-v3"].n_ctx
+    # DeepSeek needs K and V of one type, so each column has both
+    assert all(r["f16"] and r["q8_0"] for r in j["context_table"])
+
+
+def test_no_gpu_runs_on_cpu(paths: dict[str, Path]) -> None:
+    code, out = run(str(paths["qwen3-30b-a3b"]), "--ram", "32G", "--ram-bw", "80", "--json")
+    assert code == 0, out
+    j = json.loads(out)
+    assert set(j["memory"]) == {"CPU"} and j["decode"]["switches"] == 0
+
+
+def test_ram_shortage_is_reported(paths: dict[str, Path]) -> None:
+    code, out = run(str(paths["qwen3-30b-a3b"]), "--gpu", "rtx3060", "--cpu-moe", "--ram", "8G", "--ram-bw", "50")
+    assert code == 0, out
+    assert "short" in out and "read from disk" in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--gpu", "rtx9999"], "unknown GPU"),
+    (["-ctv", "q8_0", "-fa", "off"], "flash attention"),
+    (["--ram-bw", "fast"], "RAM bandwidth"),
+    (["--gpu", "24G", "-ts", "1,x"], "tensor-split"),
+])
+def test_user_errors_are_one_line(paths: dict[str, Path], args: list[str], message: str) -> None:
+    code, out = run(str(paths["qwen3-30b-a3b"]), *args)
+    assert code == 2
+    assert message in out and "Traceback" not in out
+
+
+def test_list_gpus_needs_no_model() -> None:
+    code, out = run("--list-gpus")
+    assert code == 0 and "rtx3090" in out and "epyc-9004" in out
+
+
+def test_help_teaches() -> None:
+    code, out = run("--help")
+    assert code == 0
+    for flag in ("-ngl", "--n-cpu-moe", "-ctk", "-ub", "-fa", "-np", "--kv-unified", "--swa-full", "-nkvo", "--gpu",
+                 "--ram-bw", "--margin", "--price"):
+        assert flag in out
+
+
+# --- llama.cpp's placement rules ------------------------------------------------------------------------------------
+
+
+def _layers(m: Any, gpus: Any, ngl: int | None, split: Any = None) -> tuple[tuple[str, ...], str]:
+    p = build_placement(m, gpus, ngl, False, 0, split)
+    return p.layer_devices, p.output_device
+
+
+def test_ngl_takes_the_last_slots(paths: dict[str, Path]) -> None:
+    m = load_model(paths["qwen3-30b-a3b"])
+    n = m.hparams.n_layer
+    gpus = parse_gpus(["rtx3090"])
+    # n_layer + 1 slots, the output layer last
+    assert _layers(m, gpus, 0) == ((HOST,) * n, HOST)
+    assert _layers(m, gpus, 1) == ((HOST,) * n, "CUDA0")
+    assert _layers(m, gpus, 11) == ((HOST,) * (n - 10) + ("CUDA0",) * 10, "CUDA0")
+    assert _layers(m, gpus, n + 1) == (("CUDA0",) * n, "CUDA0")
+    assert _layers(m, gpus, 999) == (("CUDA0",) * n, "CUDA0")
+    assert _layers(m, (), 999) == ((HOST,) * n, HOST)
+
+
+def test_layers_split_by_memory(paths: dict[str, Path]) -> None:
+    m = load_model(paths["qwen3-30b-a3b"])
+    n = m.hparams.n_layer
+    gpus = parse_gpus(["24G", "8G"])
+    layers, out = _layers(m, gpus, n + 1)
+    # cumulative split points 0.75, 1.0: slot i goes to the first GPU whose point exceeds i / (n + 1)
+    expected = tuple("CUDA0" if i / (n + 1) < 0.75 else "CUDA1" for i in range(n))
+    assert layers == expected and out == "CUDA1"
+    layers, _ = _layers(m, gpus, n + 1, [1, 1])
+    assert layers.count("CUDA0") == sum(1 for i in range(n) if i / (n + 1) < 0.5)
+
+
+def test_cpu_moe_patterns(paths: dict[str, Path]) -> None:
+    m = load_model(paths["glm4moe-tiny"])
+    gpus = parse_gpus(["rtx3090"])
+    every = {n for n, d in build_placement(m, gpus, None, True, 0).tensor_devices.items()
+             if d == HOST and n != "token_embd.weight"}
+    assert every and all(m.tensor(n).role is Role.ROUTED_EXPERT for n in every)
+    # shared experts and NextN tensors are untouched
+    assert not any("shexp" in n for n in every)
+    first = SPECS["glm4moe-tiny"].n_dense_lead  # block 0 is dense: --n-cpu-moe counts it all the same
+    some = {n for n, d in build_placement(m, gpus, None, False, first + 1).tensor_devices.items()
+            if d == HOST and n != "token_embd.weight"}
+    assert some and all(n.startswith(f"blk.{first}.") for n in some)
+
+
+def test_build_placement_combines_flags(paths: dict[str, Path]) -> None:
+    m = load_model(paths["qwen3-30b-a3b"])
+    gpus = parse_gpus(["rtx3090"])
+    p = build_placement(m, gpus, None, False, 4)
+    assert set(p.layer_devices) == {"CUDA0"}
+    on_host = {n for n, d in p.tensor_devices.items() if d == HOST}
+    assert on_host == {"token_embd.weight"} | {t.name for t in m.tensors if t.role is Role.ROUTED_EXPERT
+                                               and t.block is not None and t.block < 4}
+    assert sum(m.tensor(n).nbytes for n in on_host) < 4 * GIB

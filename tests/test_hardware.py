@@ -1,0 +1,165 @@
+"""Device presets and the parsers of --gpu / --ram / --ram-bw."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from moeplace.errors import MoeplaceError
+from moeplace.hardware import (
+    GB,
+    GIB,
+    Device,
+    catalog,
+    device_set,
+    host_device,
+    link_bandwidth,
+    parse_gpus,
+    preset_files,
+    ram_bandwidth,
+    runtime_overhead,
+)
+
+PROFILES = Path(__file__).resolve().parent.parent / "profiles" / "hardware"
+
+
+def test_shipped_presets_are_the_profiles_files() -> None:
+    # The package ships copies so that an installed moeplace has them; they must not drift from the source.
+    shipped = preset_files()
+    sources = {p.name: p.read_text(encoding="utf-8") for p in PROFILES.glob("*.json")}
+    assert sources, "profiles/hardware/*.json is missing"
+    assert shipped == sources
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in PROFILES.glob("*.json")))
+def test_every_device_preset_cites_a_source(name: str) -> None:
+    data = json.loads((PROFILES / name).read_text())
+    for key, spec in data.get("devices", {}).items():
+        assert spec.get("source"), f"{name}: {key} has no source"
+        assert spec["bandwidth_gbs"] > 0 and spec["memory_gib"] > 0 and spec["power_w"] > 0
+
+
+def test_issue_presets_exist() -> None:
+    cat = catalog()
+    for name in ("rtx3060", "rtx3090", "rtx4060ti-16g", "rtx4090", "rtx5090", "a100", "h100", "rx7900xtx",
+                 "rx7900xt", "rx9070xt", "arc-a770", "arc-b580", "m2-ultra-192g"):
+        assert cat.preset(name) is not None, name
+
+
+def test_preset_gpu() -> None:
+    (d,) = parse_gpus(["rtx3090"])
+    assert d.name == "CUDA0" and d.backend == "cuda"
+    assert d.memory == 24 * GIB
+    assert d.bandwidth == 936 * GB
+    assert d.efficiency == catalog().efficiency["cuda"]
+    assert d.effective_bandwidth == d.bandwidth * d.efficiency
+    # PCIe 4.0 x16: 16 lanes x 1.969 GB/s x the link efficiency of the preset file.
+    assert d.link_bandwidth == pytest.approx(16 * 1.969 * GB * catalog().link_efficiency)
+
+
+def test_preset_names_ignore_case_and_dashes_and_take_aliases() -> None:
+    a = parse_gpus(["RTX-3090"])[0]
+    b = parse_gpus(["3090"])[0]
+    assert a == b == parse_gpus(["rtx3090"])[0]
+
+
+def test_size_at_bandwidth() -> None:
+    (d,) = parse_gpus(["24G@936"])
+    assert d.memory == 24 * 2**30 and d.bandwidth == 936e9 and not d.notes
+    (e,) = parse_gpus(["24GB@1008GB/s"])
+    assert e.memory == 24 * 10**9 and e.bandwidth == 1008e9
+
+
+def test_bare_size_assumes_and_says_so() -> None:
+    (d,) = parse_gpus(["12G"])
+    assert d.memory == 12 * GIB
+    assert d.bandwidth == catalog().generic["bandwidth_gbs"] * GB
+    assert any("bandwidth not given" in n for n in d.notes)
+
+
+def test_lists_are_numbered_per_backend() -> None:
+    devs = parse_gpus(["24G,12G", "rtx3090", "vulkan:rx7900xtx"])
+    assert [d.name for d in devs] == ["CUDA0", "CUDA1", "CUDA2", "Vulkan0"]
+    assert [d.name for d in parse_gpus(["24G,12G"], backend="rocm")] == ["ROCm0", "ROCm1"]
+    assert parse_gpus(["rx7900xtx"])[0].name == "ROCm0"  # AMD presets default to ROCm
+    assert parse_gpus(["arc-a770"])[0].name == "SYCL0"
+    assert parse_gpus(["m4max"])[0].name == "MTL0"
+
+
+def test_rpc_devices_take_their_llama_cpp_name() -> None:
+    devs = parse_gpus(["rtx3090", "rpc:10.0.0.2:50052=rtx4090"])
+    assert [d.name for d in devs] == ["CUDA0", "RPC[10.0.0.2:50052]"]
+    rpc = devs[1]
+    assert rpc.backend == "rpc" and rpc.bandwidth == 1008 * GB
+    # default RPC link: 10 GbE line rate x link efficiency
+    assert rpc.link_bandwidth == pytest.approx(10e9 / 8 * catalog().link_efficiency)
+    with pytest.raises(MoeplaceError, match="twice"):
+        parse_gpus(["rpc:h:1=24G", "rpc:h:1=24G"])
+
+
+@pytest.mark.parametrize("bad", ["rtx9999", "24", "fast", "vulkan:nonsense"])
+def test_bad_gpu_specs_are_user_errors(bad: str) -> None:
+    with pytest.raises(MoeplaceError):
+        parse_gpus([bad])
+
+
+def test_unknown_backend() -> None:
+    with pytest.raises(MoeplaceError, match="backend"):
+        parse_gpus(["24G"], backend="opencl")
+
+
+def test_ram_bandwidth_forms() -> None:
+    assert ram_bandwidth("80") == 80 * GB
+    assert ram_bandwidth(80.0) == 80 * GB
+    # channels x MT/s x 8 bytes per transfer
+    assert ram_bandwidth("ddr5-6000x2") == 2 * 6000e6 * 8
+    assert ram_bandwidth("DDR4-3200") == 3200e6 * 8
+    assert ram_bandwidth("epyc-9004") == 12 * 4800e6 * 8
+    for bad in ("ddr5", "-3", "fast"):
+        with pytest.raises(MoeplaceError):
+            ram_bandwidth(bad)
+
+
+def test_link_bandwidth() -> None:
+    eff = catalog().link_efficiency
+    assert link_bandwidth("3.0x16") == pytest.approx(16 * 0.985 * GB * eff)
+    assert link_bandwidth("5.0x8") == pytest.approx(8 * 3.938 * GB * eff)
+    assert link_bandwidth("25gbe") == pytest.approx(25e9 / 8 * eff)
+    with pytest.raises(MoeplaceError):
+        link_bandwidth("pcie9")
+
+
+def test_host_defaults_to_this_machine() -> None:
+    h = host_device()
+    assert h.name == "CPU" and h.is_host
+    assert h.memory == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert h.bandwidth == ram_bandwidth(catalog().default_ram_bw)
+    assert any("RAM bandwidth not given" in n for n in h.notes)
+    g = host_device(64 * GIB, "ddr5-6000x2")
+    assert g.memory == 64 * GIB and g.bandwidth == 96e9 and not g.notes
+
+
+def test_apple_memory_is_one_pool() -> None:
+    (gpu,) = parse_gpus(["m2-ultra-192g"])
+    assert gpu.unified and gpu.pool == 192 * GIB
+    assert gpu.memory == round(192 * GIB * 0.75)  # recommendedMaxWorkingSetSize, gpu_fraction in apple.json
+    host = host_device(gpus=[gpu])
+    assert host.unified and host.memory == 192 * GIB and host.bandwidth == gpu.bandwidth
+
+
+def test_device_set_and_overhead() -> None:
+    gpus = parse_gpus(["rtx3090", "m4max"])
+    devs = device_set(gpus, host_device(32 * GIB, 50))
+    assert list(devs) == ["CUDA0", "MTL0", "CPU"]
+    assert runtime_overhead(devs["CUDA0"]) == catalog().overhead["cuda"]
+    assert runtime_overhead(devs["CPU"]) == 0
+
+
+def test_calibration_replaces_efficiency() -> None:
+    d = parse_gpus(["rtx4090"])[0].with_efficiency(0.82)
+    assert isinstance(d, Device) and d.effective_bandwidth == pytest.approx(1008e9 * 0.82)
+    with pytest.raises(MoeplaceError):
+        d.with_efficiency(0)

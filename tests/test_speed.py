@@ -1,0 +1,292 @@
+"""The decode/prefill model: its limits, monotonicity, routing profiles, energy."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moeplace.hardware import GIB, Device, catalog, device_set, host_device, parse_gpus
+from moeplace.memory import RunConfig, kv_bytes_per_layer
+from moeplace.model import ModelDescription, Role, load_model, tensor_bytes_per_token
+from moeplace.placement import all_on, layer_placement
+from moeplace.speed import (
+    SpeedError,
+    TensorTable,
+    decode_time,
+    distinct_experts,
+    energy,
+    estimate,
+    normalise_probs,
+    prefill_time,
+    tensor_costs,
+)
+from moeplace.testing import SPECS, write_model
+
+MODELS = ("qwen3moe-tiny", "deepseek2-tiny", "gpt-oss-tiny", "qwen3-30b-a3b", "gpt-oss-20b")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelDescription]:
+    d: Path = tmp_path_factory.mktemp("models")
+    return {n: load_model(write_model(n, d / f"{n}.gguf")[0]) for n in MODELS}
+
+
+def free_switch_devices(gpu_bw: float = 1e12, cpu_bw: float = 1e11) -> dict[str, Device]:
+    """A GPU and a host with no cost for switching between them, so decode time is bytes / bandwidth only."""
+    gpu = Device("CUDA0", "cuda", "test GPU", memory=1 << 45, bandwidth=gpu_bw, efficiency=0.5, power=300,
+                 link_bandwidth=1e30, flops=1e14, idle_power=30)
+    cpu = Device("CPU", "cpu", "test RAM", memory=1 << 45, bandwidth=cpu_bw, efficiency=0.5, power=100,
+                 flops=1e12, idle_power=10)
+    return {"CUDA0": gpu, "CPU": cpu}
+
+
+def floor_bytes(model: ModelDescription, roles: set[Role] | None = None) -> float:
+    """The inspector's law: bytes one token reads with uniform routing (model.tensor_bytes_per_token)."""
+    return sum(tensor_bytes_per_token(t, model.hparams) for t in model.tensors
+               if roles is None or t.role in roles)
+
+
+# --- limits -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_everything_on_gpu(models: dict[str, ModelDescription], name: str) -> None:
+    m = models[name]
+    devs = free_switch_devices()
+    d = decode_time(m, all_on(m, "CUDA0"), RunConfig(), devs, n_past=0)
+    embd = floor_bytes(m, {Role.TOKEN_EMBD})
+    gpu_eff, cpu_eff = devs["CUDA0"].effective_bandwidth, devs["CPU"].effective_bandwidth
+    # The token embedding stays on the host (one row per token); everything else is read from the GPU.
+    assert d.seconds == pytest.approx((floor_bytes(m) - embd) / gpu_eff + embd / cpu_eff, rel=1e-9)
+    assert d.kv_seconds == {}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_nothing_on_gpu(models: dict[str, ModelDescription], name: str) -> None:
+    m = models[name]
+    devs = free_switch_devices()
+    d = decode_time(m, all_on(m, "CPU"), RunConfig(), devs, n_past=0)
+    assert d.seconds == pytest.approx(floor_bytes(m) / devs["CPU"].effective_bandwidth, rel=1e-9)
+    assert d.switches == 0
+
+
+def test_kv_read_grows_with_context(models: dict[str, ModelDescription]) -> None:
+    m = models["qwen3-30b-a3b"]
+    s = SPECS["qwen3-30b-a3b"]
+    devs = free_switch_devices()
+    cfg = RunConfig(n_ctx=8192)
+    d = decode_time(m, all_on(m, "CUDA0"), cfg, devs, n_past=1000)
+    per_cell = s.n_layer * 2 * s.head_dim * s.n_head_kv * 2  # K and V, f16, every layer
+    assert d.kv_bytes["CUDA0"] == 1000 * per_cell
+    assert d.kv_seconds["CUDA0"] == pytest.approx(1000 * per_cell / devs["CUDA0"].effective_bandwidth)
+    full = decode_time(m, all_on(m, "CUDA0"), cfg, devs)  # default: the full context
+    assert full.n_past == 8192 and full.kv_bytes["CUDA0"] == 8192 * per_cell
+
+
+def test_sliding_window_reads_at_most_the_window(models: dict[str, ModelDescription]) -> None:
+    m = models["gpt-oss-20b"]
+    s = SPECS["gpt-oss-20b"]
+    devs = free_switch_devices()
+    d = decode_time(m, all_on(m, "CUDA0"), RunConfig(n_ctx=16384), devs, n_past=10000)
+    r = 2 * s.head_dim * s.n_head_kv * 2
+    assert d.kv_bytes["CUDA0"] == s.n_layer // 2 * r * (10000 + s.sliding_window)
+
+
+def test_kv_read_on_host_with_nkvo(models: dict[str, ModelDescription]) -> None:
+    m = models["qwen3-30b-a3b"]
+    d = decode_time(m, all_on(m, "CUDA0"), RunConfig(no_kv_offload=True), free_switch_devices(), n_past=100)
+    assert set(d.kv_bytes) == {"CPU"}
+
+
+# --- monotone -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["qwen3moe-tiny", "deepseek2-tiny", "gpt-oss-tiny"])
+def test_moving_a_tensor_to_the_faster_device_never_slows(models: dict[str, ModelDescription], name: str) -> None:
+    m = models[name]
+    devs = free_switch_devices()
+    cfg = RunConfig(n_ctx=2048)
+    names = [t.name for t in m.tensors if t.loaded]
+    random.Random(7).shuffle(names)
+    overrides: dict[str, str] = {}
+    p = layer_placement(m, ("CPU",) * m.hparams.n_layer, "CPU")
+    last = decode_time(m, p, cfg, devs).seconds
+    for n in names:
+        overrides[n] = "CUDA0"
+        p = layer_placement(m, ("CPU",) * m.hparams.n_layer, "CPU", overrides)
+        t = decode_time(m, p, cfg, devs).seconds
+        assert t <= last * (1 + 1e-12)
+        last = t
+    # moving the layers (their KV) as well
+    for il in range(m.hparams.n_layer):
+        layers = ("CUDA0",) * (il + 1) + ("CPU",) * (m.hparams.n_layer - il - 1)
+        t = decode_time(m, layer_placement(m, layers, "CPU", overrides), cfg, devs).seconds
+        assert t <= last * (1 + 1e-12)
+        last = t
+
+
+def test_more_gpu_layers_is_faster_with_real_costs(models: dict[str, ModelDescription]) -> None:
+    from moeplace.cli.estimate_cmd import build_placement
+
+    m = models["qwen3-30b-a3b"]
+    gpus = parse_gpus(["rtx4090"])
+    devs = device_set(gpus, host_device(64 * GIB, "ddr5-6000x2"))
+    table = TensorTable.build(m)
+    speeds = [estimate(m, build_placement(m, gpus, ngl, False, 0), RunConfig(), devs, table=table).tokens_per_second
+              for ngl in range(0, m.hparams.n_layer + 2, 4)]
+    assert speeds == sorted(speeds)
+
+
+# --- routing profiles ---------------------------------------------------------------------------------------------
+
+
+def test_distinct_experts_formula() -> None:
+    p = np.array([1.0, 0.5, 0.5, 0.0])
+    assert distinct_experts(p, 1) == pytest.approx(2.0)
+    assert distinct_experts(p, 2) == pytest.approx(1 + 2 * (1 - 0.25))
+    assert distinct_experts(p, 1000) == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("batch", [1, 4, 64])
+def test_uniform_profile_is_no_profile(models: dict[str, ModelDescription], batch: int) -> None:
+    m = models["qwen3-30b-a3b"]
+    hp = m.hparams
+    uniform = {layer.index: np.full(hp.n_expert, 3.0) for layer in m.layers if layer.moe}
+    cfg = RunConfig()
+    a = tensor_costs(m, cfg, None, batch)
+    b = tensor_costs(m, cfg, uniform, batch)
+    assert np.array_equal(a.decode_bytes, b.decode_bytes) and np.array_equal(a.prefill_bytes, b.prefill_bytes)
+    devs = free_switch_devices()
+    p = layer_placement(m, ("CUDA0",) * hp.n_layer, "CUDA0",
+                        {t.name: "CPU" for t in m.tensors if t.role is Role.ROUTED_EXPERT})
+    assert decode_time(m, p, cfg, devs, None, batch).seconds == decode_time(m, p, cfg, devs, uniform, batch).seconds
+    assert prefill_time(m, p, cfg, devs, None).seconds == prefill_time(m, p, cfg, devs, uniform).seconds
+
+
+def test_skewed_routing_touches_fewer_experts_in_a_batch(models: dict[str, ModelDescription]) -> None:
+    m = models["qwen3-30b-a3b"]
+    hp = m.hparams
+    rng = np.random.default_rng(3)
+    skewed = {layer.index: rng.zipf(1.5, hp.n_expert).astype(float) for layer in m.layers if layer.moe}
+    cfg = RunConfig()
+    expert = np.array([t.role is Role.ROUTED_EXPERT for t in m.loaded_tensors])
+    one_u, one_s = tensor_costs(m, cfg, None, 1), tensor_costs(m, cfg, skewed, 1)
+    # batch 1 touches n_expert_used experts whatever the skew (unless a probability had to be clipped at 1)
+    assert one_s.decode_bytes[expert].sum() <= one_u.decode_bytes[expert].sum() * (1 + 1e-9)
+    many_u, many_s = tensor_costs(m, cfg, None, 32), tensor_costs(m, cfg, skewed, 32)
+    assert many_s.decode_bytes[expert].sum() < many_u.decode_bytes[expert].sum()
+
+
+def test_profile_checks() -> None:
+    with pytest.raises(SpeedError):
+        normalise_probs(np.ones(7), 8, 2)
+    with pytest.raises(SpeedError):
+        normalise_probs(np.array([1.0, -1.0]), 2, 1)
+    p = normalise_probs(np.array([30.0, 10.0, 0.0, 0.0]), 4, 2)
+    assert p.sum() == pytest.approx(1.0 + 0.5) and p.max() == 1.0  # 1.5 and 0.5 -> the first clipped at 1
+
+
+def test_batch_reads_weights_once(models: dict[str, ModelDescription]) -> None:
+    m = models["qwen3-30b-a3b"]
+    devs = free_switch_devices()
+    p = all_on(m, "CUDA0")
+    one = decode_time(m, p, RunConfig(n_seq_max=8), devs, batch=1, n_past=0)
+    eight = decode_time(m, p, RunConfig(n_seq_max=8), devs, batch=8, n_past=0)
+    assert one.seconds < eight.seconds < 8 * one.seconds
+    assert eight.tokens_per_second > one.tokens_per_second
+
+
+# --- linearisation ------------------------------------------------------------------------------------------------
+
+
+def test_linearisation_reproduces_decode(models: dict[str, ModelDescription]) -> None:
+    m = models["qwen3-30b-a3b"]
+    devs = free_switch_devices()
+    overrides = {t.name: "CPU" for t in m.tensors if t.role is Role.ROUTED_EXPERT and (t.block or 0) % 3 == 0}
+    p = layer_placement(m, ("CUDA0",) * m.hparams.n_layer, "CUDA0", overrides)
+    costs = tensor_costs(m, RunConfig(), None, 4)
+    bw = np.array([devs[p.tensor_devices[n]].effective_bandwidth for n in costs.names])
+    d = decode_time(m, p, RunConfig(), devs, None, 4, n_past=0)
+    assert costs.decode_seconds(bw) == pytest.approx(sum(d.weight_seconds.values()), rel=1e-12)
+
+
+# --- prefill ------------------------------------------------------------------------------------------------------
+
+
+def test_prefill_copies_only_host_experts_the_ubatch_uses(models: dict[str, ModelDescription]) -> None:
+    m = models["qwen3-30b-a3b"]
+    hp = m.hparams
+    devs = free_switch_devices()
+    host = [t for t in m.tensors if t.role is Role.ROUTED_EXPERT and t.block is not None and t.block < 10]
+    p = layer_placement(m, ("CUDA0",) * hp.n_layer, "CUDA0", {t.name: "CPU" for t in host})
+    ub = 64
+    used = hp.n_expert * (1 - (1 - hp.n_expert_used / hp.n_expert) ** ub)
+    pre = prefill_time(m, p, RunConfig(n_ubatch=ub), devs)
+    assert pre.transfer_bytes == pytest.approx(sum(t.nbytes / hp.n_expert * used for t in host))
+    assert pre.transfer_seconds == pytest.approx(pre.transfer_bytes / devs["CUDA0"].link_bandwidth)
+    # below 32 tokens, or with --no-op-offload, the CPU computes them
+    assert prefill_time(m, p, RunConfig(n_ubatch=16), devs).transfer_bytes == 0
+    off = prefill_time(m, p, RunConfig(n_ubatch=ub, op_offload=False), devs)
+    assert off.transfer_bytes == 0 and off.seconds_by_device["CPU"] > 0
+
+
+# --- energy, paging, estimate -------------------------------------------------------------------------------------
+
+
+def test_energy_arithmetic(models: dict[str, ModelDescription]) -> None:
+    m = models["qwen3-30b-a3b"]
+    devs = free_switch_devices()
+    d = decode_time(m, all_on(m, "CUDA0"), RunConfig(), devs, n_past=0)
+    e = energy(d, devs)
+    T = d.seconds
+    g, c = devs["CUDA0"], devs["CPU"]
+    expected = g.power * d.busy_seconds("CUDA0") + g.idle_power * (T - d.busy_seconds("CUDA0"))
+    expected += c.power * d.busy_seconds("CPU") + c.idle_power * (T - d.busy_seconds("CPU"))
+    assert e.joules_per_token == pytest.approx(expected)
+    assert e.cost_per_million(0.16) == pytest.approx(expected * 1e6 / 3.6e6 * 0.16)
+
+
+def test_ram_shortage_costs_disk_reads(models: dict[str, ModelDescription]) -> None:
+    m = models["qwen3-30b-a3b"]
+    hp = m.hparams
+    gpus = parse_gpus(["rtx3090"])
+    p = layer_placement(m, ("CUDA0",) * hp.n_layer, "CUDA0",
+                        {t.name: "CPU" for t in m.tensors if t.role is Role.ROUTED_EXPERT})
+    roomy = estimate(m, p, RunConfig(), device_set(gpus, host_device(64 * GIB, 80)))
+    tight = estimate(m, p, RunConfig(), device_set(gpus, host_device(8 * GIB, 80)))
+    assert roomy.host.fits and roomy.decode.paging_seconds == 0
+    assert not tight.host.fits and tight.host.possible
+    host_read = tight.decode_batch1.weight_bytes["CPU"]
+    assert tight.decode_batch1.paging_seconds == pytest.approx(
+        tight.host.paged_fraction * host_read / catalog().disk_bandwidth)
+    assert tight.tokens_per_second < roomy.tokens_per_second
+
+
+def test_estimate_reports_everything(models: dict[str, ModelDescription]) -> None:
+    m = models["gpt-oss-20b"]
+    gpus = parse_gpus(["rtx4060ti-16g"])
+    devs = device_set(gpus, host_device(32 * GIB, "ddr5-6000x2"))
+    e = estimate(m, all_on(m, "CUDA0"), RunConfig(n_ctx=16384, n_seq_max=2), devs)
+    assert set(e.memory) == {"CUDA0", "CPU"} and e.fits["CUDA0"].fits
+    assert e.decode.batch == 2 and e.decode_batch1.batch == 1
+    assert e.tokens_per_second > 0 and e.prefill.tokens_per_second > 0 and e.energy.joules_per_token > 0
+    assert e.memory["CUDA0"].kv == sum(x.total for x in kv_bytes_per_layer(m, RunConfig(n_ctx=16384, n_seq_max=2)))
+    with pytest.raises(SpeedError):
+        estimate(m, all_on(m, "CUDA0"), RunConfig(), {"CUDA0": devs["CUDA0"]})
+
+
+def test_switch_costs_count(models: dict[str, ModelDescription]) -> None:
+    m = models["qwen3-30b-a3b"]
+    hp = m.hparams
+    devs = free_switch_devices()
+    devs = {k: replace(v, link_latency=1e-5) for k, v in devs.items()}
+    experts = {t.name: "CPU" for t in m.tensors if t.role is Role.ROUTED_EXPERT and t.block in (3, 7)}
+    p = layer_placement(m, ("CUDA0",) * hp.n_layer, "CUDA0", experts)
+    d = decode_time(m, p, RunConfig(), devs, n_past=0)
+    # embedding (host) -> GPU, then GPU -> host -> GPU around each of the two blocks' experts
+    assert d.switches == 1 + 2 * 2
+    assert d.switch_seconds == pytest.approx(d.switches * 1e-5, rel=1e-6)
