@@ -1,0 +1,150 @@
+"""The planner on every full-scale factory architecture and the hardware the issue names: budgets respected,
+patterns verified, never slower than a baseline, optimality reported; pins, profiles and too-small budgets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moeplace.emit.args import RunSettings, build_args, parse_ot_args
+from moeplace.hardware import HOST_NAME, device_set, host_device, parse_gpus
+from moeplace.llamacpp import apply
+from moeplace.memory import RunConfig
+from moeplace.model import Role, load_model
+from moeplace.planner import WORKLOADS, PlanError, auto_context, parse_pin, parse_workload, plan
+
+MODELS = ["qwen3-30b-a3b", "qwen3-235b-a22b", "deepseek-v3", "gpt-oss-20b", "gpt-oss-120b", "mixtral-8x7b",
+          "glm-4.5-air", "qwen3-next-80b-a3b", "llama-3-8b"]
+HARDWARE = [["8G"], ["12G"], ["16G"], ["24G"], ["24G", "24G"], ["24G", "12G"]]
+
+
+def devices(specs: list[str], ram: str = "512G") -> dict:
+    gpus = parse_gpus(specs)
+    from moeplace.sizes import parse_size
+
+    return device_set(gpus, host_device(parse_size(ram), "80", gpus))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_architecture_and_budget(model_path: Callable[[str], Path], name: str) -> None:
+    m = load_model(model_path(name))
+    for specs in HARDWARE:
+        devs = devices(specs)
+        p = plan(m, devs, RunConfig(n_ctx=8192))
+        e = p.estimate
+        # every GPU within its memory less the margin, per the full memory model
+        for gpu, fit in e.fits.items():
+            assert fit.free >= 0, (name, specs, gpu, fit)
+        assert p.chosen.fits
+        # never predicted slower than what llama.cpp's own options give, where they fit
+        for b in p.baselines:
+            if b.fits:
+                assert p.chosen.seconds <= b.seconds * (1 + 1e-9), (name, specs, b.name)
+        assert p.optimality.startswith("optimal")
+        # the emitted arguments reproduce the plan under llama.cpp's rules (parsed back, applied afresh)
+        gpus = tuple(n for n in devs if n != HOST_NAME)
+        args = build_args(m, p.placement, RunSettings(m.paths[0], 8192, gpus))
+        argv = list(args.argv)
+        ngl = int(argv[argv.index("-ngl") + 1])
+        ts = [float(x) for x in argv[argv.index("-ts") + 1].split(",")] if "-ts" in argv else None
+        again = apply(m, ngl, ts, parse_ot_args(argv), gpus)
+        assert dict(again.tensor_devices) == dict(p.placement.tensor_devices)
+        assert again.layer_devices == p.placement.layer_devices
+
+
+def test_more_vram_is_never_slower(model_path: Callable[[str], Path]) -> None:
+    m = load_model(model_path("qwen3-30b-a3b"))
+    speeds = [plan(m, devices([f"{g}G"]), RunConfig()).chosen.decode_tps for g in (6, 8, 12, 16, 24)]
+    assert speeds == sorted(speeds)
+
+
+def test_skewed_profile_moves_skewed_layers_to_ram_first(model_path: Callable[[str], Path]) -> None:
+    """At decode batch 8, a layer whose tokens all go to the same few experts reads far fewer expert bytes per
+    step than a uniform one, so its experts gain less from the GPU and are the first sent to RAM."""
+    m = load_model(model_path("qwen3-30b-a3b"))
+    hp = m.hparams
+    skewed = set(range(24, 48))
+    probs = {}
+    for il in range(hp.n_layer):
+        p = np.full(hp.n_expert, 1e-6)
+        if il in skewed:
+            p[: hp.n_expert_used] = 1.0  # always the same 8 experts
+        else:
+            p[:] = 1.0
+        probs[il] = p / p.sum() * hp.n_expert_used
+    devs = devices(["12G"])
+    wl = WORKLOADS["batch"]
+    with_profile = plan(m, devs, RunConfig(n_seq_max=8), workload=wl, profile=probs)
+    without = plan(m, devs, RunConfig(n_seq_max=8), workload=wl)
+
+    def host_blocks(p) -> set[int]:
+        return {t.block for t in m.tensors if t.role is Role.ROUTED_EXPERT
+                and p.placement.tensor_devices[t.name] == HOST_NAME}
+
+    hb = host_blocks(with_profile)
+    assert hb and hb <= skewed  # only skewed layers' experts go to RAM
+    assert host_blocks(without) != hb  # the profile changed the plan
+    assert with_profile.chosen.decode_tps > 0
+
+
+def test_pins_are_honoured(model_path: Callable[[str], Path]) -> None:
+    m = load_model(model_path("qwen3-30b-a3b"))
+    devs = devices(["24G"])
+    pins = [parse_pin(r"blk\.4[0-7]\.ffn_.*_exps=CPU", list(devs)), parse_pin(r"^output\.weight$=CPU", list(devs))]
+    p = plan(m, devs, RunConfig(), pins=pins)
+    for t in m.loaded_tensors:
+        if t.role is Role.ROUTED_EXPERT and t.block is not None and t.block >= 40:
+            assert p.placement.tensor_devices[t.name] == HOST_NAME
+    assert p.placement.tensor_devices["output.weight"] == HOST_NAME
+    # the room the pins freed goes to other layers' experts
+    assert any(p.placement.tensor_devices[t.name] == "CUDA0" for t in m.tensors
+               if t.role is Role.ROUTED_EXPERT and t.block is not None and t.block < 40)
+
+
+def test_bad_pins() -> None:
+    with pytest.raises(PlanError, match="unknown device 'CUDA7'"):
+        parse_pin("exps=CUDA7", ["CPU", "CUDA0"])
+    with pytest.raises(PlanError, match="REGEX=DEVICE"):
+        parse_pin("no-equals-sign", ["CPU"])
+    with pytest.raises(PlanError, match="not a valid regular expression"):
+        parse_pin("blk.(=CPU", ["CPU"])
+
+
+def test_budget_too_small_names_the_minimum(model_path: Callable[[str], Path]) -> None:
+    m = load_model(model_path("deepseek-v3"))
+    with pytest.raises(PlanError, match=r"no GPU has room for any layer: .* need [0-9.]+ [MG]iB"):
+        plan(m, devices(["512M"]), RunConfig())
+
+
+def test_small_gpu_runs_some_layers_on_the_host(model_path: Callable[[str], Path]) -> None:
+    m = load_model(model_path("deepseek-v3"))
+    p = plan(m, devices(["8G"]), RunConfig(n_ctx=8192))
+    assert HOST_NAME in p.placement.layer_devices and "CUDA0" in p.placement.layer_devices
+    assert any("run entirely on the host" in w for w in p.warnings)
+
+
+def test_auto_context_trades_speed_for_context(model_path: Callable[[str], Path]) -> None:
+    m = load_model(model_path("qwen3-30b-a3b"))
+    best, trade = auto_context(m, devices(["24G"]), RunConfig())
+    ctxs = [t.cfg.n_ctx for t in trade]
+    assert ctxs[0] == 4096 and ctxs == sorted(ctxs)
+    assert best.chosen.decode_tps >= trade[0].chosen.decode_tps * 0.9
+    assert all(t.chosen.decode_tps <= trade[0].chosen.decode_tps * 1.0001 for t in trade)
+
+
+def test_workloads() -> None:
+    assert parse_workload("chat").prompt_per_generated == 2
+    assert parse_workload("8:1").prompt_per_generated == 8
+    assert parse_workload("batch", 4).batch == 8
+    with pytest.raises(PlanError, match="workload"):
+        parse_workload("fast")
+
+
+def test_deterministic(model_path: Callable[[str], Path]) -> None:
+    m = load_model(model_path("gpt-oss-20b"))
+    a = plan(m, devices(["12G"]), RunConfig())
+    b = plan(m, devices(["12G"]), RunConfig())
+    assert a.placement == b.placement

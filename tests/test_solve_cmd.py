@@ -1,0 +1,105 @@
+"""``moeplace solve`` through click's CliRunner: the plan for a person, JSON, scripts, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from moeplace.cli import main
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(main, list(args))
+    return r.exit_code, r.stdout, r.stderr
+
+
+def test_plan_for_a_person(model_path: Callable[[str], Path], tmp_path: Path) -> None:
+    out_dir = tmp_path / "scripts"
+    code, out, err = run("solve", str(model_path("qwen3-30b-a3b")), "--vram", "12G", "--ram", "32G", "-c", "16384",
+                         "-o", str(out_dir), "--explain")
+    assert code == 0, err
+    assert "blocks 0-47 run on CUDA0" in out
+    assert "--n-cpu-moe" in out and "--cpu-moe" in out and "--fit" in out
+    assert "solver: optimal" in out
+    assert "llama-server -m" in out and "-ot" in out and "--fit off" in out
+    assert "Why each block's experts went where they did" in out
+    for f in ("server.sh", "cli.sh", "server.ps1", "cli.ps1", "llama-swap.yaml", "plan.json"):
+        assert (out_dir / f).is_file()
+    subprocess.run(["sh", "-n", str(out_dir / "server.sh")], check=True)
+    subprocess.run(["sh", "-n", str(out_dir / "cli.sh")], check=True)
+    doc = json.loads((out_dir / "plan.json").read_text())
+    assert doc["llama_cpp"]["verified"] is True
+
+
+def test_json_for_scripts(model_path: Callable[[str], Path]) -> None:
+    code, out, err = run("solve", str(model_path("gpt-oss-20b")), "--vram", "24G,12G", "--json", "--no-scripts")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["schema"] == "moeplace.plan/1"
+    pred = doc["prediction"]
+    assert pred["plan"]["fits"] is True
+    assert all(pred["plan"]["seconds_per_generated_token"] <= b["seconds_per_generated_token"] * (1 + 1e-9)
+               for b in pred["baselines"] if b["fits"])
+    assert "-ts" in doc["llama_cpp"]["argv"]
+
+
+def test_hostile_model_path_stays_literal(model_path: Callable[[str], Path], tmp_path: Path) -> None:
+    weird = tmp_path / "my models $(touch PWNED) 'q' `x`"
+    weird.mkdir()
+    target = weird / "model.gguf"
+    shutil.copy(model_path("qwen3moe-tiny"), target)
+    out_dir = tmp_path / "out"
+    code, _, err = run("solve", str(target), "--vram", "1G", "-o", str(out_dir))
+    assert code == 0, err
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "llama-server").write_text('#!/bin/sh\nprintf "%s\\0" "$@"\n')
+    (fake / "llama-server").chmod(0o755)
+    res = subprocess.run(["sh", str(out_dir / "server.sh")], capture_output=True, cwd=tmp_path,
+                         env={"PATH": f"{fake}:/usr/bin:/bin"}, check=True)
+    argv = res.stdout.split(b"\0")
+    assert str(target).encode() in argv
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_context_auto_shows_the_trade(model_path: Callable[[str], Path]) -> None:
+    code, out, err = run("solve", str(model_path("qwen3-30b-a3b")), "--vram", "24G", "-c", "auto", "--no-scripts")
+    assert code == 0, err
+    assert "Context trade (-c auto)" in out
+    assert "40960" in out
+
+
+def test_dense_model_is_noted(model_path: Callable[[str], Path]) -> None:
+    code, out, err = run("solve", str(model_path("llama-3-8b")), "--vram", "8G", "--no-scripts")
+    assert code == 0
+    assert "dense model" in err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--vram", "24GG"], "malformed size '24GG'"),
+    (["--vram", "24"], "unknown GPU '24'"),
+    (["--vram", "512M"], "no GPU has room for any layer"),
+    (["--vram", "24G", "--pin", "exps=CUDA3"], "unknown device 'CUDA3'"),
+    (["--vram", "24G", "--workload", "fast"], "workload 'fast'"),
+    (["--vram", "24G", "-c", "lots"], "not a number of tokens or 'auto'"),
+])
+def test_bad_input_one_line(model_path: Callable[[str], Path], tmp_path: Path, args: list[str],
+                            message: str) -> None:
+    code, out, err = run("solve", str(model_path("qwen3-30b-a3b")), *args, "-o", str(tmp_path / "o"))
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_truncated_model(tmp_path: Path, model_path: Callable[[str], Path]) -> None:
+    p = tmp_path / "cut.gguf"
+    p.write_bytes(model_path("qwen3moe-tiny").read_bytes()[:500])
+    code, _, err = run("solve", str(p), "--vram", "8G", "--no-scripts")
+    assert code == 2 and "truncated" in err and err.count("\n") == 1
