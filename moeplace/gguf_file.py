@@ -9,6 +9,7 @@ loader (``ggml/src/gguf.cpp``) applies, so a file this reader accepts is one lla
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import re
@@ -107,10 +108,7 @@ class TensorInfo:
 
     @property
     def n_elements(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)
@@ -132,10 +130,7 @@ class GGUFFile:
 def tensor_nbytes(shape: tuple[int, ...], ggml_type: GGMLQuantizationType) -> int:
     """Exact bytes of a tensor of this ggml shape and type (rows must hold whole blocks)."""
     block_size, type_size = GGML_QUANT_SIZES[ggml_type]
-    n = 1
-    for d in shape:
-        n *= d
-    return n // block_size * type_size
+    return math.prod(shape) // block_size * type_size
 
 
 class _Cursor:
@@ -280,12 +275,9 @@ def _parse(cur: _Cursor, shard: int) -> tuple[int, int, dict[str, Any], list[Ten
         cur.need(8 * n_dims, f"shape of tensor '{name}'")
         shape = tuple(_I64.unpack_from(cur.buf, cur.pos + 8 * j)[0] for j in range(n_dims))
         cur.pos += 8 * n_dims
-        n_elements = 1
-        for d in shape:
-            if d < 0:
-                raise cur.fail(f"tensor '{name}' has a negative dimension {d}")
-            n_elements *= d
-        if n_elements >= 1 << 63:
+        if any(d < 0 for d in shape):
+            raise cur.fail(f"tensor '{name}' has a negative dimension in {shape}")
+        if math.prod(shape) >= 1 << 63:
             raise cur.fail(f"tensor '{name}' has an absurd shape {shape}: corrupt header")
         type_id = cur.unpack(_U32, f"type of tensor '{name}'")
         try:

@@ -28,11 +28,10 @@ from dataclasses import dataclass
 
 from moeplace.errors import MoeplaceError
 from moeplace.llamacpp import Expression, Override, express, parse_override_arg, rpc_endpoint
+from moeplace.memory import CACHE_TYPES
 from moeplace.model import ModelDescription
 from moeplace.placement import Placement
 
-# common/arg.cpp kv_cache_types: the names -ctk/-ctv accept.
-CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 _UNQUANTIZED = ("f32", "f16", "bf16")
 
 
