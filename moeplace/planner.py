@@ -433,8 +433,12 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
                         "is re-read from disk through mmap, which is slow")
     if gpus and any(d == HOST_INDEX for d in sol.layer_device):
         n_host = sum(d == HOST_INDEX for d in sol.layer_device)
-        warnings.append(f"{n_host} layer(s) run entirely on the host: the GPUs cannot hold every layer's "
-                        "attention and KV cache; a smaller context or -ctk/-ctv q8_0 frees room")
+        cores = sum(x.core_bytes for x in problem.layers) + problem.output_bytes
+        reserve = gpus[0].memory - budgets[gpus[0].name]
+        warnings.append(f"{n_host} layer(s) run entirely on the host: every layer's attention, shared experts and "
+                        f"KV cache on one GPU need {format_size(cores + reserve)} at this context "
+                        f"({format_size(cores)} + {format_size(reserve)} compute, overhead and margin); "
+                        "a smaller -c or -ctk/-ctv q8_0 lowers that")
     optimality = (f"optimal for the linear model (exact dynamic programme over {len(problem.layers)} layers, "
                   f"{sol.states} states, sizes rounded up to {format_size(sol.unit)})")
     return Plan(model, devices, cfg, workload, margin, chosen, tuple(base), budgets, sol, elapsed, optimality,

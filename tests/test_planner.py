@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from moeplace.emit.args import RunSettings, build_args, parse_ot_args
 from moeplace.hardware import HOST_NAME, device_set, host_device, parse_gpus
@@ -148,3 +150,28 @@ def test_deterministic(model_path: Callable[[str], Path]) -> None:
     a = plan(m, devices(["12G"]), RunConfig())
     b = plan(m, devices(["12G"]), RunConfig())
     assert a.placement == b.placement
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(["qwen3-30b-a3b", "gpt-oss-20b", "glm-4.5-air", "deepseek-v3", "mixtral-8x7b",
+                             "qwen3moe-tiny", "gpt-oss-tiny", "deepseek2-tiny"]),
+       vram=st.lists(st.integers(min_value=4, max_value=48), min_size=1, max_size=3),
+       n_ctx=st.sampled_from([2048, 8192, 32768]))
+def test_property_emitted_patterns_reproduce_random_plans(model_path: Callable[[str], Path], name: str,
+                                                          vram: list[int], n_ctx: int) -> None:
+    """Random models and budgets: the arguments emitted for the plan, parsed back and applied with llama.cpp's
+    semantics (regex search, first match wins, -ngl/-ts for the rest), give exactly the planned placement."""
+    m = load_model(model_path(name))
+    devs = devices([f"{g}G" for g in vram])
+    cfg = RunConfig(n_ctx=n_ctx)
+    try:
+        p = plan(m, devs, cfg)
+    except PlanError:
+        return  # a budget too small for anything is refused, with its own message
+    gpus = tuple(n for n in devs if n != HOST_NAME)
+    argv = list(build_args(m, p.placement, RunSettings(m.paths[0], n_ctx, gpus)).argv)
+    ngl = int(argv[argv.index("-ngl") + 1])
+    ts = [float(x) for x in argv[argv.index("-ts") + 1].split(",")] if "-ts" in argv else None
+    assert apply(m, ngl, ts, parse_ot_args(argv), gpus) == p.placement
+    for fit in p.estimate.fits.values():
+        assert fit.free >= 0
