@@ -68,9 +68,12 @@ main.help = (main.help or "") + SIZE_HELP + "."
 
 def _register() -> None:
     # Imported here so each command module can import SIZE and friendly_errors from this package.
-    from moeplace.cli import inspect_cmd
+    from moeplace.cli import estimate_cmd, inspect_cmd, profile_cmd, solve_cmd
 
     main.add_command(inspect_cmd.inspect)
+    main.add_command(solve_cmd.solve)
+    main.add_command(estimate_cmd.estimate)
+    main.add_command(profile_cmd.profile)
 
 
 _register()
