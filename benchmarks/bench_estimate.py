@@ -1,23 +1,22 @@
 """How fast the memory and speed model is, and how close its memory figures are to llama.cpp's.
 
     python benchmarks/bench_estimate.py                  estimate() calls per second on DeepSeek-V3
-    python benchmarks/bench_estimate.py --vs-llama \\
-        --llama-python /path/to/python-with-llama_cpp    KV and compute buffers against llama.cpp
+    PYTHONPATH=<site-packages with llama_cpp> \\
+        python benchmarks/bench_estimate.py --vs-llama   KV and compute buffers against llama.cpp
 
 The speed part writes the factory's full-scale (header-only, sparse) DeepSeek-V3 to a temporary directory and
 times ``estimate`` the way a solver calls it: a TensorTable built once, a routing matrix normalised once.
 
-The comparison part runs llama.cpp (through llama-cpp-python's low-level API, CPU backend) on the factory's
-full-scale models with ``no_alloc`` (header-only files, no data read), parses the "KV buffer" and "compute
-buffer size" lines it prints, and prints them next to moeplace's figures. It needs a Python with llama_cpp
-(``pip install llama-cpp-python``); each configuration runs in its own process because llama.cpp logs from C.
+The comparison part runs llama.cpp (moeplace.engine.measure_memory: llama-cpp-python's low-level API, CPU
+backend) on the factory's full-scale models with ``no_alloc`` (header-only files, no data read) and prints the
+KV caches and compute buffers it reports next to moeplace's figures. It needs llama_cpp importable
+(``pip install 'moeplace[profile]'``). benchmarks/memory_oracle.py is the fuller comparison (weights too, every
+architecture, written to docs/memory-oracle.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from moeplace import engine
 from moeplace.cli.estimate_cmd import build_placement
 from moeplace.hardware import GIB, device_set, host_device, parse_gpus
-from moeplace.memory import CACHE_TYPES, RunConfig, compute_bytes, kv_bytes, memory_by_device
+from moeplace.memory import RunConfig, compute_bytes, kv_bytes, memory_by_device
 from moeplace.model import load_model
 from moeplace.speed import TensorTable, estimate, routing_matrix, tensor_costs
 from moeplace.testing import write_model
@@ -72,21 +72,6 @@ def bench_speed(workdir: Path) -> None:
 
 # --- against llama.cpp -------------------------------------------------------------------------------------------
 
-_PROBE = r"""
-import sys, llama_cpp as L
-path, n_ctx, n_ubatch, fa, n_seq, tk, tv = sys.argv[1:8]
-L.llama_backend_init()
-mp = L.llama_model_default_params()
-mp.no_alloc = True
-mp.load_mode = 0  # no mmap: no_alloc requires it
-m = L.llama_model_load_from_file(path.encode(), mp)
-cp = L.llama_context_default_params()
-cp.n_ctx, cp.n_ubatch, cp.n_batch = int(n_ctx), int(n_ubatch), max(int(n_ubatch), 2048)
-cp.flash_attn_type, cp.n_seq_max, cp.swa_full, cp.n_threads = int(fa), int(n_seq), False, 1
-cp.type_k, cp.type_v = int(tk), int(tv)
-print("CTX_OK", bool(L.llama_init_from_model(m, cp)), file=sys.stderr)
-"""
-
 GRID = [
     # model, n_ctx, n_ubatch, flash attention, parallel sequences, cache type
     ("qwen3-30b-a3b", 4096, 512, True, 1, "f16"),
@@ -103,18 +88,19 @@ GRID = [
 ]
 
 
-def _llama(python: str, path: Path, n_ctx: int, n_ubatch: int, fa: bool, n_seq: int, ctype: str) -> dict:
-    t = int(CACHE_TYPES[ctype])
-    p = subprocess.run([python, "-c", _PROBE, str(path), str(n_ctx), str(n_ubatch), str(int(fa)), str(n_seq),
-                        str(t), str(t)], capture_output=True, text=True, timeout=600)
-    err = p.stderr
-    # "llama_kv_cache: size = ..." and "llama_memory_recurrent: size = ..." lines, one per cache
-    kv = sum(float(m.group(1)) for m in re.finditer(r"size =\s+([\d.]+) MiB \(\s*\d+ cells", err))
-    comp = sum(float(m.group(1)) for m in re.finditer(r"compute buffer size =\s+([\d.]+) MiB", err))
-    return {"ok": "CTX_OK True" in err, "kv": kv, "compute": comp}
+def _llama(path: Path, cfg: RunConfig) -> dict:
+    """llama.cpp's KV (every cache's printed size) and compute buffer for ``cfg``, or ok=False if it refused."""
+    try:
+        got = engine.measure_memory(path, cfg)
+    except engine.EngineError:
+        return {"ok": False, "kv": 0.0, "compute": 0.0}
+    return {"ok": True, "kv": got.kv_mib, "compute": sum(got.compute_mib.values())}
 
 
-def bench_vs_llama(workdir: Path, python: str) -> None:
+def bench_vs_llama(workdir: Path) -> None:
+    if not engine.available():
+        print(f"--vs-llama: {engine.unavailable_reason()}")
+        return
     print("KV cache and CPU compute buffer, llama.cpp (llama-cpp-python, no_alloc) against moeplace, MiB")
     print(f"{'model':20s} {'ctx':>6s} {'ub':>5s} {'fa':>3s} {'np':>3s} {'type':>5s} "
           f"{'KV llama':>10s} {'KV ours':>10s} {'compute llama':>14s} {'ours':>9s} {'err':>7s}")
@@ -124,11 +110,13 @@ def bench_vs_llama(workdir: Path, python: str) -> None:
         if not path.exists():
             write_model(name, path)
         model = load_model(path)
-        got = _llama(python, path, n_ctx, ub, fa, n_seq, ctype)
+        # swa_full off (RunConfig default, as llama-server runs) and n_batch >= n_ubatch
+        cfg = RunConfig(n_ctx=n_ctx, n_ubatch=ub, n_batch=max(ub, 2048), flash_attn=fa, n_seq_max=n_seq,
+                        type_k=ctype, type_v=ctype)
+        got = _llama(path, cfg)
         if not got["ok"]:
             print(f"{name:20s} llama.cpp refused this configuration")
             continue
-        cfg = RunConfig(n_ctx=n_ctx, n_ubatch=ub, flash_attn=fa, n_seq_max=n_seq, type_k=ctype, type_v=ctype)
         kv = kv_bytes(model, cfg) / 2**20
         comp = compute_bytes(model, cfg) / 2**20
         err = (comp - got["compute"]) / got["compute"]
@@ -143,12 +131,11 @@ def bench_vs_llama(workdir: Path, python: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vs-llama", action="store_true", help="compare memory figures with llama.cpp's")
-    ap.add_argument("--llama-python", default=sys.executable, help="a Python that can import llama_cpp")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         if args.vs_llama:
-            bench_vs_llama(work, args.llama_python)
+            bench_vs_llama(work)
         else:
             bench_speed(work)
     return 0

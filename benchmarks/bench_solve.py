@@ -55,7 +55,7 @@ def main() -> None:
                 ms = 1000 * (time.perf_counter() - t)
                 cells = {b.name.split()[0]: (b.name, b) for b in p.baselines}
 
-                def cell(key: str, width: int) -> str:
+                def cell(key: str, width: int, cells: dict = cells) -> str:
                     if key not in cells:
                         return "-".rjust(width)
                     label, b = cells[key]

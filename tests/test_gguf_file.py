@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from pathlib import Path
@@ -123,7 +124,7 @@ def test_truncated_everywhere(tmp_path: Path, tiny_bytes: bytes) -> None:
     start = _data_start(tiny_bytes)
     cuts = sorted({*range(4, start, max(1, start // 200)), start - 1, start + 1, len(tiny_bytes) - 1})
     for cut in cuts:
-        with pytest.raises(GGUFError, match="truncated|not a GGUF"):
+        with pytest.raises(GGUFError, match=r"truncated|not a GGUF"):
             read_gguf(_write(tmp_path, tiny_bytes[:cut]))
 
 
@@ -208,7 +209,5 @@ def test_thousands_of_corrupted_headers(tmp_path: Path, tiny_bytes: bytes) -> No
 def test_arbitrary_bytes_after_magic(tmp_path: Path, tail: bytes) -> None:
     path = tmp_path / "h.gguf"
     path.write_bytes(b"GGUF" + struct.pack("<I", 3) + tail)
-    try:
+    with contextlib.suppress(GGUFError):
         read_gguf(path)
-    except GGUFError:
-        pass

@@ -9,91 +9,43 @@ override list in ``llama_model_params.tensor_buft_overrides``, and reads llama.c
 The build here is CPU-only, so every override targets the CPU buffer type and what is compared is *which
 tensors each pattern selects* under ECMAScript ``std::regex_search`` versus moeplace's Python ``re.search``, and
 the number of layer slots. Skipped where llama_cpp is not importable (run it with the interpreter that has it,
-e.g. ``/tmp/llbuild/bin/python -m pytest tests/test_llamacpp_oracle.py``)."""
+e.g. ``/tmp/llbuild/bin/python -m pytest tests/test_llamacpp_oracle.py``). The loading and log parsing are
+moeplace.engine's (:func:`moeplace.engine.tensor_buffers`)."""
 
 from __future__ import annotations
 
-import ctypes
 import random
 import re
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
+from moeplace import engine
 from moeplace import llamacpp as L
 from moeplace.model import ModelDescription, Role, load_model
 from moeplace.placement import HOST, Placement
 from moeplace.testing import TINY
 
-llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed in this interpreter "
-                                "(pip install 'moeplace[profile]', see .ci/llama-cpp.sh)")
-pytestmark = [pytest.mark.llama,
-              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the ggml library names are Linux's")]
+pytest.importorskip("llama_cpp", reason=engine.ENGINE_HINT)
+pytestmark = pytest.mark.llama
 
-_OVERRIDDEN = re.compile(r"^tensor (\S+) \(\d+ MiB \S+\) buffer type overridden to (\S+)$")
-_LAYER = re.compile(r"^load_tensors: layer +(\d+) assigned to device (\S+),")
 _HOST_BUFFERS = re.compile(r"^(CPU\w*|\w+_Host)$")  # CPU, CPU_REPACK (extra buffer types), CUDA_Host...
 
 
-class _Override(ctypes.Structure):
-    _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
-
-
 class Oracle:
-    """Loads a model with given overrides and reports what llama.cpp logged."""
-
-    def __init__(self) -> None:
-        lib = Path(llama_cpp.__file__).parent / "lib"
-        ggml = ctypes.CDLL(str(lib / "libggml.so"))
-        ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
-        ggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
-        ggml.ggml_backend_dev_buffer_type.restype = ctypes.c_void_p
-        ggml.ggml_backend_dev_buffer_type.argtypes = [ctypes.c_void_p]
-        cpu_device = ggml.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
-        self.cpu_buft = ggml.ggml_backend_dev_buffer_type(cpu_device)
-        self.text: list[str] = []
-        self._callback = llama_cpp.llama_log_callback(self._log)
-        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
-        llama_cpp.llama_backend_init()
-
-    def _log(self, level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        self.text.append(text.decode("utf-8", "replace"))
+    """Loads a model with given overrides (every pattern to the CPU buffer type) through moeplace.engine and
+    reports what llama.cpp logged."""
 
     def load(self, path: Path, patterns: Sequence[str], ngl: int = 0) -> tuple[dict[str, str], list[int]]:
         """``({tensor: buffer llama.cpp logged}, [layer slot indices])`` for a no_alloc load."""
-        items = [_Override(p.encode(), self.cpu_buft) for p in patterns]
-        array = (_Override * (len(items) + 1))(*items, _Override(None, None))
-        params = llama_cpp.llama_model_default_params()
-        params.tensor_buft_overrides = ctypes.cast(array, ctypes.c_void_p).value if items else None
-        params.no_alloc = True
-        params.load_mode = 0  # LLAMA_LOAD_MODE_NONE: with no_alloc nothing may be mapped
-        params.n_gpu_layers = ngl
-        self.text.clear()
-        model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-        assert model, "llama.cpp failed to load " + str(path) + ":\n" + "".join(self.text)[-2000:]
-        llama_cpp.llama_model_free(model)
-        overridden: dict[str, str] = {}
-        slots = []
-        for line in "".join(self.text).splitlines():
-            if m := _OVERRIDDEN.match(line):
-                overridden[m.group(1)] = m.group(2)
-            elif m := _LAYER.match(line):
-                slots.append(int(m.group(1)))
-        return overridden, slots
-
-    def close(self) -> None:
-        from llama_cpp import _logger
-
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+        got = engine.tensor_buffers(path, [L.Override(p, HOST) for p in patterns], n_gpu_layers=ngl)
+        return dict(got.overridden), [i for i, _ in got.slots]
 
 
 @pytest.fixture(scope="module")
-def oracle() -> Iterator[Oracle]:
-    o = Oracle()
-    yield o
-    o.close()
+def oracle() -> Oracle:
+    return Oracle()
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,8 @@ def test_deepseek_v3_structure(model_path: Callable[[str], Path]) -> None:
     assert [la.moe for la in m.layers] == [False] * 3 + [True] * 58
     assert all(la.attention == "mla" and la.has_kv for la in m.layers)
     assert any(t.kind == "FFN_EXP_PROBS_B" and t.role is Role.ROUTER for t in m.tensors)
-    dense = [t for t in m.block_tensors(0) if t.name.startswith(("blk.0.ffn_gate.", "blk.0.ffn_up.", "blk.0.ffn_down."))]
+    dense = [t for t in m.block_tensors(0)
+             if t.name.startswith(("blk.0.ffn_gate.", "blk.0.ffn_up.", "blk.0.ffn_down."))]
     assert len(dense) == 3 and all(t.role is Role.DENSE_FFN for t in dense)
 
 

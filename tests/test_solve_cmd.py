@@ -76,7 +76,7 @@ def test_context_auto_shows_the_trade(model_path: Callable[[str], Path]) -> None
 
 
 def test_dense_model_is_noted(model_path: Callable[[str], Path]) -> None:
-    code, out, err = run("solve", str(model_path("llama-3-8b")), "--vram", "8G", "--no-scripts")
+    code, _out, err = run("solve", str(model_path("llama-3-8b")), "--vram", "8G", "--no-scripts")
     assert code == 0
     assert "dense model" in err
 
@@ -91,7 +91,7 @@ def test_dense_model_is_noted(model_path: Callable[[str], Path]) -> None:
 ])
 def test_bad_input_one_line(model_path: Callable[[str], Path], tmp_path: Path, args: list[str],
                             message: str) -> None:
-    code, out, err = run("solve", str(model_path("qwen3-30b-a3b")), *args, "-o", str(tmp_path / "o"))
+    code, _out, err = run("solve", str(model_path("qwen3-30b-a3b")), *args, "-o", str(tmp_path / "o"))
     assert code == 2
     assert message in err
     assert "Traceback" not in err

@@ -68,12 +68,13 @@ main.help = (main.help or "") + SIZE_HELP + "."
 
 def _register() -> None:
     # Imported here so each command module can import SIZE and friendly_errors from this package.
-    from moeplace.cli import estimate_cmd, inspect_cmd, profile_cmd, solve_cmd
+    from moeplace.cli import bench_cmd, estimate_cmd, inspect_cmd, profile_cmd, solve_cmd
 
     main.add_command(inspect_cmd.inspect)
     main.add_command(solve_cmd.solve)
     main.add_command(estimate_cmd.estimate)
     main.add_command(profile_cmd.profile)
+    main.add_command(bench_cmd.bench)
 
 
 _register()

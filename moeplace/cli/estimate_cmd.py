@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -249,12 +250,12 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @friendly_errors
 def estimate(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | None, ram_bw: str | None,
-             margin: int | None, n_ctx: int, type_k: str, type_v: str, n_batch: int, n_ubatch: int,
-             flash_attn: str, n_seq_max: int, kv_unified: bool, swa_full: bool, no_kv_offload: bool,
+             margin: int | None, calibration: Path | None, n_ctx: int, type_k: str, type_v: str, n_batch: int,
+             n_ubatch: int, flash_attn: str, n_seq_max: int, kv_unified: bool, swa_full: bool, no_kv_offload: bool,
              no_op_offload: bool, n_gpu_layers: int | None, tensor_split: str | None, n_cpu_moe: int,
              cpu_moe: bool, price: float, api_price: float | None, as_json: bool) -> None:
     md = load_model(model)
-    devices = devices_from(gpus, backend, ram, ram_bw)
+    devices = devices_from(gpus, backend, ram, ram_bw, calibration)
     gpu_devs = [d for d in devices.values() if not d.is_host]
     cfg = run_config_from(md, devices, n_ctx=n_ctx, type_k=type_k, type_v=type_v, n_batch=n_batch,
                           n_ubatch=n_ubatch, flash_attn=flash_attn, n_seq_max=n_seq_max, kv_unified=kv_unified,

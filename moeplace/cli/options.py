@@ -4,10 +4,13 @@ them (short forms too), and the functions that turn them into devices and a RunC
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
+from moeplace.calibration import apply as apply_calibration
+from moeplace.calibration import load as load_calibration
 from moeplace.cli import SIZE
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import Device, catalog, device_set, host_device, parse_gpus
@@ -42,7 +45,8 @@ HARDWARE_HELP = """\b
 Hardware: --gpu/--vram takes a preset (--list-gpus), SIZE@GB/s (24G@936) or a size (24G); repeat it or
 separate with commas for several GPUs (CUDA0, CUDA1, ... in llama.cpp's order). --ram is the RAM size
 (default: this machine's), --ram-bw its bandwidth (GB/s, ddr5-6000x2 = 2 channels of DDR5-6000, or a
-platform name). Sizes: 24G or 24GiB = 24 x 2^30 bytes; 24GB = 24 x 10^9 bytes."""
+platform name); --calibration FILE uses the bandwidths moeplace bench measured. Sizes: 24G or 24GiB =
+24 x 2^30 bytes; 24GB = 24 x 10^9 bytes."""
 
 hardware_options = _stack(
     click.option("--gpu", "--vram", "gpus", multiple=True, metavar="SPEC",
@@ -56,6 +60,8 @@ hardware_options = _stack(
     click.option("--margin", type=SIZE, default=None,
                  help=f"Memory kept free on each GPU (default {format_size(DEFAULT_MARGIN)}, from the measured "
                       "error of the compute-buffer estimate)."),
+    click.option("--calibration", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE",
+                 help="Measured bandwidths (moeplace bench -o FILE) in place of the presets' efficiencies."),
     click.option("--list-gpus", is_flag=True, expose_value=False, is_eager=True, callback=_list_presets,
                  help="List the hardware presets and exit."),
 )
@@ -91,11 +97,13 @@ def context_options(ctx_help: str = "Context size in tokens (0 = the model's tra
     )
 
 
-def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ram_bw: str | None
-                 ) -> dict[str, Device]:
-    """The host and the GPUs the options describe, keyed by llama.cpp buffer name."""
+def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ram_bw: str | None,
+                 calibration: Path | None = None) -> dict[str, Device]:
+    """The host and the GPUs the options describe, keyed by llama.cpp buffer name, with the measured bandwidths
+    of a calibration file applied."""
     gpu_devs = parse_gpus(gpus, backend)
-    return device_set(gpu_devs, host_device(ram, ram_bw, gpu_devs))
+    devices = device_set(gpu_devs, host_device(ram, ram_bw, gpu_devs))
+    return devices if calibration is None else apply_calibration(devices, load_calibration(calibration))
 
 
 def run_config_from(model: ModelDescription, devices: dict[str, Device], *, n_ctx: int, type_k: str, type_v: str,

@@ -223,12 +223,14 @@ Examples:
               help="llama-server port in the scripts.")
 @friendly_errors
 def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | None, ram_bw: str | None,
-          margin: int | None, n_ctx: int | str, type_k: str, type_v: str, n_batch: int, n_ubatch: int,
-          flash_attn: str, n_seq_max: int, kv_unified: bool, swa_full: bool, no_kv_offload: bool,
+          margin: int | None, calibration: Path | None, n_ctx: int | str, type_k: str, type_v: str, n_batch: int,
+          n_ubatch: int, flash_attn: str, n_seq_max: int, kv_unified: bool, swa_full: bool, no_kv_offload: bool,
           no_op_offload: bool, workload: str, pins: tuple[str, ...], profile_path: Path | None, explain: bool,
           as_json: bool, out_dir: Path | None, no_scripts: bool, host: str, port: int) -> None:
     md = load_model(model)
-    devices = devices_from(gpus, backend, ram, ram_bw)
+    devices = devices_from(gpus, backend, ram, ram_bw, calibration)
+    if len(devices) == 1:
+        click.echo("note: no GPU given (--gpu/--vram): planning for the CPU alone", err=True)
     if not md.is_moe:
         click.echo(f"note: {md.name} is a dense model: there are no experts to place, so the plan only splits "
                    "layers", err=True)
