@@ -136,6 +136,17 @@ def validate(model: ModelDescription, cfg: RunConfig) -> None:
     if cfg.type_v not in _UNQUANTIZED and not cfg.flash_attn:
         raise MemoryConfigError(f"a quantized V cache ({cfg.type_v}) requires flash attention: add -fa on "
                                 "or use -ctv f16")
+    # llama-context.cpp (llama_init_from_model): with flash attention a quantized cache stores whole blocks per
+    # head, so every layer's head size must be a multiple of the type's block size.
+    k, v, k_swa, v_swa = _head_dims(model)
+    windowed = any(model.hparams.swa_layers)
+    for flag, t, dims in (("-ctk", cfg.type_k, {k, k_swa} if windowed else {k}),
+                          ("-ctv", cfg.type_v, {v, v_swa} if windowed else {v})):
+        block = GGML_QUANT_SIZES[CACHE_TYPES[t]][0]
+        if cfg.flash_attn and t not in _UNQUANTIZED and any(d % block for d in dims):
+            raise MemoryConfigError(f"{flag} {t} stores blocks of {block} values, which do not divide this model's "
+                                    f"head size {sorted(dims)}: llama.cpp refuses it; use f16 or a type whose block "
+                                    "divides the head size")
     if is_mla(model) and cfg.type_k != cfg.type_v:
         # Measured with llama-cpp-python 0.3.36: V is a view of K for MLA, so the types must agree.
         raise MemoryConfigError(f"{model.arch} (MLA) needs the same K and V cache types; got -ctk {cfg.type_k} "

@@ -72,6 +72,11 @@ def test_gqa(models: dict[str, ModelDescription], name: str, n_ctx: int, ctype: 
     cells = pad256(n_ctx)  # llama-context.cpp pads n_ctx to 256
     per_layer = row(ctype, s.head_dim * s.n_head_kv) * cells  # K; V the same size
     cfg = RunConfig(n_ctx=n_ctx, type_k=ctype, type_v=ctype)
+    if ctype not in ("f16", "f32") and s.head_dim % 32:
+        # llama-context.cpp refuses a quantized cache whose 32-value blocks do not divide the head size
+        with pytest.raises(MemoryConfigError, match="do not divide"):
+            kv_bytes(models[name], cfg)
+        return
     assert kv_bytes(models[name], cfg) == s.n_layer * 2 * per_layer
     layers = kv_bytes_per_layer(models[name], cfg)
     assert all(x.k_bytes == x.v_bytes == per_layer and x.cells == cells for x in layers)
@@ -129,7 +134,7 @@ def test_mla_tiny_and_its_limits(models: dict[str, ModelDescription]) -> None:
     m = models["deepseek2-tiny"]
     assert kv_bytes(m, RunConfig(n_ctx=4096)) == s.n_layer * row("f16", s.kv_lora_rank + s.rope_dim) * 4096
     # 32 + 8 = 40 elements per row is not a whole number of 32-element q8_0 blocks
-    with pytest.raises(MemoryConfigError, match="multiple of 32"):
+    with pytest.raises(MemoryConfigError, match=r"blocks of 32 values, which do not divide .* head size \[40\]"):
         kv_bytes(m, RunConfig(type_k="q8_0", type_v="q8_0"))
     with pytest.raises(MemoryConfigError, match="same K and V"):
         validate(models["deepseek-v3"], RunConfig(type_k="q8_0", type_v="f16"))
@@ -189,8 +194,9 @@ def test_chunked(models: dict[str, ModelDescription], n_ctx: int) -> None:
 
 def test_nextn_block_has_no_kv(models: dict[str, ModelDescription]) -> None:
     s = SPECS["glm4moe-tiny"]
-    r = row("q8_0", s.head_dim * s.n_head_kv)
-    cfg = RunConfig(n_ctx=8192, type_k="q8_0", type_v="q8_0")
+    ctype = "q8_0" if s.head_dim % 32 == 0 else "f16"  # llama.cpp needs whole q8_0 blocks per head
+    r = row(ctype, s.head_dim * s.n_head_kv)
+    cfg = RunConfig(n_ctx=8192, type_k=ctype, type_v=ctype)
     layers = kv_bytes_per_layer(models["glm4moe-tiny"], cfg)
     assert layers[-1].total == 0
     assert kv_bytes(models["glm4moe-tiny"], cfg) == (s.n_layer - s.n_nextn) * 2 * r * 8192
@@ -383,3 +389,13 @@ def test_kv_matches_llama_cpp(models: dict[str, ModelDescription], name: str, n_
     ours = kv_bytes(models[name], RunConfig(n_ctx=n_ctx, n_seq_max=n_seq)) / 2**20
     # llama.cpp prints each cache's MiB with two decimals
     assert ours == pytest.approx(sum(sizes), abs=0.0051 * len(sizes))
+
+
+def test_quantized_cache_needs_head_size_in_whole_blocks(models: dict[str, ModelDescription]) -> None:
+    # llama-context.cpp refuses a quantized K/V cache with flash attention when a block (32 values for q8_0)
+    # does not divide the head size; llama-tiny has 16-value heads, Qwen3 128.
+    assert models["llama-tiny"].hparams.head_dim_k % 32 != 0
+    with pytest.raises(MemoryConfigError, match="do not divide this model's head size"):
+        validate(models["llama-tiny"], RunConfig(type_k="q8_0", type_v="f16"))
+    validate(models["llama-tiny"], RunConfig(type_k="q8_0", flash_attn=False))  # without flash attention: allowed
+    validate(models["qwen3-30b-a3b"], RunConfig(type_k="q4_0", type_v="q4_0"))
