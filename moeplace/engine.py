@@ -66,8 +66,9 @@ class EngineError(MoeplaceError):
 # --- finding the library ---------------------------------------------------------------------------------------
 
 
-@cache
 def _import() -> tuple[ModuleType | None, str | None]:
+    # Not cached: Python's module cache already makes a repeated import cheap, and a test (or a user) who hides
+    # llama_cpp must see it gone.
     try:
         import llama_cpp
     except ImportError as e:
@@ -150,8 +151,14 @@ def _libs() -> _Libs:
         fn = getattr(ggml, name)
         fn.restype, fn.argtypes = res, args
     base = ctypes.CDLL(str(_lib_file(lib_dir, "ggml-base")))
-    base.ggml_backend_buft_name.restype = ctypes.c_char_p
-    base.ggml_backend_buft_name.argtypes = [ctypes.c_void_p]
+    for name, res, args in (
+        ("ggml_backend_buft_name", ctypes.c_char_p, [ctypes.c_void_p]),
+        ("ggml_get_name", ctypes.c_char_p, [ctypes.c_void_p]),
+        ("ggml_nbytes", ctypes.c_size_t, [ctypes.c_void_p]),
+        ("ggml_backend_tensor_get", None, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]),
+    ):
+        fn = getattr(base, name)
+        fn.restype, fn.argtypes = res, args
     breakdown = None
     if (sys.platform.startswith("linux") and ctypes.sizeof(ctypes.c_void_p) == 8
             and platform.machine() in ("x86_64", "aarch64") and _libstdcxx_loaded()):
@@ -163,6 +170,12 @@ def _libs() -> _Libs:
         except (AttributeError, EngineError):
             breakdown = None
     return _Libs(llama, ggml, base, breakdown)
+
+
+def ggml_base() -> ctypes.CDLL:
+    """libggml-base from llama-cpp-python's own lib folder, with the tensor accessors typed (ggml_get_name,
+    ggml_nbytes, ggml_backend_tensor_get, ggml_backend_buft_name)."""
+    return _libs().ggml_base
 
 
 def buffer_types() -> dict[str, int]:
@@ -240,7 +253,7 @@ def _lines(sink: Sequence[str]) -> list[str]:
     return "".join(sink).splitlines()
 
 
-def _last_error(sink: LogSink) -> str:
+def last_error(sink: LogSink) -> str:
     """llama.cpp's last error-level line, else the last line mentioning an error, else its last line."""
     if sink.errors:
         return sink.errors[-1]
@@ -335,13 +348,13 @@ def _load(path: str | os.PathLike[str], cfg: RunConfig | None, *, overrides: Seq
     mp = _model_params(libs, overrides, n_gpu_layers, tensor_split, no_alloc, keep)
     model = llama.llama_model_load_from_file(str(path).encode(), mp)
     if not model:
-        raise EngineError(f"{path}: llama.cpp could not load the model: {_last_error(sink)}")
+        raise EngineError(f"{path}: llama.cpp could not load the model: {last_error(sink)}")
     ctx = None
     try:
         if cfg is not None:
             ctx = llama.llama_init_from_model(model, _context_params(llama, cfg, n_threads or os.cpu_count() or 1))
             if not ctx:
-                raise EngineError(f"{path}: llama.cpp could not create a context: {_last_error(sink)}")
+                raise EngineError(f"{path}: llama.cpp could not create a context: {last_error(sink)}")
         yield _Loaded(model, ctx, keep)
     finally:
         if ctx:
@@ -657,7 +670,7 @@ def measure_speed(model_path: str | os.PathLike[str], cfg: RunConfig, overrides:
             pp = tuple(prompt(n_prompt) for _ in range(repetitions))
             tg = tuple(generate(n_gen) for _ in range(repetitions))
         except EngineError as e:
-            raise EngineError(f"{e}: {_last_error(sink)}") from None
+            raise EngineError(f"{e}: {last_error(sink)}") from None
     return EngineSpeed(pp_tps=float(np.mean(pp)), tg_tps=float(np.mean(tg)), n_prompt=n_prompt, n_gen=n_gen,
                        repetitions=repetitions, n_threads=threads, pp_runs=pp, tg_runs=tg, engine=version())
 

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,14 +33,13 @@ from typing import Any
 
 import numpy as np
 
+from moeplace import engine
 from moeplace.errors import MoeplaceError
 from moeplace.model import ModelDescription
 from moeplace.routing import ModelIdentity, RoutingProfile, Source, make_profile, moe_layers, utc_now
 
 TOPK_PREFIX = b"ffn_moe_topk-"
 GGML_TYPE_I32 = 26  # ggml/include/ggml.h, enum ggml_type
-ENGINE_HINT = ("live profiling needs llama-cpp-python: pip install 'moeplace[profile]' (a source build, "
-               "~25 min once; .ci/llama-cpp.sh caches the wheel)")
 PROMPT_SUFFIXES = (".txt", ".md", ".jsonl", ".text", ".prompt")
 
 Progress = Callable[[int, int], None]  # (tokens done, tokens expected)
@@ -63,31 +61,11 @@ class _TensorHead(ctypes.Structure):
 
 
 def load_llama() -> ModuleType:
-    """Imports llama_cpp, or explains how to get it."""
+    """Imports llama_cpp (through :mod:`moeplace.engine`), or explains how to get it."""
     try:
-        import llama_cpp
-    except ImportError:
-        raise LiveError(ENGINE_HINT) from None
-    return llama_cpp
-
-
-def _ggml_base(llama: ModuleType) -> ctypes.CDLL:
-    """libggml-base from llama-cpp-python's own lib folder: ggml_get_name, ggml_nbytes, ggml_backend_tensor_get."""
-    lib_dir = Path(llama.__file__).parent / "lib"
-    names = {"win32": ("ggml-base.dll", "libggml-base.dll"), "darwin": ("libggml-base.dylib", "libggml-base.so")}
-    for name in names.get(sys.platform, ("libggml-base.so",)):
-        if (lib_dir / name).exists():
-            lib = ctypes.CDLL(str(lib_dir / name))
-            break
-    else:
-        raise LiveError(f"libggml-base not found in {lib_dir}: reinstall llama-cpp-python ({ENGINE_HINT})")
-    lib.ggml_get_name.argtypes = [ctypes.c_void_p]
-    lib.ggml_get_name.restype = ctypes.c_char_p
-    lib.ggml_nbytes.argtypes = [ctypes.c_void_p]
-    lib.ggml_nbytes.restype = ctypes.c_size_t
-    lib.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
-    lib.ggml_backend_tensor_get.restype = None
-    return lib
+        return engine.load_llama()
+    except engine.EngineError as e:
+        raise LiveError(str(e)) from None
 
 
 # --- prompts -----------------------------------------------------------------------------------------------
@@ -299,32 +277,6 @@ def _sigint_sets(stop: threading.Event, abort: threading.Event) -> Iterator[None
         signal.signal(signal.SIGINT, previous)
 
 
-@contextmanager
-def _quiet_llama(llama: ModuleType, sink: list[str]) -> Iterator[None]:
-    """Collects llama.cpp's log lines (for error messages) instead of printing them."""
-
-    def log(level: int, text: bytes, user_data: Any) -> None:
-        if len(sink) < 2000:
-            sink.append(text.decode("utf-8", errors="replace"))
-
-    callback = llama.llama_log_callback(log)
-    llama.llama_log_set(callback, ctypes.c_void_p(0))
-    try:
-        yield
-    finally:
-        restore = getattr(getattr(llama, "_logger", None), "llama_log_callback", None)
-        if restore is not None:
-            llama.llama_log_set(restore, ctypes.c_void_p(0))
-        else:  # keep ours alive: llama.cpp may still log through it
-            llama._moeplace_log_sink = callback
-
-
-def _last_error(log: Sequence[str]) -> str:
-    lines = [line.strip() for line in "".join(log).splitlines() if line.strip()]
-    errors = [line for line in lines if "error" in line.lower() or "failed" in line.lower()]
-    return (errors or lines or ["no message"])[-1]
-
-
 def _tokenize(llama: ModuleType, vocab: Any, text: str) -> list[int]:
     data = text.encode("utf-8")
     n = len(data) + 8
@@ -357,20 +309,19 @@ def capture(model: ModelDescription, prompts: PromptSet, options: RunOptions = R
     if room < 1:
         raise LiveError(f"--generate {options.generate} leaves no room for the prompt in a context of "
                         f"{options.n_ctx} tokens: raise --ctx")
-    ggml = _ggml_base(llama)
+    ggml = engine.ggml_base()
     stop, abort = threading.Event(), threading.Event()
     collector = _Collector(ggml, hp.n_layer, hp.n_expert, options.coactivation, abort)
     callback = llama.ggml_backend_sched_eval_callback(collector)  # referenced until the context is freed
-    log: list[str] = []
     threads = options.n_threads or os.cpu_count() or 1
 
-    with _quiet_llama(llama, log), _sigint_sets(stop, abort):
+    with engine.captured_log(2000) as log, _sigint_sets(stop, abort):
         llama.llama_backend_init()
         mparams = llama.llama_model_default_params()
         mparams.n_gpu_layers = options.n_gpu_layers
         lm = llama.llama_model_load_from_file(str(model.paths[0]).encode(), mparams)
         if not lm:
-            raise LiveError(f"{model.paths[0]}: llama.cpp could not load the model: {_last_error(log)}")
+            raise LiveError(f"{model.paths[0]}: llama.cpp could not load the model: {engine.last_error(log)}")
         ctx = batch = None
         try:
             cparams = llama.llama_context_default_params()
@@ -384,7 +335,7 @@ def capture(model: ModelDescription, prompts: PromptSet, options: RunOptions = R
                 cparams.cb_eval_user_data = None
             ctx = llama.llama_init_from_model(lm, cparams)
             if not ctx:
-                raise LiveError(f"llama.cpp could not create a context: {_last_error(log)}")
+                raise LiveError(f"llama.cpp could not create a context: {engine.last_error(log)}")
             vocab = llama.llama_model_get_vocab(lm)
             n_vocab = llama.llama_vocab_n_tokens(vocab)
             batch = llama.llama_batch_init(options.n_batch, 0, 1)
@@ -408,7 +359,7 @@ def capture(model: ModelDescription, prompts: PromptSet, options: RunOptions = R
                     collector.discard()
                     return False
                 if rc != 0:
-                    raise LiveError(f"llama_decode failed with code {rc}: {_last_error(log)}")
+                    raise LiveError(f"llama_decode failed with code {rc}: {engine.last_error(log)}")
                 if collector.errors:
                     raise LiveError(f"reading the selected experts failed: {collector.errors[0]}")
                 collector.commit()
