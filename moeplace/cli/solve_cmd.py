@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +12,7 @@ import click
 from moeplace.cli import friendly_errors
 from moeplace.cli.options import HARDWARE_HELP, context_options, devices_from, hardware_options, run_config_from
 from moeplace.emit.args import LlamaArgs, RunSettings, build_args
-from moeplace.emit.scripts import llama_swap_entry, model_id_for, plan_document, plan_json, powershell_script, sh_script
+from moeplace.emit.scripts import plan_document, prediction, write_script_set
 from moeplace.hardware import HOST_NAME
 from moeplace.memory import DEFAULT_MARGIN
 from moeplace.model import load_model
@@ -123,59 +120,6 @@ def render(p: Plan, args: LlamaArgs, script_dir: Path | None, explain: bool) -> 
     return out
 
 
-def _prediction(p: Plan) -> dict[str, Any]:
-    def cand(c: Any) -> dict[str, Any]:
-        return {"name": c.name, "decode_tokens_per_second": c.decode_tps, "prompt_tokens_per_second": c.prefill_tps,
-                "seconds_per_generated_token": c.seconds, "fits": c.fits, "note": c.note}
-
-    e = p.estimate
-    return {
-        "plan": cand(p.chosen),
-        "baselines": [cand(b) for b in p.baselines],
-        "memory": {d: {"weights": b.weights, "kv": b.kv, "compute": b.compute, "overhead": b.overhead,
-                       "total": b.total} for d, b in e.memory.items()},
-        "free_after_margin": {d: f.free for d, f in e.fits.items()},
-        "budgets": dict(p.budgets),
-        "margin": p.margin,
-        "workload": {"name": p.workload.name, "prompt_per_generated": p.workload.prompt_per_generated,
-                     "batch": p.workload.batch},
-        "solver": {"optimality": p.optimality, "seconds": p.solve_seconds, "objective": p.solution.objective,
-                   "unit_bytes": p.solution.unit},
-        "warnings": list(p.warnings),
-        "reasons": [{"block": r.block, "device": r.device, "experts_on_device": list(r.experts_on_device),
-                     "experts_on_host": list(r.experts_on_host), "text": r.text} for r in p.reasons],
-    }
-
-
-def write_scripts(directory: Path, p: Plan, args: LlamaArgs, host: str, port: int) -> Path:
-    """Writes every launch script and the plan into ``directory`` all at once: they are built in a temporary
-    folder beside it and moved into place, so an error never leaves half a set."""
-    name, model_id = p.model.name, model_id_for(p.model)
-    files = {
-        "server.sh": (sh_script(args, server=True, host=host, port=port, model_name=name), True),
-        "cli.sh": (sh_script(args, program="llama-cli", server=False, model_name=name), True),
-        "server.ps1": (powershell_script(args, server=True, host=host, port=port, model_name=name), False),
-        "cli.ps1": (powershell_script(args, program="llama-cli", server=False, model_name=name), False),
-        "llama-swap.yaml": (llama_swap_entry(args, model_id), False),
-        "plan.json": (plan_json(plan_document(p.model, p.placement, args, _prediction(p))), False),
-    }
-    directory = directory.resolve()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        for fname, (text, executable) in files.items():
-            (tmp / fname).write_text(text)
-            if executable:
-                os.chmod(tmp / fname, 0o755)
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
-
-
 _HELP = f"""Find the placement of MODEL's tensors that gives the best predicted speed and fits every GPU, and print
 the llama.cpp command that runs it.
 
@@ -260,9 +204,9 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
     script_dir = None
     if not no_scripts:
         default_dir = Path("moeplace-" + re.sub(r"[^A-Za-z0-9._-]+", "-", md.name).strip("-."))
-        script_dir = write_scripts(out_dir or default_dir, chosen, args, host, port)
+        script_dir = write_script_set(out_dir or default_dir, chosen, args, host, port)
     if as_json:
-        doc = plan_document(md, chosen.placement, args, _prediction(chosen))
+        doc = plan_document(md, chosen.placement, args, prediction(chosen))
         if trade:
             doc["context_trade"] = [{"n_ctx": t.estimate.context.n_ctx, "decode_tokens_per_second": t.chosen.decode_tps,
                                      "kv_bytes": sum(b.kv for b in t.estimate.memory.values())} for t in trade]

@@ -25,6 +25,8 @@ import json
 import os
 import re
 import shlex
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from typing import Any
 from moeplace.emit.args import LlamaArgs, SettingsError
 from moeplace.model import ModelDescription
 from moeplace.placement import HOST, Placement
+from moeplace.planner import Plan
 
 SCHEMA = "moeplace.plan/1"
 _PS_QUOTES = "'\u2018\u2019\u201a\u201b"
@@ -271,3 +274,61 @@ def write_text(path: str | os.PathLike[str], text: str, executable: bool = False
     if executable:
         p.chmod(p.stat().st_mode | 0o100)
     return p
+
+
+# --- a plan's whole set of files ----------------------------------------------------------------------------
+
+
+def prediction(p: Plan) -> dict[str, Any]:
+    """The plan's predictions, baselines, budgets and reasons as JSON-ready data (``"prediction"`` in plan.json)."""
+
+    def cand(c: Any) -> dict[str, Any]:
+        return {"name": c.name, "decode_tokens_per_second": c.decode_tps, "prompt_tokens_per_second": c.prefill_tps,
+                "seconds_per_generated_token": c.seconds, "fits": c.fits, "note": c.note}
+
+    e = p.estimate
+    return {
+        "plan": cand(p.chosen),
+        "baselines": [cand(b) for b in p.baselines],
+        "memory": {d: {"weights": b.weights, "kv": b.kv, "compute": b.compute, "overhead": b.overhead,
+                       "total": b.total} for d, b in e.memory.items()},
+        "free_after_margin": {d: f.free for d, f in e.fits.items()},
+        "budgets": dict(p.budgets),
+        "margin": p.margin,
+        "workload": {"name": p.workload.name, "prompt_per_generated": p.workload.prompt_per_generated,
+                     "batch": p.workload.batch},
+        "solver": {"optimality": p.optimality, "seconds": p.solve_seconds, "objective": p.solution.objective,
+                   "unit_bytes": p.solution.unit},
+        "warnings": list(p.warnings),
+        "reasons": [{"block": r.block, "device": r.device, "experts_on_device": list(r.experts_on_device),
+                     "experts_on_host": list(r.experts_on_host), "text": r.text} for r in p.reasons],
+    }
+
+
+def write_script_set(directory: Path, p: Plan, args: LlamaArgs, host: str = "127.0.0.1", port: int = 8080) -> Path:
+    """Writes every launch script and the plan into ``directory`` all at once: they are built in a temporary
+    folder beside it and moved into place, so an error never leaves half a set."""
+    name, model_id = p.model.name, model_id_for(p.model)
+    files = {
+        "server.sh": (sh_script(args, server=True, host=host, port=port, model_name=name), True),
+        "cli.sh": (sh_script(args, program="llama-cli", server=False, model_name=name), True),
+        "server.ps1": (powershell_script(args, server=True, host=host, port=port, model_name=name), False),
+        "cli.ps1": (powershell_script(args, program="llama-cli", server=False, model_name=name), False),
+        "llama-swap.yaml": (llama_swap_entry(args, model_id), False),
+        "plan.json": (plan_json(plan_document(p.model, p.placement, args, prediction(p))), False),
+    }
+    directory = directory.resolve()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        for fname, (text, executable) in files.items():
+            (tmp / fname).write_text(text)
+            if executable:
+                os.chmod(tmp / fname, 0o755)
+        if directory.exists():
+            shutil.rmtree(directory)
+        tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
