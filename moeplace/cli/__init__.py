@@ -50,6 +50,15 @@ class SizeType(click.ParamType):
 SIZE = SizeType()
 
 
+def table(headers: list[str], rows: list[list[Any]], right: set[int] | None = None) -> list[str]:
+    """Rows of text in aligned columns; columns in ``right`` are right-aligned (default: all but the first)."""
+    cells = [[str(c) for c in r] for r in [headers, *rows]]
+    right = set(range(1, len(headers))) if right is None else right
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+            for r in cells]
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="moeplace")
 def main() -> None:

@@ -15,18 +15,12 @@ from moeplace.calibration import Calibration, CalibrationError
 from moeplace.calibration import load as load_calibration
 from moeplace.calibration import save as save_calibration
 from moeplace.calibration import to_dict as calibration_dict
-from moeplace.cli import friendly_errors
+from moeplace.cli import friendly_errors, table
 from moeplace.cli.options import HARDWARE_HELP, context_options, devices_from, hardware_options, run_config_from
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import GB
 from moeplace.memory import DEFAULT_MARGIN
 from moeplace.model import load_model
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-            for r in [headers, *rows]]
 
 
 def _rows(runs: list[Run]) -> list[list[str]]:
@@ -126,7 +120,7 @@ def bench(model: Path, n_plans: int, gpus: tuple[str, ...], backend: str | None,
            f"ubatch {cfg.n_ubatch}, flash attention {'on' if cfg.flash_attn else 'off'}, "
            f"threads {runs[0].measured.n_threads}; pp {n_prompt} tokens, tg {n_gen} tokens, {repetitions} runs each",
            ""]
-    out += _table(["placement", "pp predicted", "pp measured", "tg predicted", "tg measured", "tg measured/pred"],
+    out += table(["placement", "pp predicted", "pp measured", "tg predicted", "tg measured", "tg measured/pred"],
                   _rows(runs))
     out.append("")
     for name, m in measured.items():

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from moeplace.cli import friendly_errors
+from moeplace.cli import friendly_errors, table
 from moeplace.cli.options import HARDWARE_HELP, context_options, devices_from, hardware_options, run_config_from
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import Device
@@ -122,13 +122,6 @@ def estimate_to_json(model: ModelDescription, placement: Placement, cfg: RunConf
     }
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    cells = [headers, *rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-            for r in cells]
-
-
 def render(model: ModelDescription, placement: Placement, cfg: RunConfig, devices: dict[str, Device], e: Estimate,
            rows: list[dict[str, Any]], price: float, api_price: float | None, margin: int) -> list[str]:
     """The human-readable report."""
@@ -155,7 +148,7 @@ def render(model: ModelDescription, placement: Placement, cfg: RunConfig, device
             ok = "yes" if h.fits else ("paged" if h.possible else "NO")
         mem_rows.append([n, format_size(b.weights), format_size(b.kv), format_size(b.compute),
                          format_size(b.overhead), format_size(b.total), avail, free, ok])
-    out += _table(["memory", "weights", "KV", "compute", "overhead", "total", "has", "free", "fits"], mem_rows)
+    out += table(["memory", "weights", "KV", "compute", "overhead", "total", "has", "free", "fits"], mem_rows)
     out.append(f"  (GPU free space is after a --margin of {format_size(margin)}; compute buffers are estimates)")
     for n, f in e.fits.items():
         if not f.fits:
@@ -201,7 +194,7 @@ def render(model: ModelDescription, placement: Placement, cfg: RunConfig, device
         cells += [f"{r[t]['tokens_per_second']:.1f}" if r.get(t) else "-" for t in types]
         trows.append(cells)
     out.append("context length against KV memory and decode speed at a full context, same placement:")
-    out += _table(head, trows)
+    out += table(head, trows)
     out.append("  * does not fit on this hardware with this placement")
     if e.notes:
         out.append("")

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from moeplace.cli import friendly_errors
+from moeplace.cli import friendly_errors, table
 from moeplace.model import load_model
 from moeplace.sizes import format_size
 from moeplace.summary import summarize, tensor_rows
@@ -19,13 +19,6 @@ def _count(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.2f}{unit}"
     return str(int(n))
-
-
-def _table(headers: list[str], rows: list[list[Any]], right: set[int]) -> list[str]:
-    cells = [headers, *[[str(c) for c in r] for r in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-            .rstrip() for r in cells]
 
 
 def render(s: dict[str, Any]) -> list[str]:
@@ -64,14 +57,14 @@ def render(s: dict[str, Any]) -> list[str]:
     loaded = s["loaded_bytes"]
     rows = [[role, format_size(b), f"{100 * b / loaded:.1f}%" if role != "nextn" else "not loaded"]
             for role, b in s["bytes_by_role"].items() if b]
-    out += _table(["role", "bytes", "share"], rows, {1, 2})
+    out += table(["role", "bytes", "share"], rows, {1, 2})
     out.append("")
     if s["is_moe"]:
         out.append(f"Routed experts are {100 * s['routed_expert_share']:.1f}% of the loaded weights.")
     out.append(f"One token reads {format_size(s['bytes_read_per_token'])} of {format_size(loaded)} loaded "
                "(batch 1, uniform routing): the floor of decode memory traffic.")
     out.append("")
-    out += _table(["type", "tensors", "bytes"],
+    out += table(["type", "tensors", "bytes"],
                   [[q["type"], q["tensors"], format_size(q["bytes"])] for q in s["quant_mix"]], {1, 2})
     out.append("")
     layer_rows = [[r["block"], r["kind"], r["attention"], r["n_head_kv"],
@@ -79,7 +72,7 @@ def render(s: dict[str, Any]) -> list[str]:
                    format_size(r["expert_slice_bytes"]) if r["expert_slice_bytes"] else "-",
                    format_size(r["shared_expert_bytes"]) if r["shared_expert_bytes"] else "-",
                    format_size(r["attention_bytes"]), format_size(r["total_bytes"])] for r in s["layers"]]
-    out += _table(["blk", "kind", "attention", "kv heads", "routed", "per expert", "shared", "attn", "total"],
+    out += table(["blk", "kind", "attention", "kv heads", "routed", "per expert", "shared", "attn", "total"],
                   layer_rows, {0, 3, 4, 5, 6, 7, 8})
     return out
 
@@ -115,5 +108,5 @@ def inspect(model: Path, show_tensors: bool, as_json: bool) -> None:
         click.echo("")
         rows = [[t["name"], t["role"], t["type"], "x".join(map(str, t["shape"])), format_size(t["bytes"])]
                 for t in tensor_rows(m)]
-        for line in _table(["tensor", "role", "type", "shape", "bytes"], rows, {4}):
+        for line in table(["tensor", "role", "type", "shape", "bytes"], rows, {4}):
             click.echo(line)

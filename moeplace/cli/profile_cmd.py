@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from moeplace.cli import friendly_errors
+from moeplace.cli import friendly_errors, table
 from moeplace.errors import MoeplaceError
 from moeplace.model import load_model
 from moeplace.routing import (
@@ -53,12 +53,6 @@ def _echo_lines(lines: list[str]) -> None:
         click.echo(line)
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    cells = [headers, *rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return ["  ".join(c.rjust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-
-
 def _source_line(p: RoutingProfile) -> str:
     s = p.source
     parts = [f"{s.kind} profile, {s.tokens:,.0f} tokens"]
@@ -91,7 +85,7 @@ def render_show(p: RoutingProfile, r: SkewReport) -> list[str]:
     for s in r.layers:
         rows.append([str(s.layer), f"{s.tokens:,.0f}", f"{s.top10_share:.1%}", f"{s.top25_share:.1%}",
                      f"{s.entropy:.3f}", str(s.dead), *[f"{d:.1f}" for d in s.distinct], s.verdict(r.uniform_top25)])
-    out += ["  " + line for line in _table(headers, rows)]
+    out += ["  " + line for line in table(headers, rows, right=set(range(len(headers))))]
     out += ["", "  top10%/top25%: share of routes the hottest 10%/25% of experts take; entropy 1 = uniform;",
             "  B=n: expected distinct experts a batch of n tokens touches (what batched decode reads and prompt",
             "  processing copies across PCIe).", "", r.verdict()]

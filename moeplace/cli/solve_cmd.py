@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from moeplace.cli import friendly_errors
+from moeplace.cli import friendly_errors, table
 from moeplace.cli.options import HARDWARE_HELP, context_options, devices_from, hardware_options, run_config_from
 from moeplace.emit.args import LlamaArgs, RunSettings, build_args
 from moeplace.emit.scripts import plan_document, prediction, write_script_set
@@ -36,15 +36,6 @@ class ContextType(click.ParamType):
         if n < 0:
             self.fail("the context must be 0 (the trained context), a positive number, or auto", param, ctx)
         return n
-
-
-def _row(cells: list[str], widths: list[int], right: set[int]) -> str:
-    return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-
-
-def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-    return [_row(r, widths, right) for r in [headers, *rows]]
 
 
 def _ranges(xs: list[int]) -> str:
@@ -88,7 +79,7 @@ def render(p: Plan, args: LlamaArgs, script_dir: Path | None, explain: bool) -> 
         free = format_size(fit.free) if fit else ("fits" if e.host.fits else f"short {format_size(e.host.paged)}")
         rows.append([name, format_size(b.weights), format_size(b.kv), format_size(b.compute),
                      format_size(b.overhead), format_size(b.total), avail, free])
-    out += _table(["device", "weights", "KV", "compute", "overhead", "total", "memory", "free after margin"],
+    out += table(["device", "weights", "KV", "compute", "overhead", "total", "memory", "free after margin"],
                   rows, {1, 2, 3, 4, 5, 6, 7})
     out.append("")
     base = p.chosen
@@ -98,7 +89,7 @@ def render(p: Plan, args: LlamaArgs, script_dir: Path | None, explain: bool) -> 
         delta = (base.seconds / b.seconds - 1) * -100 if b.seconds else 0.0
         rows.append([b.name, f"{b.decode_tps:.2f}", f"{b.prefill_tps:.0f}", "yes" if b.fits else "NO",
                      f"{delta:+.1f}%", b.note])
-    out += _table(["placement", "decode tok/s", "prompt tok/s", "fits", "plan vs it", "note"], rows, {1, 2})
+    out += table(["placement", "decode tok/s", "prompt tok/s", "fits", "plan vs it", "note"], rows, {1, 2})
     out.append("")
     out.append(f"solver: {p.optimality}, {p.solve_seconds * 1000:.0f} ms")
     out.append("")
@@ -113,7 +104,7 @@ def render(p: Plan, args: LlamaArgs, script_dir: Path | None, explain: bool) -> 
     if explain:
         out.append("")
         out.append("Why each block's experts went where they did:")
-        out += _table(["blk", "device", "core (attn+KV)", "experts", "on device", "reason"],
+        out += table(["blk", "device", "core (attn+KV)", "experts", "on device", "reason"],
                       [[str(r.block), r.device, format_size(r.core_bytes), format_size(r.expert_bytes),
                         f"{len(r.experts_on_device)}/{len(r.experts_on_device) + len(r.experts_on_host)}", r.text]
                        for r in p.reasons], {0, 2, 3})
@@ -217,7 +208,7 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
     lines = render(chosen, args, script_dir, explain)
     if trade:
         lines += ["", "Context trade (-c auto):"]
-        lines += _table(["context", "KV total", "decode tok/s", "prompt tok/s"],
+        lines += table(["context", "KV total", "decode tok/s", "prompt tok/s"],
                         [[str(t.estimate.context.n_ctx), format_size(sum(b.kv for b in t.estimate.memory.values())),
                           f"{t.chosen.decode_tps:.2f}", f"{t.chosen.prefill_tps:.0f}"] for t in trade], {0, 1, 2, 3})
     click.echo("\n".join(lines))
