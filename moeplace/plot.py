@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -18,6 +19,8 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from moeplace.errors import MoeplaceError
+from moeplace.model import ModelDescription, Role, Tensor
+from moeplace.placement import HOST, Placement
 from moeplace.routing import RoutingProfile
 
 DEAD = "#3b3b3b"
@@ -99,7 +102,9 @@ def render_svg(grid: Grid) -> str:
     """The grid as a standalone SVG document."""
     rows, cols = grid.shape
     cell = max(4.0, min(24.0, 960.0 / max(cols, 1), 640.0 / max(rows, 1)))
-    left, top, right = 56.0, 64.0, 16.0
+    # Row labels are numbers in a heat map but words in a placement map: leave room for the longest.
+    left = max(56.0, 22.0 + 6.6 * max((len(x) for x in grid.row_labels), default=0))
+    top, right = 64.0, 16.0
     legend_top = top + rows * cell + 34 + (16 if grid.legend_title else 0)
     height = legend_top + 30
     # No font metrics in plain SVG: estimate text widths (sans-serif, ~0.6 em per character) to size the canvas.
@@ -197,3 +202,51 @@ def write_grid(grid: Grid, path: str | os.PathLike[str]) -> Path:
 def plot_profile(profile: RoutingProfile, path: str | os.PathLike[str]) -> Path:
     """Draws the layer x expert heat map of ``profile`` to ``path`` (.svg always works; .png needs matplotlib)."""
     return write_grid(routing_grid(profile), path)
+
+
+# --- placement map -------------------------------------------------------------------------------------------
+
+HOST_COLOUR, ABSENT_COLOUR = "#b0b0b0", "#ffffff"
+# ColorBrewer Dark2: distinct at a glance, also for the colour-blind in its first four.
+_DEVICE_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d")
+_GROUP_ROLES = (("attention + KV", (Role.ATTENTION,)), ("norms", (Role.NORM,)), ("router", (Role.ROUTER,)),
+                ("shared experts", (Role.SHARED_EXPERT,)), ("dense FFN", (Role.DENSE_FFN,)), ("recurrent", (Role.SSM,)))
+
+
+def placement_grid(model: ModelDescription, placement: Placement, title: str = "") -> Grid:
+    """Where every block's tensors live: one row per kind of tensor (each routed-expert tensor on its own row),
+    one column per block, coloured by device; the KV cache is where the block's attention runs."""
+    n = model.hparams.n_layer
+    devices = [d for d in dict.fromkeys([*placement.layer_devices, placement.output_device,
+                                         *placement.tensor_devices.values()]) if d != HOST]
+    colour = {HOST: HOST_COLOUR, **{d: _DEVICE_COLOURS[i % len(_DEVICE_COLOURS)] for i, d in enumerate(devices)}}
+    rows: list[tuple[str, Callable[[Tensor], bool]]] = []
+    for label, roles in _GROUP_ROLES:
+        if any(t.role in roles and t.loaded for t in model.tensors):
+            rows.append((label, lambda t, roles=roles: t.role in roles))
+    stems = dict.fromkeys(t.name.split(".")[2] for t in model.tensors if t.role is Role.ROUTED_EXPERT and t.loaded)
+    rows += [(stem, lambda t, stem=stem: t.role is Role.ROUTED_EXPERT and t.name.split(".")[2] == stem)
+             for stem in stems]
+    by_block: dict[int, list[Tensor]] = {il: [] for il in range(n)}
+    for t in model.tensors:
+        if t.block is not None and t.loaded:
+            by_block[t.block].append(t)
+    colours, tips = [], []
+    for label, match in rows:
+        crow, trow = [], []
+        for il in range(n):
+            ts = [t for t in by_block[il] if match(t)]
+            where = dict.fromkeys(placement.tensor_devices[t.name] for t in ts)
+            if label == "attention + KV" and ts:
+                where = dict.fromkeys([*where, placement.layer_devices[il]])
+            crow.append(colour[next(iter(where))] if len(where) == 1 else "#000000" if where else ABSENT_COLOUR)
+            size = sum(t.nbytes for t in ts)
+            mib = f", {size / 2**20:.1f} MiB" if ts else ""
+            trow.append(f"block {il} {label}: {', '.join(where) or 'none'}{mib}")
+        colours.append(tuple(crow))
+        tips.append(tuple(trow))
+    legend = (*tuple((colour[d], d) for d in devices), (HOST_COLOUR, f"{HOST} (RAM)"), (ABSENT_COLOUR, "none"))
+    return Grid(title=title or f"Placement of {model.name}",
+                subtitle=f"output layer on {placement.output_device}; token embeddings in RAM",
+                row_title="", col_title="block", row_labels=tuple(label for label, _ in rows),
+                colours=tuple(colours), legend=legend, tips=tuple(tips), legend_title="where each tensor lives:")

@@ -17,6 +17,7 @@ from moeplace.hardware import HOST_NAME
 from moeplace.memory import DEFAULT_MARGIN
 from moeplace.model import load_model
 from moeplace.planner import Plan, auto_context, parse_pin, parse_workload, plan
+from moeplace.plot import placement_grid, write_grid
 from moeplace.routing import check_profile, expert_probs, load_profile
 from moeplace.sizes import format_size
 
@@ -153,6 +154,8 @@ Examples:
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder for the launch scripts (default: moeplace-<model>/ in the current folder).")
 @click.option("--no-scripts", is_flag=True, help="Print the plan only; write no files.")
+@click.option("--map", "map_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Draw where every block's tensors live (.svg, or .png with matplotlib).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="llama-server address in the scripts.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
               help="llama-server port in the scripts.")
@@ -161,7 +164,7 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
           margin: int | None, calibration: Path | None, n_ctx: int | str, type_k: str, type_v: str, n_batch: int,
           n_ubatch: int, flash_attn: str, n_seq_max: int, kv_unified: bool, swa_full: bool, no_kv_offload: bool,
           no_op_offload: bool, workload: str, pins: tuple[str, ...], profile_path: Path | None, explain: bool,
-          as_json: bool, out_dir: Path | None, no_scripts: bool, host: str, port: int) -> None:
+          as_json: bool, out_dir: Path | None, no_scripts: bool, map_path: Path | None, host: str, port: int) -> None:
     md = load_model(model)
     devices = devices_from(gpus, backend, ram, ram_bw, calibration)
     if len(devices) == 1:
@@ -192,6 +195,8 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
                            cache_type_k=type_k, cache_type_v=type_v, flash_attn=chosen.cfg.flash_attn,
                            n_ubatch=n_ubatch, n_batch=n_batch, n_parallel=n_seq_max, kv_offload=not no_kv_offload)
     args = build_args(md, chosen.placement, settings)
+    if map_path is not None:
+        write_grid(placement_grid(md, chosen.placement), map_path)
     script_dir = None
     if not no_scripts:
         default_dir = Path("moeplace-" + re.sub(r"[^A-Za-z0-9._-]+", "-", md.name).strip("-."))
