@@ -38,7 +38,7 @@ from moeplace.memory import (
 from moeplace.model import ModelDescription, Role, Tensor
 from moeplace.placement import Placement, default_tensor_device, layer_placement
 from moeplace.sizes import format_size
-from moeplace.solver import HOST_INDEX, LayerItems, Movable, Problem, Solution, solve
+from moeplace.solver import HOST_INDEX, LayerItems, Movable, Problem, Solution, solve, solve_cp_sat
 from moeplace.speed import (
     GPU_COMPUTE_EFFICIENCY,
     Estimate,
@@ -379,10 +379,15 @@ def _reasons(problem: Problem, sol: Solution) -> tuple[LayerReason, ...]:
 
 def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
          workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN, pins: Sequence[Pin] = (),
-         profile: ExpertProbs | None = None, progress: Callable[[str], None] | None = None) -> Plan:
+         profile: ExpertProbs | None = None, progress: Callable[[str], None] | None = None,
+         solver: str = "dp", time_limit: float = 10.0) -> Plan:
     """The placement with the best predicted time per token that fits every GPU, with baselines and reasons.
 
-    ``devices`` maps llama.cpp buffer names to devices: the host ``CPU`` and the GPUs in llama.cpp's order."""
+    ``devices`` maps llama.cpp buffer names to devices: the host ``CPU`` and the GPUs in llama.cpp's order.
+    ``solver`` "dp" (exact dynamic programme, the default) or "cp-sat" (OR-Tools, started from the DP's answer,
+    stopped after ``time_limit`` seconds with its gap reported)."""
+    if solver not in ("dp", "cp-sat"):
+        raise PlanError(f"solver '{solver}': use dp or cp-sat")
     if HOST_NAME not in devices:
         raise PlanError("the devices must include the host CPU")
     gpus = [d for n, d in devices.items() if n != HOST_NAME]
@@ -408,7 +413,10 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     if over_pins:
         raise PlanError(f"the tensors pinned to {', '.join(over_pins)} do not fit its budget: pin fewer")
     t0 = time.perf_counter()
-    sol = solve(problem)
+    sol = dp = solve(problem)
+    cp = solve_cp_sat(problem, time_limit=time_limit, hint=dp) if solver == "cp-sat" else None
+    if cp is not None and cp.objective < dp.objective:
+        sol = cp
     elapsed = time.perf_counter() - t0
     placement = _placement_of(model, problem, sol, pinned)
     chosen = _score(model, placement, cfg, devices, workload, profile, margin, "moeplace")
@@ -440,7 +448,11 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
                         f"({format_size(cores)} + {format_size(reserve)} compute, overhead and margin); "
                         "a smaller -c or -ctk/-ctv q8_0 lowers that")
     optimality = (f"optimal for the linear model (exact dynamic programme over {len(problem.layers)} layers, "
-                  f"{sol.states} states, sizes rounded up to {format_size(sol.unit)})")
+                  f"{dp.states} states, sizes rounded up to {format_size(dp.unit)})")
+    if cp is not None:
+        found = "proven optimal" if cp.proven else f"stopped at {time_limit:g} s, {100 * cp.gap:.2f}% from its bound"
+        used = "its placement is used" if sol is cp else "the dynamic programme's answer is as good and is used"
+        optimality += f"; CP-SAT: {found}, {used}"
     return Plan(model, devices, cfg, workload, margin, chosen, tuple(base), budgets, sol, elapsed, optimality,
                 _reasons(problem, sol), tuple(pins), tuple(warnings))
 
@@ -460,14 +472,15 @@ def context_ladder(n_ctx_train: int, start: int = 4096) -> list[int]:
 
 def auto_context(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
                  workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN, pins: Sequence[Pin] = (),
-                 profile: ExpertProbs | None = None) -> tuple[Plan, list[Plan]]:
+                 profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0
+                 ) -> tuple[Plan, list[Plan]]:
     """Plans every context of :func:`context_ladder` and picks the largest whose predicted decode speed is within
     :data:`AUTO_CONTEXT_LOSS` of the smallest context's; returns it and the whole trade for display."""
     trade: list[Plan] = []
     for n_ctx in context_ladder(model.hparams.n_ctx_train):
         try:
             trade.append(plan(model, devices, cfg.with_(n_ctx=n_ctx), workload=workload, margin=margin, pins=pins,
-                              profile=profile))
+                              profile=profile, solver=solver, time_limit=time_limit))
         except PlanError:
             break
     if not trade:

@@ -14,9 +14,10 @@ dynamic programming from the last layer to the first, with one capacity dimensio
 (a GPU's budget is closed once the sequence moves on to the previous device). Sizes are rounded *up* to a unit
 of at most 1/65536 of the largest budget, so a plan never exceeds a budget; the rounding is reported.
 
-Why not CP-SAT directly: on a DeepSeek-V3-size instance (174 expert tensors, 3 devices, 2 cores) CP-SAT was
-still 2.5% from its bound after 20 s, because same-size expert tensors make the search symmetric. The tests
-check this DP against CP-SAT (OR-Tools) on instances small enough for CP-SAT to prove optimality.
+The same problem stated directly for OR-Tools CP-SAT is :func:`solve_cp_sat` (``solve --solver cp-sat``). On a
+DeepSeek-V3-size instance (174 expert tensors, 3 devices, 2 cores) CP-SAT was still 2.5% from its bound after
+20 s, because same-size expert tensors make its search symmetric, so the DP is the default; the tests check the
+two against each other on instances small enough for CP-SAT to prove optimality.
 """
 
 from __future__ import annotations
@@ -70,8 +71,18 @@ class Solution:
     on_host: tuple[tuple[bool, ...], ...]  # per layer, per movable: sent to the host
     objective: float  # predicted seconds per token
     bytes_per_device: tuple[int, ...]
-    unit: int  # bytes per capacity unit of the DP
-    states: int
+    unit: int  # bytes per capacity unit sizes were rounded up to
+    states: int  # DP states (0 for CP-SAT)
+    proven: bool = True  # the objective is proven optimal for the problem
+    bound: float | None = None  # CP-SAT's lower bound on the objective, when it stopped without a proof
+    engine: str = "dp"
+
+    @property
+    def gap(self) -> float:
+        """Relative distance to the best bound (0 when proven optimal)."""
+        if self.proven or self.bound is None or self.objective <= 0:
+            return 0.0
+        return max(0.0, (self.objective - self.bound) / self.objective)
 
 
 def _options(layer: LayerItems, device: int,
@@ -174,12 +185,103 @@ def solve(problem: Problem) -> Solution:
             state -= int(units[o])
     output_device = d
 
-    used = [0] * n_dev
+    used = _bytes_used(problem, layer_device, output_device, on_host)
+    return Solution(tuple(layer_device), output_device, tuple(on_host), objective, used, unit, sum(size))
+
+
+def _bytes_used(problem: Problem, layer_device: list[int] | tuple[int, ...], output_device: int,
+                on_host: list[tuple[bool, ...]] | tuple[tuple[bool, ...], ...]) -> tuple[int, ...]:
+    used = [0] * len(problem.devices)
     for il, (dev, host) in enumerate(zip(layer_device, on_host)):
         layer = problem.layers[il]
         used[dev] += layer.core_bytes
         for m, h in zip(layer.movables, host):
-            used[HOST_INDEX if h else dev] += m.nbytes
+            used[HOST_INDEX if h or dev == HOST_INDEX else dev] += m.nbytes
     used[output_device] += problem.output_bytes
-    return Solution(tuple(layer_device), output_device, tuple(on_host), objective, tuple(used), unit,
-                    sum(size))
+    return tuple(used)
+
+
+def solve_cp_sat(problem: Problem, *, time_limit: float = 10.0, workers: int = 2, hint: Solution | None = None
+                 ) -> Solution:
+    """The same problem stated directly for OR-Tools CP-SAT: one-hot layer devices in non-decreasing device order
+    (the output slot last), each movable on its layer's GPU or the host, a switch cost per device change and two
+    per split layer. Sizes are rounded up per item to the DP's unit, times to nanoseconds. It proves optimality
+    on small models; on large ones it stops at ``time_limit`` and reports its bound (``Solution.gap``).
+    ``hint`` (e.g. the DP's solution) starts the search from a known placement."""
+    from ortools.sat.python import cp_model
+
+    scale = 1e9
+    n_dev, n = len(problem.devices), len(problem.layers)
+    unit = max(MIN_UNIT, math.ceil(max(max(problem.capacity[1:], default=0), 1) / (MAX_STATES - 1)))
+
+    def units(b: int) -> int:
+        return -(-b // unit)
+
+    def ns(t: float) -> int:
+        return round(t * scale)
+
+    m = cp_model.CpModel()
+    x = [[m.new_bool_var(f"x{i}_{d}") for d in range(n_dev)] for i in range(n + 1)]  # slot n = output
+    for i, row in enumerate(x):
+        m.add_exactly_one(row)
+        if i < n:
+            for d in range(n_dev):
+                if not problem.layers[i].allowed[d]:
+                    m.add(row[d] == 0)
+    z = [sum(d * v for d, v in enumerate(row)) for row in x]
+    for i in range(n):
+        m.add(z[i] <= z[i + 1])
+    obj: list[cp_model.LinearExprT] = []
+    load: list[list[cp_model.LinearExprT]] = [[] for _ in range(n_dev)]
+    host_vars: list[list[cp_model.IntVar]] = []
+    for i, layer in enumerate(problem.layers):
+        split = m.new_bool_var(f"split{i}")
+        hv = []
+        for d in range(n_dev):
+            obj.append(ns(layer.core_time[d]) * x[i][d])
+            load[d].append(units(layer.core_bytes) * x[i][d])
+        for k, mv in enumerate(layer.movables):
+            on = [m.new_bool_var(f"a{i}_{k}_{d}") for d in range(1, n_dev)]  # with its layer on GPU d
+            host = m.new_bool_var(f"h{i}_{k}")
+            m.add_exactly_one([host, *on])
+            for d, a in enumerate(on, start=1):
+                m.add(a <= x[i][d])
+                load[d].append(units(mv.nbytes) * a)
+                obj.append(ns(mv.time[d]) * a)
+            obj.append(ns(mv.time[HOST_INDEX]) * host)
+            m.add(split >= host - x[i][HOST_INDEX])
+            hv.append(host)
+        host_vars.append(hv)
+        obj.append(ns(2 * problem.switch_time) * split)
+    for d in range(n_dev):
+        obj.append(ns(problem.output_time[d]) * x[n][d])
+        load[d].append(units(problem.output_bytes) * x[n][d])
+    for i in range(n):
+        change = m.new_bool_var(f"c{i}")
+        m.add(z[i + 1] - z[i] <= (n_dev - 1) * change)
+        obj.append(ns(problem.switch_time) * change)
+    for d in range(1, n_dev):
+        m.add(sum(load[d]) <= max(problem.capacity[d], 0) // unit)
+    m.minimize(sum(obj))
+    if hint is not None:
+        for i, d in enumerate([*hint.layer_device, hint.output_device]):
+            for e in range(n_dev):
+                m.add_hint(x[i][e], e == d)
+        for i, hv in enumerate(host_vars):
+            for v, h in zip(hv, hint.on_host[i]):
+                m.add_hint(v, h or hint.layer_device[i] == HOST_INDEX)
+    solver = cp_model.CpSolver()
+    solver.parameters.num_workers = workers
+    solver.parameters.max_time_in_seconds = time_limit
+    status = solver.solve(m)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        raise ValueError("no placement fits the budgets" if status == cp_model.INFEASIBLE
+                         else f"CP-SAT found no placement within {time_limit:g} s")
+    layer_device = [next(d for d in range(n_dev) if solver.value(x[i][d])) for i in range(n)]
+    output_device = next(d for d in range(n_dev) if solver.value(x[n][d]))
+    on_host = [tuple(bool(solver.value(v)) for v in hv) for hv in host_vars]
+    objective = solver.objective_value / scale
+    return Solution(tuple(layer_device), output_device, tuple(on_host), objective,
+                    _bytes_used(problem, layer_device, output_device, on_host), unit, 0,
+                    proven=status == cp_model.OPTIMAL, bound=solver.best_objective_bound / scale, engine="cp-sat")
+

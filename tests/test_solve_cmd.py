@@ -103,3 +103,10 @@ def test_truncated_model(tmp_path: Path, model_path: Callable[[str], Path]) -> N
     p.write_bytes(model_path("qwen3moe-tiny").read_bytes()[:500])
     code, _, err = run("solve", str(p), "--vram", "8G", "--no-scripts")
     assert code == 2 and "truncated" in err and err.count("\n") == 1
+
+
+def test_cp_sat_cross_check(model_path: Callable[[str], Path]) -> None:
+    code, out, err = run("solve", str(model_path("qwen3moe-tiny")), "--vram", "1G", "--no-scripts",
+                         "--solver", "cp-sat", "--time-limit", "20")
+    assert code == 0, err
+    assert "CP-SAT: proven optimal" in out

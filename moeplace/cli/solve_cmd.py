@@ -149,6 +149,10 @@ Examples:
 @click.option("--pin", "pins", multiple=True, metavar="REGEX=DEVICE", help="Force matching tensors onto a device.")
 @click.option("--profile", "profile_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="A routing profile of this model (moeplace profile run/import).")
+@click.option("--solver", type=click.Choice(["dp", "cp-sat"]), default="dp", show_default=True,
+              help="dp: exact dynamic programme; cp-sat: OR-Tools CP-SAT from the DP's answer, with its gap.")
+@click.option("--time-limit", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds CP-SAT may search.")
 @click.option("--explain", is_flag=True, help="Show why each block's experts went where they did.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (schema moeplace.plan/1).")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
@@ -163,7 +167,8 @@ Examples:
 def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | None, ram_bw: str | None,
           margin: int | None, calibration: Path | None, n_ctx: int | str, type_k: str, type_v: str, n_batch: int,
           n_ubatch: int, flash_attn: str, n_seq_max: int, kv_unified: bool, swa_full: bool, no_kv_offload: bool,
-          no_op_offload: bool, workload: str, pins: tuple[str, ...], profile_path: Path | None, explain: bool,
+          no_op_offload: bool, workload: str, pins: tuple[str, ...], profile_path: Path | None, solver: str,
+          time_limit: float, explain: bool,
           as_json: bool, out_dir: Path | None, no_scripts: bool, map_path: Path | None, host: str, port: int) -> None:
     md = load_model(model)
     devices = devices_from(gpus, backend, ram, ram_bw, calibration)
@@ -187,9 +192,11 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
     margin_b = DEFAULT_MARGIN if margin is None else margin
     trade: list[Plan] = []
     if ctx_auto:
-        chosen, trade = auto_context(md, devices, cfg, workload=wl, margin=margin_b, pins=pin_list, profile=profile)
+        chosen, trade = auto_context(md, devices, cfg, workload=wl, margin=margin_b, pins=pin_list, profile=profile,
+                                     solver=solver, time_limit=time_limit)
     else:
-        chosen = plan(md, devices, cfg, workload=wl, margin=margin_b, pins=pin_list, profile=profile)
+        chosen = plan(md, devices, cfg, workload=wl, margin=margin_b, pins=pin_list, profile=profile, solver=solver,
+                      time_limit=time_limit)
     gpu_names = tuple(n for n in devices if n != HOST_NAME)
     settings = RunSettings(model_path=md.paths[0], n_ctx=chosen.estimate.context.n_ctx, devices=gpu_names,
                            cache_type_k=type_k, cache_type_v=type_v, flash_attn=chosen.cfg.flash_attn,
