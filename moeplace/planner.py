@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +32,7 @@ from moeplace.memory import (
     RunConfig,
     compute_terms,
     context_shape,
+    gpu_fits,
     kv_bytes_per_layer,
     memory_by_device,
 )
@@ -227,9 +228,10 @@ def gpu_budgets(model: ModelDescription, cfg: RunConfig, gpus: Sequence[Device],
 
 
 def build_problem(model: ModelDescription, devs: Sequence[Device], cfg: RunConfig, costs: _Costs,
-                  budgets: Mapping[str, int], pinned: Mapping[str, str]) -> tuple[Problem, list[list[Movable]]]:
+                  budgets: Mapping[str, int], pinned: Mapping[str, str]) -> Problem:
     """The solver's view of the model: per block, the core that runs where the block runs (weights and KV) and
-    the routed-expert groups that may stay or go to the host; the output slot; GPU capacities net of pins."""
+    the routed-expert groups that may stay or go to the host; the output slot; GPU capacities net of pins
+    (negative where the pins alone overfill a GPU)."""
     names = [d.name for d in devs]
     col = {n: i for i, n in enumerate(names)}
     kv = {x.layer: x.total for x in kv_bytes_per_layer(model, cfg)}
@@ -247,7 +249,6 @@ def build_problem(model: ModelDescription, devs: Sequence[Device], cfg: RunConfi
         elif default_tensor_device(t, (names[1],) if len(names) > 1 else (HOST_NAME,), HOST_NAME) != HOST_NAME:
             by_block[0].append(t)  # rope_freqs and its kind live with layer 0
     layers = []
-    movables_by_layer = []
     for il in range(model.hparams.n_layer):
         core_bytes = 0
         core_time = np.zeros(len(names))
@@ -264,16 +265,14 @@ def build_problem(model: ModelDescription, devs: Sequence[Device], cfg: RunConfi
         movs = [Movable(tuple(t.name for t in ts), sum(t.nbytes for t in ts),
                         tuple(float(x) for x in sum(costs.seconds[costs.index[t.name]] for t in ts)))
                 for _, ts in sorted(groups.items())]
-        movables_by_layer.append(movs)
         layers.append(LayerItems(core_bytes, tuple(float(x) for x in core_time), tuple(movs),
                                  (True,) * len(names)))
     out_time = sum((costs.seconds[costs.index[t.name]] for t in output), np.zeros(len(names)))
     gpus = [d for d in devs if not d.is_host]
     switch = max((d.link_latency for d in gpus), default=0.0) + (
         2 * 4.0 * model.hparams.n_embd / min(d.link_bandwidth for d in gpus) if gpus else 0.0)
-    problem = Problem(tuple(names), tuple(max(c, 0) for c in capacity), tuple(layers),
-                      sum(t.nbytes for t in output), tuple(float(x) for x in out_time), switch)
-    return problem, movables_by_layer
+    return Problem(tuple(names), tuple(capacity), tuple(layers), sum(t.nbytes for t in output),
+                   tuple(float(x) for x in out_time), switch)
 
 
 def _placement_of(model: ModelDescription, problem: Problem, sol: Solution, pinned: Mapping[str, str]) -> Placement:
@@ -313,8 +312,7 @@ def baselines(model: ModelDescription, cfg: RunConfig, devices: Mapping[str, Dev
         return {d: b.total for d, b in memory_by_device(model, p, cfg, devices).items()}
 
     def fits(p: Placement) -> bool:
-        use = mem(p)
-        return all(use.get(g, 0) + margin <= devices[g].memory for g in gpus)
+        return all(f.fits for f in gpu_fits(memory_by_device(model, p, cfg, devices), devices, margin).values())
 
     out = []
     if model.is_moe:
@@ -379,8 +377,7 @@ def _reasons(problem: Problem, sol: Solution) -> tuple[LayerReason, ...]:
 
 def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
          workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN, pins: Sequence[Pin] = (),
-         profile: ExpertProbs | None = None, progress: Callable[[str], None] | None = None,
-         solver: str = "dp", time_limit: float = 10.0) -> Plan:
+         profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0) -> Plan:
     """The placement with the best predicted time per token that fits every GPU, with baselines and reasons.
 
     ``devices`` maps llama.cpp buffer names to devices: the host ``CPU`` and the GPUs in llama.cpp's order.
@@ -401,15 +398,11 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     pinned = _pinned(model, pins)
     warnings: list[str] = []
     for p in pins:
-        if not any(dev == p.device for dev in pinned.values()) and not any(
-                re.search(p.pattern, t.name) for t in model.loaded_tensors):
+        if not any(re.search(p.pattern, t.name) for t in model.loaded_tensors):
             warnings.append(f"--pin {p.pattern}={p.device} matches no tensor of this model")
-    if progress:
-        progress("building the problem")
     costs = _tensor_seconds(model, cfg, devs, workload, profile)
-    problem, _ = build_problem(model, devs, cfg, costs, budgets, pinned)
-    over_pins = [n for i, n in enumerate(problem.devices) if i and budgets[n] > 0 and
-                 sum(model.tensor(t).nbytes for t, d in pinned.items() if d == n) > budgets[n]]
+    problem = build_problem(model, devs, cfg, costs, budgets, pinned)
+    over_pins = [n for n, cap in zip(problem.devices[1:], problem.capacity[1:]) if budgets[n] > 0 and cap < 0]
     if over_pins:
         raise PlanError(f"the tensors pinned to {', '.join(over_pins)} do not fit its budget: pin fewer")
     t0 = time.perf_counter()

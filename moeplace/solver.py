@@ -102,6 +102,11 @@ def _options(layer: LayerItems, device: int,
     return np.array(sizes, dtype=np.int64), np.array(costs), choices
 
 
+def _unit(problem: Problem) -> int:
+    """Bytes per capacity unit: at most MAX_STATES units for the largest GPU budget, never below MIN_UNIT."""
+    return max(MIN_UNIT, math.ceil(max(*problem.capacity[1:], 1) / (MAX_STATES - 1)))
+
+
 def solve(problem: Problem) -> Solution:
     """The placement that minimises predicted time per token within every GPU budget (exact, see module doc).
 
@@ -109,8 +114,7 @@ def solve(problem: Problem) -> Solution:
     """
     n_dev = len(problem.devices)
     n_layer = len(problem.layers)
-    max_cap = max(problem.capacity[1:], default=0)
-    unit = max(MIN_UNIT, math.ceil(max(max_cap, 1) / (MAX_STATES - 1)))
+    unit = _unit(problem)
     size = [max(problem.capacity[d], 0) // unit + 1 if d else 1 for d in range(n_dev)]
     inf = math.inf
 
@@ -212,7 +216,7 @@ def solve_cp_sat(problem: Problem, *, time_limit: float = 10.0, workers: int = 2
 
     scale = 1e9
     n_dev, n = len(problem.devices), len(problem.layers)
-    unit = max(MIN_UNIT, math.ceil(max(max(problem.capacity[1:], default=0), 1) / (MAX_STATES - 1)))
+    unit = _unit(problem)
 
     def units(b: int) -> int:
         return -(-b // unit)
