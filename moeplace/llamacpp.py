@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
 
@@ -45,6 +45,7 @@ import numpy as np
 from moeplace.errors import MoeplaceError
 from moeplace.model import ModelDescription
 from moeplace.placement import HOST, Placement, default_tensor_device
+from moeplace.ranges import runs
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -348,24 +349,14 @@ def decimal_range_regex(lo: int, hi: int) -> str:
     return "|".join(_piece_regex(a, b) for a, b in decimal_range_pieces(lo, hi))
 
 
-def _runs(values: Iterable[int]) -> list[tuple[int, int]]:
-    runs: list[tuple[int, int]] = []
-    for v in sorted(set(values)):
-        if runs and v == runs[-1][1] + 1:
-            runs[-1] = (runs[-1][0], v)
-        else:
-            runs.append((v, v))
-    return runs
-
-
 def _block_regex(required: set[int], allowed: set[int], n_layer: int) -> str:
     """The shortest regex this heuristic finds matching every required block number and only allowed ones.
     Blocks at or beyond ``n_layer`` do not exist, so a run of allowed blocks that reaches the last block may
     extend to any larger number."""
     top = 10 ** len(str(max(n_layer - 1, 0))) - 1
     parts = []
-    runs = _runs(allowed | required)
-    for run_lo, run_hi in runs:
+    spans = runs(allowed | required)
+    for run_lo, run_hi in spans:
         need = sorted(b for b in required if run_lo <= b <= run_hi)
         if not need:
             continue

@@ -26,6 +26,7 @@ import numpy as np
 
 from moeplace.errors import MoeplaceError
 from moeplace.model import ModelDescription
+from moeplace.ranges import format_ranges
 
 FORMAT = "moeplace-routing-profile"
 FORMAT_VERSION = 1
@@ -343,26 +344,17 @@ def check_profile(profile: RoutingProfile, model: ModelDescription, *, origin: s
     moe = {layer.index for layer in model.layers if layer.moe and not layer.nextn}
     missing, extra = sorted(moe - set(profile.layers)), sorted(set(profile.layers) - moe)
     if extra:
-        raise _fail(origin, f"the profile has counts for layers {_ranges(extra)}, which are not MoE layers of "
-                            f"{model.name}", fix)
+        layers = format_ranges(extra, ", ")
+        raise _fail(origin, f"the profile has counts for layers {layers}, which are not MoE layers of {model.name}",
+                    fix)
     if missing:
-        raise _fail(origin, f"the profile has no counts for MoE layers {_ranges(missing)} of {model.name}", fix)
+        layers = format_ranges(missing, ", ")
+        raise _fail(origin, f"the profile has no counts for MoE layers {layers} of {model.name}", fix)
 
 
 def moe_layers(model: ModelDescription) -> tuple[int, ...]:
     """The blocks llama.cpp routes through experts (NextN blocks are not loaded, so never routed)."""
     return tuple(layer.index for layer in model.layers if layer.moe and not layer.nextn)
-
-
-def _ranges(xs: Sequence[int]) -> str:
-    """[1, 2, 3, 7] -> '1-3, 7'."""
-    runs: list[list[int]] = []
-    for x in sorted(xs):
-        if runs and runs[-1][1] == x - 1:
-            runs[-1][1] = x
-        else:
-            runs.append([x, x])
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 # --- merge -------------------------------------------------------------------------------------------------

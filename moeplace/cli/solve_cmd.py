@@ -18,6 +18,7 @@ from moeplace.memory import DEFAULT_MARGIN
 from moeplace.model import load_model
 from moeplace.planner import Plan, auto_context, parse_pin, parse_workload, plan
 from moeplace.plot import placement_grid, write_grid
+from moeplace.ranges import format_ranges
 from moeplace.routing import check_profile, expert_probs, load_profile
 from moeplace.sizes import format_size
 
@@ -39,20 +40,6 @@ class ContextType(click.ParamType):
         return n
 
 
-def _ranges(xs: list[int]) -> str:
-    if not xs:
-        return "none"
-    out, start, prev = [], xs[0], xs[0]
-    for x in [*xs[1:], None]:
-        if x is not None and x == prev + 1:
-            prev = x
-            continue
-        out.append(f"{start}" if start == prev else f"{start}-{prev}")
-        if x is not None:
-            start = prev = x
-    return ",".join(out)
-
-
 def render(p: Plan, args: LlamaArgs, script_dir: Path | None, explain: bool) -> list[str]:
     """The plan for a person: where things go, memory per device, speed beside the baselines, the command."""
     m, e, cfg = p.model, p.estimate, p.cfg
@@ -67,9 +54,9 @@ def render(p: Plan, args: LlamaArgs, script_dir: Path | None, explain: bool) -> 
     for d, layers in by_dev.items():
         host_exp = sorted({t.block for t in m.loaded_tensors if t.block in layers and t.n_expert
                            and p.placement.tensor_devices[t.name] == HOST_NAME and d != HOST_NAME})
-        line = f"  blocks {_ranges(layers)} run on {d}"
+        line = f"  blocks {format_ranges(layers)} run on {d}"
         if host_exp:
-            line += f"; routed experts of blocks {_ranges(host_exp)} in RAM"
+            line += f"; routed experts of blocks {format_ranges(host_exp)} in RAM"
         out.append(line)
     out.append(f"  output layer on {p.placement.output_device}; token embeddings in RAM")
     out.append("")
