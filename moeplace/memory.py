@@ -518,3 +518,13 @@ def host_check(breakdown: Mapping[str, MemoryBreakdown], devices: Mapping[str, D
     paged = max(0, min(over, hb.weights))
     return HostCheck(ram=host.memory, needed=needed, weights=hb.weights, paged=paged, fits=over <= 0,
                      possible=over <= hb.weights, notes=tuple(notes))
+
+
+def context_ladder(n_ctx_train: int, start: int = 4096) -> list[int]:
+    """The contexts worth comparing (solve -c auto, estimate's context table): ``start`` doubling up to the trained
+    context, which is always the last."""
+    out, c = [], start
+    while c < n_ctx_train:
+        out.append(c)
+        c *= 2
+    return [*out, n_ctx_train] if n_ctx_train else out or [start]

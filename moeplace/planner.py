@@ -31,6 +31,7 @@ from moeplace.memory import (
     OP_OFFLOAD_MIN_BATCH,
     RunConfig,
     compute_terms,
+    context_ladder,
     context_shape,
     gpu_fits,
     kv_bytes_per_layer,
@@ -452,15 +453,6 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
 
 # Decode speed a longer context may cost before -c auto stops growing it.
 AUTO_CONTEXT_LOSS = 0.10
-
-
-def context_ladder(n_ctx_train: int, start: int = 4096) -> list[int]:
-    """Contexts -c auto tries: ``start`` doubling up to the trained context (which is always tried last)."""
-    out, c = [], start
-    while c < n_ctx_train:
-        out.append(c)
-        c *= 2
-    return [*out, n_ctx_train] if n_ctx_train else out or [start]
 
 
 def auto_context(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,

@@ -18,6 +18,7 @@ from moeplace.llamacpp import cpu_moe_placement, n_cpu_moe_placement
 from moeplace.memory import (
     DEFAULT_MARGIN,
     RunConfig,
+    context_ladder,
     kv_bytes,
     validate,
 )
@@ -43,23 +44,12 @@ def build_placement(model: ModelDescription, gpus: Sequence[Device], n_gpu_layer
     return n_cpu_moe_placement(model, n_cpu_moe, names, ngl, split)
 
 
-def _contexts(n_ctx_train: int) -> list[int]:
-    """4096, 8192, ... up to the trained context (included even when it is not a power of two)."""
-    out, c = [], 4096
-    top = max(n_ctx_train, 4096)
-    while c < top:
-        out.append(c)
-        c *= 2
-    out.append(top)
-    return out
-
-
 def context_table(model: ModelDescription, placement: Placement, cfg: RunConfig, devices: dict[str, Device],
                   table: TensorTable, margin: int, types: Sequence[str] = ("f16", "q8_0", "q4_0")
                   ) -> list[dict[str, Any]]:
     """KV memory and decode tokens/s at a full context for each context length and cache type (K = V type)."""
     rows = []
-    for n_ctx in _contexts(model.hparams.n_ctx_train):
+    for n_ctx in context_ladder(model.hparams.n_ctx_train):
         row: dict[str, Any] = {"n_ctx": n_ctx}
         for t in types:
             c = cfg.with_(n_ctx=n_ctx, type_k=t, type_v=t)
