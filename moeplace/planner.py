@@ -28,11 +28,9 @@ from moeplace.llamacpp import (
 )
 from moeplace.memory import (
     DEFAULT_MARGIN,
-    OP_OFFLOAD_MIN_BATCH,
     RunConfig,
     compute_terms,
     context_ladder,
-    context_shape,
     gpu_fits,
     kv_bytes_per_layer,
     memory_by_device,
@@ -41,14 +39,7 @@ from moeplace.model import ModelDescription, Role, Tensor
 from moeplace.placement import Placement, default_tensor_device, layer_placement
 from moeplace.sizes import format_size
 from moeplace.solver import HOST_INDEX, LayerItems, Movable, Problem, Solution, solve, solve_cp_sat
-from moeplace.speed import (
-    GPU_COMPUTE_EFFICIENCY,
-    Estimate,
-    ExpertProbs,
-    estimate,
-    kv_read_bytes_per_layer,
-    tensor_costs,
-)
+from moeplace.speed import Estimate, ExpertProbs, LinearCosts, estimate, linear_seconds
 
 
 class PlanError(MoeplaceError):
@@ -177,39 +168,6 @@ def _stem(name: str) -> str:
     return name.rsplit(".", 1)[0] if name.endswith((".weight", ".bias")) else name
 
 
-@dataclass(frozen=True)
-class _Costs:
-    """Seconds per generated token of every loaded tensor on every device (rows follow ``names``)."""
-
-    names: tuple[str, ...]
-    index: Mapping[str, int]
-    seconds: np.ndarray  # [tensor, device]
-    kv_seconds: np.ndarray  # [block, device]
-
-
-def _tensor_seconds(model: ModelDescription, cfg: RunConfig, devs: Sequence[Device], workload: Workload,
-                    profile: ExpertProbs | None) -> _Costs:
-    """The solver's linear objective: per tensor and device, decode bytes over effective bandwidth plus the
-    workload's share of prefill (a GPU computes its weights; host weights are copied to the first GPU under op
-    offload, else the CPU computes them). Per block and device, the KV cache read per token."""
-    tc = tensor_costs(model, cfg, profile, batch=workload.batch)
-    eff = np.array([d.effective_bandwidth for d in devs])
-    decode = tc.decode_bytes[:, None] / eff[None, :]
-    gpus = [d for d in devs if not d.is_host]
-    rate = np.array([max(d.flops * (1.0 if d.is_host else GPU_COMPUTE_EFFICIENCY), 1.0) for d in devs])
-    prefill = np.maximum(tc.prefill_bytes[:, None] / eff[None, :], tc.prefill_flops[:, None] / rate[None, :])
-    if gpus and cfg.op_offload and tc.n_ubatch >= OP_OFFLOAD_MIN_BATCH:
-        first = gpus[0]
-        copy = tc.prefill_bytes / first.link_bandwidth if first.link_bandwidth else 0.0
-        prefill[:, HOST_INDEX] = copy + tc.prefill_flops / max(first.flops * GPU_COMPUTE_EFFICIENCY, 1.0)
-    per_token = decode / workload.batch + workload.prompt_per_generated * prefill / tc.n_ubatch
-    # Each sequence reads its own KV: per generated token that is one sequence's cache, at the full context
-    # (decode is slowest there, and that is what the estimate reports).
-    kv = kv_read_bytes_per_layer(model, cfg, context_shape(model, cfg).n_ctx_seq)
-    kv_seconds = kv[:, None] / eff[None, :]
-    return _Costs(tc.names, {n: i for i, n in enumerate(tc.names)}, per_token, kv_seconds)
-
-
 def _pinned(model: ModelDescription, pins: Sequence[Pin]) -> dict[str, str]:
     out: dict[str, str] = {}
     compiled = [(re.compile(p.pattern), p.device) for p in pins]
@@ -228,7 +186,7 @@ def gpu_budgets(model: ModelDescription, cfg: RunConfig, gpus: Sequence[Device],
     return {g.name: g.memory - compute - runtime_overhead(g) - margin for g in gpus}
 
 
-def build_problem(model: ModelDescription, devs: Sequence[Device], cfg: RunConfig, costs: _Costs,
+def build_problem(model: ModelDescription, devs: Sequence[Device], cfg: RunConfig, costs: LinearCosts,
                   budgets: Mapping[str, int], pinned: Mapping[str, str]) -> Problem:
     """The solver's view of the model: per block, the core that runs where the block runs (weights and KV) and
     the routed-expert groups that may stay or go to the host; the output slot; GPU capacities net of pins
@@ -401,7 +359,8 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     for p in pins:
         if not any(re.search(p.pattern, t.name) for t in model.loaded_tensors):
             warnings.append(f"--pin {p.pattern}={p.device} matches no tensor of this model")
-    costs = _tensor_seconds(model, cfg, devs, workload, profile)
+    costs = linear_seconds(model, cfg, devs, profile, batch=workload.batch,
+                           prompt_per_generated=workload.prompt_per_generated)
     problem = build_problem(model, devs, cfg, costs, budgets, pinned)
     over_pins = [n for n, cap in zip(problem.devices[1:], problem.capacity[1:]) if budgets[n] > 0 and cap < 0]
     if over_pins:

@@ -227,6 +227,18 @@ def _prefill_costs(table: TensorTable, routing: np.ndarray, ub: int, n_expert_us
     return read, np.where(table.is_embd, 0.0, flops)
 
 
+def flops_rates(devices: Sequence[Device]) -> np.ndarray:
+    """FLOP/s each device sustains in prompt processing: the host's preset figure is already a sustained one, a
+    GPU's peak is scaled by :data:`GPU_COMPUTE_EFFICIENCY`."""
+    return np.maximum(np.array([d.flops * (1.0 if d.is_host else GPU_COMPUTE_EFFICIENCY) for d in devices]), 1.0)
+
+
+def op_offload_active(cfg: RunConfig, n_ubatch: int, has_gpu: bool) -> bool:
+    """Whether host-resident weights are copied to the first GPU for prompt processing (ggml-backend op
+    offload: ops of at least OP_OFFLOAD_MIN_BATCH tokens, unless --no-op-offload)."""
+    return cfg.op_offload and n_ubatch >= OP_OFFLOAD_MIN_BATCH and has_gpu
+
+
 def tensor_costs(model: ModelDescription, cfg: RunConfig, profile: ExpertProbs | np.ndarray | None = None,
                  batch: int = 1, table: TensorTable | None = None) -> TensorCosts:
     """The linearisation the solver uses: bytes each loaded tensor costs per decode step (``batch`` sequences)
@@ -239,6 +251,40 @@ def tensor_costs(model: ModelDescription, cfg: RunConfig, profile: ExpertProbs |
     ub = context_shape(model, cfg).n_ubatch
     read, flops = _prefill_costs(table, routing, ub, model.hparams.n_expert_used)
     return TensorCosts(table.names, _decode_bytes(table, routing, batch), read, flops, batch, ub)
+
+
+@dataclass(frozen=True)
+class LinearCosts:
+    """Seconds per generated token of every loaded tensor on every device (rows follow ``names``, columns the
+    devices passed in), and of every block's KV cache read: the objective the solver minimises."""
+
+    names: tuple[str, ...]
+    index: Mapping[str, int]
+    seconds: np.ndarray  # [tensor, device]
+    kv_seconds: np.ndarray  # [block, device]
+
+
+def linear_seconds(model: ModelDescription, cfg: RunConfig, devices: Sequence[Device],
+                   profile: ExpertProbs | np.ndarray | None = None, *, batch: int = 1,
+                   prompt_per_generated: float = 0.0) -> LinearCosts:
+    """The linear part of :func:`estimate`, per tensor and device: decode bytes over effective bandwidth (shared
+    by ``batch`` sequences), plus ``prompt_per_generated`` prompt tokens' share of prefill, where a device reads
+    or computes its weights and host weights are copied to the first GPU under op offload. KV reads are per
+    sequence, at the full context (decode is slowest there, as the estimate reports)."""
+    tc = tensor_costs(model, cfg, profile, batch=batch)
+    eff = np.array([d.effective_bandwidth for d in devices])
+    rate = flops_rates(devices)
+    decode = tc.decode_bytes[:, None] / eff[None, :]
+    prefill = np.maximum(tc.prefill_bytes[:, None] / eff[None, :], tc.prefill_flops[:, None] / rate[None, :])
+    gpu = next((i for i, d in enumerate(devices) if not d.is_host), None)
+    host = next((i for i, d in enumerate(devices) if d.is_host), None)
+    if gpu is not None and host is not None and op_offload_active(cfg, tc.n_ubatch, True):
+        link = devices[gpu].link_bandwidth
+        copy = tc.prefill_bytes / link if link else 0.0
+        prefill[:, host] = copy + tc.prefill_flops / rate[gpu]
+    per_token = decode / batch + prompt_per_generated * prefill / tc.n_ubatch
+    kv = kv_read_bytes_per_layer(model, cfg, context_shape(model, cfg).n_ctx_seq)
+    return LinearCosts(tc.names, {n: i for i, n in enumerate(tc.names)}, per_token, kv[:, None] / eff[None, :])
 
 
 # --- KV reads ------------------------------------------------------------------------------------------------
@@ -467,9 +513,8 @@ def _prefill(pr: _Prepared) -> PrefillTime:
     prefill_bytes, prefill_flops = _prefill_costs(table, pr.routing, ub, model.hparams.n_expert_used)
     gpus = [n for n in names if not devs[n].is_host]
     host_i = names.index(HOST_NAME)
-    offload = cfg.op_offload and ub >= OP_OFFLOAD_MIN_BATCH and bool(gpus)
-    flops_rate = np.array([d.flops * (1.0 if d.is_host else GPU_COMPUTE_EFFICIENCY) for d in devs.values()])
-    flops_rate = np.maximum(flops_rate, 1.0)
+    offload = op_offload_active(cfg, ub, bool(gpus))
+    flops_rate = flops_rates(list(devs.values()))
 
     # Attention over the ubatch itself (context position 0): QK^T and PV, 2 x H x d x ubatch x ubatch/2 each.
     hp = model.hparams
