@@ -413,11 +413,6 @@ class EngineMemory:
     log: tuple[str, ...] = field(repr=False, default=())
 
     @property
-    def kv_mib(self) -> float:
-        """The caches' printed sizes, summed."""
-        return sum(c.mib for c in self.caches)
-
-    @property
     def model_bytes(self) -> int | None:
         return None if self.exact is None else sum(b.model for b in self.exact.values())
 

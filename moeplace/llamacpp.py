@@ -248,10 +248,6 @@ class Expression:
     devices: tuple[str, ...]
     n_slots: int
 
-    @property
-    def all_on_gpu(self) -> bool:
-        return self.ngl == self.n_slots
-
 
 def check_device_order(devices: Sequence[str]) -> tuple[str, ...]:
     """Validates GPU buffer names given in llama.cpp's device order: known names, no repeats, no ``CPU``, and RPC

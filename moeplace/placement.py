@@ -29,9 +29,6 @@ class Placement:
     output_device: str
     tensor_devices: Mapping[str, str]
 
-    def device_of(self, tensor_name: str) -> str:
-        return self.tensor_devices[tensor_name]
-
     def devices(self) -> tuple[str, ...]:
         """Every device used, in first-use order."""
         seen = dict.fromkeys([*self.layer_devices, self.output_device, *self.tensor_devices.values()])
