@@ -365,6 +365,11 @@ class MemoryBreakdown:
     def total(self) -> int:
         return self.weights + self.kv + self.compute + self.overhead
 
+    def as_dict(self) -> dict[str, int]:
+        """JSON-ready, with the total."""
+        return {"weights": self.weights, "kv": self.kv, "compute": self.compute, "overhead": self.overhead,
+                "total": self.total}
+
     def __add__(self, other: MemoryBreakdown) -> MemoryBreakdown:
         return MemoryBreakdown(self.weights + other.weights, self.kv + other.kv, self.compute + other.compute,
                                self.overhead + other.overhead)

@@ -89,8 +89,7 @@ def estimate_to_json(model: ModelDescription, placement: Placement, cfg: RunConf
                     for n, d in devices.items()},
         "placement": {"layer_devices": list(placement.layer_devices), "output_device": placement.output_device,
                       "tensor_devices": dict(placement.tensor_devices)},
-        "memory": {n: {"weights": b.weights, "kv": b.kv, "compute": b.compute, "overhead": b.overhead,
-                       "total": b.total, "fits": e.fits[n].fits if n in e.fits else e.host.fits,
+        "memory": {n: {**b.as_dict(), "fits": e.fits[n].fits if n in e.fits else e.host.fits,
                        "free": e.fits[n].free if n in e.fits else e.host.ram - e.host.needed}
                    for n, b in e.memory.items()},
         "host": {"ram": e.host.ram, "needed": e.host.needed, "paged": e.host.paged, "fits": e.host.fits},

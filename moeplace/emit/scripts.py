@@ -290,8 +290,7 @@ def prediction(p: Plan) -> dict[str, Any]:
     return {
         "plan": cand(p.chosen),
         "baselines": [cand(b) for b in p.baselines],
-        "memory": {d: {"weights": b.weights, "kv": b.kv, "compute": b.compute, "overhead": b.overhead,
-                       "total": b.total} for d, b in e.memory.items()},
+        "memory": {d: b.as_dict() for d, b in e.memory.items()},
         "free_after_margin": {d: f.free for d, f in e.fits.items()},
         "budgets": dict(p.budgets),
         "margin": p.margin,
