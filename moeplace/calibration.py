@@ -36,7 +36,6 @@ from typing import Any
 
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import GB, Device
-from moeplace.speed import GPU_COMPUTE_EFFICIENCY
 
 SCHEMA = "moeplace.calibration/1"
 
@@ -178,9 +177,9 @@ def apply_one(device: Device, m: Measurement) -> Device:
     efficiency 1. GPU FLOP/s are stored as the speed model's peak (it applies its kernel efficiency to GPUs)."""
     ratio = m.bandwidth / device.bandwidth if device.bandwidth > 0 else math.inf
     plausible = 0 < ratio <= 1.5
-    out = device.with_efficiency(ratio) if plausible else replace(device, bandwidth=m.bandwidth, efficiency=1.0)
+    out = (device if plausible else replace(device, bandwidth=m.bandwidth)).with_efficiency(ratio if plausible else 1.0)
     if m.flops is not None:
-        out = replace(out, flops=m.flops if device.is_host else m.flops / GPU_COMPUTE_EFFICIENCY)
+        out = replace(out, flops=m.flops if device.is_host else m.flops / device.compute_efficiency)
     note = f"calibrated: {m.bandwidth / GB:.1f} GB/s effective"
     if m.measured:
         note += f", measured {m.measured}"

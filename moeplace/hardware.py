@@ -61,23 +61,55 @@ class Device:
     flops: float = 0.0
     idle_power: float = 0.0
     link_latency: float = 0.0  # seconds per switch of decoding to or from this device (graph split sync + copy)
+    compute_efficiency: float = 1.0  # fraction of ``flops`` reached in prompt processing (GPU matrix kernels)
     pool: int = 0  # unified memory: the whole pool the GPU shares with the host (its ``memory`` is the GPU's part)
     notes: tuple[str, ...] = field(default=(), compare=False)
+    # The host's compute side (decode is limited by memory AND compute there): llama.cpp threads (-t), physical
+    # cores, NUMA nodes, what one thread can draw from RAM, Q4_K elements one core handles per second in decode,
+    # and the share of each further NUMA node's bandwidth that counts. Zero: no such limit (GPUs, calibrated).
+    threads: int = 0
+    cores: int = 0
+    numa_nodes: int = 1
+    numa_gain: float = 1.0
+    thread_bandwidth: float = 0.0
+    core_rate: float = 0.0
+    # Cost per weight element relative to Q4_K by ggml type: the CPU's decode cost on the host, the inverse of
+    # the kernel efficiency on a GPU. Types not listed cost 1.
+    quant_cost: tuple[tuple[str, float], ...] = field(default=(), compare=False)
+    available: int = 0  # host RAM free for llama.cpp (0: memory less the reserve in speed-model.json)
+    link_assumed: bool = False  # the link is the preset's or generic default, not given with --link
 
     @property
     def is_host(self) -> bool:
         return self.name == HOST_NAME
 
     @property
+    def compute_threads(self) -> int:
+        """Threads that add compute: -t up to the physical cores (hyper-threads share a core's units)."""
+        return min(self.threads, self.cores) if self.threads and self.cores else self.threads
+
+    @property
     def effective_bandwidth(self) -> float:
-        """Bytes/s llama.cpp actually streams weights at: peak x efficiency."""
-        return self.bandwidth * self.efficiency
+        """Bytes/s llama.cpp actually streams weights at: peak x efficiency, with the NUMA nodes after the first
+        counting ``numa_gain`` each, and at most what ``threads`` threads can draw (the host)."""
+        bw = self.bandwidth * self.efficiency
+        if self.numa_nodes > 1:
+            bw *= (1 + (self.numa_nodes - 1) * self.numa_gain) / self.numa_nodes
+        if self.thread_bandwidth > 0 and self.threads > 0:
+            bw = min(bw, self.threads * self.thread_bandwidth)
+        return bw
+
+    @property
+    def decode_rate(self) -> float:
+        """Q4_K weight elements/s this device's cores dequantise and dot in decode; 0 when not compute-bound."""
+        return self.compute_threads * self.core_rate if self.core_rate > 0 and self.threads > 0 else 0.0
 
     def with_efficiency(self, efficiency: float) -> Device:
-        """The same device with a measured efficiency (what calibration does)."""
+        """The same device with a measured efficiency (what calibration does): the measurement already contains
+        the thread, NUMA and compute limits, so they are dropped."""
         if not 0 < efficiency <= 1.5:
             raise HardwareError(f"{self.name}: efficiency {efficiency} is outside (0, 1.5]")
-        return replace(self, efficiency=efficiency)
+        return replace(self, efficiency=efficiency, numa_nodes=1, thread_bandwidth=0.0, core_rate=0.0)
 
     def describe(self) -> str:
         bw = f"{self.bandwidth / GB:.0f} GB/s x {self.efficiency:.2f}"
@@ -105,6 +137,49 @@ class Preset:
 
 
 @dataclass(frozen=True)
+class SpeedParams:
+    """The speed model's fitted and measured parameters (``moeplace/data/speed-model.json``; what each means is
+    documented there). Devices take theirs from it when they are built."""
+
+    efficiency: Mapping[str, float]  # per GPU backend, and cpu-desktop / cpu-server for the host
+    thread_gbs: float
+    numa_gain: float
+    core_gelems: float
+    core_gflops: float
+    gpu_compute_efficiency: float
+    default_threads: int
+    ram_reserve_gib: float
+    cpu_quant_cost: Mapping[str, float]
+    gpu_quant_efficiency: Mapping[str, float]
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> SpeedParams:
+        return cls(
+            efficiency={k: float(v) for k, v in doc["efficiency"].items()},
+            thread_gbs=float(doc["thread_gbs"]), numa_gain=float(doc["numa_gain"]),
+            core_gelems=float(doc["core_gelems"]), core_gflops=float(doc["core_gflops"]),
+            gpu_compute_efficiency=float(doc["gpu_compute_efficiency"]),
+            default_threads=int(doc["default_threads"]), ram_reserve_gib=float(doc["ram_reserve_gib"]),
+            cpu_quant_cost={k.upper(): float(v) for k, v in doc["cpu_quant_cost"].items() if not k.startswith("_")},
+            gpu_quant_efficiency={k.upper(): float(v) for k, v in doc["gpu_quant_efficiency"].items()
+                                  if not k.startswith("_")},
+        )
+
+    def host_class(self, channels: int, bandwidth: float) -> str:
+        """cpu-desktop up to two memory channels, cpu-server above (by peak bandwidth when channels are unknown:
+        two channels of the fastest desktop DDR5 stay under 150 GB/s)."""
+        many = channels > 2 if channels else bandwidth > 150 * GB
+        return "cpu-server" if many else "cpu-desktop"
+
+
+@cache
+def speed_params() -> SpeedParams:
+    """The shipped speed-model parameters (read once)."""
+    text = resources.files("moeplace").joinpath("data", "speed-model.json").read_text(encoding="utf-8")
+    return SpeedParams.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
 class Catalog:
     """Everything the preset files say."""
 
@@ -114,7 +189,6 @@ class Catalog:
     generic: Mapping[str, Any]
     default_ram_bw: str
     cpu_power: float
-    cpu_flops: float
     platforms: Mapping[str, Mapping[str, str]]
     link_efficiency: float
     pcie_lane: Mapping[str, float]
@@ -171,11 +245,10 @@ def build_catalog(texts: Iterable[str]) -> Catalog:
         for key, value in data.items():
             if key != "devices" and not key.startswith("_about"):  # _about* keys are documentation
                 merged[key] = value
-    efficiency = {k: float(v) for k, v in merged.get("_efficiency", {}).items() if not k.startswith("_")}
     return Catalog(
-        presets=presets, aliases=aliases, efficiency=efficiency, generic=merged.get("_generic", {}),
+        presets=presets, aliases=aliases, efficiency=speed_params().efficiency, generic=merged.get("_generic", {}),
         default_ram_bw=merged.get("default_ram_bw", "ddr4-3200x2"),
-        cpu_power=float(merged.get("cpu_power_w", 65)), cpu_flops=float(merged.get("cpu_fp16_tflops", 1.0)) * 1e12,
+        cpu_power=float(merged.get("cpu_power_w", 65)),
         platforms=merged.get("platforms", {}), link_efficiency=float(merged.get("link_efficiency", 0.8)),
         pcie_lane={k: float(v) for k, v in merged.get("pcie_lane_gbs", {}).items()},
         network={k: float(v) for k, v in merged.get("network_gbs", {}).items()},
@@ -201,11 +274,12 @@ def link_bandwidth(spec: str, cat: Catalog | None = None) -> float:
     s = spec.strip().lower()
     if s in cat.network:
         return cat.network[s] * GB * cat.link_efficiency
-    m = re.fullmatch(r"(?:pcie)?\s*(\d\.\d)\s*x\s*(\d+)", s)
-    if not m or m.group(1) not in cat.pcie_lane:
+    m = re.fullmatch(r"(?:pcie|gen)?\s*(\d)(?:\.0)?\s*x\s*(\d+)", s)
+    gen = f"{m.group(1)}.0" if m else ""
+    if not m or gen not in cat.pcie_lane or not 1 <= int(m.group(2)) <= 16:
         raise HardwareError(f"unknown link '{spec}': write PCIe as GEN x LANES ({', '.join(sorted(cat.pcie_lane))}"
-                            f" x 1..16, e.g. 4.0x16) or a network: {', '.join(cat.network)}")
-    return cat.pcie_lane[m.group(1)] * int(m.group(2)) * GB * cat.link_efficiency
+                            f" x 1..16, e.g. pcie4x8 or 4.0x16) or a network: {', '.join(cat.network)}")
+    return cat.pcie_lane[gen] * int(m.group(2)) * GB * cat.link_efficiency
 
 
 # --- parsing user specs --------------------------------------------------------------------------------------
@@ -225,7 +299,7 @@ def _check_backend(backend: str) -> str:
     return b
 
 
-def _gpu_from_item(item: str, backend: str | None, cat: Catalog) -> tuple[str, Device]:
+def _gpu_from_item(item: str, backend: str | None, cat: Catalog, params: SpeedParams) -> tuple[str, Device]:
     """One --gpu item -> (backend, device with a placeholder name)."""
     text = item.strip()
     rpc_host = None
@@ -243,7 +317,8 @@ def _gpu_from_item(item: str, backend: str | None, cat: Catalog) -> tuple[str, D
         link = link_bandwidth(preset.pcie, cat) if preset.pcie and not preset.unified else 0.0
         dev = Device(
             name="", backend=b, label=preset.label, memory=preset.memory, bandwidth=preset.bandwidth,
-            efficiency=cat.efficiency.get(b, 0.6), power=preset.power, link_bandwidth=link,
+            efficiency=params.efficiency.get(b, 0.6), power=preset.power, link_bandwidth=link,
+            link_assumed=bool(link),
             unified=preset.unified, flops=preset.flops, idle_power=0.1 * preset.power,
             pool=preset.total_memory if preset.unified else 0,
             link_latency=cat.switch_latency.get("unified" if preset.unified else "pcie", 2e-5),
@@ -267,32 +342,48 @@ def _gpu_from_item(item: str, backend: str | None, cat: Catalog) -> tuple[str, D
             notes.append(f"bandwidth not given: assumed {bw / GB:.0f} GB/s (write {m.group('size')}@GB/s)")
         power = float(gen.get("power_w", 200))
         dev = Device(
-            name="", backend=b, label=label, memory=size, bandwidth=bw, efficiency=cat.efficiency.get(b, 0.6),
-            power=power, link_bandwidth=link_bandwidth(str(gen.get("pcie", "4.0x16")), cat),
+            name="", backend=b, label=label, memory=size, bandwidth=bw, efficiency=params.efficiency.get(b, 0.6),
+            power=power, link_bandwidth=link_bandwidth(str(gen.get("pcie", "4.0x16")), cat), link_assumed=True,
             flops=float(gen.get("fp16_tflops", 50)) * 1e12, idle_power=0.1 * power, notes=tuple(notes),
             link_latency=cat.switch_latency.get("pcie", 2e-5),
         )
     if rpc_host is not None:
-        dev = replace(dev, name=f"RPC[{rpc_host}]", backend="rpc", efficiency=cat.efficiency.get("rpc", dev.efficiency),
-                      link_bandwidth=link_bandwidth(cat.default_rpc_link, cat),
+        dev = replace(dev, name=f"RPC[{rpc_host}]", backend="rpc",
+                      efficiency=params.efficiency.get("rpc", dev.efficiency),
+                      link_bandwidth=link_bandwidth(cat.default_rpc_link, cat), link_assumed=False,
                       link_latency=cat.switch_latency.get("rpc", 2e-4),
                       notes=(*dev.notes, f"RPC link assumed {cat.default_rpc_link}"))
         return "rpc", dev
     return dev.backend, dev
 
 
-def parse_gpus(specs: Sequence[str], backend: str | None = None, cat: Catalog | None = None) -> tuple[Device, ...]:
+def _gpu_params(dev: Device, params: SpeedParams) -> Device:
+    cost = tuple((t, 1.0 / e) for t, e in sorted(params.gpu_quant_efficiency.items()) if e > 0)
+    return replace(dev, compute_efficiency=params.gpu_compute_efficiency, quant_cost=cost)
+
+
+def parse_gpus(specs: Sequence[str], backend: str | None = None, cat: Catalog | None = None,
+               links: Sequence[str] = (), params: SpeedParams | None = None) -> tuple[Device, ...]:
     """GPUs from ``--gpu`` values. Each value is one item or a comma list of items; an item is a preset name
     (``rtx3090``), ``SIZE@GB/s`` (``24G@936``), a bare size (``24G``, bandwidth assumed and noted), optionally
     prefixed with a backend (``vulkan:rx7900xtx``) or written ``rpc:HOST:PORT=ITEM`` for an RPC server.
     Devices are named as llama.cpp names them, numbered per backend in the order given (CUDA0, CUDA1, ...);
     ``backend`` changes the default backend of every item (``--backend rocm``)."""
     cat = cat or catalog()
+    params = params or speed_params()
     items = [part for spec in specs for part in spec.split(",") if part.strip()]
+    link_items = [part.strip() for spec in links for part in spec.split(",") if part.strip()]
+    if len(link_items) > 1 and len(link_items) != len(items):
+        raise HardwareError(f"--link has {len(link_items)} entries for {len(items)} GPUs: give one for all or "
+                            "one per GPU, in --gpu order")
     counters: dict[str, int] = {}
     out = []
-    for item in items:
-        b, dev = _gpu_from_item(item, backend, cat)
+    for i, item in enumerate(items):
+        b, dev = _gpu_from_item(item, backend, cat, params)
+        dev = _gpu_params(dev, params)
+        if link_items and not dev.unified:
+            spec = link_items[0] if len(link_items) == 1 else link_items[i]
+            dev = replace(dev, link_bandwidth=link_bandwidth(spec, cat), link_assumed=False)
         if b != "rpc":
             n = counters.get(b, 0)
             counters[b] = n + 1
@@ -338,12 +429,29 @@ def system_ram_bytes() -> int:
         return 0
 
 
+def ram_channels(text: str | float | None, cat: Catalog | None = None) -> int:
+    """Memory channels a --ram-bw value states (ddr5-6000x8 -> 8, a platform by its RAM spec); 0 when unknown."""
+    if text is None or isinstance(text, int | float):
+        return 0
+    cat = cat or catalog()
+    s = text.strip().lower()
+    if s in cat.platforms:
+        s = cat.platforms[s]["ram"].lower()
+    m = _DDR.match(s)
+    return int(m.group("ch") or 1) if m else 0
+
+
 def host_device(ram: int | None = None, ram_bw: str | float | None = None, gpus: Sequence[Device] = (),
-                cat: Catalog | None = None) -> Device:
+                cat: Catalog | None = None, *, threads: int | None = None, cores: int | None = None,
+                numa_nodes: int = 1, channels: int | None = None, available: int | None = None,
+                params: SpeedParams | None = None) -> Device:
     """The host (``CPU``): ``ram`` bytes (default: this machine's RAM, or the unified pool of an Apple preset)
     at ``ram_bw`` (see :func:`ram_bandwidth`; default from the preset files, and an Apple GPU's bandwidth
-    when the memory is unified)."""
+    when the memory is unified). ``threads`` is llama.cpp's ``-t`` (default: ``cores``, as llama.cpp uses the
+    physical cores, else the parameters' default, noted); ``available`` the RAM free for llama.cpp (default
+    ``ram`` less the parameters' reserve, noted); ``channels`` defaults to what ``ram_bw`` states."""
     cat = cat or catalog()
+    params = params or speed_params()
     notes = []
     unified = next((g for g in gpus if g.unified), None)
     if unified is not None:
@@ -363,10 +471,27 @@ def host_device(ram: int | None = None, ram_bw: str | float | None = None, gpus:
                          "(give --ram-bw)")
     else:
         bw = ram_bandwidth(ram_bw, cat)
+    if channels is None:
+        channels = ram_channels(ram_bw if ram_bw is not None else (None if unified else cat.default_ram_bw), cat)
+    if threads is None:
+        threads = cores or params.default_threads
+        if not cores:
+            notes.append(f"threads not given: assumed -t {threads} (give -t, or the CPU's cores)")
+    if available is None:
+        reserve = round(params.ram_reserve_gib * GIB)
+        available = max(int(ram) - reserve, 0)
+        if int(ram) > reserve:
+            notes.append(f"RAM available not given: assumed {format_size(available)} ({format_size(reserve)} "
+                         "for the OS and other programs; give --ram-avail)")
+    klass = params.host_class(channels, bw)
     return Device(
         name=HOST_NAME, backend="cpu", label="system RAM" + (" (unified)" if unified else ""), memory=int(ram),
-        bandwidth=bw, efficiency=cat.efficiency.get("cpu", 0.65), power=cat.cpu_power, link_bandwidth=0.0,
-        unified=unified is not None, flops=cat.cpu_flops, idle_power=0.15 * cat.cpu_power, notes=tuple(notes),
+        bandwidth=bw, efficiency=params.efficiency.get(klass, 0.65), power=cat.cpu_power, link_bandwidth=0.0,
+        unified=unified is not None, idle_power=0.15 * cat.cpu_power, notes=tuple(notes),
+        threads=int(threads), cores=int(cores or 0), numa_nodes=max(1, int(numa_nodes)),
+        numa_gain=params.numa_gain, thread_bandwidth=params.thread_gbs * GB, core_rate=params.core_gelems * 1e9,
+        flops=min(int(threads), int(cores or threads)) * params.core_gflops * 1e9,
+        quant_cost=tuple(sorted(params.cpu_quant_cost.items())), available=int(available),
     )
 
 

@@ -510,9 +510,9 @@ def gpu_fits(breakdown: Mapping[str, MemoryBreakdown], devices: Mapping[str, Dev
 
 
 def host_check(breakdown: Mapping[str, MemoryBreakdown], devices: Mapping[str, Device]) -> HostCheck:
-    """Host RAM against what the host holds. With unified memory (Apple) the GPUs' use comes out of the same
-    pool. Weights on the host are memory-mapped (llama.cpp's default), so what does not fit is not an
-    out-of-memory error but pages read again from disk on every token that touches them."""
+    """Host RAM available to llama.cpp against what the host holds. With unified memory (Apple) the GPUs' use
+    comes out of the same pool. Weights on the host are memory-mapped (llama.cpp's default), so what does not
+    fit is not an out-of-memory error but pages read again from disk on every token that touches them."""
     host = devices[HOST_NAME]
     hb = breakdown.get(HOST_NAME, MemoryBreakdown())
     needed = hb.total
@@ -521,9 +521,10 @@ def host_check(breakdown: Mapping[str, MemoryBreakdown], devices: Mapping[str, D
         shared = sum(b.total for n, b in breakdown.items() if n != HOST_NAME and devices.get(n) and devices[n].unified)
         needed += shared
         notes.append("unified memory: GPU buffers come out of the same pool")
-    over = needed - host.memory
+    ram = host.available or host.memory  # what llama.cpp may use: the OS and other programs hold the rest
+    over = needed - ram
     paged = max(0, min(over, hb.weights))
-    return HostCheck(ram=host.memory, needed=needed, weights=hb.weights, paged=paged, fits=over <= 0,
+    return HostCheck(ram=ram, needed=needed, weights=hb.weights, paged=paged, fits=over <= 0,
                      possible=over <= hb.weights, notes=tuple(notes))
 
 

@@ -18,7 +18,16 @@ solver optimises: ``time = sum_i bytes_i / bandwidth(device_i) + boundary terms`
 Prefill runs a ubatch of ``n_ubatch`` tokens: a GPU reads each weight it holds once per ubatch and computes
 ``2 x elements x tokens`` FLOPs; weights in host memory are copied to the GPU for ops of at least 32 tokens
 (op offload, ``GGML_OP_OFFLOAD_MIN_BATCH``), since llama.cpp PR 15346 only the experts the ubatch uses;
-``--no-op-offload`` makes the CPU compute them instead.
+``--no-op-offload`` makes the CPU compute them instead. A prompt of ``n_prompt`` tokens at depth ``d`` (tokens
+already in the context, llama-bench ``-d``) runs in ubatches; each ubatch's attention reads the context before it,
+so its cost grows with the depth.
+
+The host is limited by memory AND compute: its effective bandwidth is peak x a platform-class efficiency, with
+NUMA nodes after the first counting part, capped at threads x what one thread draws
+(:attr:`Device.effective_bandwidth`); a tensor's decode time there is the larger of reading it and
+dequantising + dotting its elements at ``threads x core_rate`` Q4_K elements/s x the type's relative cost
+(measured here, ``speed-model.json``). A GPU's kernel efficiency per type scales its bytes the same way.
+Host weights beyond the RAM available for llama.cpp thrash the page cache: they are read from disk again.
 """
 
 from __future__ import annotations
@@ -50,11 +59,6 @@ from moeplace.model import ModelDescription, Role
 from moeplace.placement import Placement
 
 ExpertProbs = Mapping[int, np.ndarray]
-
-# Fraction of a GPU's peak FP16 throughput llama.cpp's quantized matrix kernels sustain in prompt processing
-# (order of magnitude: MMQ/dequantise+GEMM on quantized weights). The CPU figure in the presets is already a
-# sustained one.
-GPU_COMPUTE_EFFICIENCY = 0.4
 
 _ROLE_CODE = {role: i for i, role in enumerate(Role)}
 _EMBD, _EXPERT = _ROLE_CODE[Role.TOKEN_EMBD], _ROLE_CODE[Role.ROUTED_EXPERT]
@@ -120,6 +124,9 @@ class TensorTable:
     expert_key_tensor: np.ndarray  # routed-expert tensors of run blocks ...
     expert_key_block: np.ndarray  # ... their block ...
     expert_key_stage: np.ndarray  # ... and stage: 0 gate/up projections, 1 down projection
+    type_names: tuple[str, ...]  # the ggml types present ...
+    type_code: np.ndarray  # ... and each tensor's index into them
+    embd_row_elements: np.ndarray  # elements of one row of the token embedding (0 for other tensors)
 
     @classmethod
     def build(cls, model: ModelDescription) -> TensorTable:
@@ -135,6 +142,8 @@ class TensorTable:
         n_expert = np.array([t.n_expert for t in ts], dtype=np.float64)
         is_expert = np.array([t.role is Role.ROUTED_EXPERT and t.n_expert > 0 for t in ts], dtype=bool)
         per = np.maximum(n_expert, 1)
+        type_names = tuple(sorted({t.ggml_type.upper() for t in ts}))
+        type_pos = {t: i for i, t in enumerate(type_names)}
         return cls(
             names=names,
             index={n: i for i, n in enumerate(names)},
@@ -155,7 +164,18 @@ class TensorTable:
             run_blocks=np.array(run, dtype=np.int64),
             moe_blocks=np.unique(ek[:, 1]),
             expert_key_tensor=ek[:, 0], expert_key_block=ek[:, 1], expert_key_stage=ek[:, 2],
+            type_names=type_names,
+            type_code=np.array([type_pos[t.ggml_type.upper()] for t in ts], dtype=np.int64),
+            embd_row_elements=np.array([float(t.shape[0]) if t.role is Role.TOKEN_EMBD and len(t.shape) > 1
+                                        else 0.0 for t in ts], dtype=np.float64),
         )
+
+    def quant_cost(self, device: Device) -> np.ndarray:
+        """Each tensor's cost per element relative to Q4_K on ``device`` (1 for types it does not list)."""
+        if not device.quant_cost:
+            return np.ones(len(self.names))
+        qc = dict(device.quant_cost)
+        return np.array([qc.get(t, 1.0) for t in self.type_names])[self.type_code]
 
 
 def routing_matrix(model: ModelDescription, profile: ExpertProbs | np.ndarray | None) -> np.ndarray:
@@ -217,6 +237,23 @@ def _decode_bytes(table: TensorTable, routing: np.ndarray, batch: int) -> np.nda
     return np.where(table.is_embd, table.embd_row_bytes * batch, out)
 
 
+def _decode_elements(table: TensorTable, routing: np.ndarray, batch: int) -> np.ndarray:
+    distinct = distinct_by_block(routing, batch)
+    out = np.where(table.is_expert, table.slice_elements * distinct[table.block_index], table.elements)
+    return np.where(table.is_embd, table.embd_row_elements * batch, out)
+
+
+def device_seconds(nbytes: np.ndarray, elements: np.ndarray, device: Device, cost: np.ndarray) -> np.ndarray:
+    """Decode seconds of tensors on ``device``: bytes over its effective bandwidth, on a GPU scaled by the type's
+    kernel cost; on a host with a compute rate, the larger of that and the elements' dequantise + dot work
+    (``cost`` from :meth:`TensorTable.quant_cost`)."""
+    rate = device.decode_rate
+    if device.is_host:
+        read = nbytes / device.effective_bandwidth
+        return np.maximum(read, elements * cost / rate) if rate > 0 else read
+    return nbytes * cost / device.effective_bandwidth
+
+
 def _prefill_costs(table: TensorTable, routing: np.ndarray, ub: int, n_expert_used: int
                    ) -> tuple[np.ndarray, np.ndarray]:
     distinct = distinct_by_block(routing, ub)
@@ -228,9 +265,9 @@ def _prefill_costs(table: TensorTable, routing: np.ndarray, ub: int, n_expert_us
 
 
 def flops_rates(devices: Sequence[Device]) -> np.ndarray:
-    """FLOP/s each device sustains in prompt processing: the host's preset figure is already a sustained one, a
-    GPU's peak is scaled by :data:`GPU_COMPUTE_EFFICIENCY`."""
-    return np.maximum(np.array([d.flops * (1.0 if d.is_host else GPU_COMPUTE_EFFICIENCY) for d in devices]), 1.0)
+    """FLOP/s each device sustains in prompt processing: the host's figure (threads x a core's rate) is already a
+    sustained one, a GPU's peak is scaled by its ``compute_efficiency``."""
+    return np.maximum(np.array([d.flops * (1.0 if d.is_host else d.compute_efficiency) for d in devices]), 1.0)
 
 
 def op_offload_active(cfg: RunConfig, n_ubatch: int, has_gpu: bool) -> bool:
@@ -271,10 +308,12 @@ def linear_seconds(model: ModelDescription, cfg: RunConfig, devices: Sequence[De
     by ``batch`` sequences), plus ``prompt_per_generated`` prompt tokens' share of prefill, where a device reads
     or computes its weights and host weights are copied to the first GPU under op offload. KV reads are per
     sequence, at the full context (decode is slowest there, as the estimate reports)."""
-    tc = tensor_costs(model, cfg, profile, batch=batch)
+    table = TensorTable.build(model)
+    tc = tensor_costs(model, cfg, profile, batch=batch, table=table)
+    elements = _decode_elements(table, _resolve_routing(model, table, profile), batch)
     eff = np.array([d.effective_bandwidth for d in devices])
     rate = flops_rates(devices)
-    decode = tc.decode_bytes[:, None] / eff[None, :]
+    decode = np.stack([device_seconds(tc.decode_bytes, elements, d, table.quant_cost(d)) for d in devices], axis=1)
     prefill = np.maximum(tc.prefill_bytes[:, None] / eff[None, :], tc.prefill_flops[:, None] / rate[None, :])
     gpu = next((i for i, d in enumerate(devices) if not d.is_host), None)
     host = next((i for i, d in enumerate(devices) if d.is_host), None)
@@ -344,12 +383,14 @@ class DecodeTime:
 
 @dataclass(frozen=True)
 class PrefillTime:
-    """One prompt-processing ubatch of ``n_ubatch`` tokens starting at context position 0."""
+    """A prompt of ``n_tokens`` tokens after ``depth`` tokens of context, in ubatches of ``n_ubatch``."""
 
     n_ubatch: int
     seconds_by_device: Mapping[str, float]  # compute + reading on each device
     transfer_seconds: float  # host weights copied to the GPU (op offload)
     transfer_bytes: float
+    n_tokens: int = 0  # 0: one ubatch
+    depth: int = 0
 
     @property
     def seconds(self) -> float:
@@ -357,7 +398,7 @@ class PrefillTime:
 
     @property
     def tokens_per_second(self) -> float:
-        return self.n_ubatch / self.seconds if self.seconds > 0 else float("inf")
+        return (self.n_tokens or self.n_ubatch) / self.seconds if self.seconds > 0 else float("inf")
 
 
 @dataclass(frozen=True)
@@ -416,6 +457,7 @@ class _Prepared:
     idx: np.ndarray  # device index of every loaded tensor (table order)
     routing: np.ndarray
     eff: np.ndarray  # effective bandwidth per device
+    cost: tuple[np.ndarray, ...]  # per device: each tensor's cost per element relative to Q4_K there
 
 
 def _prepare(model: ModelDescription, placement: Placement, cfg: RunConfig,
@@ -437,7 +479,9 @@ def _prepare(model: ModelDescription, placement: Placement, cfg: RunConfig,
         raise SpeedError(f"the placement uses {', '.join(sorted(unknown))} but no such device was given: list "
                          "every device it uses, the host CPU included")
     eff = np.array([d.effective_bandwidth for d in devs.values()], dtype=np.float64)
-    return _Prepared(model, placement, cfg, devs, names, table, idx, _resolve_routing(model, table, profile), eff)
+    cost = tuple(table.quant_cost(d) for d in devs.values())
+    return _Prepared(model, placement, cfg, devs, names, table, idx, _resolve_routing(model, table, profile), eff,
+                     cost)
 
 
 def _switch_sequence(pr: _Prepared) -> np.ndarray:
@@ -473,8 +517,14 @@ def _switch_seconds(pr: _Prepared, seq: np.ndarray, act_bytes: float) -> float:
 def _decode(pr: _Prepared, batch: int, n_past: int | None, paged_fraction: float,
             kv_layers: np.ndarray | None = None) -> DecodeTime:
     model, cfg, names = pr.model, pr.cfg, pr.names
-    per_dev_bytes = np.bincount(pr.idx, weights=_decode_bytes(pr.table, pr.routing, batch), minlength=len(names))
-    weight_s = per_dev_bytes / pr.eff
+    nbytes = _decode_bytes(pr.table, pr.routing, batch)
+    elements = _decode_elements(pr.table, pr.routing, batch)
+    per_dev_bytes = np.bincount(pr.idx, weights=nbytes, minlength=len(names))
+    weight_s = np.zeros(len(names))
+    for i, d in enumerate(pr.devs.values()):
+        on = pr.idx == i
+        if np.any(on):
+            weight_s[i] = float(np.sum(device_seconds(nbytes[on], elements[on], d, pr.cost[i][on])))
 
     shape = context_shape(model, cfg)
     pos = shape.n_ctx_seq if n_past is None else max(0, min(n_past, shape.n_ctx_seq))
@@ -487,6 +537,8 @@ def _decode(pr: _Prepared, batch: int, n_past: int | None, paged_fraction: float
 
     seq = _switch_sequence(pr)
     switch_s = _switch_seconds(pr, seq, 4.0 * model.hparams.n_embd * batch)
+    # Weights beyond the RAM available thrash the page cache: a step's host reads miss it in that proportion
+    # and come from disk again.
     paging = paged_fraction * per_dev_bytes[host] / catalog().disk_bandwidth if paged_fraction > 0 else 0.0
     return DecodeTime(
         batch=batch, n_past=pos,
@@ -507,51 +559,79 @@ def decode_time(model: ModelDescription, placement: Placement, cfg: RunConfig,
     return _decode(_prepare(model, placement, cfg, devices, profile, table), batch, n_past, paged_fraction)
 
 
-def _prefill(pr: _Prepared) -> PrefillTime:
+def _chunks(n_prompt: int, n_ubatch: int, depth: int) -> list[tuple[int, int]]:
+    """(start position, tokens) of each ubatch of a prompt of ``n_prompt`` tokens after ``depth`` tokens."""
+    out, done = [], 0
+    while done < n_prompt:
+        u = min(n_ubatch, n_prompt - done)
+        out.append((depth + done, u))
+        done += u
+    return out
+
+
+def _prefill(pr: _Prepared, n_prompt: int | None = None, depth: int = 0) -> PrefillTime:
     model, cfg, names, devs, idx, table = pr.model, pr.cfg, pr.names, pr.devs, pr.idx, pr.table
-    ub = context_shape(model, cfg).n_ubatch
-    prefill_bytes, prefill_flops = _prefill_costs(table, pr.routing, ub, model.hparams.n_expert_used)
+    n_ubatch = context_shape(model, cfg).n_ubatch
+    n_prompt = n_ubatch if n_prompt is None else max(1, n_prompt)
     gpus = [n for n in names if not devs[n].is_host]
     host_i = names.index(HOST_NAME)
-    offload = op_offload_active(cfg, ub, bool(gpus))
     flops_rate = flops_rates(list(devs.values()))
 
-    # Attention over the ubatch itself (context position 0): QK^T and PV, 2 x H x d x ubatch x ubatch/2 each.
+    # Attention per KV block: QK^T and PV, 2 x H x d FLOPs per (token, attended position) each; a ubatch of u
+    # tokens starting at position s attends u x (s + u/2) positions causally (at most the window on SWA blocks).
     hp = model.hparams
-    attn_flops = 4.0 * hp.n_head * hp.head_dim_k * ub * ub / 2
-    attn_dev = np.zeros(len(names))
+    per_pair = 4.0 * hp.n_head * hp.head_dim_k
+    full_coef = np.zeros(len(names))
+    swa_coef = np.zeros(len(names))
     for il, layer in enumerate(model.layers):
         if layer.has_kv:
-            attn_dev[host_i if cfg.no_kv_offload else names.index(pr.placement.layer_devices[il])] += attn_flops
+            d = host_i if cfg.no_kv_offload else names.index(pr.placement.layer_devices[il])
+            windowed = hp.n_swa and il < len(hp.swa_layers) and hp.swa_layers[il]
+            (swa_coef if windowed else full_coef)[d] += per_pair
 
-    compute_idx = idx
-    transfer_bytes = transfer_s = 0.0
-    if offload:
-        target = names.index(gpus[0])
-        moved = (idx == host_i) & ~table.is_embd
-        transfer_bytes = float(np.sum(prefill_bytes[moved]))
-        link = devs[gpus[0]].link_bandwidth
-        transfer_s = transfer_bytes / link if link else 0.0
-        compute_idx = np.where(moved, target, idx)
-        read = np.bincount(idx[~moved], weights=prefill_bytes[~moved], minlength=len(names))
-    else:
-        read = np.bincount(idx, weights=prefill_bytes, minlength=len(names))
-    flops = np.bincount(compute_idx, weights=prefill_flops, minlength=len(names)) + attn_dev
-    per_dev = np.maximum(read / pr.eff, flops / flops_rate)
+    by_size: dict[int, tuple[np.ndarray, np.ndarray, float, float]] = {}
+    total = transfer_s_total = transfer_b_total = 0.0
+    per_dev_total = np.zeros(len(names))
+    for start, u in _chunks(n_prompt, n_ubatch, depth):
+        if u not in by_size:
+            prefill_bytes, prefill_flops = _prefill_costs(table, pr.routing, u, hp.n_expert_used)
+            compute_idx = idx
+            transfer_bytes = transfer_s = 0.0
+            if op_offload_active(cfg, u, bool(gpus)):
+                target = names.index(gpus[0])
+                moved = (idx == host_i) & ~table.is_embd
+                transfer_bytes = float(np.sum(prefill_bytes[moved]))
+                link = devs[gpus[0]].link_bandwidth
+                transfer_s = transfer_bytes / link if link else 0.0
+                compute_idx = np.where(moved, target, idx)
+                read = np.bincount(idx[~moved], weights=prefill_bytes[~moved], minlength=len(names))
+            else:
+                read = np.bincount(idx, weights=prefill_bytes, minlength=len(names))
+            flops = np.bincount(compute_idx, weights=prefill_flops, minlength=len(names))
+            by_size[u] = (read, flops, transfer_bytes, transfer_s)
+        read, flops, transfer_bytes, transfer_s = by_size[u]
+        attended = start + u / 2
+        attn = u * (full_coef * attended + swa_coef * min(attended, hp.n_swa or attended))
+        per_dev = np.maximum(read / pr.eff, (flops + attn) / flops_rate)
+        per_dev_total += per_dev
+        transfer_s_total += transfer_s
+        transfer_b_total += transfer_bytes
+        total += float(per_dev.sum()) + transfer_s
     return PrefillTime(
-        n_ubatch=ub,
-        seconds_by_device={n: float(per_dev[i]) for i, n in enumerate(names) if per_dev[i] > 0},
-        transfer_seconds=transfer_s, transfer_bytes=transfer_bytes,
+        n_ubatch=n_ubatch, n_tokens=n_prompt, depth=depth,
+        seconds_by_device={n: float(per_dev_total[i]) for i, n in enumerate(names) if per_dev_total[i] > 0},
+        transfer_seconds=transfer_s_total, transfer_bytes=transfer_b_total,
     )
 
 
 def prefill_time(model: ModelDescription, placement: Placement, cfg: RunConfig,
                  devices: Mapping[str, Device] | Sequence[Device], profile: ExpertProbs | np.ndarray | None = None,
-                 table: TensorTable | None = None) -> PrefillTime:
-    """Time of one prompt ubatch at the start of the context. A device's part is the larger of reading its
-    weights and computing its FLOPs; host weights go to the first GPU under op offload (copy time over its
-    link, plus that GPU's compute), else the CPU computes them."""
-    return _prefill(_prepare(model, placement, cfg, devices, profile, table))
+                 table: TensorTable | None = None, *, n_prompt: int | None = None, depth: int = 0) -> PrefillTime:
+    """Time of a prompt of ``n_prompt`` tokens (default one ubatch) after ``depth`` tokens of context, in
+    ubatches. A device's part of a ubatch is the larger of reading its weights and computing its FLOPs
+    (attention over the context included); host weights go to the first GPU under op offload (copy time over
+    its link, plus that GPU's compute), else the CPU computes them."""
+    return _prefill(_prepare(model, placement, cfg, devices, profile, table), n_prompt, depth)
 
 
 def energy(decode: DecodeTime, devices: Mapping[str, Device] | Sequence[Device]) -> Energy:
@@ -572,12 +652,14 @@ def energy(decode: DecodeTime, devices: Mapping[str, Device] | Sequence[Device])
 def estimate(model: ModelDescription, placement: Placement, cfg: RunConfig,
              devices: Mapping[str, Device] | Sequence[Device], profile: ExpertProbs | np.ndarray | None = None, *,
              batch: int | None = None, n_past: int | None = None, margin: int | None = None,
-             table: TensorTable | None = None) -> Estimate:
+             table: TensorTable | None = None, n_prompt: int | None = None, depth: int | None = None) -> Estimate:
     """Memory per device and time per token of ``placement`` under ``cfg`` on ``devices``.
 
     ``profile`` maps a block index to per-expert routing probabilities (or counts); blocks it leaves out route
     uniformly. ``batch`` defaults to ``cfg.n_seq_max`` (parallel sequences decoding together); ``n_past``
-    to the full context (decode is slowest there); ``margin`` is kept free on every GPU (default
+    to ``depth`` when given, else the full context (decode is slowest there); the prompt estimate is for
+    ``n_prompt`` tokens (default one ubatch) after ``depth`` (default 0) tokens; ``margin`` is kept free on
+    every GPU (default
     :data:`memory.DEFAULT_MARGIN`). In a loop, build the :class:`TensorTable` once and pass a matrix from
     :func:`routing_matrix` as the profile."""
     devs = _devices(devices)
@@ -594,6 +676,8 @@ def estimate(model: ModelDescription, placement: Placement, cfg: RunConfig,
     host = host_check(mem, devs)
     b = batch or cfg.n_seq_max
     shape = context_shape(model, cfg)
+    if n_past is None and depth is not None:
+        n_past = depth
     pos = shape.n_ctx_seq if n_past is None else max(0, min(n_past, shape.n_ctx_seq))
     kv_read = kv_read_bytes_per_layer(model, cfg, pos, layers)
     dec1 = _decode(pr, 1, pos, host.paged_fraction, kv_read)
@@ -601,7 +685,11 @@ def estimate(model: ModelDescription, placement: Placement, cfg: RunConfig,
     notes = []
     if not host.fits:
         notes.append(f"host RAM short: {host.paged / 2**30:.1f} GiB of weights will be read from disk as needed")
+    pre = _prefill(pr, n_prompt, depth or 0)
     for d in devs.values():
         notes.extend(f"{d.name}: {n}" for n in d.notes)
-    return Estimate(memory=mem, fits=fits, host=host, decode=dec, decode_batch1=dec1, prefill=_prefill(pr),
+        if d.link_assumed and pre.transfer_bytes and d.name == next(n for n in devs if not devs[n].is_host):
+            notes.append(f"{d.name}: host link assumed {d.link_bandwidth / 1e9:.1f} GB/s effective (the preset's"
+                         " link): prompt speed depends on it; give --link (e.g. pcie4x8)")
+    return Estimate(memory=mem, fits=fits, host=host, decode=dec, decode_batch1=dec1, prefill=pre,
                     energy=energy(dec1, devs), context=shape, notes=tuple(notes))

@@ -138,8 +138,11 @@ def test_host_defaults_to_this_machine() -> None:
     assert h.memory == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     assert h.bandwidth == ram_bandwidth(catalog().default_ram_bw)
     assert any("RAM bandwidth not given" in n for n in h.notes)
-    g = host_device(64 * GIB, "ddr5-6000x2")
+    g = host_device(64 * GIB, "ddr5-6000x2", threads=8, available=60 * GIB)
     assert g.memory == 64 * GIB and g.bandwidth == 96e9 and not g.notes
+    assert g.available == 60 * GIB and g.threads == 8
+    g = host_device(64 * GIB, "ddr5-6000x2")  # threads and available RAM assumed, and said so
+    assert any("-t" in n for n in g.notes) and any("--ram-avail" in n for n in g.notes)
 
 
 def test_apple_memory_is_one_pool() -> None:

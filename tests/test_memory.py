@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import GIB, device_set, host_device, parse_gpus
+from moeplace.hardware import GIB, device_set, host_device, parse_gpus, speed_params
 from moeplace.memory import (
     CACHE_TYPES,
     MemoryBreakdown,
@@ -342,7 +342,7 @@ def test_gpu_fit_uses_margin() -> None:
 
 
 def test_host_check_paging() -> None:
-    devs = device_set((), host_device(10 * GIB, 50))
+    devs = device_set((), host_device(10 * GIB, 50, available=10 * GIB))
     b = {"CPU": MemoryBreakdown(weights=12 * GIB, kv=GIB, compute=GIB)}
     h = host_check(b, devs)
     assert not h.fits and h.possible
@@ -353,10 +353,21 @@ def test_host_check_paging() -> None:
 
 def test_unified_memory_counts_the_gpu() -> None:
     gpus = parse_gpus(["m4-pro-64g"])
-    devs = device_set(gpus, host_device(gpus=gpus))
+    devs = device_set(gpus, host_device(gpus=gpus, available=64 * GIB))
     b = {"MTL0": MemoryBreakdown(weights=40 * GIB), "CPU": MemoryBreakdown(weights=30 * GIB)}
     h = host_check(b, devs)
-    assert h.needed == 70 * GIB and h.ram == 64 * GIB and h.paged == 6 * GIB
+    assert h.needed == 70 * GIB and h.ram == 64 * GIB and h.paged == 6 * GIB  # the whole pool was said free
+    # Not said: the OS and other programs keep the parameters' reserve, and what is paged grows by as much.
+    devs = device_set(gpus, host_device(gpus=gpus))
+    reserve = round(speed_params().ram_reserve_gib * GIB)
+    h = host_check(b, devs)
+    assert h.ram == 64 * GIB - reserve and h.paged == 6 * GIB + reserve
+
+
+def test_available_ram_decides_the_paging() -> None:
+    devs = device_set((), host_device(64 * GIB, 80, available=40 * GIB))
+    h = host_check({"CPU": MemoryBreakdown(weights=50 * GIB, kv=GIB)}, devs)
+    assert h.ram == 40 * GIB and h.paged == 11 * GIB and not h.fits
 
 
 # --- against a real llama.cpp ------------------------------------------------------------------------------------
