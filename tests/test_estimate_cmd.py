@@ -30,9 +30,9 @@ def run(*args: str) -> tuple[int, str]:
 
 def test_qwen3_report(paths: dict[str, Path]) -> None:
     code, out = run(str(paths["qwen3-30b-a3b"]), "--gpu", "rtx3090", "--ram", "64G", "--ram-bw", "ddr5-6000x2",
-                    "-c", "16384", "--n-cpu-moe", "8", "--api-price", "0.6")
+                    "-c", "16384", "-d", "16384", "--n-cpu-moe", "8", "--api-price", "0.6")
     assert code == 0, out
-    for text in ("CUDA0", "NVIDIA GeForce RTX 3090", "memory", "weights", "decode at 16384 tokens of context",
+    for text in ("CUDA0", "NVIDIA GeForce RTX 3090", "memory", "weights", "decode at depth 16384",
                  "tokens/s", "prefill", "J/token", "per million tokens", "(API: 0.6"):
         assert text in out
     # the context table runs from 4K to the trained context, doubling
@@ -155,3 +155,85 @@ def test_build_placement_combines_flags(paths: dict[str, Path]) -> None:
     assert on_host == {"token_embd.weight"} | {t.name for t in m.tensors if t.role is Role.ROUTED_EXPERT
                                                and t.block is not None and t.block < 4}
     assert sum(m.tensor(n).nbytes for n in on_host) < 4 * GIB
+
+
+# --- what users already run: -ot, -t, -d, --link, a pasted llama.cpp command ----------------------------------
+
+
+def _json(*args: str) -> dict[str, Any]:
+    code, out = run("--json", *args)
+    assert code == 0, out
+    return json.loads(out)
+
+
+def test_ot_and_cpu_moe_apply_in_command_line_order(paths: dict[str, Path]) -> None:
+    m = str(paths["qwen3-30b-a3b"])
+    hw = ["--gpu", "rtx3090", "--ram", "64G", "--ram-bw", "ddr5-6000x2"]
+    up5 = "blk.5.ffn_up_exps.weight"
+    # -ot first: block 5's up experts stay on the GPU although --cpu-moe sends every expert to RAM.
+    first = _json(m, *hw, "-ot", r"blk\.5\.ffn_up_exps=CUDA0", "--cpu-moe")
+    assert first["placement"]["tensor_devices"][up5] == "CUDA0"
+    last = _json(m, *hw, "--cpu-moe", "-ot", r"blk\.5\.ffn_up_exps=CUDA0")
+    assert last["placement"]["tensor_devices"][up5] == "CPU"
+    # comma lists and repeats add items; the same placement as --n-cpu-moe 2
+    ot = _json(m, *hw, "-ot", r"blk\.0\.ffn_.*_exps=CPU,blk\.1\.ffn_.*_exps=CPU")
+    assert ot["placement"] == _json(m, *hw, "--n-cpu-moe", "2")["placement"]
+
+
+def test_pasted_command_is_what_the_flags_say(paths: dict[str, Path]) -> None:
+    m = str(paths["qwen3-30b-a3b"])
+    hw = ["--gpu", "rtx3090", "--ram", "64G", "--ram-bw", "ddr5-6000x2", "--ram-avail", "60G"]
+    own = _json(m, *hw, "-c", "16384", "-ctk", "q8_0", "-ctv", "q8_0", "-t", "6", "--n-cpu-moe", "20")
+    pasted = _json(*hw, "--", "llama-server", "-m", m, "-ngl", "99", "-c", "16384", "-fa", "on", "-ctk", "q8_0",
+                   "-ctv", "q8_0", "-t", "6", "--n-cpu-moe", "20", "--host", "0.0.0.0", "--jinja")
+    assert pasted["placement"] == own["placement"] and pasted["memory"] == own["memory"]
+    assert pasted["decode"]["tokens_per_second"] == own["decode"]["tokens_per_second"]
+    assert any("--jinja" in n for n in pasted["notes"])
+
+
+def test_pasted_llama_bench_sets_depth_prompt_and_context(paths: dict[str, Path]) -> None:
+    m = str(paths["qwen3-30b-a3b"])
+    hw = ["--gpu", "rtx3090", "--ram", "64G", "--ram-bw", "ddr5-6000x2"]
+    j = _json(*hw, "--", "llama-bench", "-m", m, "-ngl", "99", "-p", "2048", "-n", "128", "-d", "8192", "-ub",
+              "1024", "-fa", "1")
+    assert j["context"]["n_ctx"] >= 2048 + 128 + 8192
+    assert j["decode"]["n_past"] == 8192
+    assert (j["prefill"]["n_tokens"], j["prefill"]["depth"], j["prefill"]["n_ubatch"]) == (2048, 8192, 1024)
+    shallow = _json(*hw, "--", "llama-bench", "-m", m, "-ngl", "99", "-p", "2048", "-n", "128", "-d", "0",
+                    "-ub", "1024", "-fa", "1")
+    # attention over 8K tokens of context makes both decode and the prompt slower
+    assert shallow["decode"]["tokens_per_second"] > j["decode"]["tokens_per_second"]
+    assert shallow["prefill"]["tokens_per_second"] > j["prefill"]["tokens_per_second"]
+
+
+@pytest.mark.parametrize(("extra", "named"), [
+    (["--", "llama-server", "-m", "MODEL", "--frobnicate"], "--frobnicate"),
+    (["--", "llama-server", "-m", "MODEL", "-ngl", "x"], "-ngl"),
+    (["-c", "8192", "--", "llama-server", "-m", "MODEL", "-c", "4096"], "given both"),
+    (["--", "llama-server", "-m", "MODEL", "-ot", "exps=CUDA1"], "CUDA1"),
+    (["--link", "pcie9x16"], "pcie9x16"),
+])
+def test_bad_pasted_lines_are_one_line_errors(paths: dict[str, Path], extra: list[str], named: str) -> None:
+    m = str(paths["qwen3-30b-a3b"])
+    args = [m if x == "MODEL" else x for x in extra]
+    if "--" not in args:
+        args = [m, *args]
+    code, out = run("--gpu", "rtx3090", "--ram", "64G", *args)
+    assert code == 2 and named in out and out.strip().count("\n") == 0, out
+
+
+def test_link_threads_and_available_ram_change_the_figures(paths: dict[str, Path]) -> None:
+    m = str(paths["qwen3-30b-a3b"])
+    hw = [m, "--gpu", "rtx3090", "--ram", "64G", "--ram-bw", "ddr5-6000x2", "--cpu-moe", "-p", "512"]
+    x16 = _json(*hw, "--link", "pcie4x16")
+    x4 = _json(*hw, "--link", "pcie4x4")
+    assert x4["prefill"]["transfer_seconds"] == pytest.approx(4 * x16["prefill"]["transfer_seconds"])
+    assert not any("--link" in n for n in x16["notes"])
+    assert any("--link" in n for n in _json(*hw)["notes"])  # assumed, and said
+    few = _json(*hw, "-t", "1", "--cores", "16")
+    many = _json(*hw, "-t", "16", "--cores", "16")
+    assert few["decode"]["tokens_per_second"] < many["decode"]["tokens_per_second"]
+    fits = _json(*hw, "--ram-avail", "60G")
+    short = _json(*hw, "--ram-avail", "8G")
+    assert short["decode"]["paging_seconds"] > 0 and fits["decode"]["paging_seconds"] == 0
+    assert short["decode"]["tokens_per_second"] < fits["decode"]["tokens_per_second"] / 3

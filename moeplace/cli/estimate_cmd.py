@@ -5,16 +5,27 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
-from moeplace.cli import friendly_errors, table
+from moeplace.cli import SIZE, friendly_errors, table
 from moeplace.cli.options import HARDWARE_HELP, context_options, devices_from, hardware_options, run_config_from
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import Device
-from moeplace.llamacpp import cpu_moe_placement, n_cpu_moe_placement
+from moeplace.llamacpp import (
+    Override,
+    apply,
+    cpu_moe_pattern,
+    cpu_moe_patterns,
+    cpu_moe_placement,
+    n_cpu_moe_placement,
+    parse_override_arg,
+)
+from moeplace.llamacpp_cli import LlamaCommand, parse_command
 from moeplace.memory import (
     DEFAULT_MARGIN,
     RunConfig,
@@ -30,15 +41,27 @@ from moeplace.speed import estimate as estimate_placement
 
 
 def build_placement(model: ModelDescription, gpus: Sequence[Device], n_gpu_layers: int | None, cpu_moe: bool,
-                    n_cpu_moe: int, tensor_split: Sequence[float] | None = None) -> Placement:
+                    n_cpu_moe: int, tensor_split: Sequence[float] | None = None,
+                    overrides: Sequence[Override] | None = None) -> Placement:
     """The placement llama.cpp makes of ``-ngl``, ``-ts`` and ``--cpu-moe``/``--n-cpu-moe`` (llama.cpp's own rules,
-    :mod:`moeplace.llamacpp`). ``n_gpu_layers`` None means all layers, llama.cpp's default with a GPU; without
-    ``-ts`` several GPUs split by memory, as llama.cpp splits by free memory."""
+    :mod:`moeplace.llamacpp`), or of ``overrides``, the whole ``-ot``/``--cpu-moe``/``--n-cpu-moe`` list in
+    command-line order, when given. ``n_gpu_layers`` None means all layers, llama.cpp's default with a GPU;
+    without ``-ts`` several GPUs split by memory, as llama.cpp splits by free memory."""
     names = [g.name for g in gpus]
     ngl = -1 if n_gpu_layers is None else n_gpu_layers
+    if tensor_split is not None and len(tensor_split) < len(gpus):
+        tensor_split = [*tensor_split, *[0.0] * (len(gpus) - len(tensor_split))]
     split = tensor_split or ([float(g.memory) for g in gpus] if len(gpus) > 1 else None)
     if tensor_split is not None and len(tensor_split) != len(gpus):
-        raise MoeplaceError(f"--tensor-split needs {len(gpus)} proportions, one per GPU")
+        raise MoeplaceError(f"--tensor-split has {len(tensor_split)} proportions for {len(gpus)} GPUs: give one per "
+                            "GPU (--gpu)")
+    if overrides is not None:
+        known = {*names, HOST}
+        unknown = sorted({o.buffer for o in overrides} - known)
+        if unknown:
+            raise MoeplaceError(f"-ot names {', '.join(unknown)} but the GPUs given are {', '.join(names) or 'none'}:"
+                                " give a --gpu for each device the command uses")
+        return apply(model, ngl, split, tuple(overrides), names)
     if cpu_moe:
         return cpu_moe_placement(model, names, ngl, split)
     return n_cpu_moe_placement(model, n_cpu_moe, names, ngl, split)
@@ -101,7 +124,8 @@ def estimate_to_json(model: ModelDescription, placement: Placement, cfg: RunConf
                    "weight_bytes": dict(e.decode_batch1.weight_bytes),
                    "switches": e.decode_batch1.switches, "switch_seconds": e.decode_batch1.switch_seconds,
                    "paging_seconds": e.decode_batch1.paging_seconds},
-        "prefill": {"n_ubatch": e.prefill.n_ubatch, "tokens_per_second": e.prefill.tokens_per_second,
+        "prefill": {"n_ubatch": e.prefill.n_ubatch, "n_tokens": e.prefill.n_tokens or e.prefill.n_ubatch,
+                    "depth": e.prefill.depth, "tokens_per_second": e.prefill.tokens_per_second,
                     "transfer_bytes": e.prefill.transfer_bytes, "transfer_seconds": e.prefill.transfer_seconds},
         "energy": {"joules_per_token": e.energy.joules_per_token, "watts": e.energy.watts,
                    "price_per_kwh": price, "cost_per_million_tokens": e.energy.cost_per_million(price),
@@ -149,7 +173,7 @@ def render(model: ModelDescription, placement: Placement, cfg: RunConfig, device
                    "will be read from disk again on the tokens that need them")
     out.append("")
     d1 = e.decode_batch1
-    out.append(f"decode at {d1.n_past} tokens of context: {e.tokens_per_second:.1f} tokens/s (batch 1)"
+    out.append(f"decode at depth {d1.n_past} (tokens of context): {e.tokens_per_second:.1f} tokens/s (batch 1)"
                + (f", {e.decode.tokens_per_second:.1f} tokens/s total at batch {e.decode.batch}"
                   if e.decode.batch > 1 else ""))
     for n in devices:
@@ -162,10 +186,11 @@ def render(model: ModelDescription, placement: Placement, cfg: RunConfig, device
     if d1.paging_seconds:
         out.append(f"  reading paged-out weights from disk: {1e3 * d1.paging_seconds:.1f} ms")
     p = e.prefill
-    out.append(f"prefill: {p.tokens_per_second:.0f} tokens/s (a {p.n_ubatch}-token ubatch in "
-               f"{1e3 * p.seconds:.1f} ms" + (f", {format_size(p.transfer_bytes)} of RAM-resident weights copied "
-                                              f"to the GPU in {1e3 * p.transfer_seconds:.1f} ms)" if p.transfer_bytes
-                                              else ")"))
+    n_tok = p.n_tokens or p.n_ubatch
+    out.append(f"prefill of {n_tok} tokens at depth {p.depth}: {p.tokens_per_second:.0f} tokens/s "
+               f"(ubatches of {p.n_ubatch}, {1e3 * p.seconds:.1f} ms"
+               + (f"; {format_size(p.transfer_bytes)} of RAM-resident weights copied to the GPU in "
+                  f"{1e3 * p.transfer_seconds:.1f} ms)" if p.transfer_bytes else ")"))
     cost = e.energy.cost_per_million(price)
     line = (f"energy: {e.energy.joules_per_token:.2f} J/token at {e.energy.watts:.0f} W; electricity at "
             f"{price:g}/kWh: {cost:.3f} per million tokens")
@@ -196,65 +221,195 @@ _HELP = f"""Estimate what running MODEL under llama.cpp costs: memory on each de
 \b
 The placement is the one llama.cpp makes of its own flags:
   -ngl N          the last N layer slots go to the GPUs (the output layer is the last slot); default all
+  -ot REGEX=BUF   tensors matching REGEX go to buffer BUF (CPU, CUDA0, ...); repeatable, comma lists
   --n-cpu-moe N   routed experts of blocks 0..N-1 stay in RAM (what most people tune by hand)
   --cpu-moe       every block's routed experts stay in RAM
-Context flags mean what they mean to llama.cpp (-c, -ctk, -ctv, -ub, -b, -fa, -np, -kvu, --swa-full, -nkvo).
+-ot, --cpu-moe and --n-cpu-moe append to one list in command-line order and the first match wins, as in
+llama.cpp. Context flags mean what they mean to llama.cpp (-c, -ctk, -ctv, -ub, -b, -fa, -np, -kvu,
+--swa-full, -nkvo); -t is llama.cpp's thread count, -d the depth (tokens already in the context, as
+llama-bench's -d) that decode and the -p token prompt are estimated at.
+
+\b
+Or paste the command you run after --, and moeplace reads it with llama.cpp's own rules (llama-server,
+llama-cli, llama-bench); an unknown or malformed flag is an error naming it:
+  moeplace estimate --gpu rtx3090 --ram 64G -- llama-server -m model.gguf -ngl 99 -ot exps=CPU -c 32768
 
 {HARDWARE_HELP}
 
 \b
-Decode speed is memory bandwidth: the bytes each token reads on each device over that device's effective
-bandwidth, plus a cost per switch between devices. The table at the end shows what a longer context costs
-in KV memory and in speed.
+Host decode is limited by memory bandwidth and by compute (threads x the per-quant CPU cost); GPU decode by
+bandwidth; prompts by compute, and by the host link (--link pcie4x8, one per GPU) for weights in RAM.
+The table at the end shows what a longer context costs in KV memory and in speed.
 
 \b
 Examples:
   moeplace estimate qwen3-30b-a3b.gguf --gpu rtx3090 --ram 64G --ram-bw ddr5-6000x2 -c 32768
-  moeplace estimate deepseek-v3.gguf --gpu 24G@936,24G@936 --ram 512G --ram-bw epyc-9004 --cpu-moe
+  moeplace estimate deepseek-v3.gguf --gpu 24G@936,24G@936 --ram 512G --ram-bw epyc-9004 --cpu-moe -t 32
 """
 
+_ORDERED = {"-ot": True, "--override-tensor": True, "--cpu-moe": False, "-cmoe": False, "--n-cpu-moe": True,
+            "-ncmoe": True}
 
-@click.command("estimate", help=_HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+
+class _OrderedCommand(click.Command):
+    """Keeps the raw arguments so that -ot, --cpu-moe and --n-cpu-moe can be applied in command-line order
+    (click groups each option's values, llama.cpp appends them to one list as it reads them)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["moeplace.raw_args"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+def ordered_overrides(raw: Sequence[str]) -> list[Override]:
+    """The override list of moeplace's own -ot/--cpu-moe/--n-cpu-moe options, in command-line order (up to a
+    ``--``; click has checked the values already)."""
+    out: list[Override] = []
+    i = 0
+    while i < len(raw) and raw[i] != "--":
+        flag, _, inline = raw[i].partition("=") if raw[i].startswith("--") else (raw[i], "", "")
+        if flag in _ORDERED:
+            value = inline
+            if _ORDERED[flag] and not inline:
+                i += 1
+                value = raw[i] if i < len(raw) else ""
+            if flag in ("-ot", "--override-tensor"):
+                out.extend(parse_override_arg(value))
+            elif flag in ("--cpu-moe", "-cmoe"):
+                out.append(cpu_moe_pattern())
+            else:
+                out.extend(cpu_moe_patterns(int(value)))
+        i += 1
+    return out
+
+
+def _split_words(words: Sequence[str]) -> tuple[str | None, LlamaCommand | None]:
+    """MODEL and/or a pasted llama.cpp command from the positional words."""
+    if not words:
+        raise MoeplaceError("give MODEL, or the llama.cpp command you run after -- (moeplace estimate --gpu ... -- "
+                            "llama-server -m model.gguf ...)")
+    if len(words) == 1:
+        return words[0], None
+    first = words[0]
+    if first.endswith(".gguf") and Path(first).is_file():
+        return first, parse_command(words[1:])
+    return None, parse_command(words)
+
+
+# moeplace option -> the LlamaCommand field that a pasted line may set instead.
+_PASTED_FIELDS = {"n_ctx": "n_ctx", "n_batch": "n_batch", "n_ubatch": "n_ubatch", "type_k": "type_k",
+                  "type_v": "type_v", "flash_attn": "flash_attn", "n_seq_max": "n_seq_max", "threads": "threads",
+                  "n_gpu_layers": "n_gpu_layers", "tensor_split": "tensor_split", "depth": "depth",
+                  "n_prompt": "n_prompt"}
+
+
+def _merge(ctx: click.Context, values: dict[str, Any], cmd: LlamaCommand) -> dict[str, Any]:
+    """The pasted command's settings over moeplace's defaults; the same setting given both ways is an error."""
+    out = dict(values)
+    for opt, fld in _PASTED_FIELDS.items():
+        pasted = getattr(cmd, fld)
+        if pasted is None:
+            continue
+        if ctx.get_parameter_source(opt) is ParameterSource.COMMANDLINE:
+            raise MoeplaceError(f"{opt.replace('_', '-')} is given both to moeplace and in the pasted command: keep "
+                                "one")
+        out[opt] = pasted
+    for flag in ("kv_unified", "swa_full", "no_kv_offload", "no_op_offload"):
+        out[flag] = out[flag] or getattr(cmd, flag)
+    if cmd.bench and cmd.n_ctx is None and ctx.get_parameter_source("n_ctx") is not ParameterSource.COMMANDLINE:
+        # llama-bench sizes its context to the test: prompt + generated + depth.
+        out["n_ctx"] = (cmd.n_prompt or 512) + (cmd.n_gen or 128) + (cmd.depth or 0)
+    if cmd.bench and cmd.n_prompt is None and ctx.get_parameter_source("n_prompt") is not ParameterSource.COMMANDLINE:
+        out["n_prompt"] = 512
+    return out
+
+
+@click.command("estimate", cls=_OrderedCommand, help=_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("words", nargs=-1, type=click.UNPROCESSED, metavar="[MODEL] [-- LLAMA.CPP COMMAND]")
 @hardware_options
 @context_options()
 @click.option("-ngl", "--n-gpu-layers", "--gpu-layers", "n_gpu_layers", type=int, default=None,
               help="Layer slots on GPU (default: all when a GPU is given).")
 @click.option("-ts", "--tensor-split", default=None, metavar="N,N,...",
               help="Proportions of layers per GPU (default: by GPU memory).")
-@click.option("--n-cpu-moe", "-ncmoe", type=click.IntRange(min=0), default=0,
+@click.option("-ot", "--override-tensor", "override_tensor", multiple=True, metavar="REGEX=BUFFER[,...]",
+              help="llama.cpp's tensor override; repeatable, comma lists; in order with --cpu-moe/--n-cpu-moe.")
+@click.option("--n-cpu-moe", "-ncmoe", type=click.IntRange(min=0), default=None,
               help="Keep routed experts of blocks 0..N-1 in RAM.")
 @click.option("--cpu-moe", "-cmoe", is_flag=True, help="Keep all routed experts in RAM.")
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
+              help="llama.cpp threads (default: the cores given with --cores, else 8, stated).")
+@click.option("--cores", type=click.IntRange(min=1), default=None, help="Physical CPU cores of the host.")
+@click.option("--numa-nodes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="NUMA nodes the host's RAM spans (sockets, or sub-NUMA clusters).")
+@click.option("--ram-avail", type=SIZE, default=None,
+              help="RAM free for llama.cpp (default: --ram less 2 GiB for the OS, stated); host weights beyond it "
+                   "are read from disk again while decoding.")
+@click.option("--link", "links", multiple=True, metavar="PCIE",
+              help="Host link of each GPU: pcie4x8, 5.0x16, ... (one for all, or a comma list in --gpu order; "
+                   "default: the preset's, stated when it matters).")
+@click.option("-d", "--depth", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Tokens already in the context when decoding and prompting (llama-bench -d).")
+@click.option("-p", "--n-prompt", "n_prompt", type=click.IntRange(min=1), default=None,
+              help="Prompt length for the prompt-processing estimate (default: one ubatch, -ub).")
 @click.option("--price", type=click.FloatRange(min=0), default=0.16, show_default=True,
               help="Electricity price per kWh.")
 @click.option("--api-price", type=click.FloatRange(min=0), default=None,
               help="An API's price per million output tokens, to compare with.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.pass_context
 @friendly_errors
-def estimate(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | None, ram_bw: str | None,
-             margin: int | None, calibration: Path | None, n_ctx: int, type_k: str, type_v: str, n_batch: int,
-             n_ubatch: int, flash_attn: str, n_seq_max: int, kv_unified: bool, swa_full: bool, no_kv_offload: bool,
-             no_op_offload: bool, n_gpu_layers: int | None, tensor_split: str | None, n_cpu_moe: int,
-             cpu_moe: bool, price: float, api_price: float | None, as_json: bool) -> None:
-    md = load_model(model)
-    devices = devices_from(gpus, backend, ram, ram_bw, calibration)
-    gpu_devs = [d for d in devices.values() if not d.is_host]
-    cfg = run_config_from(md, devices, n_ctx=n_ctx, type_k=type_k, type_v=type_v, n_batch=n_batch,
-                          n_ubatch=n_ubatch, flash_attn=flash_attn, n_seq_max=n_seq_max, kv_unified=kv_unified,
-                          swa_full=swa_full, no_kv_offload=no_kv_offload, no_op_offload=no_op_offload)
-    split = None
+def estimate(ctx: click.Context, words: tuple[str, ...], gpus: tuple[str, ...], backend: str | None,
+             ram: int | None, ram_bw: str | None, margin: int | None, calibration: Path | None, n_ctx: int,
+             type_k: str, type_v: str, n_batch: int, n_ubatch: int, flash_attn: str, n_seq_max: int,
+             kv_unified: bool, swa_full: bool, no_kv_offload: bool, no_op_offload: bool, n_gpu_layers: int | None,
+             tensor_split: str | None, override_tensor: tuple[str, ...], n_cpu_moe: int | None, cpu_moe: bool,
+             threads: int | None, cores: int | None, numa_nodes: int, ram_avail: int | None,
+             links: tuple[str, ...], depth: int, n_prompt: int | None, price: float, api_price: float | None,
+             as_json: bool) -> None:
+    model, pasted = _split_words(words)
+    split: list[float] | None = None
     if tensor_split:
         try:
             split = [float(x) for x in re.split(r"[,/]", tensor_split)]
         except ValueError:
             raise MoeplaceError(f"--tensor-split '{tensor_split}' must be numbers like 3,1") from None
-    placement = build_placement(md, gpu_devs, n_gpu_layers, cpu_moe, n_cpu_moe, split)
+    v: dict[str, Any] = {"n_ctx": n_ctx, "type_k": type_k, "type_v": type_v, "n_batch": n_batch,
+                         "n_ubatch": n_ubatch, "flash_attn": flash_attn, "n_seq_max": n_seq_max,
+                         "kv_unified": kv_unified, "swa_full": swa_full, "no_kv_offload": no_kv_offload,
+                         "no_op_offload": no_op_offload, "threads": threads, "n_gpu_layers": n_gpu_layers,
+                         "tensor_split": split, "depth": depth, "n_prompt": n_prompt}
+    overrides: list[Override] | None = ordered_overrides(ctx.meta.get("moeplace.raw_args", []))
+    notes: list[str] = []
+    if pasted is not None:
+        if overrides:
+            raise MoeplaceError("-ot/--cpu-moe/--n-cpu-moe are given both to moeplace and in the pasted command: "
+                                "keep the pasted ones")
+        v = _merge(ctx, v, pasted)
+        overrides = list(pasted.overrides)
+        model = model or pasted.model
+        if model is None:
+            raise MoeplaceError("the pasted command has no -m MODEL: add it, or give MODEL before --")
+        notes.extend(f"pasted command: {n}" for n in pasted.notes)
+    assert model is not None
+    if not Path(model).is_file():
+        raise MoeplaceError(f"{model}: no such model file")
+    md = load_model(model)
+    devices = devices_from(gpus, backend, ram, ram_bw, calibration, threads=v["threads"], cores=cores,
+                           numa_nodes=numa_nodes, available=ram_avail, links=links)
+    gpu_devs = [d for d in devices.values() if not d.is_host]
+    fa = v["flash_attn"]
+    cfg = run_config_from(md, devices, n_ctx=v["n_ctx"], type_k=v["type_k"], type_v=v["type_v"],
+                          n_batch=v["n_batch"], n_ubatch=min(v["n_ubatch"], v["n_batch"]), flash_attn=fa,
+                          n_seq_max=v["n_seq_max"], kv_unified=v["kv_unified"], swa_full=v["swa_full"],
+                          no_kv_offload=v["no_kv_offload"], no_op_offload=v["no_op_offload"])
+    placement = build_placement(md, gpu_devs, v["n_gpu_layers"], False, 0, v["tensor_split"], overrides)
     margin_b = DEFAULT_MARGIN if margin is None else margin
     table = TensorTable.build(md)
-    e = estimate_placement(md, placement, cfg, devices, table=table, margin=margin_b)
+    e = estimate_placement(md, placement, cfg, devices, table=table, margin=margin_b, depth=v["depth"],
+                           n_prompt=v["n_prompt"])
+    e = replace(e, notes=(*notes, *e.notes))
     rows = context_table(md, placement, cfg, devices, table, margin_b)
     if as_json:
         click.echo(json.dumps(estimate_to_json(md, placement, cfg, devices, e, rows, price, api_price), indent=1))
         return
     click.echo("\n".join(render(md, placement, cfg, devices, e, rows, price, api_price, margin_b)))
-

@@ -98,11 +98,15 @@ def context_options(ctx_help: str = "Context size in tokens (0 = the model's tra
 
 
 def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ram_bw: str | None,
-                 calibration: Path | None = None) -> dict[str, Device]:
+                 calibration: Path | None = None, *, threads: int | None = None, cores: int | None = None,
+                 numa_nodes: int = 1, available: int | None = None, links: tuple[str, ...] = ()
+                 ) -> dict[str, Device]:
     """The host and the GPUs the options describe, keyed by llama.cpp buffer name, with the measured bandwidths
     of a calibration file applied."""
-    gpu_devs = parse_gpus(gpus, backend)
-    devices = device_set(gpu_devs, host_device(ram, ram_bw, gpu_devs))
+    gpu_devs = parse_gpus(gpus, backend, links=links)
+    host = host_device(ram, ram_bw, gpu_devs, threads=threads, cores=cores, numa_nodes=numa_nodes,
+                       available=available)
+    devices = device_set(gpu_devs, host)
     return devices if calibration is None else apply_calibration(devices, load_calibration(calibration))
 
 
