@@ -127,6 +127,9 @@ class TensorTable:
     type_names: tuple[str, ...]  # the ggml types present ...
     type_code: np.ndarray  # ... and each tensor's index into them
     embd_row_elements: np.ndarray  # elements of one row of the token embedding (0 for other tensors)
+    # Memo of what repeats across estimates of one model: distinct experts under uniform routing per token
+    # count, and per-type cost arrays per device cost table.
+    memo: dict[object, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, model: ModelDescription) -> TensorTable:
@@ -172,10 +175,20 @@ class TensorTable:
 
     def quant_cost(self, device: Device) -> np.ndarray:
         """Each tensor's cost per element relative to Q4_K on ``device`` (1 for types it does not list)."""
-        if not device.quant_cost:
-            return np.ones(len(self.names))
-        qc = dict(device.quant_cost)
-        return np.array([qc.get(t, 1.0) for t in self.type_names])[self.type_code]
+        key = ("cost", device.quant_cost)
+        if key not in self.memo:
+            qc = dict(device.quant_cost)
+            self.memo[key] = np.array([qc.get(t, 1.0) for t in self.type_names] or [1.0])[self.type_code]
+        return self.memo[key]
+
+    def distinct(self, routing: np.ndarray, tokens: float) -> np.ndarray:
+        """:func:`distinct_by_block`, remembered for the uniform routing matrix."""
+        if routing is not self.uniform:
+            return distinct_by_block(routing, tokens)
+        key = ("distinct", tokens)
+        if key not in self.memo:
+            self.memo[key] = distinct_by_block(routing, tokens)
+        return self.memo[key]
 
 
 def routing_matrix(model: ModelDescription, profile: ExpertProbs | np.ndarray | None) -> np.ndarray:
@@ -206,6 +219,8 @@ def distinct_by_block(routing: np.ndarray, tokens: float) -> np.ndarray:
     """Expected distinct experts ``tokens`` tokens touch in each block (0 for blocks without experts)."""
     if routing.size == 0:
         return np.zeros(routing.shape[0])
+    if tokens == 1:
+        return np.sum(routing, axis=1)  # 1 - (1 - p)^1 = p
     return np.sum(1.0 - np.power(1.0 - routing, tokens), axis=1)
 
 
@@ -232,13 +247,13 @@ class TensorCosts:
 
 
 def _decode_bytes(table: TensorTable, routing: np.ndarray, batch: int) -> np.ndarray:
-    distinct = distinct_by_block(routing, batch)
+    distinct = table.distinct(routing, batch)
     out = np.where(table.is_expert, table.slice_bytes * distinct[table.block_index], table.nbytes)
     return np.where(table.is_embd, table.embd_row_bytes * batch, out)
 
 
 def _decode_elements(table: TensorTable, routing: np.ndarray, batch: int) -> np.ndarray:
-    distinct = distinct_by_block(routing, batch)
+    distinct = table.distinct(routing, batch)
     out = np.where(table.is_expert, table.slice_elements * distinct[table.block_index], table.elements)
     return np.where(table.is_embd, table.embd_row_elements * batch, out)
 
@@ -256,7 +271,7 @@ def device_seconds(nbytes: np.ndarray, elements: np.ndarray, device: Device, cos
 
 def _prefill_costs(table: TensorTable, routing: np.ndarray, ub: int, n_expert_used: int
                    ) -> tuple[np.ndarray, np.ndarray]:
-    distinct = distinct_by_block(routing, ub)
+    distinct = table.distinct(routing, ub)
     read = np.where(table.is_expert, table.slice_bytes * distinct[table.block_index], table.nbytes)
     read = np.where(table.is_embd, table.embd_row_bytes * ub, read)
     # Every token runs n_expert_used experts: expert FLOPs = 2 x slice elements x tokens x k; a lookup none.
@@ -503,51 +518,93 @@ def _switch_sequence(pr: _Prepared) -> np.ndarray:
     return seq[keep]
 
 
-def _switch_seconds(pr: _Prepared, seq: np.ndarray, act_bytes: float) -> float:
+def _switch_seconds(devs: Sequence[Device], seq: np.ndarray, act_bytes: float) -> float:
     """Each switch costs the larger latency of the two devices plus the hidden state over each GPU's link."""
     if len(seq) < 2:
         return 0.0
-    d = list(pr.devs.values())
-    lat = np.array([x.link_latency for x in d])
-    inv = np.array([0.0 if x.is_host or x.link_bandwidth <= 0 else 1.0 / x.link_bandwidth for x in d])
+    lat = np.array([x.link_latency for x in devs])
+    inv = np.array([0.0 if x.is_host or x.link_bandwidth <= 0 else 1.0 / x.link_bandwidth for x in devs])
     a, b = seq[:-1], seq[1:]
     return float(np.sum(np.maximum(lat[a], lat[b]) + act_bytes * (inv[a] + inv[b])))
 
 
-def _decode(pr: _Prepared, batch: int, n_past: int | None, paged_fraction: float,
-            kv_layers: np.ndarray | None = None) -> DecodeTime:
+@dataclass(frozen=True)
+class DecodeWork:
+    """What one decode step reads and computes on each device, before any device speed enters: the timing
+    (:func:`decode_from_work`) is cheap, so fitting device parameters reuses one DecodeWork per measurement."""
+
+    names: tuple[str, ...]
+    batch: int
+    n_past: int
+    weight_bytes: np.ndarray  # per device
+    scaled_bytes: np.ndarray  # per device: bytes x the GPU kernel cost of their types
+    host_bytes: np.ndarray  # per tensor on the host
+    host_work: np.ndarray  # per tensor on the host: elements x the CPU cost of its type (Q4_K elements)
+    kv_bytes: np.ndarray  # per device
+    switch_seq: np.ndarray  # device indices along the layer sequence
+    act_bytes: float
+    paged_fraction: float
+
+
+def _decode_work(pr: _Prepared, batch: int, n_past: int | None, paged_fraction: float,
+                 kv_layers: np.ndarray | None = None) -> DecodeWork:
     model, cfg, names = pr.model, pr.cfg, pr.names
     nbytes = _decode_bytes(pr.table, pr.routing, batch)
     elements = _decode_elements(pr.table, pr.routing, batch)
-    per_dev_bytes = np.bincount(pr.idx, weights=nbytes, minlength=len(names))
-    weight_s = np.zeros(len(names))
-    for i, d in enumerate(pr.devs.values()):
+    n = len(names)
+    host = names.index(HOST_NAME)
+    per_dev_bytes = np.bincount(pr.idx, weights=nbytes, minlength=n)
+    scaled = np.zeros(n)
+    for i in range(n):
         on = pr.idx == i
-        if np.any(on):
-            weight_s[i] = float(np.sum(device_seconds(nbytes[on], elements[on], d, pr.cost[i][on])))
-
+        if i != host and np.any(on):
+            scaled[i] = float(np.sum(nbytes[on] * pr.cost[i][on]))
+    on_host = pr.idx == host
     shape = context_shape(model, cfg)
     pos = shape.n_ctx_seq if n_past is None else max(0, min(n_past, shape.n_ctx_seq))
     kv_layer = (kv_read_bytes_per_layer(model, cfg, pos) if kv_layers is None else kv_layers) * batch
-    host = names.index(HOST_NAME)
     kv_idx = np.array([host if cfg.no_kv_offload else names.index(d) for d in pr.placement.layer_devices],
                       dtype=np.int64)
-    kv_bytes = np.bincount(kv_idx, weights=kv_layer, minlength=len(names))
-    kv_s = kv_bytes / pr.eff
+    return DecodeWork(
+        names=tuple(names), batch=batch, n_past=pos, weight_bytes=per_dev_bytes, scaled_bytes=scaled,
+        host_bytes=nbytes[on_host], host_work=elements[on_host] * pr.cost[host][on_host],
+        kv_bytes=np.bincount(kv_idx, weights=kv_layer, minlength=n), switch_seq=_switch_sequence(pr),
+        act_bytes=4.0 * model.hparams.n_embd * batch, paged_fraction=paged_fraction)
 
-    seq = _switch_sequence(pr)
-    switch_s = _switch_seconds(pr, seq, 4.0 * model.hparams.n_embd * batch)
+
+def decode_from_work(w: DecodeWork, devices: Sequence[Device]) -> DecodeTime:
+    """The decode step's time on ``devices`` (in ``w.names`` order): on the host each tensor takes the larger
+    of reading it and computing it, a GPU reads its bytes scaled by its kernels' cost per type; KV reads at
+    each device's bandwidth, a fixed cost per device switch, and host weights beyond the available RAM read
+    again from disk (page-cache thrashing)."""
+    names = w.names
+    host = names.index(HOST_NAME)
+    eff = np.array([d.effective_bandwidth for d in devices])
+    weight_s = w.scaled_bytes / eff
+    hd = devices[host]
+    if w.host_bytes.size:
+        read = w.host_bytes / eff[host]
+        rate = hd.decode_rate
+        weight_s[host] = float(np.sum(np.maximum(read, w.host_work / rate) if rate > 0 else read))
+    kv_s = w.kv_bytes / eff
+    switch_s = _switch_seconds(devices, w.switch_seq, w.act_bytes)
     # Weights beyond the RAM available thrash the page cache: a step's host reads miss it in that proportion
     # and come from disk again.
-    paging = paged_fraction * per_dev_bytes[host] / catalog().disk_bandwidth if paged_fraction > 0 else 0.0
+    paging = (w.paged_fraction * w.weight_bytes[host] / catalog().disk_bandwidth if w.paged_fraction > 0
+              else 0.0)
     return DecodeTime(
-        batch=batch, n_past=pos,
-        weight_seconds={n: float(weight_s[i]) for i, n in enumerate(names) if per_dev_bytes[i] > 0},
-        kv_seconds={n: float(kv_s[i]) for i, n in enumerate(names) if kv_bytes[i] > 0},
-        weight_bytes={n: float(per_dev_bytes[i]) for i, n in enumerate(names) if per_dev_bytes[i] > 0},
-        kv_bytes={n: float(kv_bytes[i]) for i, n in enumerate(names) if kv_bytes[i] > 0},
-        switches=len(seq) - 1, switch_seconds=switch_s, paging_seconds=paging,
+        batch=w.batch, n_past=w.n_past,
+        weight_seconds={n: float(weight_s[i]) for i, n in enumerate(names) if w.weight_bytes[i] > 0},
+        kv_seconds={n: float(kv_s[i]) for i, n in enumerate(names) if w.kv_bytes[i] > 0},
+        weight_bytes={n: float(w.weight_bytes[i]) for i, n in enumerate(names) if w.weight_bytes[i] > 0},
+        kv_bytes={n: float(w.kv_bytes[i]) for i, n in enumerate(names) if w.kv_bytes[i] > 0},
+        switches=len(w.switch_seq) - 1, switch_seconds=switch_s, paging_seconds=paging,
     )
+
+
+def _decode(pr: _Prepared, batch: int, n_past: int | None, paged_fraction: float,
+            kv_layers: np.ndarray | None = None) -> DecodeTime:
+    return decode_from_work(_decode_work(pr, batch, n_past, paged_fraction, kv_layers), list(pr.devs.values()))
 
 
 def decode_time(model: ModelDescription, placement: Placement, cfg: RunConfig,
@@ -569,59 +626,90 @@ def _chunks(n_prompt: int, n_ubatch: int, depth: int) -> list[tuple[int, int]]:
     return out
 
 
-def _prefill(pr: _Prepared, n_prompt: int | None = None, depth: int = 0) -> PrefillTime:
+@dataclass(frozen=True)
+class PrefillWork:
+    """What a prompt reads, copies and computes on each device, per ubatch size, before device speeds enter
+    (:func:`prefill_from_work` times it)."""
+
+    names: tuple[str, ...]
+    n_ubatch: int
+    n_tokens: int
+    depth: int
+    chunks: tuple[tuple[int, int], ...]  # (start position, tokens)
+    read: Mapping[int, np.ndarray]  # ubatch size -> bytes read per device
+    flops: Mapping[int, np.ndarray]  # ubatch size -> weight FLOPs per device (copied host weights on the GPU)
+    transfer: Mapping[int, float]  # ubatch size -> bytes copied from the host to the first GPU
+    link_device: int  # the GPU host weights are copied to (-1: none)
+    attn_full: np.ndarray  # per device: FLOPs per (token, attended position) of full-attention blocks
+    attn_swa: np.ndarray  # the same for sliding-window blocks
+    n_swa: int
+
+
+def _prefill_work(pr: _Prepared, n_prompt: int | None = None, depth: int = 0) -> PrefillWork:
     model, cfg, names, devs, idx, table = pr.model, pr.cfg, pr.names, pr.devs, pr.idx, pr.table
     n_ubatch = context_shape(model, cfg).n_ubatch
     n_prompt = n_ubatch if n_prompt is None else max(1, n_prompt)
     gpus = [n for n in names if not devs[n].is_host]
     host_i = names.index(HOST_NAME)
-    flops_rate = flops_rates(list(devs.values()))
-
     # Attention per KV block: QK^T and PV, 2 x H x d FLOPs per (token, attended position) each; a ubatch of u
     # tokens starting at position s attends u x (s + u/2) positions causally (at most the window on SWA blocks).
     hp = model.hparams
     per_pair = 4.0 * hp.n_head * hp.head_dim_k
-    full_coef = np.zeros(len(names))
-    swa_coef = np.zeros(len(names))
+    full = np.zeros(len(names))
+    swa = np.zeros(len(names))
     for il, layer in enumerate(model.layers):
         if layer.has_kv:
             d = host_i if cfg.no_kv_offload else names.index(pr.placement.layer_devices[il])
             windowed = hp.n_swa and il < len(hp.swa_layers) and hp.swa_layers[il]
-            (swa_coef if windowed else full_coef)[d] += per_pair
+            (swa if windowed else full)[d] += per_pair
+    chunks = tuple(_chunks(n_prompt, n_ubatch, depth))
+    read: dict[int, np.ndarray] = {}
+    flops: dict[int, np.ndarray] = {}
+    transfer: dict[int, float] = {}
+    for _, u in chunks:
+        if u in read:
+            continue
+        prefill_bytes, prefill_flops = _prefill_costs(table, pr.routing, u, hp.n_expert_used)
+        compute_idx = idx
+        transfer[u] = 0.0
+        if op_offload_active(cfg, u, bool(gpus)):
+            moved = (idx == host_i) & ~table.is_embd
+            transfer[u] = float(np.sum(prefill_bytes[moved]))
+            compute_idx = np.where(moved, names.index(gpus[0]), idx)
+            read[u] = np.bincount(idx[~moved], weights=prefill_bytes[~moved], minlength=len(names))
+        else:
+            read[u] = np.bincount(idx, weights=prefill_bytes, minlength=len(names))
+        flops[u] = np.bincount(compute_idx, weights=prefill_flops, minlength=len(names))
+    return PrefillWork(names=tuple(names), n_ubatch=n_ubatch, n_tokens=n_prompt, depth=depth, chunks=chunks,
+                       read=read, flops=flops, transfer=transfer,
+                       link_device=names.index(gpus[0]) if gpus else -1, attn_full=full, attn_swa=swa,
+                       n_swa=hp.n_swa)
 
-    by_size: dict[int, tuple[np.ndarray, np.ndarray, float, float]] = {}
-    total = transfer_s_total = transfer_b_total = 0.0
-    per_dev_total = np.zeros(len(names))
-    for start, u in _chunks(n_prompt, n_ubatch, depth):
-        if u not in by_size:
-            prefill_bytes, prefill_flops = _prefill_costs(table, pr.routing, u, hp.n_expert_used)
-            compute_idx = idx
-            transfer_bytes = transfer_s = 0.0
-            if op_offload_active(cfg, u, bool(gpus)):
-                target = names.index(gpus[0])
-                moved = (idx == host_i) & ~table.is_embd
-                transfer_bytes = float(np.sum(prefill_bytes[moved]))
-                link = devs[gpus[0]].link_bandwidth
-                transfer_s = transfer_bytes / link if link else 0.0
-                compute_idx = np.where(moved, target, idx)
-                read = np.bincount(idx[~moved], weights=prefill_bytes[~moved], minlength=len(names))
-            else:
-                read = np.bincount(idx, weights=prefill_bytes, minlength=len(names))
-            flops = np.bincount(compute_idx, weights=prefill_flops, minlength=len(names))
-            by_size[u] = (read, flops, transfer_bytes, transfer_s)
-        read, flops, transfer_bytes, transfer_s = by_size[u]
+
+def prefill_from_work(w: PrefillWork, devices: Sequence[Device]) -> PrefillTime:
+    """The prompt's time on ``devices``: per ubatch, each device the larger of reading its weights and computing
+    its FLOPs (attention over the context before the ubatch included), plus the copy of host weights over the
+    first GPU's link under op offload."""
+    eff = np.array([d.effective_bandwidth for d in devices])
+    rate = flops_rates(devices)
+    link = devices[w.link_device].link_bandwidth if w.link_device >= 0 else 0.0
+    per_dev = np.zeros(len(w.names))
+    transfer_s = transfer_b = 0.0
+    for start, u in w.chunks:
         attended = start + u / 2
-        attn = u * (full_coef * attended + swa_coef * min(attended, hp.n_swa or attended))
-        per_dev = np.maximum(read / pr.eff, (flops + attn) / flops_rate)
-        per_dev_total += per_dev
-        transfer_s_total += transfer_s
-        transfer_b_total += transfer_bytes
-        total += float(per_dev.sum()) + transfer_s
+        attn = u * (w.attn_full * attended + w.attn_swa * min(attended, w.n_swa or attended))
+        per_dev += np.maximum(w.read[u] / eff, (w.flops[u] + attn) / rate)
+        transfer_b += w.transfer[u]
+        transfer_s += w.transfer[u] / link if link else 0.0
     return PrefillTime(
-        n_ubatch=n_ubatch, n_tokens=n_prompt, depth=depth,
-        seconds_by_device={n: float(per_dev_total[i]) for i, n in enumerate(names) if per_dev_total[i] > 0},
-        transfer_seconds=transfer_s_total, transfer_bytes=transfer_b_total,
+        n_ubatch=w.n_ubatch, n_tokens=w.n_tokens, depth=w.depth,
+        seconds_by_device={n: float(per_dev[i]) for i, n in enumerate(w.names) if per_dev[i] > 0},
+        transfer_seconds=transfer_s, transfer_bytes=transfer_b,
     )
+
+
+def _prefill(pr: _Prepared, n_prompt: int | None = None, depth: int = 0) -> PrefillTime:
+    return prefill_from_work(_prefill_work(pr, n_prompt, depth), list(pr.devs.values()))
 
 
 def prefill_time(model: ModelDescription, placement: Placement, cfg: RunConfig,
@@ -649,20 +737,22 @@ def energy(decode: DecodeTime, devices: Mapping[str, Device] | Sequence[Device])
     return Energy(joules_per_token=per_token, watts=joules / total if total > 0 else 0.0)
 
 
-def estimate(model: ModelDescription, placement: Placement, cfg: RunConfig,
-             devices: Mapping[str, Device] | Sequence[Device], profile: ExpertProbs | np.ndarray | None = None, *,
-             batch: int | None = None, n_past: int | None = None, margin: int | None = None,
-             table: TensorTable | None = None, n_prompt: int | None = None, depth: int | None = None) -> Estimate:
-    """Memory per device and time per token of ``placement`` under ``cfg`` on ``devices``.
+@dataclass(frozen=True)
+class _Parts:
+    pr: _Prepared
+    memory: Mapping[str, MemoryBreakdown]
+    fits: Mapping[str, Fit]
+    host: HostCheck
+    shape: ContextShape
+    pos: int
+    kv_read: np.ndarray
+    decode1: DecodeWork
+    prefill: PrefillWork
 
-    ``profile`` maps a block index to per-expert routing probabilities (or counts); blocks it leaves out route
-    uniformly. ``batch`` defaults to ``cfg.n_seq_max`` (parallel sequences decoding together); ``n_past``
-    to ``depth`` when given, else the full context (decode is slowest there); the prompt estimate is for
-    ``n_prompt`` tokens (default one ubatch) after ``depth`` (default 0) tokens; ``margin`` is kept free on
-    every GPU (default
-    :data:`memory.DEFAULT_MARGIN`). In a loop, build the :class:`TensorTable` once and pass a matrix from
-    :func:`routing_matrix` as the profile."""
-    devs = _devices(devices)
+
+def _parts(model: ModelDescription, placement: Placement, cfg: RunConfig, devs: dict[str, Device],
+           profile: ExpertProbs | np.ndarray | None, margin: int | None, table: TensorTable | None,
+           n_past: int | None, n_prompt: int | None, depth: int | None) -> _Parts:
     if HOST_NAME not in devs:
         raise SpeedError("the devices must include the host (CPU): build it with hardware.host_device")
     pr = _prepare(model, placement, cfg, devs, profile, table)
@@ -674,22 +764,54 @@ def estimate(model: ModelDescription, placement: Placement, cfg: RunConfig,
                            host_experts=host_experts, kv_layers=layers)
     fits = gpu_fits(mem, devs, DEFAULT_MARGIN if margin is None else margin)
     host = host_check(mem, devs)
-    b = batch or cfg.n_seq_max
     shape = context_shape(model, cfg)
     if n_past is None and depth is not None:
         n_past = depth
     pos = shape.n_ctx_seq if n_past is None else max(0, min(n_past, shape.n_ctx_seq))
     kv_read = kv_read_bytes_per_layer(model, cfg, pos, layers)
-    dec1 = _decode(pr, 1, pos, host.paged_fraction, kv_read)
-    dec = dec1 if b == 1 else _decode(pr, b, pos, host.paged_fraction, kv_read)
+    return _Parts(pr, mem, fits, host, shape, pos, kv_read, _decode_work(pr, 1, pos, host.paged_fraction, kv_read),
+                  _prefill_work(pr, n_prompt, depth or 0))
+
+
+def estimate(model: ModelDescription, placement: Placement, cfg: RunConfig,
+             devices: Mapping[str, Device] | Sequence[Device], profile: ExpertProbs | np.ndarray | None = None, *,
+             batch: int | None = None, n_past: int | None = None, margin: int | None = None,
+             table: TensorTable | None = None, n_prompt: int | None = None, depth: int | None = None) -> Estimate:
+    """Memory per device and time per token of ``placement`` under ``cfg`` on ``devices``.
+
+    ``profile`` maps a block index to per-expert routing probabilities (or counts); blocks it leaves out route
+    uniformly. ``batch`` defaults to ``cfg.n_seq_max`` (parallel sequences decoding together); ``n_past``
+    to ``depth`` when given, else the full context (decode is slowest there); the prompt estimate is for
+    ``n_prompt`` tokens (default one ubatch) after ``depth`` (default 0) tokens; ``margin`` is kept free on
+    every GPU (default :data:`memory.DEFAULT_MARGIN`). In a loop, build the :class:`TensorTable` once and pass a
+    matrix from :func:`routing_matrix` as the profile."""
+    devs = _devices(devices)
+    p = _parts(model, placement, cfg, devs, profile, margin, table, n_past, n_prompt, depth)
+    b = batch or cfg.n_seq_max
+    dev_list = list(devs.values())
+    dec1 = decode_from_work(p.decode1, dev_list)
+    dec = dec1 if b == 1 else _decode(p.pr, b, p.pos, p.host.paged_fraction, p.kv_read)
     notes = []
-    if not host.fits:
-        notes.append(f"host RAM short: {host.paged / 2**30:.1f} GiB of weights will be read from disk as needed")
-    pre = _prefill(pr, n_prompt, depth or 0)
-    for d in devs.values():
+    if not p.host.fits:
+        notes.append(f"host RAM short: {p.host.paged / 2**30:.1f} GiB of weights will be read from disk as needed")
+    pre = prefill_from_work(p.prefill, dev_list)
+    first_gpu = next((n for n in devs if not devs[n].is_host), None)
+    for d in dev_list:
         notes.extend(f"{d.name}: {n}" for n in d.notes)
-        if d.link_assumed and pre.transfer_bytes and d.name == next(n for n in devs if not devs[n].is_host):
+        if d.link_assumed and pre.transfer_bytes and d.name == first_gpu:
             notes.append(f"{d.name}: host link assumed {d.link_bandwidth / 1e9:.1f} GB/s effective (the preset's"
                          " link): prompt speed depends on it; give --link (e.g. pcie4x8)")
-    return Estimate(memory=mem, fits=fits, host=host, decode=dec, decode_batch1=dec1, prefill=pre,
-                    energy=energy(dec1, devs), context=shape, notes=tuple(notes))
+    return Estimate(memory=p.memory, fits=p.fits, host=p.host, decode=dec, decode_batch1=dec1, prefill=pre,
+                    energy=energy(dec1, devs), context=p.shape, notes=tuple(notes))
+
+
+def workload(model: ModelDescription, placement: Placement, cfg: RunConfig,
+             devices: Mapping[str, Device] | Sequence[Device], profile: ExpertProbs | np.ndarray | None = None, *,
+             table: TensorTable | None = None, n_prompt: int | None = None, depth: int = 0
+             ) -> tuple[DecodeWork, PrefillWork]:
+    """What :func:`estimate` times for batch-1 decode at ``depth`` and a prompt of ``n_prompt`` tokens after
+    ``depth``, before device speeds enter: :func:`decode_from_work` and :func:`prefill_from_work` then give the
+    same figures as :func:`estimate` for any devices of the same names (memory and paging as ``devices``
+    have them). Fitting device parameters to measurements calls those two per trial."""
+    p = _parts(model, placement, cfg, _devices(devices), profile, None, table, None, n_prompt, depth)
+    return p.decode1, p.prefill
