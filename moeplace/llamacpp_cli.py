@@ -212,6 +212,7 @@ def parse_command(command: str | Sequence[str]) -> LlamaCommand:
     n_cpu_moe_bench: list[Override] = []
     notes: list[str] = []
     ignored: list[str] = []
+    bench_ot_seen = False  # llama-bench makes every further -ot another test configuration
     i = 0
 
     def value(flag: str) -> str:
@@ -238,10 +239,11 @@ def parse_command(command: str | Sequence[str]) -> LlamaCommand:
         elif flag in ("-ot", "--override-tensor"):
             x = value(flag)
             if bench:
-                if "," in x:
-                    raise CommandLineError(f"{flag} '{x}' lists several llama-bench configurations (',' separates "
-                                           "them; ';' separates the items of one): paste one")
+                if "," in x or bench_ot_seen:
+                    raise CommandLineError(f"{flag} '{x}' adds another llama-bench configuration (',' or a repeated "
+                                           f"{flag} separates them; ';' separates the items of one): paste one")
                 overrides.extend(o for item in x.split(";") if item for o in parse_override_arg(item))
+                bench_ot_seen = True
             else:
                 overrides.extend(parse_override_arg(x))
         elif flag in ("-cmoe", "--cpu-moe") and not bench:

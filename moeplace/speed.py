@@ -807,11 +807,13 @@ def estimate(model: ModelDescription, placement: Placement, cfg: RunConfig,
 
 def workload(model: ModelDescription, placement: Placement, cfg: RunConfig,
              devices: Mapping[str, Device] | Sequence[Device], profile: ExpertProbs | np.ndarray | None = None, *,
-             table: TensorTable | None = None, n_prompt: int | None = None, depth: int = 0
-             ) -> tuple[DecodeWork, PrefillWork]:
+             table: TensorTable | None = None, n_prompt: int | None = None, depth: int = 0,
+             full_context: bool = False) -> tuple[DecodeWork, PrefillWork]:
     """What :func:`estimate` times for batch-1 decode at ``depth`` and a prompt of ``n_prompt`` tokens after
     ``depth``, before device speeds enter: :func:`decode_from_work` and :func:`prefill_from_work` then give the
     same figures as :func:`estimate` for any devices of the same names (memory and paging as ``devices``
-    have them). Fitting device parameters to measurements calls those two per trial."""
-    p = _parts(model, placement, cfg, _devices(devices), profile, None, table, None, n_prompt, depth)
+    have them). Fitting device parameters to measurements calls those two per trial. ``full_context``: decode
+    at the full context instead (the solver's and the old headline's position)."""
+    p = _parts(model, placement, cfg, _devices(devices), profile, None, table, None, n_prompt,
+               None if full_context else depth)
     return p.decode1, p.prefill

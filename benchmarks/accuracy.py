@@ -1,0 +1,611 @@
+"""How well moeplace's speed model predicts published llama.cpp measurements: writes docs/accuracy.md.
+
+    python benchmarks/accuracy.py                   the report (docs/accuracy.md)
+    python benchmarks/accuracy.py --write-params    also store the all-source fit in moeplace/data/speed-model.json
+
+Every row of benchmarks/published/measurements.jsonl whose model shape, hardware and flags moeplace can
+describe is replayed: the model is the factory's full-scale header-only model of that architecture, retyped to
+the row's quantisation and scaled to its file size when stated; the devices are the presets of the row's GPUs
+and its RAM (peak = MT/s x 8 bytes x channels, from the row or the CPU's platform); the flags are turned into
+the llama.cpp command line they came from and read back with moeplace.llamacpp_cli, so the placement is the
+one llama.cpp makes. Decode is predicted at the row's depth and prefill for its prompt length at that depth.
+
+Both models are fitted the same way, leave-one-source-out: for each source, the parameters are fitted on the
+rows of every other source (least absolute log error over tg and pp, coordinate search) and that source's rows
+are predicted. The *old* model is the structure moeplace had before issue 9: host bandwidth = peak x one
+efficiency (no threads, compute or NUMA), decode at the full context, prefill of one ubatch at depth 0, the
+preset's link, all of the RAM available; its free parameters (efficiency per backend and for the host, GPU
+compute efficiency, one host FLOP rate) are fitted too, so the comparison is of structure, not of defaults.
+ik_llama.cpp rows use other CPU kernels: they are reported apart and not fitted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as QT
+
+from moeplace.cli.estimate_cmd import build_placement
+from moeplace.errors import MoeplaceError
+from moeplace.hardware import GIB, HOST_NAME, Device, SpeedParams, catalog, host_device, parse_gpus, speed_params
+from moeplace.llamacpp_cli import parse_command
+from moeplace.memory import RunConfig, resolve_flash_attn
+from moeplace.model import ModelDescription, Role, load_model
+from moeplace.speed import DecodeWork, PrefillWork, TensorTable, decode_from_work, prefill_from_work, workload
+from moeplace.testing import write_model
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "benchmarks" / "published" / "measurements.jsonl"
+CPUS = ROOT / "benchmarks" / "published" / "cpus.json"
+REPORT = ROOT / "docs" / "accuracy.md"
+PARAMS = ROOT / "moeplace" / "data" / "speed-model.json"
+
+# Published model name -> the factory's full-scale shape (same architecture and sizes; fine-tunes share them).
+SHAPES = (
+    (r"^DeepSeek-(R1|V3)", "deepseek-v3"),
+    (r"^Qwen3(-Coder)?-30B-A3B", "qwen3-30b-a3b"),
+    (r"^Qwen3-235B-A22B", "qwen3-235b-a22b"),
+    (r"^gpt-oss-20b", "gpt-oss-20b"),
+    (r"^gpt-oss-120b", "gpt-oss-120b"),
+    (r"^Llama-3(\.1)?-8B", "llama-3-8b"),
+    (r"^Qwen3(-Coder)?-Next", "qwen3-next-80b-a3b"),
+    (r"^GLM-4\.5-Air", "glm-4.5-air"),
+    (r"^Mixtral-8x7B", "mixtral-8x7b"),
+)
+# Quantisation label -> the ggml type of its large matrices (ik_llama.cpp's repacked _R4/_R8 types have their base
+# type's bits; its IQ*_K types are matched to the mainline type of the same bits per weight).
+QUANTS = (
+    ("MXFP4", "MXFP4"), ("IQ1_S", "IQ1_S"), ("IQ1_M", "IQ1_M"), ("IQ2_XXS", "IQ2_XXS"), ("IQ2_XS", "IQ2_XS"),
+    ("IQ2_M", "IQ2_S"), ("IQ2_S", "IQ2_S"), ("IQ2_K", "IQ2_S"), ("IQ3_XXS", "IQ3_XXS"), ("IQ3_S", "IQ3_S"),
+    ("IQ3_M", "IQ3_S"), ("IQ3_K", "IQ3_S"), ("IQ4_XS", "IQ4_XS"), ("IQ4_K", "IQ4_XS"), ("IQ4_NL", "IQ4_NL"),
+    ("Q2_K", "Q2_K"), ("Q3_K", "Q3_K"), ("Q4_K", "Q4_K"), ("Q5_K", "Q5_K"), ("Q6_K", "Q6_K"), ("Q8_0", "Q8_0"),
+    ("Q4_0", "Q4_0"), ("Q4_1", "Q4_1"), ("Q5_0", "Q5_0"), ("Q5_1", "Q5_1"), ("BF16", "BF16"), ("F16", "F16"),
+)
+# CPU name -> platform key of hardware-memory.json (channels and DIMM speed are the platform's; a row's own
+# MT/s or channels win).
+PLATFORMS = (
+    (r"EPYC 9\d\d4", "epyc-9004"), (r"EPYC 9\d\d5", "epyc-9005"), (r"EPYC 7\d\d3", "epyc-7003"),
+    (r"Threadripper PRO 5\d\d\dWX", "threadripper-pro-5000"), (r"Threadripper PRO 7\d\d\dWX", "threadripper-pro-7000"),
+    (r"Xeon 69\d\dP", "xeon-6900p"), (r"Xeon .*Sapphire", "xeon-sapphire-rapids"),
+)
+DESKTOP_CPU = re.compile(r"Ryzen|Core i\d|Core Ultra|Ryzen AI", re.IGNORECASE)
+BACKENDS = {"CUDA": "cuda", "ROCm": "rocm", "Vulkan": "vulkan", "SYCL": "sycl", "Metal": "metal"}
+GPU_NAME = (("NVIDIA ", ""), ("GeForce ", ""), ("AMD ", ""), ("Radeon ", ""), ("Intel ", ""), ("Apple ", ""),
+            (" Blackwell Workstation", ""), (" Workstation", ""))
+
+
+class Skip(Exception):
+    """A row moeplace cannot replay; the message says why."""
+
+
+# --- rows -> cases --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What a row says about its machine, resolved to moeplace's device specs."""
+
+    gpus: tuple[str, ...]  # --gpu items
+    backend: str | None
+    links: tuple[str, ...]  # stated links, one per GPU, or empty
+    ram: int
+    ram_bw: float | None  # peak GB/s; None: not stated (the row must not depend on the host)
+    channels: int
+    numa_nodes: int
+    threads: int | None
+    cores: int | None
+
+
+@dataclass
+class Case:
+    row: dict[str, Any]
+    source: str
+    engine: str  # "llama.cpp" or "ik_llama.cpp"
+    hw: Hardware
+    new: tuple[DecodeWork | None, PrefillWork | None]
+    old: tuple[DecodeWork | None, PrefillWork | None]
+    predicted: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> tg/pp -> tokens/s
+
+
+def _qtype(label: str | None) -> str | None:
+    if not label:
+        return None
+    text = label.upper()
+    if "ROUTED" in text:
+        text = text.split(",")[-1]
+    for needle, t in QUANTS:
+        if needle in text:
+            return t
+    return None
+
+
+def _retype(md: ModelDescription, qtype: str | None, file_gib: float | None) -> ModelDescription:
+    """The model with its large matrices in ``qtype`` and its bytes scaled to ``file_gib`` when given."""
+    tensors = []
+    for t in md.tensors:
+        nb, ty = t.nbytes, t.ggml_type
+        if (qtype and len(t.shape) >= 2 and t.ggml_type.upper() not in ("F32", "MXFP4")
+                and t.role not in (Role.TOKEN_EMBD, Role.OUTPUT)):
+            block, size = GGML_QUANT_SIZES[QT[qtype]]
+            if t.shape[0] % block == 0:
+                nb, ty = t.n_elements // block * size, qtype
+        tensors.append(replace(t, nbytes=nb, ggml_type=ty))
+    if file_gib:
+        scale = file_gib * GIB / sum(t.nbytes for t in tensors)
+        tensors = [replace(t, nbytes=round(t.nbytes * scale)) for t in tensors]
+    return replace(md, tensors=tuple(tensors))
+
+
+def _gpu_key(name: str) -> str:
+    n = name
+    for a, b in GPU_NAME:
+        n = n.replace(a, b)
+    if catalog().preset(n) is None:
+        raise Skip(f"GPU '{name}' has no preset")
+    return n
+
+
+def _hardware(row: dict[str, Any]) -> Hardware:
+    gpus = tuple(_gpu_key(g["name"]) for g in row["gpus"])
+    backends = {BACKENDS.get(g["backend"] or "") for g in row["gpus"]}
+    backend = backends.pop() if len(backends) == 1 else None
+    links = tuple(f"{g['pcie_gen']}.0x{g['pcie_lanes']}" for g in row["gpus"] if g["pcie_gen"] and g["pcie_lanes"])
+    links = links if len(links) == len(gpus) else ()
+    cpu = row["cpu"] or ""
+    two = bool(re.search(r"^2x|dual socket", cpu, re.IGNORECASE)) and not re.search(
+        r"run on 1 socket|single socket", cpu, re.IGNORECASE)
+    numa = row["numa_nodes"] or (2 if two else 1)
+    mts, ch = row["ram_mts"], row["ram_channels"]
+    cores = row["cpu_cores"]
+    facts = next((f for f in _cpus() if re.search(f["match"], cpu)), None)
+    if facts:
+        cores = cores or facts["cores"] * (2 if two else 1)
+        if "unified_gbs" in facts and not mts:
+            return Hardware(gpus, backend, links, round((row["ram_gib"] or 4096) * GIB), float(facts["unified_gbs"]),
+                            0, numa, row["flags"]["threads"], cores)
+        mts = mts or facts.get("ram_mts")
+        ch = ch or (facts["channels"] * (2 if two else 1) if "channels" in facts else None)
+    plat = next((k for rx, k in PLATFORMS if re.search(rx, cpu)), None)
+    if plat and plat in catalog().platforms:
+        spec = catalog().platforms[plat]["ram"]
+        m = re.match(r"ddr\d-(\d+)x(\d+)", spec)
+        if m:
+            mts = mts or int(m.group(1))
+            ch = ch or int(m.group(2)) * (2 if two else 1)
+    if mts and not ch and DESKTOP_CPU.search(cpu):
+        ch = 2  # desktop sockets have two memory channels
+    bw = mts * 8 * ch / 1000 if mts and ch else None
+    unified = any(catalog().preset(g) and catalog().preset(g).unified for g in gpus)  # type: ignore[union-attr]
+    if unified:
+        bw = None  # the Apple preset's pool bandwidth applies
+    ram = round((row["ram_gib"] or 4096) * GIB)
+    return Hardware(gpus, backend, links, ram, bw, ch or 0, numa, row["flags"]["threads"], cores)
+
+
+_CPU_FACTS: list[dict[str, Any]] = []
+
+
+def _cpus() -> list[dict[str, Any]]:
+    if not _CPU_FACTS:
+        _CPU_FACTS.extend(json.loads(CPUS.read_text(encoding="utf-8"))["cpus"])
+    return _CPU_FACTS
+
+
+def devices_for(hw: Hardware, params: SpeedParams, old: bool) -> dict[str, Device]:
+    """The row's devices under ``params``; ``old`` builds them as the pre-issue-9 model saw them."""
+    gpus = parse_gpus(list(hw.gpus), hw.backend, links=() if old else hw.links, params=params)
+    bw = hw.ram_bw if hw.ram_bw is not None else (None if any(g.unified for g in gpus) else 51.2)
+    host = host_device(hw.ram, bw, gpus, params=params, channels=hw.channels,
+                       threads=8 if old else hw.threads, cores=None if old else hw.cores,
+                       numa_nodes=1 if old else hw.numa_nodes, available=hw.ram if old else None)
+    return {**{g.name: g for g in gpus}, HOST_NAME: host}
+
+
+def _command(row: dict[str, Any], model_path: str) -> list[str]:
+    """The llama.cpp command line the row's flags came from."""
+    f = row["flags"]
+    bench = row["test"]["tool"] == "llama-bench"
+    words = ["llama-bench" if bench else "llama-server", "-m", model_path]
+    if f["ngl"] is not None:
+        words += ["-ngl", str(f["ngl"])]
+    if f["ot"]:
+        words += ["-ot", ";".join(f["ot"])] if bench else [w for item in f["ot"] for w in ("-ot", item)]
+    if f["cpu_moe"]:
+        words += ["--cpu-moe"]
+    if f["n_cpu_moe"]:
+        words += ["--n-cpu-moe", str(f["n_cpu_moe"])]
+    if f["ts"]:
+        words += ["-ts", str(f["ts"]).replace(",", "/") if bench else str(f["ts"])]
+    for key, flag in (("ub", "-ub"), ("b", "-b"), ("ctk", "-ctk"), ("ctv", "-ctv"), ("threads", "-t")):
+        if f[key] is not None:
+            words += [flag, str(f[key])]
+    if f["ctx"] is not None and not bench:
+        words += ["-c", str(f["ctx"])]
+    if f["fa"] is not None:
+        words += ["-fa", "1" if f["fa"] else "0"] if bench else ["-fa", "on" if f["fa"] else "off"]
+    return words
+
+
+class Models:
+    """Factory models written once (header-only, sparse) and loaded per shape."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.loaded: dict[str, tuple[str, ModelDescription]] = {}
+
+    def get(self, name: str) -> tuple[str, ModelDescription]:
+        if name not in self.loaded:
+            path = write_model(name, self.dir / f"{name}.gguf")[0]
+            self.loaded[name] = (str(path), load_model(path))
+        return self.loaded[name]
+
+
+def _check(md: ModelDescription, cfg: RunConfig) -> None:
+    from moeplace.memory import validate  # noqa: PLC0415
+    validate(md, cfg)
+
+
+def make_case(row: dict[str, Any], models: Models, params: SpeedParams) -> Case:
+    shape = next((s for rx, s in SHAPES if re.search(rx, row["model"])), None)
+    if shape is None:
+        raise Skip(f"no factory shape for '{row['model']}'")
+    qtype = _qtype(row["quant"])
+    if qtype is None and not row["file_gib"]:
+        raise Skip(f"quantisation '{row['quant']}' unknown and no file size")
+    path, base = models.get(shape)
+    md = _retype(base, qtype, row["file_gib"])
+    hw = _hardware(row)
+    try:
+        cmd = parse_command(_command(row, path))
+    except MoeplaceError as e:
+        raise Skip(f"flags: {e}") from None
+    t = row["test"]
+    depth = t["depth"] or 0
+    n_prompt = t["pp_tokens"] or 512
+    n_ctx = cmd.n_ctx or max(4096, (t["pp_tokens"] or 0) + (t["tg_tokens"] or 0) + depth)
+    n_ubatch = cmd.n_ubatch or 512
+    n_batch = max(cmd.n_batch or 2048, n_ubatch)
+    engine = "ik_llama.cpp" if row["engine"].startswith("ik_llama") else "llama.cpp"
+    works = []
+    for old in (False, True):
+        devs = devices_for(hw, params, old)
+        gpus = [d for d in devs.values() if not d.is_host]
+        # MLA models cache one latent per token: a lone -ctk sets it (ik_llama.cpp runs them that way).
+        type_v = cmd.type_v or (cmd.type_k if md.hparams.kv_lora_rank else None) or "f16"
+        cfg = RunConfig(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, type_k=cmd.type_k or "f16",
+                        type_v=type_v, flash_attn=resolve_flash_attn(cmd.flash_attn or "auto"),
+                        no_kv_offload=cmd.no_kv_offload, op_offload=not cmd.no_op_offload)
+        try:
+            placement = build_placement(md, gpus, cmd.n_gpu_layers, False, 0, cmd.tensor_split,
+                                        list(cmd.overrides))
+        except MoeplaceError as e:
+            raise Skip(f"placement: {e}") from None
+        host_runs = any(placement.tensor_devices[x.name] == HOST_NAME for x in md.loaded_tensors
+                        if x.role is not Role.TOKEN_EMBD)
+        if hw.ram_bw is None and host_runs and not any(d.unified for d in devs.values()):
+            raise Skip("RAM bandwidth not stated and weights run on the host")
+        table = TensorTable.build(md)
+        try:
+            _check(md, cfg)
+        except MoeplaceError as e:
+            raise Skip(f"config: {e}") from None
+        if old:  # the old headline: decode at the full context, one ubatch from position 0
+            works.append(workload(md, placement, cfg, devs, table=table, full_context=True))
+        else:
+            works.append(workload(md, placement, cfg, devs, table=table, n_prompt=n_prompt, depth=depth))
+    return Case(row=row, source=row["source_url"], engine=engine, hw=hw, new=works[0], old=works[1])
+
+
+# --- parameters and fitting -------------------------------------------------------------------------------------
+
+# The fitted parameters: (name, key in SpeedParams, lower, upper). Efficiencies per backend appear only when rows
+# use that backend.
+NEW_FREE = ("thread_gbs", "core_gelems", "core_gflops", "gpu_compute_efficiency", "numa_gain")
+OLD_FREE = ("gpu_compute_efficiency", "core_gflops")
+BOUNDS = {"thread_gbs": (2.0, 60.0), "core_gelems": (0.3, 40.0), "core_gflops": (5.0, 2000.0),
+          "gpu_compute_efficiency": (0.05, 1.0), "numa_gain": (0.0, 1.0), "efficiency": (0.15, 1.0)}
+
+
+def _get(p: SpeedParams, key: str) -> float:
+    if key.startswith("efficiency:"):
+        return p.efficiency[key.split(":", 1)[1]]
+    return float(getattr(p, key))
+
+
+def _set(p: SpeedParams, key: str, value: float) -> SpeedParams:
+    if key.startswith("efficiency:"):
+        eff = dict(p.efficiency)
+        eff[key.split(":", 1)[1]] = value
+        return replace(p, efficiency=eff)
+    return replace(p, **{key: value})
+
+
+def _bounds(key: str) -> tuple[float, float]:
+    return BOUNDS["efficiency"] if key.startswith("efficiency:") else BOUNDS[key]
+
+
+def predict(case: Case, params: SpeedParams, old: bool) -> dict[str, float]:
+    devs = list(devices_for(case.hw, params, old).values())
+    dw, pw = case.old if old else case.new
+    out = {}
+    if case.row["tg_tps"] and dw is not None:
+        out["tg"] = decode_from_work(dw, devs).tokens_per_second
+    if case.row["pp_tps"] and pw is not None:
+        out["pp"] = prefill_from_work(pw, devs).tokens_per_second
+    return out
+
+
+def _loss(cases: Sequence[Case], params: SpeedParams, old: bool) -> float:
+    total = 0.0
+    for c in cases:
+        for k, v in predict(c, params, old).items():
+            total += abs(math.log(v / c.row[f"{k}_tps"]))
+    return total
+
+
+def fit(cases: Sequence[Case], start: SpeedParams, keys: Sequence[str], old: bool, rounds: int = 4) -> SpeedParams:
+    """Coordinate search in log space: each parameter in turn tries multiplicative steps that shrink per round."""
+    p = start
+    best = _loss(cases, p, old)
+    for r in range(rounds):
+        step = 1.6 ** (1 / (r + 1))
+        for key in keys:
+            lo, hi = _bounds(key)
+            for direction in (step, 1 / step):
+                while True:
+                    v = min(hi, max(lo, _get(p, key) * direction))
+                    if key == "numa_gain" and _get(p, key) == 0:
+                        v = 0.05
+                    trial = _set(p, key, v)
+                    loss = _loss(cases, trial, old)
+                    if loss < best - 1e-9:
+                        p, best = trial, loss
+                    else:
+                        break
+    return p
+
+
+def free_keys(cases: Sequence[Case], old: bool) -> list[str]:
+    backends = sorted({b for c in cases for b in [c.hw.backend or ""] if b and c.hw.gpus})
+    host = ["efficiency:cpu-desktop"] if old else ["efficiency:cpu-desktop", "efficiency:cpu-server"]
+    return [*(f"efficiency:{b}" for b in backends), *host, *(OLD_FREE if old else NEW_FREE)]
+
+
+def old_params(p: SpeedParams) -> SpeedParams:
+    """The pre-issue-9 structure: no thread cap, no compute term, no quant costs, the whole NUMA peak, one host
+    efficiency (cpu-server tied to cpu-desktop)."""
+    eff = dict(p.efficiency)
+    eff["cpu-server"] = eff["cpu-desktop"]
+    return replace(p, thread_gbs=0.0, core_gelems=0.0, numa_gain=1.0, cpu_quant_cost={}, gpu_quant_efficiency={},
+                   efficiency=eff)
+
+
+def _tie(p: SpeedParams, old: bool) -> SpeedParams:
+    return old_params(p) if old else p
+
+
+# --- the report ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Metrics:
+    n: int
+    median: float
+    worst: float
+    within20: float
+    within30: float
+
+
+def metrics(errors: Sequence[float]) -> Metrics | None:
+    if not errors:
+        return None
+    a = [abs(e) for e in errors]
+    return Metrics(len(a), statistics.median(a), max(a), sum(x <= 0.2 for x in a) / len(a),
+                   sum(x <= 0.3 for x in a) / len(a))
+
+
+def pairs(cases: Sequence[Case], model: str) -> tuple[int, int, list[str]]:
+    """Ordering agreement over same-machine pairs whose measured difference exceeds 5%."""
+    groups: dict[str, list[Case]] = defaultdict(list)
+    for c in cases:
+        if c.row["pair_id"]:
+            groups[c.row["pair_id"]].append(c)
+    agree = total = 0
+    wrong = []
+    for gid, members in groups.items():
+        for k in ("tg", "pp"):
+            ms = [c for c in members if c.row[f"{k}_tps"] and k in c.predicted.get(model, {})]
+            for i in range(len(ms)):
+                for j in range(i + 1, len(ms)):
+                    a, b = ms[i], ms[j]
+                    ma, mb = a.row[f"{k}_tps"], b.row[f"{k}_tps"]
+                    if abs(ma / mb - 1) <= 0.05:
+                        continue
+                    total += 1
+                    pa, pb = a.predicted[model][k], b.predicted[model][k]
+                    if (ma > mb) == (pa > pb):
+                        agree += 1
+                    else:
+                        wrong.append(f"{gid} {k}: {a.row['id']} {ma:g} vs {b.row['id']} {mb:g} measured, "
+                                     f"predicted {pa:.3g} vs {pb:.3g}")
+    return agree, total, wrong
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, SpeedParams], seconds: float
+           ) -> str:
+    out = ["# How well moeplace predicts published llama.cpp speeds", "",
+           "Generated by `python benchmarks/accuracy.py` from "
+           "[benchmarks/published/measurements.jsonl](../benchmarks/published/measurements.jsonl) "
+           f"({len(cases) + len(skipped)} rows); do not edit by hand. "
+           "Every figure is leave-one-source-out: the parameters are fitted on the other sources' rows, then the "
+           "held-out source is predicted. Error = |predicted / measured - 1|.", ""]
+    main = [c for c in cases if c.engine == "llama.cpp"]
+    ik = [c for c in cases if c.engine != "llama.cpp"]
+    out += ["## llama.cpp rows (fitted)", "",
+            "| model | test | rows | median error | worst | within 20% | within 30% |", "|---|---|---|---|---|---|---|"]
+    summary: dict[tuple[str, str], Metrics | None] = {}
+    for model in ("old", "new"):
+        for k in ("tg", "pp"):
+            m = metrics([c.predicted[model][k] / c.row[f"{k}_tps"] - 1 for c in main if k in c.predicted[model]])
+            summary[(model, k)] = m
+            if m:
+                out.append(f"| {model} | {k} | {m.n} | {_pct(m.median)} | {_pct(m.worst)} | {_pct(m.within20)} | "
+                           f"{_pct(m.within30)} |")
+    out.append("")
+    for model in ("old", "new"):
+        agree, total, _ = pairs(main, model)
+        out.append(f"- {model} model: {agree} of {total} same-machine pairs (measured difference > 5%) ordered "
+                   "right" + (f" ({_pct(agree / total)})" if total else ""))
+    out.append("")
+    tg, pp = summary[("new", "tg")], summary[("new", "pp")]
+    agree, total, wrong = pairs(main, "new")
+    out += ["### Targets (new model)", "",
+            f"- tg within 20% for at least 70% of rows: {_pct(tg.within20) if tg else '-'} "
+            f"{'met' if tg and tg.within20 >= 0.7 else 'NOT met'}",
+            f"- pp within 30% for at least 60% of rows: {_pct(pp.within30) if pp else '-'} "
+            f"{'met' if pp and pp.within30 >= 0.6 else 'NOT met'}",
+            f"- every pair ordered right: {agree} of {total} {'met' if agree == total else 'NOT met'}", ""]
+    if wrong:
+        out += ["Pairs ordered wrong:", ""] + [f"- {w}" for w in wrong] + [""]
+    out += ["## Rows", "", "Predictions of the new model (held-out fit); `why` for rows off by more than the "
+            "target says what the model does not see.", "",
+            "| id | engine | measured tg | new tg | old tg | measured pp | new pp | old pp | note |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for c in sorted(cases, key=lambda c: (c.engine, c.row["id"])):
+        def cell(model: str, k: str, c: Case = c) -> str:
+            v = c.predicted.get(model, {}).get(k)
+            return "" if v is None else f"{v:.3g}"
+        why = _why(c)
+        out.append(f"| {c.row['id']} | {c.engine} | {c.row['tg_tps'] or ''} | {cell('new', 'tg')} | {cell('old', 'tg')}"
+                   f" | {c.row['pp_tps'] or ''} | {cell('new', 'pp')} | {cell('old', 'pp')} | {why} |")
+    out.append("")
+    if ik:
+        out += ["## ik_llama.cpp rows (not fitted)", "",
+                "ik_llama.cpp's CPU kernels (repacked _R4/_R8 types, fused MoE, MLA variants) are faster than "
+                "mainline's on the host, and its flags (-fmoe, -rtr, -mla, -amb) change the work; the model "
+                "describes mainline llama.cpp, so these rows are predicted with the llama.cpp fit and shown for "
+                "reference only.", "", "| test | rows | median error | within 20% |", "|---|---|---|---|"]
+        for k in ("tg", "pp"):
+            m = metrics([c.predicted["new"][k] / c.row[f"{k}_tps"] - 1 for c in ik if k in c.predicted["new"]])
+            if m:
+                out.append(f"| {k} | {m.n} | {_pct(m.median)} | {_pct(m.within20)} |")
+        out.append("")
+    out += ["## Rows not replayed", "", "| id | why |", "|---|---|"]
+    out += [f"| {i} | {why} |" for i, why in skipped]
+    out += ["", "## The fit on every source", "",
+            "What `--write-params` stores in moeplace/data/speed-model.json (the new model):", "", "```"]
+    p = fitted["new"]
+    out.append(json.dumps({"efficiency": p.efficiency, "thread_gbs": p.thread_gbs, "numa_gain": p.numa_gain,
+                           "core_gelems": p.core_gelems, "core_gflops": p.core_gflops,
+                           "gpu_compute_efficiency": p.gpu_compute_efficiency}, indent=1, sort_keys=True))
+    out += ["```", "", f"Run time: {seconds:.0f} s.", ""]
+    return "\n".join(out)
+
+
+def _why(c: Case) -> str:
+    reasons = []
+    for k, target in (("tg", 0.2), ("pp", 0.3)):
+        v = c.predicted.get("new", {}).get(k)
+        if v is None:
+            continue
+        e = v / c.row[f"{k}_tps"] - 1
+        if abs(e) > target:
+            reasons.append(f"{k} {'+' if e > 0 else ''}{100 * e:.0f}%")
+    if not reasons:
+        return ""
+    hints = []
+    f = c.row["flags"]
+    if c.engine != "llama.cpp":
+        hints.append("ik_llama.cpp kernels")
+    if c.hw.ram_bw is not None and not c.row["ram_mts"]:
+        hints.append("RAM speed from the CPU's platform, not stated")
+    if c.hw.threads is None and c.hw.ram_bw is not None:
+        hints.append("-t not stated")
+    if c.row["test"]["tool"] != "llama-bench":
+        hints.append(f"{c.row['test']['tool']} (not llama-bench)")
+    if c.row["quant"] and _qtype(c.row["quant"]) is None:
+        hints.append("quant mix by file size")
+    if not c.hw.links and any(x for x in (f["ot"], f["n_cpu_moe"], f["cpu_moe"])) and "pp" in " ".join(reasons):
+        hints.append("link not stated")
+    return "; ".join(reasons) + (": " + ", ".join(hints) if hints else "")
+
+
+# --- main ----------------------------------------------------------------------------------------------------------
+
+
+def run(rows: list[dict[str, Any]], log: Callable[[str], None]) -> tuple[list[Case], list[tuple[str, str]],
+                                                                          dict[str, SpeedParams]]:
+    base = speed_params()
+    cases: list[Case] = []
+    skipped: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory() as d:
+        models = Models(Path(d))
+        for row in rows:
+            try:
+                cases.append(make_case(row, models, base))
+            except Skip as e:
+                skipped.append((row["id"], str(e)))
+    log(f"{len(cases)} rows replayed, {len(skipped)} skipped")
+    fitted_on = [c for c in cases if c.engine == "llama.cpp"]
+    sources = sorted({c.source for c in fitted_on})
+    fitted: dict[str, SpeedParams] = {}
+    for model, old in (("new", False), ("old", True)):
+        start = _tie(base, old)
+        keys = free_keys(fitted_on, old)
+        for i, src in enumerate(sources):
+            train = [c for c in fitted_on if c.source != src]
+            p = _tie(fit(train, start, keys, old), old)
+            for c in fitted_on:
+                if c.source == src:
+                    c.predicted[model] = predict(c, p, old)
+            log(f"{model}: held out {i + 1}/{len(sources)} {src}")
+        fitted[model] = _tie(fit(fitted_on, start, keys, old), old)
+        for c in cases:
+            if c.engine != "llama.cpp":
+                c.predicted[model] = predict(c, fitted[model], old)
+    return cases, skipped, fitted
+
+
+def write_params(p: SpeedParams) -> None:
+    doc = json.loads(PARAMS.read_text(encoding="utf-8"))
+    doc["efficiency"].update({k: round(v, 3) for k, v in p.efficiency.items()})
+    for key in ("thread_gbs", "numa_gain", "core_gelems", "core_gflops", "gpu_compute_efficiency"):
+        doc[key] = round(float(getattr(p, key)), 3)
+    PARAMS.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--write-params", action="store_true", help="store the all-source fit of the new model")
+    ap.add_argument("-o", "--output", type=Path, default=REPORT)
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    rows = [json.loads(x) for x in DATA.read_text(encoding="utf-8").splitlines() if x.strip()]
+    cases, skipped, fitted = run(rows, lambda s: print(s, file=sys.stderr))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(render(cases, skipped, fitted, time.time() - t0), encoding="utf-8")
+    if args.write_params:
+        write_params(fitted["new"])
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
