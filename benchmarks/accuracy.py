@@ -42,7 +42,7 @@ from moeplace.cli.estimate_cmd import build_placement
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import GIB, HOST_NAME, Device, SpeedParams, catalog, host_device, parse_gpus, speed_params
 from moeplace.llamacpp_cli import parse_command
-from moeplace.memory import RunConfig, resolve_flash_attn
+from moeplace.memory import RunConfig, resolve_flash_attn, validate
 from moeplace.model import ModelDescription, Role, load_model
 from moeplace.speed import DecodeWork, PrefillWork, TensorTable, decode_from_work, prefill_from_work, workload
 from moeplace.testing import write_model
@@ -253,11 +253,6 @@ class Models:
         return self.loaded[name]
 
 
-def _check(md: ModelDescription, cfg: RunConfig) -> None:
-    from moeplace.memory import validate  # noqa: PLC0415
-    validate(md, cfg)
-
-
 def make_case(row: dict[str, Any], models: Models, params: SpeedParams) -> Case:
     shape = next((s for rx, s in SHAPES if re.search(rx, row["model"])), None)
     if shape is None:
@@ -299,7 +294,7 @@ def make_case(row: dict[str, Any], models: Models, params: SpeedParams) -> Case:
             raise Skip("RAM bandwidth not stated and weights run on the host")
         table = TensorTable.build(md)
         try:
-            _check(md, cfg)
+            validate(md, cfg)
         except MoeplaceError as e:
             raise Skip(f"config: {e}") from None
         if old:  # the old headline: decode at the full context, one ubatch from position 0
@@ -313,10 +308,15 @@ def make_case(row: dict[str, Any], models: Models, params: SpeedParams) -> Case:
 
 # The fitted parameters: (name, key in SpeedParams, lower, upper). Efficiencies per backend appear only when rows
 # use that backend.
-NEW_FREE = ("thread_gbs", "core_gelems", "core_gflops", "gpu_compute_efficiency", "numa_gain")
+NEW_FREE = ("thread_gbs", "core_gelems", "core_gflops", "gpu_compute_efficiency", "numa_gain", "gpu_layer_us",
+            "cpu_layer_us")
 OLD_FREE = ("gpu_compute_efficiency", "core_gflops")
-BOUNDS = {"thread_gbs": (2.0, 60.0), "core_gelems": (0.3, 40.0), "core_gflops": (5.0, 2000.0),
-          "gpu_compute_efficiency": (0.05, 1.0), "numa_gain": (0.0, 1.0), "efficiency": (0.15, 1.0)}
+BOUNDS = {"thread_gbs": (2.0, 60.0), "core_gelems": (1.0, 300.0), "core_gflops": (5.0, 2000.0),
+          "gpu_compute_efficiency": (0.05, 1.0), "numa_gain": (0.0, 1.0), "efficiency": (0.15, 1.0),
+          "gpu_layer_us": (1.0, 500.0), "cpu_layer_us": (0.5, 500.0)}
+# A row off by more than this factor counts as this much: rows the model cannot explain (page-cache thrashing
+# it does not see, another engine's kernels) must not steer the parameters that explain the others.
+LOSS_CAP = math.log(3.0)
 
 
 def _get(p: SpeedParams, key: str) -> float:
@@ -352,7 +352,7 @@ def _loss(cases: Sequence[Case], params: SpeedParams, old: bool) -> float:
     total = 0.0
     for c in cases:
         for k, v in predict(c, params, old).items():
-            total += abs(math.log(v / c.row[f"{k}_tps"]))
+            total += min(LOSS_CAP, abs(math.log(v / c.row[f"{k}_tps"])))
     return total
 
 
@@ -390,7 +390,7 @@ def old_params(p: SpeedParams) -> SpeedParams:
     eff = dict(p.efficiency)
     eff["cpu-server"] = eff["cpu-desktop"]
     return replace(p, thread_gbs=0.0, core_gelems=0.0, numa_gain=1.0, cpu_quant_cost={}, gpu_quant_efficiency={},
-                   efficiency=eff)
+                   efficiency=eff, gpu_layer_us=0.0, cpu_layer_us=0.0)
 
 
 def _tie(p: SpeedParams, old: bool) -> SpeedParams:
@@ -514,7 +514,8 @@ def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, 
     p = fitted["new"]
     out.append(json.dumps({"efficiency": p.efficiency, "thread_gbs": p.thread_gbs, "numa_gain": p.numa_gain,
                            "core_gelems": p.core_gelems, "core_gflops": p.core_gflops,
-                           "gpu_compute_efficiency": p.gpu_compute_efficiency}, indent=1, sort_keys=True))
+                           "gpu_compute_efficiency": p.gpu_compute_efficiency, "gpu_layer_us": p.gpu_layer_us,
+                           "cpu_layer_us": p.cpu_layer_us}, indent=1, sort_keys=True))
     out += ["```", "", f"Run time: {seconds:.0f} s.", ""]
     return "\n".join(out)
 
@@ -586,7 +587,8 @@ def run(rows: list[dict[str, Any]], log: Callable[[str], None]) -> tuple[list[Ca
 def write_params(p: SpeedParams) -> None:
     doc = json.loads(PARAMS.read_text(encoding="utf-8"))
     doc["efficiency"].update({k: round(v, 3) for k, v in p.efficiency.items()})
-    for key in ("thread_gbs", "numa_gain", "core_gelems", "core_gflops", "gpu_compute_efficiency"):
+    for key in ("thread_gbs", "numa_gain", "core_gelems", "core_gflops", "gpu_compute_efficiency", "gpu_layer_us",
+                "cpu_layer_us"):
         doc[key] = round(float(getattr(p, key)), 3)
     PARAMS.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 

@@ -3,11 +3,15 @@ measurements into calibration (effective bandwidths per device). ``moeplace benc
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
+import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from moeplace import engine
 from moeplace.calibration import DecodeSample, Measurement, gpu_bandwidths
@@ -77,18 +81,134 @@ def candidates(md: ModelDescription, devices: dict[str, Device], cfg: RunConfig,
 
 
 def _predict(md: ModelDescription, placement: Placement, cfg: RunConfig, devices: dict[str, Device],
-             n_gen: int) -> Estimate:
-    # Generation runs from an empty context; its mean KV read is at about half the tokens generated.
-    return estimate(md, placement, cfg, devices, batch=1, n_past=n_gen // 2)
+             n_gen: int, n_prompt: int | None = None, depth: int = 0) -> Estimate:
+    # Generation runs from the depth; its mean KV read is at about half the tokens generated past it.
+    return estimate(md, placement, cfg, devices, batch=1, n_past=depth + n_gen // 2, n_prompt=n_prompt, depth=depth)
+
+
+# --- the user's own llama-bench ------------------------------------------------------------------------------
+
+
+def llama_bench_args(binary: str | os.PathLike[str], model: str | os.PathLike[str], cfg: RunConfig, ngl: int,
+                     tensor_split: Sequence[int] | None, overrides: Sequence[Override], *, n_prompt: int, n_gen: int,
+                     depth: int, repetitions: int, threads: int | None) -> list[str]:
+    """The llama-bench command that measures a placement with moeplace's flags: one configuration, ``-ot``
+    items joined with ``;`` (llama-bench separates configurations with ``,``), JSON output."""
+    args = [str(binary), "-m", str(model), "-ngl", str(ngl), "-p", str(n_prompt), "-n", str(n_gen), "-d", str(depth),
+            "-b", str(cfg.n_batch), "-ub", str(cfg.n_ubatch), "-ctk", cfg.type_k, "-ctv", cfg.type_v,
+            "-fa", "1" if cfg.flash_attn else "0", "-r", str(repetitions), "-o", "json"]
+    if tensor_split:
+        args += ["-ts", "/".join(str(x) for x in tensor_split)]
+    if overrides:
+        args += ["-ot", ";".join(o.arg() for o in overrides)]
+    if cfg.no_kv_offload:
+        args += ["-nkvo", "1"]
+    if not cfg.op_offload:
+        args += ["-nopo", "1"]
+    if threads:
+        args += ["-t", str(threads)]
+    return args
+
+
+def parse_llama_bench_json(text: str, origin: str = "llama-bench") -> engine.EngineSpeed:
+    """The pp and tg results of one llama-bench configuration (``-o json``: one object per test, ``avg_ts`` and
+    ``samples_ts`` in tokens/s; a pp test has ``n_gen`` 0, a tg test ``n_prompt`` 0)."""
+    try:
+        tests = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MoeplaceError(f"{origin} did not print JSON ({e.msg} at line {e.lineno}): was it run with -o json?"
+                            ) from None
+    if not isinstance(tests, list) or not all(isinstance(t, dict) for t in tests):
+        raise MoeplaceError(f"{origin} printed JSON that is not a list of tests")
+    pp = [t for t in tests if t.get("n_prompt", 0) > 0 and t.get("n_gen", 0) == 0]
+    tg = [t for t in tests if t.get("n_gen", 0) > 0 and t.get("n_prompt", 0) == 0]
+    if len(pp) != 1 or len(tg) != 1:
+        raise MoeplaceError(f"{origin} printed {len(pp)} prompt and {len(tg)} generation tests; expected one each")
+    p, g = pp[0], tg[0]
+    try:
+        build = (f"llama-bench build {g.get('build_number', '?')} ({g.get('build_commit', '?')}), "
+                 f"{g.get('backends', '?')}")
+        return engine.EngineSpeed(
+            pp_tps=float(p["avg_ts"]), tg_tps=float(g["avg_ts"]), n_prompt=int(p["n_prompt"]), n_gen=int(g["n_gen"]),
+            repetitions=len(g.get("samples_ts") or [0]), n_threads=int(g.get("n_threads", 0)),
+            pp_runs=tuple(float(x) for x in p.get("samples_ts") or [p["avg_ts"]]),
+            tg_runs=tuple(float(x) for x in g.get("samples_ts") or [g["avg_ts"]]), engine=build)
+    except (KeyError, TypeError, ValueError) as e:
+        raise MoeplaceError(f"{origin} printed a test without {e}: not llama-bench's JSON") from None
+
+
+def run_llama_bench(args: Sequence[str], timeout: float = 3600) -> engine.EngineSpeed:
+    """Runs a llama-bench command and reads its JSON."""
+    try:
+        done = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise MoeplaceError(f"--llama-bench {args[0]}: no such program") from None
+    except PermissionError:
+        raise MoeplaceError(f"--llama-bench {args[0]}: not executable") from None
+    except subprocess.TimeoutExpired:
+        raise MoeplaceError(f"{args[0]} ran longer than {timeout:.0f} s") from None
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise MoeplaceError(f"{args[0]} exited with code {done.returncode}: {tail[0]}")
+    return parse_llama_bench_json(done.stdout, str(args[0]))
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What each placement is measured with."""
+
+    n_prompt: int
+    n_gen: int
+    repetitions: int
+    threads: int | None
+    depth: int = 0
+    llama_bench: Path | None = None  # the user's llama-bench; None: llama-cpp-python in this process
 
 
 def run_placement(md: ModelDescription, name: str, placement: Placement, gpus: tuple[str, ...], cfg: RunConfig,
-         devices: dict[str, Device], n_prompt: int, n_gen: int, repetitions: int, threads: int | None) -> Run:
+                  devices: dict[str, Device], timing: Timing) -> Run:
     expr = express(md, placement, gpus)
-    measured = engine.measure_speed(md.paths[0], cfg, expr.overrides, n_prompt, n_gen, n_gpu_layers=expr.ngl,
-                                    tensor_split=expr.tensor_split, repetitions=repetitions, n_threads=threads)
-    return Run(name, placement, _predict(md, placement, cfg, devices, n_gen), measured, expr.ngl,
-               expr.tensor_split, expr.overrides)
+    if timing.llama_bench is not None:
+        measured = run_llama_bench(llama_bench_args(
+            timing.llama_bench, md.paths[0], cfg, expr.ngl, expr.tensor_split, expr.overrides,
+            n_prompt=timing.n_prompt, n_gen=timing.n_gen, depth=timing.depth, repetitions=timing.repetitions,
+            threads=timing.threads))
+    else:
+        measured = engine.measure_speed(md.paths[0], cfg, expr.overrides, timing.n_prompt, timing.n_gen,
+                                        n_gpu_layers=expr.ngl, tensor_split=expr.tensor_split,
+                                        repetitions=timing.repetitions, n_threads=timing.threads)
+    return Run(name, placement, _predict(md, placement, cfg, devices, timing.n_gen, timing.n_prompt, timing.depth),
+               measured, expr.ngl, expr.tensor_split, expr.overrides)
+
+
+def dataset_row(r: Run, md: ModelDescription, devices: dict[str, Device], cfg: RunConfig, timing: Timing
+                ) -> dict[str, Any]:
+    """A measurement in benchmarks/published/measurements.jsonl's format, ready to contribute (the source URL is
+    where the user publishes it; hardware fields moeplace was not told stay null)."""
+    host = devices[HOST_NAME]
+    used = set(r.placement.tensor_devices.values())
+    gpus = [d for d in devices.values() if not d.is_host and d.name in used]
+    return {
+        "id": f"{md.name}-{r.name}".lower().replace(" ", "-"), "source_url": None, "source_date": utc_now()[:10],
+        "source_kind": "other", "engine": "llama.cpp", "build": r.measured.engine, "model": md.name,
+        "quant": (md.file_type or "").removeprefix("MOSTLY_") or None,
+        "file_gib": round(sum(t.nbytes for t in md.tensors) / 2**30, 2),
+        "flags": {"ngl": r.ngl, "ot": [o.arg() for o in r.overrides], "n_cpu_moe": None, "cpu_moe": None,
+                  "ts": ",".join(str(x) for x in r.tensor_split) if r.tensor_split else None, "ctx": None,
+                  "ub": cfg.n_ubatch, "b": cfg.n_batch, "ctk": cfg.type_k, "ctv": cfg.type_v,
+                  "fa": 1 if cfg.flash_attn else 0, "threads": r.measured.n_threads or timing.threads,
+                  "mmap": None, "mlock": None, "other": []},
+        "gpus": [{"name": g.label, "vram_gib": round(g.memory / 2**30, 1), "pcie_gen": None, "pcie_lanes": None,
+                  "backend": g.backend.upper() if g.backend != "rocm" else "ROCm"} for g in gpus],
+        "cpu": host_description(), "cpu_cores": host.cores or None, "numa_nodes": None, "ram_type": None,
+        "ram_mts": None, "ram_channels": None, "ram_gib": round(host.memory / 2**30, 1),
+        "test": {"tool": "llama-bench" if timing.llama_bench else "other", "pp_tokens": r.measured.n_prompt,
+                 "tg_tokens": r.measured.n_gen, "depth": timing.depth},
+        "pp_tps": round(r.measured.pp_tps, 2), "tg_tps": round(r.measured.tg_tps, 2), "pair_id": None,
+        "varied": None, "confidence": "high",
+        "note": f"moeplace bench, placement '{r.name}'; predicted pp {r.predicted.prefill.tokens_per_second:.1f}, "
+                f"tg {r.predicted.tokens_per_second:.2f}",
+    }
 
 
 def _decode_bytes(md: ModelDescription, cfg: RunConfig, n_gen: int) -> float:
@@ -103,13 +223,16 @@ def _prompt_flops(md: ModelDescription, cfg: RunConfig) -> float:
     return float(tc.prefill_flops.sum()) / tc.n_ubatch
 
 
-def _sample(r: Run) -> DecodeSample:
-    """A run as the GPU fit sees it: predicted bytes per token per device (weights and KV), measured seconds."""
+def _sample(r: Run, devices: dict[str, Device]) -> DecodeSample:
+    """A run as the GPU fit sees it: predicted bytes per token per device (weights and KV), measured seconds, and
+    as fixed seconds everything the prediction has beyond those bytes at each device's bandwidth (device
+    switches, per-block overheads, a host's compute beyond its reading)."""
     d = r.predicted.decode_batch1
     read = dict(d.weight_bytes)
     for name, b in d.kv_bytes.items():
         read[name] = read.get(name, 0.0) + b
-    return DecodeSample(read, d.switch_seconds, 1.0 / r.measured.tg_tps)
+    streaming = sum(b / devices[n].effective_bandwidth for n, b in read.items())
+    return DecodeSample(read, d.seconds - streaming, 1.0 / r.measured.tg_tps)
 
 
 def _cpu_calibration(md: ModelDescription, cfg: RunConfig, run: Run, host: Device) -> Measurement:
@@ -129,9 +252,6 @@ def _cpu_calibration(md: ModelDescription, cfg: RunConfig, run: Run, host: Devic
                        where=host_description(), how=how, notes=tuple(notes))
 
 
-Timing = tuple[int, int, int, int | None]  # prompt tokens, generated tokens, repetitions, threads
-
-
 def bench_gpus(md: ModelDescription, devices: dict[str, Device], cfg: RunConfig, gpu_names: tuple[str, ...],
                 build_gpus: tuple[str, ...], n_plans: int, margin: int, timing: Timing
                 ) -> tuple[list[Run], dict[str, Measurement], list[str]]:
@@ -141,14 +261,14 @@ def bench_gpus(md: ModelDescription, devices: dict[str, Device], cfg: RunConfig,
         raise MoeplaceError(f"--gpu describes {', '.join(missing)} but this llama.cpp build sees "
                             f"{', '.join(build_gpus)}: describe the GPUs llama.cpp sees, in its order")
     host = devices[HOST_NAME]
-    runs = [run_placement(md, name, placement, gpu_names, cfg, devices, *timing)
+    runs = [run_placement(md, name, placement, gpu_names, cfg, devices, timing)
             for name, placement in candidates(md, devices, cfg, n_plans, margin)]
     measured = {
         name: Measurement(bandwidth=bw, label=devices[name].label, measured=utc_now(), where=host_description(),
                           how=(f"moeplace bench: {md.name}, {len(runs)} placements, one efficiency shared by the "
                                f"GPUs, host at {host.effective_bandwidth / GB:.1f} GB/s effective; "
-                               f"{engine.version()}"))
-        for name, bw in gpu_bandwidths([_sample(r) for r in runs], devices).items()}
+                               f"{runs[0].measured.engine}"))
+        for name, bw in gpu_bandwidths([_sample(r, devices) for r in runs], devices).items()}
     notes = ["GPU bandwidths assume the host's effective bandwidth shown; calibrate the host first (moeplace "
              "bench without --gpu) and pass --calibration for a measured one"]
     if not measured:
@@ -162,12 +282,12 @@ def bench_cpu(md: ModelDescription, host: Device, cfg: RunConfig, gpus_given: bo
     notes = []
     if gpus_given:
         notes.append(f"--gpu given, but this llama.cpp build has no GPU backend ({engine.version()}): ran the "
-                     "CPU-only placement; GPU figures need a GPU build of llama-cpp-python and a GPU")
+                     "CPU-only placement; GPU figures need a GPU build (or --llama-bench with one) and a GPU")
     else:
         notes.append("CPU only: GPU figures need a GPU build of llama-cpp-python, a GPU and --gpu")
     if n_plans > 1:
         notes.append("--plans applies to GPU placements; the CPU-only placement was run once")
-    run = run_placement(md, "CPU only (-ngl 0)", all_on(md, HOST_NAME), (), cfg, {HOST_NAME: host}, *timing)
+    run = run_placement(md, "CPU only (-ngl 0)", all_on(md, HOST_NAME), (), cfg, {HOST_NAME: host}, timing)
     m = _cpu_calibration(md, cfg, run, host)
     return [run], {HOST_NAME: m}, [*notes, *m.notes]
 
@@ -181,9 +301,17 @@ def run_bench(md: ModelDescription, devices: dict[str, Device], cfg: RunConfig, 
     if sparse:
         raise MoeplaceError(f"{sparse[0]} is header-only (a sparse file without its weights): it can be planned "
                             "but not benchmarked; bench a model with real weights")
-    if not engine.available():
-        raise MoeplaceError(f"bench runs the model in llama.cpp, which is not available: {engine.unavailable_reason()}")
     gpu_names = tuple(n for n in devices if n != HOST_NAME)
+    if timing.llama_bench is not None:
+        # The user's binary: trust --gpu to describe what it sees (llama-bench --list-devices shows it).
+        if gpu_names:
+            return bench_gpus(md, devices, cfg, gpu_names, gpu_names, n_plans, margin, timing)
+        return bench_cpu(md, devices[HOST_NAME], cfg, False, n_plans, timing)
+    if timing.depth:
+        raise MoeplaceError("-d/--depth needs --llama-bench: llama-cpp-python measures from an empty context")
+    if not engine.available():
+        raise MoeplaceError(f"bench runs the model in llama.cpp, which is not available: {engine.unavailable_reason()}"
+                            "; or give your own llama-bench with --llama-bench PATH")
     build_gpus = engine.gpu_devices()
     if gpu_names and build_gpus:
         return bench_gpus(md, devices, cfg, gpu_names, build_gpus, n_plans, margin, timing)

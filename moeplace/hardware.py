@@ -76,6 +76,7 @@ class Device:
     # Cost per weight element relative to Q4_K by ggml type: the CPU's decode cost on the host, the inverse of
     # the kernel efficiency on a GPU. Types not listed cost 1.
     quant_cost: tuple[tuple[str, float], ...] = field(default=(), compare=False)
+    layer_seconds: float = 0.0  # fixed cost per block per decoded token here (kernel launches, thread barriers)
     available: int = 0  # host RAM free for llama.cpp (0: memory less the reserve in speed-model.json)
     link_assumed: bool = False  # the link is the preset's or generic default, not given with --link
 
@@ -109,7 +110,8 @@ class Device:
         the thread, NUMA and compute limits, so they are dropped."""
         if not 0 < efficiency <= 1.5:
             raise HardwareError(f"{self.name}: efficiency {efficiency} is outside (0, 1.5]")
-        return replace(self, efficiency=efficiency, numa_nodes=1, thread_bandwidth=0.0, core_rate=0.0)
+        return replace(self, efficiency=efficiency, numa_nodes=1, thread_bandwidth=0.0, core_rate=0.0,
+                       layer_seconds=0.0)
 
     def describe(self) -> str:
         bw = f"{self.bandwidth / GB:.0f} GB/s x {self.efficiency:.2f}"
@@ -151,6 +153,8 @@ class SpeedParams:
     ram_reserve_gib: float
     cpu_quant_cost: Mapping[str, float]
     gpu_quant_efficiency: Mapping[str, float]
+    gpu_layer_us: float = 0.0
+    cpu_layer_us: float = 0.0
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> SpeedParams:
@@ -163,6 +167,7 @@ class SpeedParams:
             cpu_quant_cost={k.upper(): float(v) for k, v in doc["cpu_quant_cost"].items() if not k.startswith("_")},
             gpu_quant_efficiency={k.upper(): float(v) for k, v in doc["gpu_quant_efficiency"].items()
                                   if not k.startswith("_")},
+            gpu_layer_us=float(doc.get("gpu_layer_us", 0.0)), cpu_layer_us=float(doc.get("cpu_layer_us", 0.0)),
         )
 
     def host_class(self, channels: int, bandwidth: float) -> str:
@@ -359,7 +364,8 @@ def _gpu_from_item(item: str, backend: str | None, cat: Catalog, params: SpeedPa
 
 def _gpu_params(dev: Device, params: SpeedParams) -> Device:
     cost = tuple((t, 1.0 / e) for t, e in sorted(params.gpu_quant_efficiency.items()) if e > 0)
-    return replace(dev, compute_efficiency=params.gpu_compute_efficiency, quant_cost=cost)
+    return replace(dev, compute_efficiency=params.gpu_compute_efficiency, quant_cost=cost,
+                   layer_seconds=params.gpu_layer_us * 1e-6)
 
 
 def parse_gpus(specs: Sequence[str], backend: str | None = None, cat: Catalog | None = None,
@@ -492,6 +498,7 @@ def host_device(ram: int | None = None, ram_bw: str | float | None = None, gpus:
         numa_gain=params.numa_gain, thread_bandwidth=params.thread_gbs * GB, core_rate=params.core_gelems * 1e9,
         flops=min(int(threads), int(cores or threads)) * params.core_gflops * 1e9,
         quant_cost=tuple(sorted(params.cpu_quant_cost.items())), available=int(available),
+        layer_seconds=params.cpu_layer_us * 1e-6,
     )
 
 

@@ -541,6 +541,7 @@ class DecodeWork:
     host_bytes: np.ndarray  # per tensor on the host
     host_work: np.ndarray  # per tensor on the host: elements x the CPU cost of its type (Q4_K elements)
     kv_bytes: np.ndarray  # per device
+    blocks: np.ndarray  # per device: blocks whose attention runs there (each costs the device's layer overhead)
     switch_seq: np.ndarray  # device indices along the layer sequence
     act_bytes: float
     paged_fraction: float
@@ -568,15 +569,19 @@ def _decode_work(pr: _Prepared, batch: int, n_past: int | None, paged_fraction: 
     return DecodeWork(
         names=tuple(names), batch=batch, n_past=pos, weight_bytes=per_dev_bytes, scaled_bytes=scaled,
         host_bytes=nbytes[on_host], host_work=elements[on_host] * pr.cost[host][on_host],
-        kv_bytes=np.bincount(kv_idx, weights=kv_layer, minlength=n), switch_seq=_switch_sequence(pr),
+        kv_bytes=np.bincount(kv_idx, weights=kv_layer, minlength=n),
+        blocks=np.bincount(np.array([names.index(pr.placement.layer_devices[b]) for b in pr.table.run_blocks],
+                                    dtype=np.int64), minlength=n).astype(np.float64),
+        switch_seq=_switch_sequence(pr),
         act_bytes=4.0 * model.hparams.n_embd * batch, paged_fraction=paged_fraction)
 
 
 def decode_from_work(w: DecodeWork, devices: Sequence[Device]) -> DecodeTime:
     """The decode step's time on ``devices`` (in ``w.names`` order): on the host each tensor takes the larger
     of reading it and computing it, a GPU reads its bytes scaled by its kernels' cost per type; KV reads at
-    each device's bandwidth, a fixed cost per device switch, and host weights beyond the available RAM read
-    again from disk (page-cache thrashing)."""
+    each device's bandwidth plus a fixed cost per block (kernel launches and thread barriers, counted with the
+    attention), a fixed cost per device switch, and host weights beyond the available RAM read again from disk
+    (page-cache thrashing)."""
     names = w.names
     host = names.index(HOST_NAME)
     eff = np.array([d.effective_bandwidth for d in devices])
@@ -586,7 +591,7 @@ def decode_from_work(w: DecodeWork, devices: Sequence[Device]) -> DecodeTime:
         read = w.host_bytes / eff[host]
         rate = hd.decode_rate
         weight_s[host] = float(np.sum(np.maximum(read, w.host_work / rate) if rate > 0 else read))
-    kv_s = w.kv_bytes / eff
+    kv_s = w.kv_bytes / eff + w.blocks * np.array([d.layer_seconds for d in devices])
     switch_s = _switch_seconds(devices, w.switch_seq, w.act_bytes)
     # Weights beyond the RAM available thrash the page cache: a step's host reads miss it in that proportion
     # and come from disk again.
@@ -595,7 +600,7 @@ def decode_from_work(w: DecodeWork, devices: Sequence[Device]) -> DecodeTime:
     return DecodeTime(
         batch=w.batch, n_past=w.n_past,
         weight_seconds={n: float(weight_s[i]) for i, n in enumerate(names) if w.weight_bytes[i] > 0},
-        kv_seconds={n: float(kv_s[i]) for i, n in enumerate(names) if w.kv_bytes[i] > 0},
+        kv_seconds={n: float(kv_s[i]) for i, n in enumerate(names) if kv_s[i] > 0},
         weight_bytes={n: float(w.weight_bytes[i]) for i, n in enumerate(names) if w.weight_bytes[i] > 0},
         kv_bytes={n: float(w.kv_bytes[i]) for i, n in enumerate(names) if w.kv_bytes[i] > 0},
         switches=len(w.switch_seq) - 1, switch_seconds=switch_s, paging_seconds=paging,
@@ -679,6 +684,9 @@ def _prefill_work(pr: _Prepared, n_prompt: int | None = None, depth: int = 0) ->
             read[u] = np.bincount(idx[~moved], weights=prefill_bytes[~moved], minlength=len(names))
         else:
             read[u] = np.bincount(idx, weights=prefill_bytes, minlength=len(names))
+        # The host's matrix kernels cost per element like its decode kernels (the same dequantise + dot).
+        on_host = compute_idx == host_i
+        prefill_flops = np.where(on_host, prefill_flops * pr.cost[host_i], prefill_flops)
         flops[u] = np.bincount(compute_idx, weights=prefill_flops, minlength=len(names))
     return PrefillWork(names=tuple(names), n_ubatch=n_ubatch, n_tokens=n_prompt, depth=depth, chunks=chunks,
                        read=read, flops=flops, transfer=transfer,

@@ -145,3 +145,79 @@ def test_gpu_path_fits_the_gpu_bandwidth(model_path: Callable[[str], Path], tmp_
     got = C.load(cal_path).devices
     assert set(got) == {"CUDA0"}
     assert got["CUDA0"].bandwidth == pytest.approx(true["CUDA0"].effective_bandwidth, rel=1e-6)
+
+
+# --- the user's own llama-bench ----------------------------------------------------------------------------------
+# No llama-bench can be built here cheaply (its common/ library is most of a llama.cpp build), so a real executable
+# stands in for it: it records its arguments and prints llama-bench's -o json shape.
+
+_STAND_IN = """#!{python}
+import json, sys
+from pathlib import Path
+args = sys.argv[1:]
+with open({log!r}, "a") as f:
+    f.write(json.dumps(args) + "\\n")
+mode = {mode!r}
+if mode == "fail":
+    print("error: failed to load model", file=sys.stderr)
+    sys.exit(1)
+if mode == "text":
+    print("| model | size | params | backend | ngl | test | t/s |")
+    sys.exit(0)
+def value(flag):
+    return args[args.index(flag) + 1]
+common = {{"build_commit": "abc1234", "build_number": 6000, "backends": "CUDA", "n_threads": 8,
+          "n_depth": int(value("-d"))}}
+print(json.dumps([
+    {{**common, "n_prompt": int(value("-p")), "n_gen": 0, "avg_ts": 900.5, "samples_ts": [900.0, 901.0]}},
+    {{**common, "n_prompt": 0, "n_gen": int(value("-n")), "avg_ts": 45.6, "samples_ts": [45.5, 45.7]}},
+]))
+"""
+
+
+def _stand_in(tmp_path: Path, mode: str = "json") -> tuple[Path, Path]:
+    exe, log = tmp_path / f"llama-bench-{mode}", tmp_path / f"args-{mode}.jsonl"
+    exe.write_text(_STAND_IN.format(python=sys.executable, log=str(log), mode=mode))
+    exe.chmod(0o755)
+    return exe, log
+
+
+def test_llama_bench_runs_the_plans_at_the_depth_and_writes_rows(model_path: Callable[[str], Path],
+                                                                 tmp_path: Path) -> None:
+    exe, log = _stand_in(tmp_path)
+    cal_path = tmp_path / "cal.json"
+    code, out, err = run(str(model_path("qwen3moe-tiny")), "--gpu", "24G@1000", "--ram", "64G", "--ram-bw", "50",
+                         "--llama-bench", str(exe), "-d", "4096", "-p", "512", "-n", "64", "-r", "2", "-c", "8192",
+                         "-o", str(cal_path), "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    calls = [json.loads(x) for x in log.read_text().splitlines()]
+    assert len(calls) == len(doc["runs"]) >= 2  # the plan and the baselines, one llama-bench run each
+    for args, r in zip(calls, doc["runs"]):
+        assert args[args.index("-d") + 1] == "4096" and args[args.index("-o") + 1] == "json"
+        assert args[args.index("-ngl") + 1] == str(r["args"]["n_gpu_layers"])
+        ot = r["args"]["override_tensor"]
+        assert (args[args.index("-ot") + 1] == ";".join(ot)) if ot else "-ot" not in args
+        assert r["measured"]["decode_tokens_per_second"] == 45.6 and r["measured"]["prompt_runs"] == [900.0, 901.0]
+    assert "CUDA0" in C.load(cal_path).devices
+    row = doc["dataset_rows"][0]
+    assert row["test"] == {"tool": "llama-bench", "pp_tokens": 512, "tg_tokens": 64, "depth": 4096}
+    assert row["tg_tps"] == 45.6 and row["pp_tps"] == 900.5 and row["gpus"][0]["backend"] == "CUDA"
+    assert row["build"].startswith("llama-bench build 6000 (abc1234)")
+    published = json.loads((Path(__file__).parent.parent / "benchmarks" / "published" /
+                            "measurements.jsonl").read_text().splitlines()[0])
+    assert set(row) == set(published) and set(row["flags"]) == set(published["flags"])
+
+
+@pytest.mark.parametrize(("mode", "says"), [("fail", "exited with code 1: error: failed to load model"),
+                                            ("text", "did not print JSON")])
+def test_llama_bench_failures_are_one_line_errors(model_path: Callable[[str], Path], tmp_path: Path, mode: str,
+                                                  says: str) -> None:
+    exe, _ = _stand_in(tmp_path, mode)
+    code, _, err = run(str(model_path("qwen3moe-tiny")), "--llama-bench", str(exe), "-c", "1024")
+    assert code == 2 and err.count("\n") == 1 and says in err, err
+
+
+def test_depth_without_llama_bench_is_refused(model_path: Callable[[str], Path]) -> None:
+    code, _, err = run(str(model_path("qwen3moe-tiny")), "-d", "512")
+    assert code == 2 and "--llama-bench" in err

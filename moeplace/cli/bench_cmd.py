@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from moeplace import engine
-from moeplace.bench import Run, run_bench
+from moeplace.bench import Run, Timing, dataset_row, run_bench
 from moeplace.calibration import Calibration, CalibrationError
 from moeplace.calibration import load as load_calibration
 from moeplace.calibration import save as save_calibration
@@ -80,6 +80,11 @@ Examples:
               help="Runs of each test (after one warm-up).")
 @click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads (default: every core).")
+@click.option("-d", "--depth", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Tokens already in the context for each test (llama-bench -d; needs --llama-bench).")
+@click.option("--llama-bench", "llama_bench", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              metavar="PATH", help="Measure with your own llama-bench binary (any backend it was built with) "
+                                   "instead of llama-cpp-python, with the flags moeplace emits.")
 @click.option("-o", "--out", "out_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write (or update) the calibration file.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (schema moeplace.bench/1).")
@@ -88,7 +93,7 @@ def bench(model: Path, n_plans: int, gpus: tuple[str, ...], backend: str | None,
           ram_bw: str | None, margin: int | None, calibration: Path | None, n_ctx: int, type_k: str, type_v: str,
           n_batch: int, n_ubatch: int, flash_attn: str, n_seq_max: int, kv_unified: bool, swa_full: bool,
           no_kv_offload: bool, no_op_offload: bool, n_prompt: int, n_gen: int, repetitions: int,
-          threads: int | None, out_path: Path | None, as_json: bool) -> None:
+          threads: int | None, depth: int, llama_bench: Path | None, out_path: Path | None, as_json: bool) -> None:
     md = load_model(model)
     devices = devices_from(gpus, backend, ram, ram_bw, calibration)
     cfg = run_config_from(md, devices, n_ctx=n_ctx, type_k=type_k, type_v=type_v, n_batch=n_batch,
@@ -99,10 +104,12 @@ def bench(model: Path, n_plans: int, gpus: tuple[str, ...], backend: str | None,
             load_calibration(out_path)
         except CalibrationError as e:
             raise MoeplaceError(f"-o: {e}; it would be overwritten: give another path") from None
+    timing = Timing(n_prompt, n_gen, repetitions, threads, depth, llama_bench)
     runs, measured, notes = run_bench(md, devices, cfg, n_plans=n_plans,
                                       margin=DEFAULT_MARGIN if margin is None else margin,
-                                      timing=(n_prompt, n_gen, repetitions, threads))
-    on_gpu = bool(engine.gpu_devices()) and len(devices) > 1
+                                      timing=timing)
+    on_gpu = len(devices) > 1 and (llama_bench is not None or bool(engine.gpu_devices()))
+    rows = [dataset_row(r, md, devices, cfg, timing) for r in runs]
 
     cal = Calibration(measured)
     if out_path is not None and measured:
@@ -113,13 +120,14 @@ def bench(model: Path, n_plans: int, gpus: tuple[str, ...], backend: str | None,
         doc = {"schema": "moeplace.bench/1", "model": md.name, "path": str(md.paths[0]), "engine": engine.version(),
                "config": vars(cfg), "gpu": on_gpu, "runs": [_run_json(r) for r in runs],
                "calibration": calibration_dict(cal) if measured else None,
-               "calibration_file": str(out_path) if out_path is not None and measured else None, "notes": notes}
+               "calibration_file": str(out_path) if out_path is not None and measured else None, "notes": notes,
+               "dataset_rows": rows}
         click.echo(json.dumps(doc, indent=1))
         return
-    out = [f"{md.name} ({md.arch}) in {engine.version()}: context {cfg.n_ctx}, KV {cfg.type_k}/{cfg.type_v}, "
+    out = [f"{md.name} ({md.arch}) in {runs[0].measured.engine}: context {cfg.n_ctx}, KV {cfg.type_k}/{cfg.type_v}, "
            f"ubatch {cfg.n_ubatch}, flash attention {'on' if cfg.flash_attn else 'off'}, "
-           f"threads {runs[0].measured.n_threads}; pp {n_prompt} tokens, tg {n_gen} tokens, {repetitions} runs each",
-           ""]
+           f"threads {runs[0].measured.n_threads}; pp {n_prompt} tokens, tg {n_gen} tokens at depth {depth}, "
+           f"{repetitions} runs each", ""]
     out += table(["placement", "pp predicted", "pp measured", "tg predicted", "tg measured", "tg measured/pred"],
                   _rows(runs))
     out.append("")
@@ -130,4 +138,7 @@ def bench(model: Path, n_plans: int, gpus: tuple[str, ...], backend: str | None,
         out.append(f"written to {out_path} (use it with: moeplace solve MODEL --calibration {out_path})")
     for n in notes:
         out.append(f"note: {n}")
+    out += ["", "rows in benchmarks/published/measurements.jsonl's format (add source_url where you publish them, "
+                "and the RAM and PCIe facts moeplace was not told):"]
+    out += [json.dumps(r) for r in rows]
     click.echo("\n".join(out))

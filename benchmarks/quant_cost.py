@@ -1,0 +1,113 @@
+"""CPU decode cost of each quant type relative to Q4_K, measured with the real llama.cpp on this machine.
+
+    python benchmarks/quant_cost.py            measure and print the table
+    python benchmarks/quant_cost.py --write    also store it as cpu_quant_cost in moeplace/data/speed-model.json
+
+A dense factory model with real F16 weights (4 blocks of a 2048-wide llama, 150M parameters in its matrices,
+large enough that per-token overheads are a small part) is quantized by llama.cpp's own quantizer to each type
+(``--pure``: every matrix in that type), then decoded with one thread; the types are measured in turn, round
+after round, and each keeps its best round, so a load that comes and goes on a shared machine does not favour
+the types measured while it was away. With one thread
+decode is bound by dequantising and dotting, not by memory (one thread of this machine draws far more bandwidth
+than 150M elements at a few GB/s need), so seconds per token over the elements is the type's cost per element;
+the table is that cost relative to Q4_K. The ratio transfers to other x86 CPUs with the same SIMD class better
+than an absolute rate would (``core_gelems`` carries the absolute rate, fitted on published rows).
+Types llama.cpp refuses to make without an importance matrix (IQ1/IQ2) are reported and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from gguf import LlamaFileType
+
+from moeplace import engine
+from moeplace.memory import RunConfig
+from moeplace.model import load_model
+from moeplace.testing import SPECS, write_model
+
+PARAMS = Path(__file__).resolve().parent.parent / "moeplace" / "data" / "speed-model.json"
+# llama.cpp file type -> the ggml type its --pure recipe puts in every matrix.
+TYPES = (
+    ("Q4_K_S", "Q4_K"), ("Q2_K", "Q2_K"), ("Q3_K_S", "Q3_K"), ("Q5_K_S", "Q5_K"), ("Q6_K", "Q6_K"),
+    ("Q4_0", "Q4_0"), ("Q4_1", "Q4_1"), ("Q5_0", "Q5_0"), ("Q5_1", "Q5_1"), ("Q8_0", "Q8_0"),
+    ("IQ4_XS", "IQ4_XS"), ("IQ4_NL", "IQ4_NL"), ("IQ3_S", "IQ3_S"), ("IQ3_XXS", "IQ3_XXS"), ("IQ2_S", "IQ2_S"),
+    ("IQ2_XS", "IQ2_XS"), ("IQ2_XXS", "IQ2_XXS"), ("IQ1_S", "IQ1_S"), ("BF16", "BF16"),
+)
+SPEC = replace(SPECS["llama-tiny"], name="quant-cost", n_layer=4, n_embd=2048, n_head=16, n_head_kv=4, head_dim=128,
+               n_ff=5632, ftype=LlamaFileType.MOSTLY_F16)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure(path: Path) -> float:
+    """Best seconds per generated token of two runs of 32 tokens, one thread."""
+    s = engine.measure_speed(path, RunConfig(n_ctx=256, n_batch=64, n_ubatch=64), n_prompt=16, n_gen=32,
+                             repetitions=2, n_threads=1)
+    return 1.0 / max(s.tg_runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--write", action="store_true", help="store the table in moeplace/data/speed-model.json")
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args(argv)
+    if not engine.available():
+        print(f"llama.cpp is not available: {engine.unavailable_reason()}", file=sys.stderr)
+        return 1
+    t0 = time.time()
+    rows: dict[str, tuple[float, float]] = {}
+    with tempfile.TemporaryDirectory() as d:
+        src = write_model(SPEC, Path(d) / "f16.gguf")[0]
+        md = load_model(src)
+        matrix_elements = sum(t.n_elements for t in md.tensors if len(t.shape) >= 2 and t.role.value != "token_embd")
+        print(f"{SPEC.name}: {matrix_elements / 1e6:.0f}M matrix elements; {engine.version()}; {cpu_name()}; "
+              f"{os.cpu_count()} logical CPUs, measured with 1 thread", file=sys.stderr)
+        files: dict[str, Path] = {}
+        for ftype, gtype in TYPES:
+            dst = Path(d) / f"{ftype}.gguf"
+            try:
+                files[gtype] = engine.quantize(src, dst, ftype)
+            except engine.EngineError as e:
+                print(f"  {gtype:8s} skipped: {e}", file=sys.stderr)
+        src.unlink()
+        for r in range(args.runs):
+            for gtype, path in files.items():
+                sec = measure(path)
+                if gtype not in rows or sec < rows[gtype][0]:
+                    rows[gtype] = (sec, sec / matrix_elements * 1e9)
+            print(f"round {r + 1}: " + ", ".join(f"{t} {1e3 * v[0]:.1f} ms" for t, v in rows.items()),
+                  file=sys.stderr)
+    if "Q4_K" not in rows:
+        print("Q4_K could not be measured", file=sys.stderr)
+        return 1
+    ref = rows["Q4_K"][0]
+    table = {t: round(sec / ref, 3) for t, (sec, _) in sorted(rows.items())}
+    print(json.dumps(table, indent=1))
+    if args.write:
+        doc = json.loads(PARAMS.read_text(encoding="utf-8"))
+        doc["cpu_quant_cost"] = {"_measured": f"benchmarks/quant_cost.py on {cpu_name()}, 1 thread, "
+                                              f"{engine.version()}", **table}
+        PARAMS.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    print(f"{time.time() - t0:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
