@@ -16,13 +16,16 @@ from moeplace.placement import all_on, layer_placement
 from moeplace.speed import (
     SpeedError,
     TensorTable,
+    decode_from_work,
     decode_time,
     distinct_experts,
     energy,
     estimate,
     normalise_probs,
+    prefill_from_work,
     prefill_time,
     tensor_costs,
+    workload,
 )
 from moeplace.testing import SPECS, write_model
 
@@ -290,3 +293,82 @@ def test_switch_costs_count(models: dict[str, ModelDescription]) -> None:
     # embedding (host) -> GPU, then GPU -> host -> GPU around each of the two blocks' experts
     assert d.switches == 1 + 2 * 2
     assert d.switch_seconds == pytest.approx(d.switches * 1e-5, rel=1e-6)
+
+
+# --- the host's compute side, depth, links (issue 9) ----------------------------------------------------------------
+
+
+def _cpu_only(m: ModelDescription, host: Device) -> float:
+    return decode_time(m, all_on(m, "CPU"), RunConfig(), {"CPU": host}, n_past=0).seconds
+
+
+def test_host_bandwidth_saturates_with_threads_and_numa(models: dict[str, ModelDescription]) -> None:
+    m = models["qwen3-30b-a3b"]
+    base = host_device(64 * GIB, "ddr5-4800x12", threads=4, cores=32, available=64 * GIB)
+    base = replace(base, thread_bandwidth=10e9, core_rate=0.0, layer_seconds=0.0)
+    # 4 threads draw 40 GB/s of a 460.8 GB/s peak: the threads are the limit, and more of them help ...
+    assert base.effective_bandwidth == pytest.approx(40e9)
+    many = replace(base, threads=32)
+    assert many.effective_bandwidth == pytest.approx(base.bandwidth * base.efficiency)
+    assert _cpu_only(m, many) < _cpu_only(m, base) / 2
+    # ... until the channels are: past saturation the peak decides.
+    assert replace(many, threads=64).effective_bandwidth == many.effective_bandwidth
+    # A second NUMA node's bandwidth counts numa_gain of itself without NUMA-aware allocation.
+    two = replace(many, numa_nodes=2, numa_gain=0.5)
+    assert two.effective_bandwidth == pytest.approx(many.effective_bandwidth * 0.75)
+
+
+def test_host_decode_is_the_larger_of_reading_and_computing(models: dict[str, ModelDescription]) -> None:
+    m = models["qwen3-30b-a3b"]
+    host = replace(host_device(64 * GIB, 100, threads=8, cores=8, available=64 * GIB), layer_seconds=0.0,
+                   thread_bandwidth=0.0)
+    read_only = _cpu_only(m, replace(host, core_rate=0.0))
+    fast_cores = _cpu_only(m, replace(host, core_rate=1e12))
+    assert fast_cores == pytest.approx(read_only)  # memory-bound: compute hides under the reading
+    slow = _cpu_only(m, replace(host, core_rate=1e8))
+    assert slow > 5 * read_only
+    # compute-bound: half the threads, twice the time; a type that costs twice as much per element doubles it
+    assert _cpu_only(m, replace(host, core_rate=1e8, threads=4)) == pytest.approx(2 * slow, rel=0.02)
+    costly = tuple((t, 2.0) for t in ("Q4_K", "Q6_K", "Q8_0", "F32", "F16", "BF16"))
+    assert _cpu_only(m, replace(host, core_rate=1e8, quant_cost=costly)) == pytest.approx(2 * slow, rel=0.02)
+
+
+def test_decode_and_prefill_at_a_depth(models: dict[str, ModelDescription]) -> None:
+    m = models["qwen3-30b-a3b"]
+    devs = free_switch_devices()
+    p = all_on(m, "CUDA0")
+    cfg = RunConfig(n_ctx=32768)
+    shallow, deep = (estimate(m, p, cfg, devs, depth=d, n_prompt=2048) for d in (0, 16384))
+    assert shallow.decode_batch1.n_past == 0 and deep.decode_batch1.n_past == 16384
+    assert deep.tokens_per_second < shallow.tokens_per_second
+    assert (shallow.prefill.n_tokens, shallow.prefill.depth, deep.prefill.depth) == (2048, 0, 16384)
+    assert deep.prefill.tokens_per_second < shallow.prefill.tokens_per_second
+    # a prompt of 4 ubatches costs what its 4 ubatches cost, the later ones attending to more context
+    one = prefill_time(m, p, cfg, devs, n_prompt=512, depth=0).seconds
+    four = prefill_time(m, p, cfg, devs, n_prompt=2048, depth=0).seconds
+    parts = sum(prefill_time(m, p, cfg, devs, n_prompt=512, depth=d).seconds for d in (0, 512, 1024, 1536))
+    assert four == pytest.approx(parts, rel=1e-9) and four > 4 * one
+
+
+def test_link_decides_the_prompt_copy(models: dict[str, ModelDescription]) -> None:
+    m = models["qwen3-30b-a3b"]
+    host = host_device(64 * GIB, 100, available=64 * GIB)
+    overrides = {t.name: "CPU" for t in m.tensors if t.role is Role.ROUTED_EXPERT}
+    p = layer_placement(m, ("CUDA0",) * m.hparams.n_layer, "CUDA0", overrides)
+    x16 = prefill_time(m, p, RunConfig(), device_set(parse_gpus(["rtx3090"], links=["pcie4x16"]), host))
+    x4 = prefill_time(m, p, RunConfig(), device_set(parse_gpus(["rtx3090"], links=["pcie4x4"]), host))
+    assert x4.transfer_seconds == pytest.approx(4 * x16.transfer_seconds) and x4.transfer_bytes == x16.transfer_bytes
+    gpus = parse_gpus(["rtx3090,rtx3090"], links=["pcie4x16,3.0x8"])
+    assert gpus[0].link_bandwidth == pytest.approx(gpus[1].link_bandwidth * (1.969 * 16) / (0.985 * 8))
+    assert not gpus[0].link_assumed and parse_gpus(["rtx3090"])[0].link_assumed
+
+
+def test_work_then_timing_is_the_estimate(models: dict[str, ModelDescription]) -> None:
+    m = models["qwen3-30b-a3b"]
+    devs = device_set(parse_gpus(["rtx3090"]), host_device(64 * GIB, "ddr5-6000x2", threads=8))
+    overrides = {t.name: "CPU" for t in m.tensors if t.role is Role.ROUTED_EXPERT and (t.block or 0) < 20}
+    p = layer_placement(m, ("CUDA0",) * m.hparams.n_layer, "CUDA0", overrides)
+    e = estimate(m, p, RunConfig(n_ctx=8192), devs, depth=1000, n_prompt=1024, batch=1)
+    dw, pw = workload(m, p, RunConfig(n_ctx=8192), devs, depth=1000, n_prompt=1024)
+    assert decode_from_work(dw, list(devs.values())) == e.decode_batch1
+    assert prefill_from_work(pw, list(devs.values())) == e.prefill
