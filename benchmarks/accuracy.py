@@ -308,33 +308,37 @@ def make_case(row: dict[str, Any], models: Models, params: SpeedParams) -> Case:
 
 # The fitted parameters: (name, key in SpeedParams, lower, upper). Efficiencies per backend appear only when rows
 # use that backend.
-NEW_FREE = ("thread_gbs", "core_gelems", "core_gflops", "gpu_compute_efficiency", "numa_gain", "gpu_layer_us",
-            "cpu_layer_us")
-OLD_FREE = ("gpu_compute_efficiency", "core_gflops")
+NEW_FREE = ("thread_gbs", "core_gelems", "core_gflops", "numa_gain", "gpu_layer_us", "cpu_layer_us")
+OLD_FREE = ("core_gflops",)
 BOUNDS = {"thread_gbs": (2.0, 60.0), "core_gelems": (1.0, 300.0), "core_gflops": (5.0, 2000.0),
-          "gpu_compute_efficiency": (0.05, 1.0), "numa_gain": (0.0, 1.0), "efficiency": (0.15, 1.0),
+          "compute": (0.05, 1.0), "numa_gain": (0.0, 1.0), "efficiency": (0.15, 1.0),
           "gpu_layer_us": (1.0, 500.0), "cpu_layer_us": (0.5, 500.0)}
 # A row off by more than this factor counts as this much: rows the model cannot explain (page-cache thrashing
 # it does not see, another engine's kernels) must not steer the parameters that explain the others.
 LOSS_CAP = math.log(3.0)
 
 
+_MAPS = {"efficiency": "efficiency", "compute": "gpu_compute_efficiency"}
+
+
 def _get(p: SpeedParams, key: str) -> float:
-    if key.startswith("efficiency:"):
-        return p.efficiency[key.split(":", 1)[1]]
+    group, _, sub = key.partition(":")
+    if sub:
+        return getattr(p, _MAPS[group])[sub]
     return float(getattr(p, key))
 
 
 def _set(p: SpeedParams, key: str, value: float) -> SpeedParams:
-    if key.startswith("efficiency:"):
-        eff = dict(p.efficiency)
-        eff[key.split(":", 1)[1]] = value
-        return replace(p, efficiency=eff)
+    group, _, sub = key.partition(":")
+    if sub:
+        m = dict(getattr(p, _MAPS[group]))
+        m[sub] = value
+        return replace(p, **{_MAPS[group]: m})
     return replace(p, **{key: value})
 
 
 def _bounds(key: str) -> tuple[float, float]:
-    return BOUNDS["efficiency"] if key.startswith("efficiency:") else BOUNDS[key]
+    return BOUNDS[key.partition(":")[0]]
 
 
 def predict(case: Case, params: SpeedParams, old: bool) -> dict[str, float]:
@@ -381,7 +385,8 @@ def fit(cases: Sequence[Case], start: SpeedParams, keys: Sequence[str], old: boo
 def free_keys(cases: Sequence[Case], old: bool) -> list[str]:
     backends = sorted({b for c in cases for b in [c.hw.backend or ""] if b and c.hw.gpus})
     host = ["efficiency:cpu-desktop"] if old else ["efficiency:cpu-desktop", "efficiency:cpu-server"]
-    return [*(f"efficiency:{b}" for b in backends), *host, *(OLD_FREE if old else NEW_FREE)]
+    return [*(f"efficiency:{b}" for b in backends), *(f"compute:{b}" for b in backends), *host,
+            *(OLD_FREE if old else NEW_FREE)]
 
 
 def old_params(p: SpeedParams) -> SpeedParams:
@@ -587,8 +592,8 @@ def run(rows: list[dict[str, Any]], log: Callable[[str], None]) -> tuple[list[Ca
 def write_params(p: SpeedParams) -> None:
     doc = json.loads(PARAMS.read_text(encoding="utf-8"))
     doc["efficiency"].update({k: round(v, 3) for k, v in p.efficiency.items()})
-    for key in ("thread_gbs", "numa_gain", "core_gelems", "core_gflops", "gpu_compute_efficiency", "gpu_layer_us",
-                "cpu_layer_us"):
+    doc["gpu_compute_efficiency"].update({k: round(v, 3) for k, v in p.gpu_compute_efficiency.items()})
+    for key in ("thread_gbs", "numa_gain", "core_gelems", "core_gflops", "gpu_layer_us", "cpu_layer_us"):
         doc[key] = round(float(getattr(p, key)), 3)
     PARAMS.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 

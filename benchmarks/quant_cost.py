@@ -3,16 +3,16 @@
     python benchmarks/quant_cost.py            measure and print the table
     python benchmarks/quant_cost.py --write    also store it as cpu_quant_cost in moeplace/data/speed-model.json
 
-A dense factory model with real F16 weights (4 blocks of a 2048-wide llama, 150M parameters in its matrices,
-large enough that per-token overheads are a small part) is quantized by llama.cpp's own quantizer to each type
-(``--pure``: every matrix in that type), then decoded with one thread; the types are measured in turn, round
-after round, and each keeps its best round, so a load that comes and goes on a shared machine does not favour
-the types measured while it was away. With one thread
-decode is bound by dequantising and dotting, not by memory (one thread of this machine draws far more bandwidth
-than 150M elements at a few GB/s need), so seconds per token over the elements is the type's cost per element;
-the table is that cost relative to Q4_K. The ratio transfers to other x86 CPUs with the same SIMD class better
-than an absolute rate would (``core_gelems`` carries the absolute rate, fitted on published rows).
-Types llama.cpp refuses to make without an importance matrix (IQ1/IQ2) are reported and skipped.
+A dense factory model with real F16 weights (2 blocks of a 1024-wide llama, 22M elements in its matrices: small
+enough that every type's weights stay in this machine's last-level cache, so decode is bound by dequantising and
+dotting rather than by RAM, large enough that per-token overheads are a small part) is quantized by llama.cpp's
+own quantizer to each type (``--pure``: every matrix in that type), then decoded with one thread; the types are
+measured right after a Q4_K run, round after round, and each keeps the median of its ratios to that Q4_K run,
+so a load that comes and goes on a shared machine cancels in each ratio. Seconds per token over the elements is
+the type's cost per element; the table is that cost relative to Q4_K. The ratio transfers to other x86 CPUs
+with the same SIMD class better than an absolute rate would (``core_gelems`` carries the absolute rate, fitted
+on published rows).
+Types llama.cpp refuses to make without an importance matrix (IQ1, IQ2, IQ3_XXS) are reported and skipped.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -42,8 +43,8 @@ TYPES = (
     ("IQ4_XS", "IQ4_XS"), ("IQ4_NL", "IQ4_NL"), ("IQ3_S", "IQ3_S"), ("IQ3_XXS", "IQ3_XXS"), ("IQ2_S", "IQ2_S"),
     ("IQ2_XS", "IQ2_XS"), ("IQ2_XXS", "IQ2_XXS"), ("IQ1_S", "IQ1_S"), ("BF16", "BF16"),
 )
-SPEC = replace(SPECS["llama-tiny"], name="quant-cost", n_layer=4, n_embd=2048, n_head=16, n_head_kv=4, head_dim=128,
-               n_ff=5632, ftype=LlamaFileType.MOSTLY_F16)
+SPEC = replace(SPECS["llama-tiny"], name="quant-cost", n_layer=2, n_embd=1024, n_head=8, n_head_kv=2, head_dim=128,
+               n_ff=2816, ftype=LlamaFileType.MOSTLY_F16)
 
 
 def cpu_name() -> str:
@@ -57,8 +58,8 @@ def cpu_name() -> str:
 
 
 def measure(path: Path) -> float:
-    """Best seconds per generated token of two runs of 32 tokens, one thread."""
-    s = engine.measure_speed(path, RunConfig(n_ctx=256, n_batch=64, n_ubatch=64), n_prompt=16, n_gen=32,
+    """Best seconds per generated token of two runs of 128 tokens, one thread."""
+    s = engine.measure_speed(path, RunConfig(n_ctx=512, n_batch=64, n_ubatch=64), n_prompt=16, n_gen=128,
                              repetitions=2, n_threads=1)
     return 1.0 / max(s.tg_runs)
 
@@ -87,16 +88,20 @@ def main(argv: list[str] | None = None) -> int:
             except engine.EngineError as e:
                 print(f"  {gtype:8s} skipped: {e}", file=sys.stderr)
         src.unlink()
+        if "Q4_K" not in files:
+            print("Q4_K could not be made", file=sys.stderr)
+            return 1
+        ratios: dict[str, list[float]] = {t: [] for t in files if t != "Q4_K"}
         for r in range(args.runs):
             for gtype, path in files.items():
-                sec = measure(path)
-                if gtype not in rows or sec < rows[gtype][0]:
-                    rows[gtype] = (sec, sec / matrix_elements * 1e9)
-            print(f"round {r + 1}: " + ", ".join(f"{t} {1e3 * v[0]:.1f} ms" for t, v in rows.items()),
-                  file=sys.stderr)
-    if "Q4_K" not in rows:
-        print("Q4_K could not be measured", file=sys.stderr)
-        return 1
+                if gtype == "Q4_K":
+                    continue
+                ref, sec = measure(files["Q4_K"]), measure(path)
+                ratios[gtype].append(sec / ref)
+                rows["Q4_K"] = min(rows.get("Q4_K", (ref, 0.0)), (ref, ref / matrix_elements * 1e9))
+            print(f"round {r + 1}: " + ", ".join(f"{t} {v[-1]:.2f}" for t, v in ratios.items()), file=sys.stderr)
+        for gtype, v in ratios.items():
+            rows[gtype] = (statistics.median(v) * rows["Q4_K"][0], 0.0)
     ref = rows["Q4_K"][0]
     table = {t: round(sec / ref, 3) for t, (sec, _) in sorted(rows.items())}
     print(json.dumps(table, indent=1))

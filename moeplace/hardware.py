@@ -148,7 +148,7 @@ class SpeedParams:
     numa_gain: float
     core_gelems: float
     core_gflops: float
-    gpu_compute_efficiency: float
+    gpu_compute_efficiency: Mapping[str, float]  # per GPU backend
     default_threads: int
     ram_reserve_gib: float
     cpu_quant_cost: Mapping[str, float]
@@ -162,7 +162,7 @@ class SpeedParams:
             efficiency={k: float(v) for k, v in doc["efficiency"].items()},
             thread_gbs=float(doc["thread_gbs"]), numa_gain=float(doc["numa_gain"]),
             core_gelems=float(doc["core_gelems"]), core_gflops=float(doc["core_gflops"]),
-            gpu_compute_efficiency=float(doc["gpu_compute_efficiency"]),
+            gpu_compute_efficiency={k: float(v) for k, v in doc["gpu_compute_efficiency"].items()},
             default_threads=int(doc["default_threads"]), ram_reserve_gib=float(doc["ram_reserve_gib"]),
             cpu_quant_cost={k.upper(): float(v) for k, v in doc["cpu_quant_cost"].items() if not k.startswith("_")},
             gpu_quant_efficiency={k.upper(): float(v) for k, v in doc["gpu_quant_efficiency"].items()
@@ -364,7 +364,8 @@ def _gpu_from_item(item: str, backend: str | None, cat: Catalog, params: SpeedPa
 
 def _gpu_params(dev: Device, params: SpeedParams) -> Device:
     cost = tuple((t, 1.0 / e) for t, e in sorted(params.gpu_quant_efficiency.items()) if e > 0)
-    return replace(dev, compute_efficiency=params.gpu_compute_efficiency, quant_cost=cost,
+    compute = params.gpu_compute_efficiency.get(dev.backend, params.gpu_compute_efficiency.get("cuda", 0.4))
+    return replace(dev, compute_efficiency=compute, quant_cost=cost,
                    layer_seconds=params.gpu_layer_us * 1e-6)
 
 

@@ -237,3 +237,17 @@ def test_link_threads_and_available_ram_change_the_figures(paths: dict[str, Path
     short = _json(*hw, "--ram-avail", "8G")
     assert short["decode"]["paging_seconds"] > 0 and fits["decode"]["paging_seconds"] == 0
     assert short["decode"]["tokens_per_second"] < fits["decode"]["tokens_per_second"] / 3
+
+
+def test_estimate_reproduces_a_published_row_from_its_command_line(tmp_path: Path) -> None:
+    """benchmarks/published row nb40-m1max-llama8b: llama-bench of a Llama-3.1-8B Q4_K_M (the factory's
+    llama-3-8b is the same shape and quant mix) on an Apple M1 Max, pasted as it was run."""
+    rows = (Path(__file__).resolve().parent.parent / "benchmarks" / "published" / "measurements.jsonl")
+    row = next(json.loads(x) for x in rows.read_text().splitlines() if '"nb40-m1max-llama8b"' in x)
+    model = write_model("llama-3-8b", tmp_path / "Llama-3.1-8B-Q4_K_M.gguf")[0]
+    j = _json("--gpu", "m1-max-64g", "--ram", f"{row['ram_gib']}G", "--", "llama-bench", "-m", str(model),
+              "-p", str(row["test"]["pp_tokens"]), "-n", str(row["test"]["tg_tokens"]))
+    assert j["decode"]["n_past"] == row["test"]["depth"] == 0
+    assert j["decode"]["tokens_per_second"] == pytest.approx(row["tg_tps"], rel=0.2)
+    assert j["prefill"]["n_tokens"] == row["test"]["pp_tokens"]
+    assert j["prefill"]["tokens_per_second"] == pytest.approx(row["pp_tps"], rel=0.3)

@@ -79,6 +79,9 @@ def render(p: Plan, args: LlamaArgs, script_dir: Path | None, explain: bool) -> 
         rows.append([b.name, f"{b.decode_tps:.2f}", f"{b.prefill_tps:.0f}", "yes" if b.fits else "NO",
                      f"{delta:+.1f}%", b.note])
     out += table(["placement", "decode tok/s", "prompt tok/s", "fits", "plan vs it", "note"], rows, {1, 2})
+    pre = base.estimate.prefill
+    out.append(f"  (decode at depth {base.estimate.decode_batch1.n_past}, the full context: its slowest point; prompt: "
+               f"{pre.n_tokens or pre.n_ubatch} tokens at depth {pre.depth})")
     out.append("")
     out.append(f"solver: {p.optimality}, {p.solve_seconds * 1000:.0f} ms")
     out.append("")
