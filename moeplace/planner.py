@@ -19,13 +19,6 @@ import numpy as np
 
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import HOST_NAME, Device, runtime_overhead
-from moeplace.llamacpp import (
-    check_portable_pattern,
-    cpu_moe_placement,
-    fit_placement,
-    n_cpu_moe_placement,
-    smallest_n_cpu_moe,
-)
 from moeplace.memory import (
     DEFAULT_MARGIN,
     RunConfig,
@@ -40,6 +33,9 @@ from moeplace.placement import Placement, default_tensor_device, layer_placement
 from moeplace.sizes import format_size
 from moeplace.solver import HOST_INDEX, LayerItems, Movable, Problem, Solution, solve, solve_cp_sat
 from moeplace.speed import Estimate, ExpertProbs, LinearCosts, estimate, linear_seconds
+from moeplace.targets.fit import fit_placement
+from moeplace.targets.llamacpp_baselines import cpu_moe_placement, n_cpu_moe_placement, smallest_n_cpu_moe
+from moeplace.targets.llamacpp_rules import check_portable_pattern
 
 
 class PlanError(MoeplaceError):

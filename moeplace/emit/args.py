@@ -27,10 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from moeplace.errors import MoeplaceError
-from moeplace.llamacpp import Expression, Override, express, parse_override_arg, rpc_endpoint
 from moeplace.memory import CACHE_TYPES
 from moeplace.model import ModelDescription
 from moeplace.placement import Placement
+from moeplace.targets.llamacpp_rules import Override, parse_override_arg, rpc_endpoint
+from moeplace.targets.patterns import Expression, express
 
 _UNQUANTIZED = ("f32", "f16", "bf16")
 
