@@ -145,6 +145,13 @@ class Plan:
     reasons: tuple[LayerReason, ...]
     pins: tuple[Pin, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    profile: ExpertProbs | None = None
+
+    def score(self, placement: Placement, name: str, note: str = "") -> Candidate:
+        """Another placement scored exactly as the plan was (same settings, workload, profile and margin): what
+        an engine that cannot express the plan gets instead."""
+        return _score(self.model, placement, self.cfg, self.devices, self.workload, self.profile, self.margin, name,
+                      note)
 
     @property
     def placement(self) -> Placement:
@@ -401,7 +408,7 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
         used = "its placement is used" if sol is cp else "the dynamic programme's answer is as good and is used"
         optimality += f"; CP-SAT: {found}, {used}"
     return Plan(model, devices, cfg, workload, margin, chosen, tuple(base), budgets, sol, elapsed, optimality,
-                _reasons(problem, sol), tuple(pins), tuple(warnings))
+                _reasons(problem, sol), tuple(pins), tuple(warnings), profile)
 
 
 # Decode speed a longer context may cost before -c auto stops growing it.

@@ -21,6 +21,10 @@ from moeplace.plot import placement_grid, write_grid
 from moeplace.ranges import format_ranges
 from moeplace.routing import check_profile, expert_probs, load_profile
 from moeplace.sizes import format_size
+from moeplace.targets.base import Emission, Target
+from moeplace.targets.builds import EngineBuild, find_binary, read_build
+from moeplace.targets.files import write_files
+from moeplace.targets.registry import TARGETS, get_target
 
 
 class ContextType(click.ParamType):
@@ -40,7 +44,8 @@ class ContextType(click.ParamType):
         return n
 
 
-def render(p: Plan, args: LlamaArgs, script_dir: Path | None, explain: bool) -> list[str]:
+def render(p: Plan, args: LlamaArgs | None, script_dir: Path | None, explain: bool,
+           emission: Emission | None = None) -> list[str]:
     """The plan for a person: where things go, memory per device, speed beside the baselines, the command."""
     m, e, cfg = p.model, p.estimate, p.cfg
     gpus = [n for n in p.devices if n != HOST_NAME]
@@ -81,10 +86,19 @@ def render(p: Plan, args: LlamaArgs, script_dir: Path | None, explain: bool) -> 
     out.append("")
     out.append(f"solver: {p.optimality}, {p.solve_seconds * 1000:.0f} ms")
     out.append("")
-    out.append("command:")
-    out.append("  " + args.shell_line("llama-server"))
+    if emission is not None and emission.approximation is not None:
+        a = emission.approximation
+        out.append(f"{emission.target} can get {a.decode_tps:.1f} tok/s of the plan's {base.decode_tps:.1f} "
+                   f"({a.name}; prompt {a.prefill_tps:.0f} tok/s{'' if a.fits else ', does NOT fit'})")
+        out.append("")
+    out.append("command:" if emission is None else f"command ({emission.target}):")
+    out.append("  " + (emission.command if emission is not None or args is None else args.shell_line("llama-server")))
     if script_dir is not None:
-        out.append(f"scripts: {script_dir}/ (server.sh, server.ps1, cli.sh, cli.ps1, llama-swap.yaml, plan.json)")
+        names = ", ".join(emission.files) if emission is not None else \
+            "server.sh, server.ps1, cli.sh, cli.ps1, llama-swap.yaml, plan.json"
+        out.append(f"scripts: {script_dir}/ ({names})")
+    for n in emission.notes if emission is not None else ():
+        out.append(f"note: {n}")
     for w in p.warnings:
         out.append(f"warning: {w}")
     for n in e.notes:
@@ -147,6 +161,11 @@ Examples:
 @click.option("--no-scripts", is_flag=True, help="Print the plan only; write no files.")
 @click.option("--map", "map_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Draw where every block's tensors live (.svg, or .png with matplotlib).")
+@click.option("--target", "target_name", type=click.Choice(list(TARGETS)), default="llama.cpp", show_default=True,
+              help="The engine to plan for: its placement rules, baselines, flags and files.")
+@click.option("--engine-bin", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="The engine's binary: its --help decides which flags are written (default: the one on PATH, "
+                   "else a stated default build).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="llama-server address in the scripts.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
               help="llama-server port in the scripts.")
@@ -156,7 +175,8 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
           n_ubatch: int, flash_attn: str, n_seq_max: int, kv_unified: bool, swa_full: bool, no_kv_offload: bool,
           no_op_offload: bool, workload: str, pins: tuple[str, ...], profile_path: Path | None, solver: str,
           time_limit: float, explain: bool,
-          as_json: bool, out_dir: Path | None, no_scripts: bool, map_path: Path | None, host: str, port: int) -> None:
+          as_json: bool, out_dir: Path | None, no_scripts: bool, map_path: Path | None, target_name: str,
+          engine_bin: Path | None, host: str, port: int) -> None:
     md = load_model(model)
     devices = devices_from(gpus, backend, ram, ram_bw, calibration)
     if len(devices) == 1:
@@ -169,6 +189,9 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
                           n_batch=n_batch, n_ubatch=n_ubatch, flash_attn=flash_attn, n_seq_max=n_seq_max,
                           kv_unified=kv_unified, swa_full=swa_full, no_kv_offload=no_kv_offload,
                           no_op_offload=no_op_offload)
+    target = get_target(target_name)
+    target.check(md, cfg, [n for n in devices if n != HOST_NAME])
+    build = engine_build(target, engine_bin)
     wl = parse_workload(workload, n_seq_max)
     pin_list = [parse_pin(x, list(devices)) for x in pins]
     profile = None
@@ -180,23 +203,28 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
     trade: list[Plan] = []
     if ctx_auto:
         chosen, trade = auto_context(md, devices, cfg, workload=wl, margin=margin_b, pins=pin_list, profile=profile,
-                                     solver=solver, time_limit=time_limit)
+                                     solver=solver, time_limit=time_limit, target=target)
     else:
         chosen = plan(md, devices, cfg, workload=wl, margin=margin_b, pins=pin_list, profile=profile, solver=solver,
-                      time_limit=time_limit)
+                      time_limit=time_limit, target=target)
     gpu_names = tuple(n for n in devices if n != HOST_NAME)
     settings = RunSettings(model_path=md.paths[0], n_ctx=chosen.estimate.context.n_ctx, devices=gpu_names,
                            cache_type_k=type_k, cache_type_v=type_v, flash_attn=chosen.cfg.flash_attn,
                            n_ubatch=n_ubatch, n_batch=n_batch, n_parallel=n_seq_max, kv_offload=not no_kv_offload)
-    args = build_args(md, chosen.placement, settings)
+    default_dir = Path("moeplace-" + re.sub(r"[^A-Za-z0-9._-]+", "-", md.name).strip("-."))
+    if target.name != "llama.cpp":
+        emission = target.emit(chosen, settings, build, out_dir or default_dir)
+        emit_target(md, chosen, emission, out_dir or default_dir, no_scripts, map_path, as_json, explain)
+        return
+    args = build_args(md, chosen.placement, settings, build)
     if map_path is not None:
         write_grid(placement_grid(md, chosen.placement), map_path)
     script_dir = None
     if not no_scripts:
-        default_dir = Path("moeplace-" + re.sub(r"[^A-Za-z0-9._-]+", "-", md.name).strip("-."))
         script_dir = write_script_set(out_dir or default_dir, chosen, args, host, port)
     if as_json:
         doc = plan_document(md, chosen.placement, args, prediction(chosen))
+        doc["build"] = build.describe()
         if trade:
             doc["context_trade"] = [{"n_ctx": t.estimate.context.n_ctx, "decode_tokens_per_second": t.chosen.decode_tps,
                                      "kv_bytes": sum(b.kv for b in t.estimate.memory.values())} for t in trade]
@@ -205,6 +233,7 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
         click.echo(json.dumps(doc, indent=1))
         return
     lines = render(chosen, args, script_dir, explain)
+    lines.append(f"flags for: {build.describe()}")
     if trade:
         lines += ["", "Context trade (-c auto):"]
         lines += table(["context", "KV total", "decode tok/s", "prompt tok/s"],
@@ -213,3 +242,36 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
     click.echo("\n".join(lines))
 
 
+
+
+def engine_build(target: Target, engine_bin: Path | None) -> EngineBuild:
+    """The build whose flags are written: ``--engine-bin``, else the target's binary on PATH, else its default."""
+    if engine_bin is not None:
+        return read_build(target.name, engine_bin)
+    found = find_binary(getattr(target, "binaries", ()))
+    return read_build(target.name, found) if found else target.default_build()
+
+
+def emit_target(md: Any, chosen: Plan, emission: Emission, out_dir: Path, no_scripts: bool, map_path: Path | None,
+                as_json: bool, explain: bool) -> None:
+    """Prints and writes another engine's plan: its command, its files, and its approximation's cost."""
+    doc: dict[str, Any] = {"schema": "moeplace.target-plan/1", "target": emission.target, "command": emission.command,
+                           "argv": list(emission.argv), "files": sorted(emission.files), "notes": list(emission.notes),
+                           "engine": dict(emission.document), "prediction": prediction(chosen)}
+    if emission.approximation is not None:
+        a = emission.approximation
+        doc["approximation"] = {"name": a.name, "decode_tokens_per_second": a.decode_tps,
+                                "prompt_tokens_per_second": a.prefill_tps, "fits": a.fits, "note": a.note}
+    files = dict(emission.files)
+    files.setdefault("plan.json", json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    script_dir = None if no_scripts else write_files(out_dir, files)
+    if map_path is not None:
+        write_grid(placement_grid(md, chosen.placement), map_path)
+    if as_json:
+        if script_dir is not None:
+            doc["scripts"] = str(script_dir)
+        click.echo(json.dumps(doc, indent=1))
+        return
+    lines = render(chosen, None, script_dir, explain, Emission(emission.target, emission.command, files,
+                                                                emission.approximation, emission.notes))
+    click.echo("\n".join(lines))

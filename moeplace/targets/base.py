@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from moeplace.errors import MoeplaceError
@@ -106,6 +107,7 @@ class Target(Protocol):
         """The placements the engine's own options give on this hardware."""
         ...
 
-    def emit(self, plan: Plan, settings: RunSettings, build: EngineBuild) -> Emission:
-        """The command and files that run ``plan`` in this engine, verified against its rules."""
+    def emit(self, plan: Plan, settings: RunSettings, build: EngineBuild, out_dir: Path | None = None) -> Emission:
+        """The command and files that run ``plan`` in this engine, verified against its rules. ``out_dir`` is where
+        the files will be written, for targets that merge into a file already there."""
         ...

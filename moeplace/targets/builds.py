@@ -86,7 +86,7 @@ def read_build(engine: str, binary: str | os.PathLike[str]) -> EngineBuild:
 def stored_build(engine: str, resource: str) -> EngineBuild:
     """A build from a stored help text; its first line (``# source: ...``) says where the text came from and
     ``# version: ...`` the version line."""
-    text = resources.files("moeplace.data").joinpath("help", resource).read_text(encoding="utf-8")
+    text = resources.files("moeplace").joinpath("data").joinpath("help").joinpath(resource).read_text(encoding="utf-8")
     meta = dict(re.findall(r"^# (\w+): (.*)$", text, flags=re.M))
     body = "\n".join(x for x in text.splitlines() if not x.startswith("# "))
     return parse_build(engine, meta.get("version", "unknown"), body,

@@ -29,6 +29,7 @@ Its placement rules, read from ikawrakow/ik_llama.cpp@8337e4cd3861 (2026-08-15):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from moeplace.memory import RunConfig
@@ -185,7 +186,8 @@ class IkLlamaCpp:
             notes.append("no -rtr: it turns mmap off, and host RAM does not hold the host's weights")
         return args, notes
 
-    def emit(self, plan: Plan, settings: RunSettings, build: EngineBuild) -> Emission:
+    def emit(self, plan: Plan, settings: RunSettings, build: EngineBuild,
+             out_dir: Path | None = None) -> Emission:
         from dataclasses import replace
 
         from moeplace.emit.args import build_args

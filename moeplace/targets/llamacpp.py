@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from moeplace.memory import RunConfig
@@ -59,7 +60,8 @@ class LlamaCpp:
     def baselines(self, ctx: BaselineContext) -> list[Baseline]:
         return llamacpp_baselines(ctx)
 
-    def emit(self, plan: Plan, settings: RunSettings, build: EngineBuild) -> Emission:
+    def emit(self, plan: Plan, settings: RunSettings, build: EngineBuild,
+             out_dir: Path | None = None) -> Emission:
         from moeplace.emit.args import build_args
         from moeplace.emit.scripts import (
             llama_swap_entry,
