@@ -40,7 +40,8 @@ class EngineBuild:
         return flag in self.flags
 
     def describe(self) -> str:
-        return f"{self.engine} {self.version} ({self.source})"
+        """Engine, version and the short form of the source (``binary PATH`` or ``stored help text NAME``)."""
+        return f"{self.engine} {self.version} ({self.source.split(':', 1)[0]})"
 
 
 def help_flags(text: str) -> frozenset[str]:
