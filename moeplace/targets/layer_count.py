@@ -12,6 +12,7 @@ same estimate as the plan (:meth:`moeplace.planner.Plan.score`), so the two spee
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -86,19 +87,15 @@ def nearest(plan: Plan, expert_layers: bool, label: Callable[[int, int], str]) -
 
 
 def exact_ratio(count: int, total: int) -> float:
-    """A float ``r`` with ``r * total == count`` exactly in binary64 (and so ``floor``, ``round`` and ``ceil`` of it
-    all give ``count``): engines that store a layer count as a ratio then recover the count whatever rounding
-    they apply."""
-    if total <= 0:
-        raise ValueError("total must be positive")
+    """A float ``r`` for ``count / total`` that an engine storing a layer count as a ratio turns back into
+    ``count``: ``r * total == count`` exactly where binary64 has such an ``r``; otherwise (3/47 has none: products
+    of neighbouring floats step over 3.0) the smallest ``r`` with ``r * total`` above ``count``, so truncation and
+    rounding both give ``count`` (a ceiling would give one more)."""
+    if total <= 0 or not 0 <= count <= total:
+        raise ValueError(f"bad ratio {count}/{total}")
     r = count / total
-    if r * total == count:
-        return r
-    import math
-
-    for _ in range(64):  # a few ulps either way always suffice for counts of layers
-        for cand in (math.nextafter(r, 2.0), math.nextafter(r, -1.0)):
-            if cand * total == count:
-                return cand
-        r = math.nextafter(r, 2.0) if r * total < count else math.nextafter(r, -1.0)
-    raise ValueError(f"no binary64 ratio gives {count}/{total} exactly")
+    while r * total < count:
+        r = math.nextafter(r, 2.0)
+    while r > 0 and math.nextafter(r, -1.0) * total >= count:
+        r = math.nextafter(r, -1.0)
+    return r
