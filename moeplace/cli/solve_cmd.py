@@ -192,6 +192,8 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
     target = get_target(target_name)
     target.check(md, cfg, [n for n in devices if n != HOST_NAME])
     build = engine_build(target, engine_bin)
+    # a target whose rules depend on the build (ik_llama.cpp's --n-cpu-moe) is bound to it
+    target = target.for_build(build) if hasattr(target, "for_build") else target
     wl = parse_workload(workload, n_seq_max)
     pin_list = [parse_pin(x, list(devices)) for x in pins]
     profile = None

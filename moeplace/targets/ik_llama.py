@@ -11,11 +11,14 @@ Its placement rules, read from ikawrakow/ik_llama.cpp@8337e4cd3861 (2026-08-15):
 * ``-ot`` (``common/common.cpp``, ``parse_buft_overrides``): split on ``,``, then on the first ``=``; matched with
   ``std::regex_search``, the first match wins (``src/llama-load-tensors.cpp``, ``get_context_for_tensor``) —
   the same rule as mainline, so the same compact patterns verify.
-* ``--n-cpu-moe N`` on one GPU (``create_tensors_helper``): walking from the last non-NextN block *backwards*,
-  the first N blocks that have ``ffn_down_exps`` get ``blk\\.i\\.ffn_(up|down|gate|gate_up)_exps\\.(weight|scale)``
-  → CPU, appended after the user's ``-ot`` items: the **last** N MoE blocks, not the first (issue 2262; the help
-  text still says "first"). ``--cpu-moe`` is ``ncmoe = 999``, every MoE block. Expert biases (gpt-oss) and
-  chunked ``_chexps`` tensors are not matched by these patterns, so they stay with their layer.
+* ``--n-cpu-moe N`` on one GPU (``create_tensors_helper``): since PR 2262 (commit da2293ded, build 4797), walking
+  from the last non-NextN block *backwards*, the first N blocks that have ``ffn_down_exps`` get
+  ``blk\\.i\\.ffn_(up|down|gate|gate_up)_exps\\.(weight|scale)`` → CPU, appended after the user's ``-ot`` items: the
+  **last** N MoE blocks (the help text still says "first"). Older builds add the same pattern for blocks
+  ``0..N-1``, like mainline; the build number from ``--version`` decides which rule a baseline uses (the
+  ik-llama-cpp-python 0.1.5 wheel is such an older build, and its log shows the first-N rule). ``--cpu-moe`` is
+  ``ncmoe = 999``, every MoE block. Expert biases (gpt-oss) and chunked ``_chexps`` tensors are not matched by
+  these patterns, so they stay with their layer.
 * ``-fmoe`` (fused MoE) is on by default and no longer a flag in current builds; older builds that list it get it.
 * ``-rtr`` repacks tensors at load time and turns mmap off: the host's weights are read into RAM, so it is only
   written when host RAM holds them without paging.
@@ -28,6 +31,7 @@ Its placement rules, read from ikawrakow/ik_llama.cpp@8337e4cd3861 (2026-08-15):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -106,8 +110,22 @@ def layer_arguments(placement: Placement, devices: Sequence[str]) -> tuple[int, 
 RULES = LayerRules("ik_llama.cpp", apply, layer_arguments)
 
 
-def n_cpu_moe_overrides(model: ModelDescription, n: int) -> tuple[Override, ...]:
-    """What ``--n-cpu-moe n`` appends on one GPU: the last ``n`` blocks with ``ffn_down_exps``, backwards."""
+# ik_llama.cpp's build number (git rev-list --count) of da2293ded, "Better placement of MoE tensors with -ncmoe and
+# 1 GPU (#2262)": from it on, --n-cpu-moe counts MoE blocks from the back.
+LAST_N_SINCE_BUILD = 4797
+
+
+def counts_from_back(build: EngineBuild | None) -> bool:
+    """Whether ``build``'s ``--n-cpu-moe`` takes the last MoE blocks (True for an unknown build number)."""
+    m = re.search(r"version: (\d+)", build.version) if build is not None else None
+    return m is None or int(m.group(1)) >= LAST_N_SINCE_BUILD
+
+
+def n_cpu_moe_overrides(model: ModelDescription, n: int, from_back: bool = True) -> tuple[Override, ...]:
+    """What ``--n-cpu-moe n`` appends on one GPU: the last ``n`` blocks with ``ffn_down_exps``, backwards; with
+    ``from_back`` False (builds before 4797), blocks ``0..n-1`` whatever they hold."""
+    if not from_back:
+        return tuple(Override(rf"blk\.{il}{IK_EXPS}", HOST) for il in range(min(n, model.hparams.n_layer)))
     last = model.hparams.n_layer - model.hparams.nextn_layers
     names = {t.name for t in model.tensors}
     out: list[Override] = []
@@ -119,20 +137,20 @@ def n_cpu_moe_overrides(model: ModelDescription, n: int) -> tuple[Override, ...]
     return tuple(out)
 
 
-def n_cpu_moe_placement(model: ModelDescription, n: int, devices: Sequence[str]) -> Placement:
-    return apply(model, -1, None, n_cpu_moe_overrides(model, n), devices)
+def n_cpu_moe_placement(model: ModelDescription, n: int, devices: Sequence[str], from_back: bool = True) -> Placement:
+    return apply(model, -1, None, n_cpu_moe_overrides(model, n, from_back), devices)
 
 
-def smallest_n_cpu_moe(model: ModelDescription, fits: Callable[[Placement], bool],
-                       devices: Sequence[str]) -> int | None:
+def smallest_n_cpu_moe(model: ModelDescription, fits: Callable[[Placement], bool], devices: Sequence[str],
+                       from_back: bool = True) -> int | None:
     """Bisection, as for mainline: more blocks' experts on the host only frees GPU memory."""
-    n_moe = len(n_cpu_moe_overrides(model, model.hparams.n_layer))
-    if not fits(n_cpu_moe_placement(model, n_moe, devices)):
+    n_top = len(n_cpu_moe_overrides(model, model.hparams.n_layer)) if from_back else model.hparams.n_layer
+    if not fits(n_cpu_moe_placement(model, n_top, devices, from_back)):
         return None
-    lo, hi = 0, n_moe
+    lo, hi = 0, n_top
     while lo < hi:
         mid = (lo + hi) // 2
-        if fits(n_cpu_moe_placement(model, mid, devices)):
+        if fits(n_cpu_moe_placement(model, mid, devices, from_back)):
             hi = mid
         else:
             lo = mid + 1
@@ -145,6 +163,13 @@ class IkLlamaCpp:
     layer_order = LayerOrder.CONTIGUOUS_RUNS
     buffer_names = BUFFER_FORMS
     binaries = ("llama-server",)
+
+    def __init__(self, build: EngineBuild | None = None) -> None:
+        self.build = build
+
+    def for_build(self, build: EngineBuild) -> IkLlamaCpp:
+        """This target for a given build (its --n-cpu-moe rule depends on the build number)."""
+        return IkLlamaCpp(build)
 
     def default_build(self) -> EngineBuild:
         return stored_build(self.name, DEFAULT_HELP)
@@ -159,10 +184,12 @@ class IkLlamaCpp:
         if not gpus or not model.is_moe or len(gpus) > 1:
             return []
         out = []
-        n = smallest_n_cpu_moe(model, ctx.fits, gpus)
+        back = counts_from_back(self.build)
+        n = smallest_n_cpu_moe(model, ctx.fits, gpus, back)
         if n is not None:
-            out.append(Baseline(f"ik --n-cpu-moe {n}", n_cpu_moe_placement(model, n, gpus),
-                                "smallest N that fits (ik_llama.cpp: the last N MoE blocks)"))
+            which = "the last N MoE blocks" if back else "blocks 0..N-1 (a build before 4797)"
+            out.append(Baseline(f"ik --n-cpu-moe {n}", n_cpu_moe_placement(model, n, gpus, back),
+                                f"smallest N that fits (ik_llama.cpp: {which})"))
         out.append(Baseline("ik --cpu-moe", apply(model, -1, None, n_cpu_moe_overrides(model, model.hparams.n_layer),
                                                   gpus), "every routed expert on the host"))
         return out
