@@ -3,7 +3,7 @@ of kt-kernel's own selection rule (global top-N of the table) onto the planned e
 
 from __future__ import annotations
 
-import io
+import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +17,7 @@ from moeplace.memory import RunConfig
 from moeplace.model import load_model
 from moeplace.planner import plan
 from moeplace.targets.base import TargetError
-from moeplace.targets.ktransformers import FREQ_FILE, PLACEMENT_FILE, SCRIPT, kt_masks, plan_experts
+from moeplace.targets.ktransformers import PLACEMENT_FILE, SCRIPT, kt_masks, plan_experts
 from moeplace.targets.registry import get_target
 
 
@@ -42,12 +42,10 @@ def test_files_parse_and_replay_under_kt_kernels_rule(kt_plan, tmp_path: Path) -
     t = get_target("ktransformers")
     e = t.emit(kt_plan, RunSettings(model_path=kt_plan.model.paths[0], n_ctx=16384, devices=("CUDA0",)),
                t.default_build(), tmp_path)
-    table = np.load(io.BytesIO(e.files[FREQ_FILE]), allow_pickle=False)
-    m = kt_plan.model
-    assert table.shape == (1, m.hparams.n_layer, m.hparams.n_expert) and table.dtype == np.float32
-    import json
-
     doc = json.loads(e.files[PLACEMENT_FILE])
+    table = np.asarray(doc["logical_count"], dtype=np.float32)  # what the launch script hands torch.tensor
+    m = kt_plan.model
+    assert table.shape == (1, m.hparams.n_layer, m.hparams.n_expert)
     per_layer = doc["per_layer_flag"]
     assert doc["total"] == per_layer * len(doc["layers"])  # --kt-num-gpu-experts is per MoE layer
     mask = kt_masks(table, per_layer * len(doc["layers"]))  # kt-kernel's generate_gpu_experts_masks

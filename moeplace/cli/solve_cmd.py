@@ -16,6 +16,7 @@ from moeplace.emit.scripts import plan_document, prediction, write_script_set
 from moeplace.hardware import HOST_NAME
 from moeplace.memory import DEFAULT_MARGIN
 from moeplace.model import load_model
+from moeplace.outfiles import output_path
 from moeplace.planner import Plan, auto_context, parse_pin, parse_workload, plan
 from moeplace.plot import placement_grid, write_grid
 from moeplace.ranges import format_ranges
@@ -156,10 +157,12 @@ Examples:
               help="Seconds CP-SAT may search.")
 @click.option("--explain", is_flag=True, help="Show why each block's experts went where they did.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (schema moeplace.plan/1).")
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Folder for the launch scripts (default: moeplace-<model>/ in the current folder).")
+@click.option("-o", "--out", "out_dir", default=None, metavar="DIR",
+              help="Folder for the launch scripts (default: moeplace-<model>/ in the current folder); created if "
+                   "missing. Only moeplace's own six files are written there: a same-named file moeplace did not "
+                   "write stops the run, and nothing else in the folder is touched.")
 @click.option("--no-scripts", is_flag=True, help="Print the plan only; write no files.")
-@click.option("--map", "map_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--map", "map_path", default=None, metavar="FILE",
               help="Draw where every block's tensors live (.svg, or .png with matplotlib).")
 @click.option("--target", "target_name", type=click.Choice(list(TARGETS)), default="llama.cpp", show_default=True,
               help="The engine to plan for: its placement rules, baselines, flags and files.")
@@ -175,7 +178,7 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
           n_ubatch: int, flash_attn: str, n_seq_max: int, kv_unified: bool, swa_full: bool, no_kv_offload: bool,
           no_op_offload: bool, workload: str, pins: tuple[str, ...], profile_path: Path | None, solver: str,
           time_limit: float, explain: bool,
-          as_json: bool, out_dir: Path | None, no_scripts: bool, map_path: Path | None, target_name: str,
+          as_json: bool, out_dir: str | None, no_scripts: bool, map_path: str | None, target_name: str,
           engine_bin: Path | None, host: str, port: int) -> None:
     md = load_model(model)
     devices = devices_from(gpus, backend, ram, ram_bw, calibration)
@@ -210,20 +213,22 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
         chosen = plan(md, devices, cfg, workload=wl, margin=margin_b, pins=pin_list, profile=profile, solver=solver,
                       time_limit=time_limit, target=target)
     gpu_names = tuple(n for n in devices if n != HOST_NAME)
-    settings = RunSettings(model_path=md.paths[0], n_ctx=chosen.estimate.context.n_ctx, devices=gpu_names,
+    # Absolute, so the scripts, llama-swap entry and plan.json work from any folder.
+    settings = RunSettings(model_path=md.paths[0].absolute(), n_ctx=chosen.estimate.context.n_ctx, devices=gpu_names,
                            cache_type_k=type_k, cache_type_v=type_v, flash_attn=chosen.cfg.flash_attn,
                            n_ubatch=n_ubatch, n_batch=n_batch, n_parallel=n_seq_max, kv_offload=not no_kv_offload)
-    default_dir = Path("moeplace-" + re.sub(r"[^A-Za-z0-9._-]+", "-", md.name).strip("-."))
+    default_dir = "moeplace-" + re.sub(r"[^A-Za-z0-9._-]+", "-", md.name).strip("-.")
+    directory = default_dir if out_dir is None else out_dir
     if target.name != "llama.cpp":
-        emission = target.emit(chosen, settings, build, out_dir or default_dir)
-        emit_target(md, chosen, emission, out_dir or default_dir, no_scripts, map_path, as_json, explain)
+        emission = target.emit(chosen, settings, build, output_path(directory, "output folder"))
+        emit_target(md, chosen, emission, directory, no_scripts, map_path, as_json, explain)
         return
     args = build_args(md, chosen.placement, settings, build)
-    if map_path is not None:
-        write_grid(placement_grid(md, chosen.placement), map_path)
     script_dir = None
     if not no_scripts:
-        script_dir = write_script_set(out_dir or default_dir, chosen, args, host, port)
+        script_dir = write_script_set(directory, chosen, args, host, port)
+    if map_path is not None:
+        write_grid(placement_grid(md, chosen.placement), output_path(map_path, "--map"))
     if as_json:
         doc = plan_document(md, chosen.placement, args, prediction(chosen))
         doc["build"] = build.describe()
@@ -254,10 +259,11 @@ def engine_build(target: Target, engine_bin: Path | None) -> EngineBuild:
     return read_build(target.name, found) if found else target.default_build()
 
 
-def emit_target(md: Any, chosen: Plan, emission: Emission, out_dir: Path, no_scripts: bool, map_path: Path | None,
+def emit_target(md: Any, chosen: Plan, emission: Emission, out_dir: str, no_scripts: bool, map_path: str | None,
                 as_json: bool, explain: bool) -> None:
     """Prints and writes another engine's plan: its command, its files, and its approximation's cost."""
-    doc: dict[str, Any] = {"schema": "moeplace.target-plan/1", "target": emission.target, "command": emission.command,
+    doc: dict[str, Any] = {"generator": "Generated by moeplace", "schema": "moeplace.target-plan/1",
+                           "target": emission.target, "command": emission.command,
                            "argv": list(emission.argv), "files": sorted(emission.files), "notes": list(emission.notes),
                            "engine": dict(emission.document), "prediction": prediction(chosen)}
     if emission.approximation is not None:
@@ -266,9 +272,9 @@ def emit_target(md: Any, chosen: Plan, emission: Emission, out_dir: Path, no_scr
                                 "prompt_tokens_per_second": a.prefill_tps, "fits": a.fits, "note": a.note}
     files = dict(emission.files)
     files.setdefault("plan.json", json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
-    script_dir = None if no_scripts else write_files(out_dir, files)
+    script_dir = None if no_scripts else write_files(out_dir, files, emission.replaceable)
     if map_path is not None:
-        write_grid(placement_grid(md, chosen.placement), map_path)
+        write_grid(placement_grid(md, chosen.placement), output_path(map_path, "--map"))
     if as_json:
         if script_dir is not None:
             doc["scripts"] = str(script_dir)

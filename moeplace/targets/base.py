@@ -85,6 +85,9 @@ class Emission:
     notes: tuple[str, ...] = ()
     document: Mapping[str, Any] = field(default_factory=dict)
     argv: tuple[str, ...] = ()
+    # files an earlier one of which may be replaced without moeplace's marker: the target read it and carries its
+    # content over (a merged presets INI), or its format has no room for a marker (LM Studio's config)
+    replaceable: tuple[str, ...] = ()
 
 
 class Target(Protocol):

@@ -156,7 +156,8 @@ class LlamaServerPreset:
         text = merge(existing, name, lines)
         command = shlex.join(["llama-server", "--models-preset", os.path.abspath(path)])
         return Emission(self.name, command, {FILE_NAME: text}, document={"section": name, "build": build.describe()},
-                        notes=(f"section [{name}] in {FILE_NAME}; other sections are kept as they were",))
+                        notes=(f"section [{name}] in {FILE_NAME}; other sections are kept as they were",),
+                        replaceable=(FILE_NAME,))
 
 
 TARGET = LlamaServerPreset()

@@ -91,7 +91,7 @@ class LMStudio:
                  "the CPU; lms load has no flag for the MoE setting, so the config file (or the load settings) "
                  "carries it",)
         return Emission(self.name, command, {CONFIG_NAME: json.dumps(doc, indent=2) + "\n"}, cfg.candidate, notes,
-                        {"k": cfg.k, "n_cpu_expert_layers": cfg.n, "config": doc})
+                        {"k": cfg.k, "n_cpu_expert_layers": cfg.n, "config": doc}, replaceable=(CONFIG_NAME,))
 
 
 TARGET = LMStudio()
