@@ -43,8 +43,7 @@ def test_each_target_plans_writes_and_prints_a_command(target: str, model_path: 
     assert COMMAND[target] in text
     for f in FILES[target]:
         assert (out / f).is_file(), f
-    if target != "llama.cpp":  # the llama.cpp set goes through emit.scripts.write_script_set (issue 14)
-        assert (out / "keep" / "mine.txt").read_text() == "not moeplace's"
+    assert (out / "keep" / "mine.txt").read_text() == "not moeplace's"
     plan_doc = json.loads((out / "plan.json").read_text())
     assert plan_doc.get("target", "llama.cpp") == target or "llama_cpp" in plan_doc
     if target in ("lmstudio", "ollama"):

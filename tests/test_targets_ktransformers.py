@@ -17,7 +17,14 @@ from moeplace.memory import RunConfig
 from moeplace.model import load_model
 from moeplace.planner import plan
 from moeplace.targets.base import TargetError
-from moeplace.targets.ktransformers import PLACEMENT_FILE, SCRIPT, kt_masks, plan_experts
+from moeplace.targets.ktransformers import (
+    PLACEMENT_FILE,
+    SCRIPT,
+    count_flag,
+    kt_masks,
+    num_gpu_experts,
+    plan_experts,
+)
 from moeplace.targets.registry import get_target
 
 
@@ -46,13 +53,14 @@ def test_files_parse_and_replay_under_kt_kernels_rule(kt_plan, tmp_path: Path) -
     table = np.asarray(doc["logical_count"], dtype=np.float32)  # what the launch script hands torch.tensor
     m = kt_plan.model
     assert table.shape == (1, m.hparams.n_layer, m.hparams.n_expert)
-    per_layer = doc["per_layer_flag"]
-    assert doc["total"] == per_layer * len(doc["layers"])  # --kt-num-gpu-experts is per MoE layer
-    mask = kt_masks(table, per_layer * len(doc["layers"]))  # kt-kernel's generate_gpu_experts_masks
+    flag = tuple(doc["count_flag"])
+    n = num_gpu_experts(flag, len(doc["layers"]), m.hparams.n_expert)  # SGLang's arithmetic on the flag
+    assert n == doc["total"] == sum(len(x["gpu_experts"]) for x in doc["layers"].values())
+    mask = kt_masks(table, n)  # kt-kernel's generate_gpu_experts_masks
     for b, layer in doc["layers"].items():
         assert sorted(np.flatnonzero(mask[int(b)]).tolist()) == sorted(layer["gpu_experts"])
     assert doc["expert_bytes_on_gpu"] <= doc["budget_bytes"]
-    assert f"--kt-num-gpu-experts {per_layer}" in e.files[SCRIPT]
+    assert f"{flag[0]} {flag[1]}" in e.files[SCRIPT]
     (tmp_path / SCRIPT).write_text(e.files[SCRIPT])
     subprocess.run(["sh", "-n", str(tmp_path / SCRIPT)], check=True)
 
@@ -84,3 +92,10 @@ def test_dense_models_are_refused(model_path: Callable[[str], Path]) -> None:
     m = load_model(model_path("llama-3-8b"))
     with pytest.raises(TargetError, match="no experts"):
         get_target("ktransformers").check(m, RunConfig(), ["CUDA0"])
+
+
+@pytest.mark.parametrize("layers", [1, 3, 26, 45, 58, 60, 92])
+def test_count_flag_gives_exactly_n(layers: int) -> None:
+    for experts in (8, 128, 160, 256, 384):
+        for n in range(0, layers * experts + 1, max(1, layers * experts // 97)):
+            assert num_gpu_experts(count_flag(n, layers, experts), layers, experts) == n

@@ -3,7 +3,8 @@ the GPU, routed experts on the CPU except, per layer, its hottest experts, place
 
 How kt-kernel picks GPU experts, read from kvcache-ai/sglang ``python/sglang/srt/layers/moe/kt_utils.py``
 (``_init_kt_gpu_experts_masks``) and kt-kernel ``python/experts_base.py`` (``generate_gpu_experts_masks``):
-``--kt-num-gpu-experts X`` means X per MoE layer, so ``N = X × (MoE layers)`` experts in all; with
+``--kt-num-gpu-experts X`` means X per MoE layer, so ``N = X × (MoE layers)`` experts in all, and
+``--kt-gpu-experts-ratio r`` (which wins when both are given) means ``N = int(all experts × r)``; with
 ``--kt-expert-placement-strategy frequency`` and ``--init-expert-location FILE.pt`` it loads
 ``logical_count`` (shape ``[buffer, layers, experts]``, summed over the first axis) and puts the N experts with the
 largest counts *over the whole model* on the GPU (``torch.topk`` of the flattened table). Dense layers keep
@@ -17,9 +18,9 @@ So the file encodes the plan, not raw counts; ``kt-placement.json`` lists the ex
 
 The file kt-kernel reads is a torch ``.pt`` pickle. moeplace does not depend on torch, so it writes the table into
 ``kt-placement.json`` (``logical_count``, nested lists) and the launch script converts it with the torch that
-SGLang already needs, one ``torch.save`` call, before starting the server. The total is kept a multiple of the
-MoE layer count (the least valuable planned experts are dropped to get there) because ``--kt-num-gpu-experts`` is
-per layer.
+SGLang already needs, one ``torch.save`` call, before starting the server. N goes in as
+``--kt-num-gpu-experts N/L`` when the L MoE layers divide it, else as a ratio checked to give exactly N under
+SGLang's ``int(total * ratio)``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class ExpertPlan:
 
     layers: tuple[int, ...]  # MoE blocks, in order
     gpu_experts: Mapping[int, tuple[int, ...]]
-    per_layer: int  # --kt-num-gpu-experts
+    flag: tuple[str, str]  # ("--kt-num-gpu-experts", "X") or ("--kt-gpu-experts-ratio", "r")
     n_layers_table: int  # rows of the table: blocks without NextN (SGLang's num_hidden_layers)
     n_expert: int
     table: np.ndarray  # [1, n_layers_table, n_expert] float32
@@ -123,10 +124,6 @@ def plan_experts(plan: Plan, solver: str = "dp") -> ExpertPlan:
         sol = solve_dp(values, weights, capacity)
     sizes = [per_expert[b] for b in layers]
     counts = list(fill(values, sizes, budget, sol.counts))
-    # --kt-num-gpu-experts is per MoE layer: drop the least valuable planned experts down to a multiple
-    for _ in range(sum(counts) % len(layers)):
-        i = min((i for i in range(len(layers)) if counts[i]), key=lambda i: values[i][counts[i] - 1])
-        counts[i] -= 1
     chosen = {b: tuple(int(e) for e in order[b][:k]) for b, k in zip(layers, counts)}
     n_rows = model.hparams.n_layer - model.hparams.nextn_layers
     table = np.zeros((1, n_rows, n_exp), dtype=np.float32)
@@ -137,13 +134,35 @@ def plan_experts(plan: Plan, solver: str = "dp") -> ExpertPlan:
         table[0, b] = row
     t_cpu = plan.score(base, "all experts on the CPU").estimate.decode.seconds
     saved = sum(float(np.sum(v[:k])) for v, k in zip(values, counts))
-    per_layer = sum(counts) // len(layers)
-    # kt-kernel's uniform strategy: the first per_layer expert *indices* of every layer (masks[l, :k] = True)
-    uniform = sum(float(np.sum(probs[b][:per_layer])) * per_expert[b] * gain for b in layers)
+    flag = count_flag(sum(counts), len(layers), n_exp)
+    # kt-kernel's uniform strategy with the same N: N // L experts a layer, one more in the first N % L layers,
+    # the first expert *indices* of each (generate_uniform_masks: masks[l, :k] = True)
+    n_total = sum(counts)
+    even = [n_total // len(layers) + (i < n_total % len(layers)) for i in range(len(layers))]
+    uniform = sum(float(np.sum(probs[b][:k])) * per_expert[b] * gain for b, k in zip(layers, even))
     used = sum(k * per_expert[b] for b, k in zip(layers, counts))
-    return ExpertPlan(layers, chosen, per_layer, n_rows, n_exp, table, probs, budget, used,
+    return ExpertPlan(layers, chosen, flag, n_rows, n_exp, table, probs, budget, used,
                       1.0 / (t_cpu - saved), 1.0 / t_cpu, 1.0 / (t_cpu - uniform),
-                      sum(per_layer * per_expert[b] for b in layers))
+                      sum(k * per_expert[b] for b, k in zip(layers, even)))
+
+
+def count_flag(n: int, n_moe_layers: int, n_expert: int) -> tuple[str, str]:
+    """The SGLang flag that makes kt-kernel place exactly ``n`` experts in all (see the module docstring)."""
+    if n % n_moe_layers == 0:
+        return "--kt-num-gpu-experts", str(n // n_moe_layers)
+    total = n_moe_layers * n_expert
+    ratio = (n + 0.5) / total
+    if int(total * ratio) != n:  # SGLang's own expression; cannot miss with half an expert of slack, but check
+        raise TargetError(f"no ratio gives {n} of {total} experts")
+    return "--kt-gpu-experts-ratio", repr(ratio)
+
+
+def num_gpu_experts(flag: tuple[str, str], n_moe_layers: int, n_expert: int) -> int:
+    """What SGLang computes from the flag (kt_utils.py, ``_init_kt_gpu_experts_masks``)."""
+    name, value = flag
+    if name == "--kt-gpu-experts-ratio":
+        return int(n_moe_layers * n_expert * float(value))
+    return int(value) * n_moe_layers
 
 
 class KTransformers:
@@ -155,8 +174,8 @@ class KTransformers:
 
     def default_build(self) -> EngineBuild:
         return EngineBuild(self.name, "SGLang with kt-kernel (kvcache-ai/sglang)",
-                           frozenset({"--kt-num-gpu-experts", "--kt-expert-placement-strategy",
-                                      "--init-expert-location", "--kt-weight-path"}),
+                           frozenset({"--kt-num-gpu-experts", "--kt-gpu-experts-ratio",
+                                      "--kt-expert-placement-strategy", "--init-expert-location", "--kt-weight-path"}),
                            "flags of kvcache-ai/sglang server_args and kt_utils.py")
 
     def check(self, model: ModelDescription, cfg: RunConfig, devices: Sequence[str]) -> None:
@@ -170,19 +189,19 @@ class KTransformers:
 
     def emit(self, plan: Plan, settings: RunSettings, build: EngineBuild, out_dir: Path | None = None) -> Emission:
         ep = plan_experts(plan)
-        mask = kt_masks(ep.table, ep.per_layer * len(ep.layers))
+        mask = kt_masks(ep.table, num_gpu_experts(ep.flag, len(ep.layers), ep.n_expert))
         for b in ep.layers:  # the replay: kt-kernel's selection is the planned one, layer by layer
             if set(np.flatnonzero(mask[b]).tolist()) != set(ep.gpu_experts[b]):
                 raise TargetError(f"internal: kt-kernel's top-N would not reproduce block {b}'s planned experts")
         here = '"$(dirname "$0")"'
         convert = ("import json, sys, torch; t = json.load(open(sys.argv[1]))['logical_count']; "
                    "torch.save({'logical_count': torch.tensor(t, dtype=torch.float32)}, sys.argv[2])")
-        args = ["--kt-num-gpu-experts", str(ep.per_layer), "--kt-expert-placement-strategy", "frequency",
+        args = [*ep.flag, "--kt-expert-placement-strategy", "frequency",
                 "--context-length", str(plan.estimate.context.n_ctx)]
         script = "\n".join([
             "#!/bin/sh",
             f"# Generated by moeplace for {plan.model.name}: {ep.total} routed experts on the GPU "
-            f"({ep.per_layer} per MoE layer on average, placed by frequency).",
+            f"({ep.total / len(ep.layers):.1f} per MoE layer on average, placed by frequency).",
             "# kt-kernel reads a torch .pt: moeplace writes the table as JSON and converts it with SGLang's torch.",
             "set -eu",
             ': "${KT_MODEL_PATH:?set KT_MODEL_PATH to the model\'s Hugging Face folder}"',
@@ -193,7 +212,7 @@ class KTransformers:
             "  " + " ".join(shlex.quote(a) for a in args) + ' --init-expert-location "$dir/expert-location.pt" "$@"',
         ]) + "\n"
         placement = {"generator": "Generated by moeplace", "schema": "moeplace.kt-placement/1",
-                     "per_layer_flag": ep.per_layer, "total": ep.total,
+                     "count_flag": list(ep.flag), "total": ep.total,
                      "budget_bytes": ep.budget, "expert_bytes_on_gpu": ep.used,
                      "layers": {str(b): {"gpu_experts": list(ep.gpu_experts[b]),
                                          "probabilities": [round(float(x), 6) for x in ep.probs[b]]}
@@ -211,7 +230,7 @@ class KTransformers:
                  "expert on the CPU (linear model, batch 1)",
                  "without --profile every expert is equally likely, and the plan is an even spread")
         command = f"KT_MODEL_PATH=/path/to/hf-model sh {Path(out_dir or '.').resolve() / SCRIPT}"
-        doc: dict[str, Any] = {"per_layer": ep.per_layer, "total": ep.total, "decode_tps": ep.decode_tps}
+        doc: dict[str, Any] = {"count_flag": list(ep.flag), "total": ep.total, "decode_tps": ep.decode_tps}
         return Emission(self.name, command, files, None, notes if plan.profile is None else notes[:1], doc)
 
 
