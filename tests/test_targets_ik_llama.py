@@ -103,3 +103,18 @@ def test_baselines_are_iks_own(qwen_plan) -> None:
     names = [b.name for b in qwen_plan.baselines]
     assert any(n.startswith("ik --n-cpu-moe") for n in names) and "ik --cpu-moe" in names
     assert "--fit" not in names
+
+
+def test_layer_arguments_round_trip_and_refuse_what_ngl_cannot_say(model_path: Callable[[str], Path]) -> None:
+    from moeplace.placement import layer_placement
+
+    m = load_model(model_path("qwen3-30b-a3b"))
+    n = m.hparams.n_layer
+    host_prefix = layer_placement(m, (HOST,) * 5 + ("CUDA0",) * (n - 5), HOST)
+    ngl, split = IK.layer_arguments(host_prefix, ["CUDA0"])
+    assert (ngl, split) == (n - 5, None)
+    assert IK.apply(m, ngl, None, (), ["CUDA0"]) == host_prefix
+    with pytest.raises(NotExpressible, match="output"):
+        IK.layer_arguments(layer_placement(m, (HOST,) * 5 + ("CUDA0",) * (n - 5), "CUDA0"), ["CUDA0"])
+    every = layer_placement(m, ("CUDA0",) * n, "CUDA0")
+    assert IK.layer_arguments(every, ["CUDA0"]) == (n + 1, None)

@@ -18,7 +18,7 @@ def write_files(directory: str | os.PathLike[str], files: Mapping[str, str | byt
     out = {name: OutFile(data if isinstance(data, bytes) else file_bytes(name, data), name.endswith(".sh"))
            for name, data in files.items()}
 
-    def owned(path: Path) -> bool:
+    def owned(path: Path) -> bool:  # outfiles' own marker test (one copy of that rule), plus the named files
         return path.name in replaceable or _is_ours(path)
 
     return write_set(directory, out, owned).resolve()
