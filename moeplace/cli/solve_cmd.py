@@ -260,7 +260,7 @@ def engine_build(target: Target, engine_bin: Path | None) -> EngineBuild:
     """The build whose flags are written: ``--engine-bin``, else the target's binary on PATH, else its default."""
     if engine_bin is not None:
         return read_build(target.name, engine_bin)
-    found = find_binary(getattr(target, "binaries", ()))
+    found = find_binary(target.binaries)
     return read_build(target.name, found) if found else target.default_build()
 
 

@@ -13,7 +13,9 @@ A target answers the questions the planner and the emitters would otherwise hard
 * **KV rules** (:meth:`Target.check`), **buffer names**, and **how it writes arguments and files**
   (:meth:`Target.emit`), for a given :class:`~moeplace.targets.builds.EngineBuild` (the flags a build has).
 
-Adding an engine is one module with a ``TARGET`` object and one line in :mod:`moeplace.targets.registry`.
+Adding an engine is one module with a ``TARGET`` object and one line in :mod:`moeplace.targets.registry`. A target
+whose rules depend on the build (ik_llama.cpp's ``--n-cpu-moe``) also has ``for_build(build)``, returning itself
+bound to that build; ``solve`` calls it when present.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ class Target(Protocol):
     granularity: Granularity
     layer_order: LayerOrder
     buffer_names: str  # the device names its placement arguments take, for messages
+    binaries: tuple[str, ...]  # programs on PATH whose --help tells the build's flags (none: stated default only)
 
     def default_build(self) -> EngineBuild:
         """The build assumed when no binary is given (stated in the output)."""

@@ -227,7 +227,7 @@ class KTransformers:
                  f"left after attention, KV and compute); predicted {ep.decode_tps:.1f} tok/s decode against "
                  f"{ep.uniform_tps:.1f} for kt-kernel's uniform strategy ({ep.uniform_bytes / 2**30:.2f} GiB"
                  f"{', over the budget' if ep.uniform_bytes > ep.budget else ''}) and {ep.cpu_only_tps:.1f} with every "
-                 "expert on the CPU (linear model, batch 1)",
+                 "expert on the CPU (linear model, batch 1); the table above is the llama.cpp plan, for comparison",
                  "without --profile every expert is equally likely, and the plan is an even spread")
         command = f"KT_MODEL_PATH=/path/to/hf-model sh {Path(out_dir or '.').resolve() / SCRIPT}"
         doc: dict[str, Any] = {"count_flag": list(ep.flag), "total": ep.total, "decode_tps": ep.decode_tps}
