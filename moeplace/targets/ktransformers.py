@@ -40,6 +40,7 @@ from moeplace.targets.base import Baseline, BaselineContext, Emission, Granulari
 from moeplace.targets.builds import EngineBuild
 from moeplace.targets.expert_knapsack import fill, solve_cp_sat, solve_dp, units
 from moeplace.targets.llamacpp_baselines import cpu_moe_placement
+from moeplace.targets.llamacpp_rules import apply
 
 if TYPE_CHECKING:
     from moeplace.emit.args import RunSettings
@@ -62,7 +63,7 @@ class ExpertPlan:
     probs: Mapping[int, np.ndarray]
     budget: int
     used: int
-    decode_tps: float  # linear model: all experts on the CPU, less the time the GPU experts save
+    decode_tps: float  # interpolated between the all-CPU-experts and all-GPU estimates (see plan_experts)
     cpu_only_tps: float
     uniform_tps: float  # kt-kernel's uniform strategy with the same N
     uniform_bytes: int  # what that strategy puts on the GPU (it does not look at sizes)
@@ -132,7 +133,15 @@ def plan_experts(plan: Plan, solver: str = "dp") -> ExpertPlan:
         row = p.copy()
         row[list(chosen[b])] += 2.0
         table[0, b] = row
+    # Decode time: the full estimate of the two placements llama.cpp's rules can state (every routed expert on the
+    # CPU; everything on the GPU), interpolated by the share of the routed-expert read time moved to the GPU.
     t_cpu = plan.score(base, "all experts on the CPU").estimate.decode.seconds
+    t_gpu = plan.score(apply(model, -1, None, (), gpus), "everything on the GPU").estimate.decode.seconds
+    total_value = sum(float(np.sum(v)) for v in values)
+
+    def seconds(saved: float) -> float:
+        return t_gpu + (t_cpu - t_gpu) * (1.0 - saved / total_value) if total_value > 0 else t_cpu
+
     saved = sum(float(np.sum(v[:k])) for v, k in zip(values, counts))
     flag = count_flag(sum(counts), len(layers), n_exp)
     # kt-kernel's uniform strategy with the same N: N // L experts a layer, one more in the first N % L layers,
@@ -142,7 +151,7 @@ def plan_experts(plan: Plan, solver: str = "dp") -> ExpertPlan:
     uniform = sum(float(np.sum(probs[b][:k])) * per_expert[b] * gain for b, k in zip(layers, even))
     used = sum(k * per_expert[b] for b, k in zip(layers, counts))
     return ExpertPlan(layers, chosen, flag, n_rows, n_exp, table, probs, budget, used,
-                      1.0 / (t_cpu - saved), 1.0 / t_cpu, 1.0 / (t_cpu - uniform),
+                      1.0 / seconds(saved), 1.0 / t_cpu, 1.0 / seconds(uniform),
                       sum(k * per_expert[b] for b, k in zip(layers, even)))
 
 
@@ -227,7 +236,8 @@ class KTransformers:
                  f"left after attention, KV and compute); predicted {ep.decode_tps:.1f} tok/s decode against "
                  f"{ep.uniform_tps:.1f} for kt-kernel's uniform strategy ({ep.uniform_bytes / 2**30:.2f} GiB"
                  f"{', over the budget' if ep.uniform_bytes > ep.budget else ''}) and {ep.cpu_only_tps:.1f} with every "
-                 "expert on the CPU (linear model, batch 1); the table above is the llama.cpp plan, for comparison",
+                 "expert on the CPU (batch 1, the estimate interpolated by the share of expert reads on the GPU; "
+                 "CPU and GPU experts taken to run one after the other); the table above is the llama.cpp plan",
                  "without --profile every expert is equally likely, and the plan is an even spread")
         command = f"KT_MODEL_PATH=/path/to/hf-model sh {Path(out_dir or '.').resolve() / SCRIPT}"
         doc: dict[str, Any] = {"count_flag": list(ep.flag), "total": ep.total, "decode_tps": ep.decode_tps}
