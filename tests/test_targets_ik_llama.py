@@ -90,7 +90,11 @@ def test_mla_models_get_mla_3(model_path: Callable[[str], Path]) -> None:
     t = get_target("ik_llama.cpp")
     p = plan(m, devices, RunConfig(n_ctx=8192), target=t)
     argv = t.emit(p, RunSettings(model_path=m.paths[0], n_ctx=8192, devices=("CUDA0",)), t.default_build()).argv
-    assert argv[argv.index("-mla") + 1] == "3"
+    assert argv[argv.index("-mla") + 1] == "3" and "-amb" not in argv
+    p = plan(m, devices, RunConfig(n_ctx=8192, flash_attn=False), target=t)
+    argv = t.emit(p, RunSettings(model_path=m.paths[0], n_ctx=8192, devices=("CUDA0",), flash_attn=False),
+                  t.default_build()).argv
+    assert argv[argv.index("-amb") + 1] == "512"  # caps the attention batch where flash attention is off
 
 
 def test_several_gpus_are_refused(model_path: Callable[[str], Path]) -> None:
