@@ -109,10 +109,12 @@ def test_lmstudio_config_replays_to_its_approximation(qwen_plan) -> None:
     keys = [f["key"] for f in doc["load"]["fields"]]
     assert "llm.load.numCpuExpertLayersRatio" in keys and "llm.load.llama.acceleration.offloadRatio" in keys
     k, n = config_counts(doc, qwen_plan.model.hparams.n_layer)
+    n_slots = qwen_plan.model.hparams.n_layer + 1
     assert placement_of(qwen_plan, "CUDA0", k, n) == e.approximation.placement
     assert e.approximation.fits
     words = shlex.split(e.command)
-    assert words[:2] == ["lms", "load"] and float(words[words.index("--gpu") + 1]) == 1.0
+    assert words[:2] == ["lms", "load"] and words[words.index("--gpu") + 1] == (
+        "max" if k == n_slots else repr(exact_ratio(k, n_slots)))
 
 
 def parse_modelfile(text: str) -> list[tuple[str, list[str]]]:

@@ -84,12 +84,14 @@ class LMStudio:
                                                f"MoE on CPU {n} layers")
         doc = {"preset": "", "operation": {"fields": []}, "load": {"fields": load_fields(cfg, plan)}}
         ident = plan.model.name.replace(" ", "-") or "model"
-        command = shlex.join(["lms", "load", str(Path(settings.model_path).resolve()), "--gpu",
-                              repr(exact_ratio(cfg.k, cfg.n_slots)), "--context-length",
-                              str(plan.estimate.context.n_ctx), "--identifier", ident])
+        # lms load --gpu takes 0-1, off or max (lmstudio.ai/docs/cli/load)
+        gpu = "max" if cfg.k == cfg.n_slots else "off" if cfg.k == 0 else repr(exact_ratio(cfg.k, cfg.n_slots))
+        command = shlex.join(["lms", "load", str(Path(settings.model_path).resolve()), "--gpu", gpu,
+                              "--context-length", str(plan.estimate.context.n_ctx), "--identifier", ident])
         notes = (f"{CONFIG_NAME}: GPU offload {cfg.k} of {cfg.n_slots} layers, experts of the first {cfg.n} blocks on "
                  "the CPU; lms load has no flag for the MoE setting, so the config file (or the load settings) "
-                 "carries it",)
+                 "carries it",
+                 "lms load finds models in LM Studio's models folder: `lms import FILE` brings a file from elsewhere")
         return Emission(self.name, command, {CONFIG_NAME: json.dumps(doc, indent=2) + "\n"}, cfg.candidate, notes,
                         {"k": cfg.k, "n_cpu_expert_layers": cfg.n, "config": doc}, replaceable=(CONFIG_NAME,))
 
