@@ -1,9 +1,11 @@
 """Ollama as a target: a Modelfile with ``num_gpu``/``num_ctx`` and the ``ollama create`` line, with the predicted
 cost of the approximation beside the full plan.
 
-Ollama places whole layers only: ``PARAMETER num_gpu K`` is the number of layers it offloads, passed to its
-llama.cpp-based runner as ``n_gpu_layers`` (moeplace assumes mainline's rule: the last K slots, the output
-layer counting as one). It has no tensor overrides and no MoE-on-CPU setting, so the nearest configuration is
+Ollama places whole layers only: ``PARAMETER num_gpu K`` is the number of layers it offloads. Its llama.cpp
+runner gets it as ``--n-gpu-layers K`` (ollama/ollama ``llm/server.go``: ``if opts.NumGPU >= 0 { params =
+append(params, "--n-gpu-layers", ...) }``), so mainline's rule applies: the last K slots, the output layer
+counting as one. Ollama's newer Go engine assigns layers itself; moeplace assumes the same rule there. It has no tensor
+overrides and no MoE-on-CPU setting, so the nearest configuration is
 the largest K that fits with every tensor of a layer where the layer runs. The KV cache type and flash attention
 are server-wide environment variables (``OLLAMA_KV_CACHE_TYPE``, ``OLLAMA_FLASH_ATTENTION``), written into the
 command line when they differ from Ollama's defaults.
