@@ -167,6 +167,11 @@ def _cached_header(address: str) -> tuple[bytes, int, str] | None:
     return _cached_blob(str(entry["etag"]), int(entry["size"]))
 
 
+def is_cached(etag: str) -> bool:
+    """Whether a header with this etag (a Hub file's sha256) is in the cache."""
+    return bool(etag) and (cache_root() / "blobs" / _blob_key(etag)).is_file()
+
+
 def _cached_blob(etag: str, size: int) -> tuple[bytes, int, str] | None:
     try:
         data = (cache_root() / "blobs" / _blob_key(etag)).read_bytes()
