@@ -57,8 +57,8 @@ def main(argv: list[str]) -> int:
                 if out.returncode:
                     print(out.stderr, file=sys.stderr)
                     return out.returncode
-                print(f"{run}: {seconds:.2f} s wall ({cpu:.2f} s CPU of the command), {hub.state.requests} requests, {hub.bytes_served / 2**20:.2f} MiB "
-                      f"served for {len(QUANTS)} quants x 9 shards")
+                print(f"{run}: {seconds:.2f} s wall ({cpu:.2f} s CPU of the command), {hub.state.requests} "
+                      f"requests, {hub.bytes_served / 2**20:.2f} MiB served for {len(QUANTS)} quants x 9 shards")
             print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (a busy machine inflates wall time)")
             print()
             print(out.stdout)

@@ -512,7 +512,7 @@ def _hf_source(ref: HfRef, path: str, sha256: str = "", size: int = -1) -> tuple
     http = Http.from_env()
     with _hub_errors(address):
         meta = get_hf_file_metadata(url, token=token, timeout=http.timeout, endpoint=hf_endpoint(),
-                                    retry_on_errors=True)
+                                    retry_on_errors=http.retries > 0)
     if meta.etag is None or meta.size is None:
         raise RemoteError(f"{address}: the Hub gave no etag or size for the file: try again later")
     hit = _cached_blob(meta.etag, meta.size)

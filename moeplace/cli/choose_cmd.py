@@ -23,6 +23,7 @@ def choice_json(c: Choice) -> dict[str, object]:
     return {"quant": c.quant.label, "files": list(c.quant.files), "bytes": c.quant.size, "fits": c.fits,
             "decode_tokens_per_second": p.chosen.decode_tps if p else None,
             "prompt_tokens_per_second": p.chosen.prefill_tps if p else None,
+            "seconds_per_generated_token": p.chosen.seconds if p else None,
             "n_ctx": p.estimate.context.n_ctx if p else None,
             "command": c.command or None, "download": c.download, "problem": c.problem or None}
 
