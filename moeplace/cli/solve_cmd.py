@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +15,15 @@ from moeplace.cli import friendly_errors, table
 from moeplace.cli.options import HARDWARE_HELP, context_options, devices_from, hardware_options, run_config_from
 from moeplace.emit.args import LlamaArgs, RunSettings, build_args
 from moeplace.emit.scripts import plan_document, prediction, write_script_set
-from moeplace.hardware import HOST_NAME
-from moeplace.memory import DEFAULT_MARGIN
-from moeplace.model import load_model
-from moeplace.planner import Plan, auto_context, parse_pin, parse_workload, plan
+from moeplace.hardware import HOST_NAME, Device
+from moeplace.memory import DEFAULT_MARGIN, RunConfig
+from moeplace.model import ModelDescription, load_model
+from moeplace.planner import Plan, Workload, auto_context, parse_pin, parse_workload, plan
 from moeplace.plot import placement_grid, write_grid
 from moeplace.ranges import format_ranges
 from moeplace.routing import check_profile, expert_probs, load_profile
 from moeplace.sizes import format_size
+from moeplace.whatif import Outcome, as_quant, compare, least_vram
 
 
 class ContextType(click.ParamType):
@@ -147,6 +150,15 @@ Examples:
 @click.option("--no-scripts", is_flag=True, help="Print the plan only; write no files.")
 @click.option("--map", "map_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Draw where every block's tensors live (.svg, or .png with matplotlib).")
+@click.option("--as-quant", "as_quant_type", default=None, metavar="TYPE",
+              help="Plan the model re-typed by llama-quantize's rules for TYPE (Q4_0, Q4_K_M, Q8_0, MXFP4_MOE, F16, "
+                   "BF16): a projection of a file you do not have.")
+@click.option("--compare", "variants", multiple=True, metavar="'HW OPTIONS'",
+              help="Also plan on a hardware variant, written as hardware options ('--gpu rtx3090,rtx3090', "
+                   "'--ram 256G --ram-bw ddr5-6000x2'); repeat for several. Prints the variants side by side.")
+@click.option("--target-tps", type=click.FloatRange(min=0, min_open=True), default=None, metavar="N",
+              help="The least VRAM of the first GPU whose plan decodes N tokens/s (exact solver, bisection); "
+                   "with --compare, which variants reach N.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="llama-server address in the scripts.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
               help="llama-server port in the scripts.")
@@ -156,9 +168,29 @@ def solve(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | Non
           n_ubatch: int, flash_attn: str, n_seq_max: int, kv_unified: bool, swa_full: bool, no_kv_offload: bool,
           no_op_offload: bool, workload: str, pins: tuple[str, ...], profile_path: Path | None, solver: str,
           time_limit: float, explain: bool,
-          as_json: bool, out_dir: Path | None, no_scripts: bool, map_path: Path | None, host: str, port: int) -> None:
+          as_json: bool, out_dir: Path | None, no_scripts: bool, map_path: Path | None, as_quant_type: str | None,
+          variants: tuple[str, ...], target_tps: float | None, host: str, port: int) -> None:
     md = load_model(model)
+    projection = None
+    if as_quant_type:
+        original = md
+        md = as_quant(md, as_quant_type)
+        projection = (f"projection: {original.name} re-typed by llama-quantize's rules as {md.file_type}: "
+                      f"{format_size(md.file_size)} (the file is {original.file_type}, "
+                      f"{format_size(original.file_size)}); no such file was read")
+        if not as_json:
+            click.echo(projection)
     devices = devices_from(gpus, backend, ram, ram_bw, calibration)
+    if variants or target_tps is not None:
+        def config(devs: Mapping[str, Device]) -> RunConfig:
+            return run_config_from(md, devs, n_ctx=4096 if n_ctx == "auto" else int(n_ctx), type_k=type_k,
+                                   type_v=type_v, n_batch=n_batch, n_ubatch=n_ubatch, flash_attn=flash_attn,
+                                   n_seq_max=n_seq_max, kv_unified=kv_unified, swa_full=swa_full,
+                                   no_kv_offload=no_kv_offload, no_op_offload=no_op_offload)
+        base = {"gpus": gpus, "backend": backend, "ram": ram, "ram_bw": ram_bw, "calibration": calibration}
+        whatif_report(md, devices, base, variants, target_tps, config, parse_workload(workload, n_seq_max),
+                      DEFAULT_MARGIN if margin is None else margin, as_json, projection)
+        return
     if len(devices) == 1:
         click.echo("note: no GPU given (--gpu/--vram): planning for the CPU alone", err=True)
     if not md.is_moe:
@@ -197,6 +229,8 @@ def solve(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | Non
         script_dir = write_script_set(out_dir or default_dir, chosen, args, host, port)
     if as_json:
         doc = plan_document(md, chosen.placement, args, prediction(chosen))
+        if projection:
+            doc["projection"] = projection
         if trade:
             doc["context_trade"] = [{"n_ctx": t.estimate.context.n_ctx, "decode_tokens_per_second": t.chosen.decode_tps,
                                      "kv_bytes": sum(b.kv for b in t.estimate.memory.values())} for t in trade]
@@ -213,3 +247,82 @@ def solve(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | Non
     click.echo("\n".join(lines))
 
 
+
+
+@click.command()
+@hardware_options
+def _variant_options(**_: Any) -> None:
+    """The hardware options a --compare variant may set."""
+
+
+def parse_variant(text: str, base: Mapping[str, Any]) -> dict[str, Any]:
+    """The hardware options of a --compare variant: the command line's, with those the variant gives replaced."""
+    try:
+        params = _variant_options.make_context("--compare", shlex.split(text)).params
+    except click.ClickException as e:
+        raise click.UsageError(f"--compare '{text}': {e.format_message()}") from None
+    merged = dict(base)
+    merged.update({k: v for k, v in params.items() if k in base and v not in (None, ())})
+    return merged
+
+
+def whatif_report(md: ModelDescription, devices: dict[str, Device], base: Mapping[str, Any],
+                  variants: tuple[str, ...], target_tps: float | None,
+                  config: Callable[[Mapping[str, Device]], RunConfig], workload: Workload, margin: int,
+                  as_json: bool, projection: str | None) -> None:
+    """--compare and --target-tps: the model planned on hardware variants, and the least VRAM for a speed."""
+    sets = [("as given", devices)]
+    for v in variants:
+        o = parse_variant(v, base)
+        sets.append((v, devices_from(o["gpus"], o["backend"], o["ram"], o["ram_bw"], o["calibration"])))
+    outcomes = compare(md, sets, config, workload=workload, margin=margin)
+    target = least_vram(md, devices, config, target_tps, workload=workload, margin=margin) \
+        if target_tps is not None and not variants else None
+
+    def hw(o: Outcome) -> str:
+        gpus = [f"{format_size(d.memory)}@{d.bandwidth / 1e9:.0f}" for n, d in o.devices.items() if n != HOST_NAME]
+        host = o.devices[HOST_NAME]
+        return f"{'+'.join(gpus) or 'no GPU'}, RAM {format_size(host.memory)}@{host.bandwidth / 1e9:.0f}"
+
+    base_tps = outcomes[0].decode_tps
+    if as_json:
+        doc: dict[str, Any] = {"schema": "moeplace.whatif/1", "model": md.name, "variants": [
+            {"variant": o.label, "hardware": hw(o), "fits": o.plan is not None and o.plan.chosen.fits,
+             "decode_tokens_per_second": o.plan.chosen.decode_tps if o.plan else None,
+             "prompt_tokens_per_second": o.plan.chosen.prefill_tps if o.plan else None,
+             "reaches_target": None if target_tps is None else o.decode_tps >= target_tps,
+             "problem": o.problem or None} for o in outcomes]}
+        if target is not None:
+            doc["target"] = {"decode_tokens_per_second": target.tps, "least_gpu_memory": target.memory,
+                             "decode_at_that_memory": target.plan.chosen.decode_tps if target.plan else None,
+                             "ceiling_decode_tokens_per_second": target.ceiling, "plans": target.steps}
+        if projection:
+            doc["projection"] = projection
+        click.echo(json.dumps(doc, indent=1))
+        return
+    click.echo(f"{md.name}: what-if, context {outcomes[0].plan.estimate.context.n_ctx if outcomes[0].plan else '-'}, "
+               f"workload {workload.name}; GPU and RAM as size@GB/s")
+    click.echo("")
+    rows = []
+    for o in outcomes:
+        p = o.plan
+        gain = f"{(o.decode_tps / base_tps - 1) * 100:+.0f}%" if base_tps and o is not outcomes[0] and p else ""
+        rows.append([o.label, hw(o), "yes" if p and p.chosen.fits else "no",
+                     f"{p.chosen.decode_tps:.2f}" if p else "-", f"{p.chosen.prefill_tps:.0f}" if p else "-", gain,
+                     ("reaches" if o.decode_tps >= target_tps else "short") if target_tps else "",
+                     o.problem[:60]])
+    headers = ["variant", "hardware", "fits", "decode tok/s", "prompt tok/s", "decode vs given", "target", "note"]
+    for line in table(headers, rows, {3, 4, 5}):
+        click.echo(line)
+    if target is not None:
+        click.echo("")
+        gpu = next(n for n in devices if n != HOST_NAME)
+        if target.memory is None:
+            click.echo(f"No size of {gpu} reaches {target.tps:g} tok/s: with the whole model on it the plan decodes "
+                       f"{target.ceiling:.2f} tok/s (its bandwidth is the limit)")
+        else:
+            assert target.plan is not None
+            click.echo(f"Least {gpu} memory for {target.tps:g} tok/s: {format_size(target.memory)} "
+                       f"(decodes {target.plan.chosen.decode_tps:.2f}; {target.steps} exact plans, 256 MiB steps; "
+                       f"the whole model on it: {target.ceiling:.2f} tok/s)")
+    click.echo("\nspeeds are predictions of the bandwidth model (see README)")
