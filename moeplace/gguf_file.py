@@ -406,6 +406,10 @@ class RemoteName(str):
     def name(self) -> str:
         return self.rsplit("/", 1)[-1]
 
+    def absolute(self) -> RemoteName:
+        """An address needs no working folder (Path.absolute's place in the emitters)."""
+        return self
+
 
 def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
     """Reads the header of a GGUF model, following split shards from the first one.
