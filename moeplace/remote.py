@@ -20,6 +20,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -135,7 +136,7 @@ def _digest(text: str) -> str:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
@@ -541,11 +542,19 @@ class _CachingHfFile(HttpFile):
 
 @dataclass
 class ReadStats:
-    """What reading a remote model cost: bytes fetched and shards read from the network or the cache."""
+    """What reading a remote model cost: bytes fetched and shards read from the network or the cache (shared by
+    the threads of moeplace.choose, hence the lock)."""
 
     bytes_fetched: int = 0
     from_network: int = 0
     from_cache: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, network: int = 0, cache: int = 0, fetched: int = 0) -> None:
+        with self.lock:
+            self.from_network += network
+            self.from_cache += cache
+            self.bytes_fetched += fetched
 
 
 def _url_source(url: str) -> tuple[RemoteName, HttpFile | CachedFile]:
@@ -563,9 +572,9 @@ def _opened(src: HttpFile | CachedFile, first: bool, stats: ReadStats) -> HttpFi
 
     if isinstance(src, HttpFile):
         src.open(FIRST_READ if first else LATER_READ)
-        stats.from_network += 1
+        stats.add(network=1)
     else:
-        stats.from_cache += 1
+        stats.add(cache=1)
     return src
 
 
@@ -610,7 +619,7 @@ def read_remote(ref: str | HfRef, stats: ReadStats | None = None,
 
         return read_shards(name, track(src, True), hf_shard)
     finally:
-        stats.bytes_fetched += sum(s.bytes_read for s in sources if isinstance(s, HttpFile))
+        stats.add(fetched=sum(s.bytes_read for s in sources if isinstance(s, HttpFile)))
 
 
 def read_model_file(text: str | os.PathLike[str]) -> GGUFFile:

@@ -305,3 +305,15 @@ def test_hub_unreachable(monkeypatch: pytest.MonkeyPatch, files: Path) -> None:
     # covers the metadata request and the range requests).
     monkeypatch.setenv("MOEPLACE_HTTP_RETRIES", "0")
     _one_line_error(["inspect", "hf://org/some-GGUF/m-Q4_K_M.gguf"], "no answer from")
+
+
+@pytest.mark.parametrize("cut", [3, 100, 3_000_000])
+def test_truncated_file_over_http_keeps_the_local_checks(files: Path, tmp_path: Path, cut: int) -> None:
+    data = (files / "qwen3-30b-a3b.gguf").open("rb").read(cut)
+    (tmp_path / "cut.gguf").write_bytes(data)
+    code, _, local_err = _run("inspect", str(tmp_path / "cut.gguf"))
+    with FileServer(tmp_path) as s:
+        err = _one_line_error(["inspect", f"{s.url}/cut.gguf"], "")
+    assert code == 2
+    # The same problem, found at the same offset, as for the local file.
+    assert err.split(": ", 2)[2] == local_err.split(": ", 2)[2]
