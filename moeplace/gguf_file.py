@@ -197,7 +197,19 @@ class _Cursor:
         return raw.decode("utf-8", errors="replace")
 
     def skip_strings(self, count: int, what: str) -> None:
+        # Fast path: no bounds check per string. unpack_from refuses to read past the buffer, and a final
+        # position past the limit is caught below; either way the checked walk then finds the exact problem.
         buf, pos, size, unpack = self.buf, self.pos, self.limit, _U64.unpack_from
+        if len(buf) == size:
+            try:
+                for _ in range(count):
+                    pos += 8 + unpack(buf, pos)[0]
+            except (struct.error, OverflowError):  # OverflowError: a corrupt length beyond any offset
+                pos = size + 1
+            if pos <= size:
+                self.pos = pos
+                return
+            pos = self.pos
         for _ in range(count):
             if pos + 8 > size:
                 self.pos = pos
