@@ -98,5 +98,11 @@ def test_solve_what_if_options(models: dict[str, Path]) -> None:
     assert "+" in doc["variants"][1]["hardware"] and "64.00 GiB" in doc["variants"][2]["hardware"]
     code, out, _ = _run("solve", m, "--gpu", "rtx3060", "--ram", "32G", "--target-tps", "30")
     assert code == 0 and "Least CUDA0 memory for 30 tok/s: " in out
+    code, out, _ = _run("solve", m, "--gpu", "rtx3060", "--ram", "32G", "--target-tps", "1000", "--compare",
+                        "--gpu rtx3060,rtx3060", "--json")
+    assert code == 0 and json.loads(out)["first_variant_reaching_target"] is None
+    code, out, _ = _run("solve", m, "--vram", "4G", "--ram", "32G", "--target-tps", "100", "--compare",
+                        "--vram 4G,4G", "--compare", "--vram 24G@936")
+    assert code == 0 and "First listed variant that reaches 100 tok/s (list them cheapest first): --vram 24G@936" in out
     code, _, err = _run("solve", m, "--vram", "12G", "--compare", "--gpu")
     assert code == 2 and "--compare '--gpu'" in err

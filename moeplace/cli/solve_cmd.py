@@ -289,6 +289,10 @@ def whatif_report(md: ModelDescription, devices: dict[str, Device], base: Mappin
         return f"{'+'.join(gpus) or 'no GPU'}, RAM {format_size(host.memory)}@{host.bandwidth / 1e9:.0f}"
 
     base_tps = outcomes[0].decode_tps
+    # Variants come in the order the user lists them, cheapest first by convention: the first that reaches the
+    # target is the cheapest listed upgrade (moeplace knows no prices).
+    reaching = next((o for o in outcomes[1:] if target_tps and o.decode_tps >= target_tps), None) \
+        if variants else None
     if as_json:
         doc: dict[str, Any] = {"schema": "moeplace.whatif/1", "model": md.name, "variants": [
             {"variant": o.label, "hardware": hw(o), "fits": o.plan is not None and o.plan.chosen.fits,
@@ -300,6 +304,8 @@ def whatif_report(md: ModelDescription, devices: dict[str, Device], base: Mappin
             doc["target"] = {"decode_tokens_per_second": target.tps, "least_gpu_memory": target.memory,
                              "decode_at_that_memory": target.plan.chosen.decode_tps if target.plan else None,
                              "ceiling_decode_tokens_per_second": target.ceiling, "plans": target.steps}
+        if target_tps is not None and variants:
+            doc["first_variant_reaching_target"] = reaching.label if reaching else None
         if projection:
             doc["projection"] = projection
         click.echo(json.dumps(doc, indent=1))
@@ -318,6 +324,10 @@ def whatif_report(md: ModelDescription, devices: dict[str, Device], base: Mappin
     headers = ["variant", "hardware", "fits", "decode tok/s", "prompt tok/s", "decode vs given", "target", "note"]
     for line in table(headers, rows, {3, 4, 5}):
         click.echo(line)
+    if target_tps is not None and variants:
+        click.echo("")
+        click.echo(f"First listed variant that reaches {target_tps:g} tok/s (list them cheapest first): "
+                   f"{reaching.label if reaching else 'none'}")
     if target is not None:
         click.echo("")
         gpu = next(n for n in devices if n != HOST_NAME)
