@@ -464,35 +464,40 @@ def list_gguf(repo: str, revision: str = "main") -> list[RepoFile]:
     return [RepoFile(e["path"], int(e["size"]), e["sha256"]) for e in doc["files"]]
 
 
+# File names llama.cpp's downloader does not take for the model itself (common/download.cpp,
+# gguf_filename_is_model): vision projectors, importance matrices and draft/speculative sidecars.
+_NOT_MODEL = ("mmproj", "imatrix", "mtp-", "eagle3-", "dflash-", "dspark-")
+# The tags llama.cpp tries, in order, when ``owner/repo`` has none (find_best_model).
+DEFAULT_TAGS = ("Q4_K_M", "Q8_0")
+
+
 def is_model_file(path: str) -> bool:
-    """A model GGUF, not a vision projector or an importance matrix kept beside it."""
-    name = path.rsplit("/", 1)[-1].lower()
-    return name.endswith(".gguf") and not name.startswith("mmproj") and "imatrix" not in name
+    """A model GGUF, not a vision projector, an importance matrix or a sidecar kept beside it."""
+    name = path.rsplit("/", 1)[-1]
+    return name.endswith(".gguf") and not any(x in name for x in _NOT_MODEL)
+
+
+def _is_first_shard(path: str) -> bool:
+    m = SPLIT_PATTERN.match(path.rsplit("/", 1)[-1])
+    return m is None or int(m.group("no")) == 1
 
 
 def pick_file(repo: str, files: list[RepoFile], tag: str) -> str:
-    """The first shard that ``owner/repo:TAG`` means, as llama.cpp's ``-hf`` picks it: the Hub's manifest API
-    (``/v2/<repo>/manifests/<tag>``) matches the quant tag case-insensitively and, with no tag ("latest"),
-    takes Q4_K_M, else the first Q4 quant, else the first GGUF. moeplace applies that rule to the listing."""
-    firsts = sorted(f.path for f in files if is_model_file(f.path)
-                    and (SPLIT_PATTERN.match(f.path.rsplit("/", 1)[-1]) is None
-                         or SPLIT_PATTERN.match(f.path.rsplit("/", 1)[-1]).group("no") == "00001"))  # type: ignore[union-attr]
-    if not firsts:
+    """The first shard that ``owner/repo[:TAG]`` means, as llama.cpp's ``-hf`` picks it (common/download.cpp,
+    find_best_model): in listing order, the first model file whose path contains TAG followed by '.' or '-'
+    (case-insensitive); with no tag, Q4_K_M, then Q8_0, then the first model file."""
+    models = [f.path for f in files if is_model_file(f.path) and _is_first_shard(f.path)]
+    for t in (tag,) if tag else DEFAULT_TAGS:
+        pattern = re.compile(re.escape(t) + r"[.-]", re.IGNORECASE)
+        hit = next((p for p in models if pattern.search(p)), None)
+        if hit is not None:
+            return hit
+    if not tag and models:
+        return models[0]
+    if not models:
         raise RemoteError(f"{repo}: the repository holds no GGUF model file")
-    labels = {p: quant_label(p) for p in firsts}
-    if tag and tag.lower() != "latest":
-        exact = [p for p in firsts if labels[p].lower() == tag.lower()]
-        loose = [p for p in firsts if labels[p].lower().startswith(tag.lower())
-                 or labels[p].lower().removeprefix("ud-").startswith(tag.lower())]
-        if exact or loose:
-            return (exact or loose)[0]
-        raise RemoteError(f"{repo}: no GGUF for quant '{tag}'; the repository has "
-                          f"{', '.join(sorted(set(labels.values())))}")
-    for want in ("q4_k_m", "q4"):
-        hit = [p for p in firsts if labels[p].lower().startswith(want)]
-        if hit:
-            return hit[0]
-    return firsts[0]
+    raise RemoteError(f"{repo}: no GGUF for quant '{tag}'; the repository has "
+                      f"{', '.join(sorted({quant_label(p) for p in models}))}")
 
 
 def _hf_source(ref: HfRef, path: str, sha256: str = "", size: int = -1) -> tuple[RemoteName, HttpFile | CachedFile]:

@@ -109,14 +109,18 @@ def test_quant_label(name: str, label: str) -> None:
 def test_pick_file_follows_llama_cpp_hf_tags() -> None:
     files = [RepoFile(p, 1, "") for p in (
         "Q2_K/m-Q2_K-00001-of-00002.gguf", "Q2_K/m-Q2_K-00002-of-00002.gguf", "m-Q4_0.gguf", "m-Q4_K_M.gguf",
-        "m-Q8_0.gguf", "mmproj-F16.gguf")]
-    assert pick_file("o/r", files, "") == "m-Q4_K_M.gguf"  # "latest": Q4_K_M first
-    assert pick_file("o/r", files, "q8_0") == "m-Q8_0.gguf"  # case-insensitive
+        "m-Q8_0.gguf", "mmproj-Q8_0.gguf", "UD-Q3_K_XL/m-UD-Q3_K_XL-00001-of-00003.gguf")]
+    assert pick_file("o/r", files, "") == "m-Q4_K_M.gguf"  # no tag: Q4_K_M first
+    assert pick_file("o/r", files, "q8_0") == "m-Q8_0.gguf"  # case-insensitive; the projector is not a model
     assert pick_file("o/r", files, "Q2_K") == "Q2_K/m-Q2_K-00001-of-00002.gguf"  # the first shard
-    assert pick_file("o/r", files[:3], "") == "m-Q4_0.gguf"  # no Q4_K_M: the first Q4
-    assert pick_file("o/r", files[:2], "") == "Q2_K/m-Q2_K-00001-of-00002.gguf"  # no Q4: the first GGUF
-    with pytest.raises(RemoteError, match=r"no GGUF for quant 'IQ1_S'.*Q2_K, Q4_0, Q4_K_M, Q8_0"):
-        pick_file("o/r", files, "IQ1_S")
+    assert pick_file("o/r", files, "Q3_K_XL") == "UD-Q3_K_XL/m-UD-Q3_K_XL-00001-of-00003.gguf"
+    no_q4km = [f for f in files if "Q4_K_M" not in f.path]
+    assert pick_file("o/r", no_q4km, "") == "m-Q8_0.gguf"  # then Q8_0
+    assert pick_file("o/r", files[:3], "") == "Q2_K/m-Q2_K-00001-of-00002.gguf"  # then the first model file
+    with pytest.raises(RemoteError, match=r"no GGUF for quant 'Q4'"):
+        pick_file("o/r", files, "Q4")  # a tag must be followed by '.' or '-' in the name: Q4 is not Q4_K_M
+    with pytest.raises(RemoteError, match="holds no GGUF model file"):
+        pick_file("o/r", files[5:6], "")
 
 
 # -- plain URLs ------------------------------------------------------------------------------------------------
