@@ -310,11 +310,15 @@ class HttpFile:
             reason = getattr(e, "reason", e)
             raise _Retry(f"no answer ({reason})", "check the address and the network") from None
         with resp:
-            if resp.status != 206:
+            length = resp.headers.get("Content-Length")
+            whole = resp.status == 200 and start == 0 and length is not None and length.isdigit() \
+                and int(length) <= end + 1
+            if resp.status != 206 and not whole:
                 raise RemoteError(f"{self.name}: the server ignores HTTP range requests (it answered "
                                   f"{resp.status} with the whole file), so the header cannot be read alone: "
                                   "download the file and pass its path")
-            total = _content_range_total(resp.headers.get("Content-Range"), self.name)
+            # A file no longer than the range asked for may come whole, with 200: that is the same answer.
+            total = int(length) if whole else _content_range_total(resp.headers.get("Content-Range"), self.name)
             etag = resp.headers.get("ETag")
             if self.size >= 0 and total != self.size:
                 raise RemoteError(f"{self.name}: the file changed on the server while it was read (size "

@@ -193,6 +193,13 @@ def test_server_without_range_support(files: Path) -> None:
         assert s.bytes_served < 16 << 20  # it hung up instead of reading a 46 GB answer
 
 
+def test_whole_small_file_without_ranges_is_fine(files: Path) -> None:
+    """A file shorter than the first range may come whole with 200: no range support is needed for it."""
+    with FileServer(files, Faults(no_range=True)) as s:
+        code, out, _ = _run("inspect", f"{s.url}/tiny.gguf", "--json")
+    assert code == 0 and json.loads(out)["name"] == "qwen3moe-tiny"
+
+
 def test_not_found(files: Path) -> None:
     with FileServer(files) as s:
         _one_line_error(["inspect", f"{s.url}/nope.gguf"], "not found (HTTP 404)")
