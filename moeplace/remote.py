@@ -141,9 +141,11 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _blob_key(etag: str) -> str:
+def _blob_key(etag: str, address: str) -> str:
+    """A sha256 etag (the Hub's, of the content) names the blob alone; any other etag (or Last-Modified) only
+    together with the address it came from."""
     e = etag.strip('"').removeprefix("W/").strip('"')
-    return e if re.fullmatch(r"[0-9a-f]{64}", e) else _digest(e)
+    return e if re.fullmatch(r"[0-9a-f]{64}", e) else _digest(address + "|" + e)
 
 
 def _load_json(path: Path) -> dict | None:
@@ -165,17 +167,17 @@ def _cached_header(address: str) -> tuple[bytes, int, str] | None:
     if not _fresh(entry):
         return None
     assert entry is not None
-    return _cached_blob(str(entry["etag"]), int(entry["size"]))
+    return _cached_blob(str(entry["etag"]), int(entry["size"]), address)
 
 
-def is_cached(etag: str) -> bool:
-    """Whether a header with this etag (a Hub file's sha256) is in the cache."""
-    return bool(etag) and (cache_root() / "blobs" / _blob_key(etag)).is_file()
+def is_cached(sha256: str) -> bool:
+    """Whether the header of the file with this sha256 (a Hub LFS file's id and etag) is in the cache."""
+    return bool(sha256) and (cache_root() / "blobs" / _blob_key(sha256, "")).is_file()
 
 
-def _cached_blob(etag: str, size: int) -> tuple[bytes, int, str] | None:
+def _cached_blob(etag: str, size: int, address: str) -> tuple[bytes, int, str] | None:
     try:
-        data = (cache_root() / "blobs" / _blob_key(etag)).read_bytes()
+        data = (cache_root() / "blobs" / _blob_key(etag, address)).read_bytes()
     except OSError:
         return None
     # The blob starts with the file size it was read from: a blob of another size is another file.
@@ -187,7 +189,7 @@ def _cached_blob(etag: str, size: int) -> tuple[bytes, int, str] | None:
 def _store(address: str, etag: str, size: int, header: bytes) -> None:
     root = cache_root()
     with contextlib.suppress(OSError):  # a read-only cache makes every run go to the network, nothing worse
-        _write_atomic(root / "blobs" / _blob_key(etag), size.to_bytes(8, "little") + header)
+        _write_atomic(root / "blobs" / _blob_key(etag, address), size.to_bytes(8, "little") + header)
         _write_atomic(root / "index" / f"{_digest(address)}.json",
                       json.dumps({"address": address, "etag": etag, "size": size, "time": time.time()}).encode())
 
@@ -511,8 +513,9 @@ def _hf_source(ref: HfRef, path: str, sha256: str = "", size: int = -1) -> tuple
 
     address = f"hf://{ref.repo}/{path}"
     name = RemoteName(address, ("-hf", ref.repo, "-hff", path))
-    hit = _cached_blob(sha256, size) if sha256 and size >= 0 else None
-    hit = hit or _cached_header(address + "@" + ref.revision)
+    keyed = address + "@" + ref.revision
+    hit = _cached_blob(sha256, size, keyed) if sha256 and size >= 0 else None
+    hit = hit or _cached_header(keyed)
     if hit is not None:
         return name, CachedFile(address, hit[1], hit[0])
     if offline():
@@ -525,14 +528,14 @@ def _hf_source(ref: HfRef, path: str, sha256: str = "", size: int = -1) -> tuple
                                     retry_on_errors=http.retries > 0)
     if meta.etag is None or meta.size is None:
         raise RemoteError(f"{address}: the Hub gave no etag or size for the file: try again later")
-    hit = _cached_blob(meta.etag, meta.size)
+    hit = _cached_blob(meta.etag, meta.size, keyed)
     if hit is not None:
-        _store(address + "@" + ref.revision, meta.etag, meta.size, hit[0])
+        _store(keyed, meta.etag, meta.size, hit[0])
         return name, CachedFile(address, hit[1], hit[0])
     location = meta.location or url
     same_host = urllib.parse.urlsplit(location).netloc == urllib.parse.urlsplit(hf_endpoint()).netloc
     headers = {"Authorization": f"Bearer {token}"} if token and same_host else {}
-    src = _CachingHfFile(address=address + "@" + ref.revision, url=location, headers=headers, size=meta.size,
+    src = _CachingHfFile(address=keyed, url=location, headers=headers, size=meta.size,
                          etag=meta.etag, http=http)
     return name, src
 
