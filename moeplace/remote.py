@@ -86,8 +86,8 @@ class HfRef:
 def parse_ref(text: str) -> str | HfRef | None:
     """What a MODEL argument names: a URL (str), a Hub reference, or None for a local path.
 
-    ``owner/repo[:QUANT]`` is a Hub reference only when no such local file exists and it does not end in
-    .gguf, so a relative path such as ``models/x.gguf`` stays a path."""
+    ``owner/repo[:QUANT]`` is a Hub reference only when it does not end in .gguf and neither it nor its first
+    part exists here, so a relative path such as ``models/x.gguf`` or a mistyped ``models/x`` stays a path."""
     if text.startswith(("http://", "https://")):
         return text
     if text.startswith("hf://"):
@@ -100,7 +100,8 @@ def parse_ref(text: str) -> str | HfRef | None:
             repo = f"{parts[0]}/{name}"
         return HfRef(repo, parts[2], revision=revision)
     m = _HF_REF.match(text)
-    if m and not text.lower().endswith(".gguf") and not os.path.exists(text):
+    if m and not text.lower().endswith(".gguf") and not os.path.exists(text) \
+            and not os.path.isdir(m.group("repo").split("/")[0]):
         return HfRef(m.group("repo"), tag=m.group("tag") or "")
     return None
 

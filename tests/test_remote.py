@@ -89,6 +89,7 @@ def test_parse_ref(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "r").write_bytes(b"")
     assert parse_ref("o/r") is None  # an existing local file wins
+    assert parse_ref("o/typo") is None  # so does an existing folder: a mistyped path is not a repository
     with pytest.raises(RemoteError, match="hf://owner/repo/path"):
         parse_ref("hf://o/r")
 
