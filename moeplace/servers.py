@@ -40,6 +40,7 @@ class Faults:
     truncate: bool = False  # send half of each answer, then close the connection
     change_etag_after: int = 0  # from this many file answers on, the etag is different
     delay: float = 0.0  # seconds to wait before each answer
+    fail_first: int = 0  # answer the first this many file requests with 503 (a server having a bad moment)
 
 
 @dataclass
@@ -50,9 +51,11 @@ class _State:
     requests: int = 0
     answers: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    authorizations: list[str] = field(default_factory=list)  # Authorization headers of file (CDN) requests
     repos: dict[str, Path] = field(default_factory=dict)
     gated: dict[str, str] = field(default_factory=dict)  # repo -> the token that may read it
     port: int = 0
+    fail_count: int = 0
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -97,6 +100,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _file(self, file: Path, head: bool, etag_seed: str) -> None:
         f = self.state.faults
+        with self.state.lock:
+            self.state.authorizations.append(self.headers.get("Authorization", ""))
+            failing = self.state.fail_count < f.fail_first
+            self.state.fail_count += 1
+        if failing:
+            self._send(503, b"busy\n", head=head)
+            return
         if f.status:
             self._send(f.status, b"refused\n", head=head)
             return

@@ -221,6 +221,19 @@ def test_access_denied(files: Path, status: int) -> None:
         _one_line_error(["inspect", f"{s.url}/tiny.gguf"], f"access denied (HTTP {status}): ")
 
 
+def test_retries_with_backoff_get_through(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOEPLACE_HTTP_RETRIES", "2")
+    monkeypatch.setenv("MOEPLACE_HTTP_BACKOFF", "0.2")
+    with FileServer(files, Faults(fail_first=2)) as s:
+        start = time.monotonic()
+        code, _, err = _run("inspect", f"{s.url}/tiny.gguf")
+        waited = time.monotonic() - start
+    assert code == 0, err
+    assert waited >= 0.2 + 0.4  # backed off 0.2 s, then 0.4 s
+    with FileServer(files, Faults(fail_first=3)) as s:
+        _one_line_error(["inspect", f"{s.url}/tiny.gguf"], "the server answered HTTP 503 after 3 tries")
+
+
 def test_truncated_answer(files: Path) -> None:
     with FileServer(files, Faults(truncate=True)) as s:
         err = _one_line_error(["inspect", f"{s.url}/tiny.gguf"], "answer was cut short")
@@ -307,6 +320,8 @@ def test_hub_gated_needs_hf_token(repo: Path, monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setenv("HF_TOKEN", "hf_secret")
         code, _, err = _run("inspect", f"hf://{REPO}/DeepSeek-V3-Q8_0.gguf")
         assert code == 0, err
+        # The bytes came from the "CDN" (another host name), which must never see the Hub token.
+        assert hub.state.authorizations and not any(hub.state.authorizations)
 
 
 def test_hub_unreachable(monkeypatch: pytest.MonkeyPatch, files: Path) -> None:
