@@ -333,12 +333,13 @@ def _reasons(problem: Problem, sol: Solution) -> tuple[LayerReason, ...]:
 def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
          workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN, pins: Sequence[Pin] = (),
          profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0,
-         target: Target | None = None) -> Plan:
+         target: Target | None = None, with_baselines: bool = True) -> Plan:
     """The placement with the best predicted time per token that fits every GPU, with baselines and reasons.
 
     ``devices`` maps llama.cpp buffer names to devices: the host ``CPU`` and the GPUs in llama.cpp's order.
     ``solver`` "dp" (exact dynamic programme, the default) or "cp-sat" (OR-Tools, started from the DP's answer,
-    stopped after ``time_limit`` seconds with its gap reported)."""
+    stopped after ``time_limit`` seconds with its gap reported). ``with_baselines=False`` skips llama.cpp's own
+    placements (most of the time on a large model) for callers that rank many models (moeplace.choose)."""
     if solver not in ("dp", "cp-sat"):
         raise PlanError(f"solver '{solver}': use dp or cp-sat")
     target = target or _default_target()
@@ -374,7 +375,7 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     elapsed = time.perf_counter() - t0
     placement = _placement_of(model, problem, sol, pinned)
     chosen = _score(model, placement, cfg, devices, workload, profile, margin, "moeplace")
-    base = baselines(model, cfg, devices, workload, profile, margin, target) if not pins else []
+    base = baselines(model, cfg, devices, workload, profile, margin, target) if with_baselines and not pins else []
     better = [b for b in base if b.fits and b.seconds < chosen.seconds]
     if better:
         best = min(better, key=lambda b: b.seconds)

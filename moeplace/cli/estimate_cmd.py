@@ -215,7 +215,7 @@ Examples:
 
 
 @click.command("estimate", help=_HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("model")
 @hardware_options
 @context_options()
 @click.option("-ngl", "--n-gpu-layers", "--gpu-layers", "n_gpu_layers", type=int, default=None,

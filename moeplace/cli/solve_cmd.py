@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,11 @@ import click
 
 from moeplace.cli import friendly_errors, table
 from moeplace.cli.options import HARDWARE_HELP, context_options, devices_from, hardware_options, run_config_from
+from moeplace.cli.whatif_view import whatif_report
 from moeplace.emit.args import LlamaArgs, RunSettings, build_args
 from moeplace.emit.scripts import plan_document, prediction, write_script_set
-from moeplace.hardware import HOST_NAME
-from moeplace.memory import DEFAULT_MARGIN
+from moeplace.hardware import HOST_NAME, Device
+from moeplace.memory import DEFAULT_MARGIN, RunConfig
 from moeplace.model import load_model
 from moeplace.outfiles import output_path
 from moeplace.planner import Plan, auto_context, parse_pin, parse_workload, plan
@@ -26,6 +28,7 @@ from moeplace.targets.base import Emission, Target
 from moeplace.targets.builds import EngineBuild, find_binary, read_build
 from moeplace.targets.files import write_files
 from moeplace.targets.registry import TARGETS, get_target
+from moeplace.whatif import as_quant
 
 
 class ContextType(click.ParamType):
@@ -142,7 +145,7 @@ Examples:
 
 
 @click.command("solve", help=_HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("model")
 @hardware_options
 @context_options(ctx_help="Context size in tokens (0 = trained context; auto = largest within 10% of the "
                           "speed at 4096).", ctx_type=ContextType(), ctx_default=4096)
@@ -169,19 +172,48 @@ Examples:
 @click.option("--engine-bin", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="The engine's binary: its --help decides which flags are written (default: the one on PATH, "
                    "else a stated default build).")
+@click.option("--as-quant", "as_quant_type", default=None, metavar="TYPE",
+              help="Plan the model re-typed by llama-quantize's rules for TYPE (Q4_0, Q4_K_M, Q8_0, MXFP4_MOE, F16, "
+                   "BF16): a projection of a file you do not have.")
+@click.option("--compare", "variants", multiple=True, metavar="'HW OPTIONS'",
+              help="Also plan on a hardware variant, written as hardware options ('--gpu rtx3090,rtx3090', "
+                   "'--ram 256G --ram-bw ddr5-6000x2'); repeat for several. Prints the variants side by side.")
+@click.option("--target-tps", type=click.FloatRange(min=0, min_open=True), default=None, metavar="N",
+              help="The least VRAM of the first GPU whose plan decodes N tokens/s (exact solver, bisection); "
+                   "with --compare, which variants reach N.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="llama-server address in the scripts.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
               help="llama-server port in the scripts.")
 @friendly_errors
-def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | None, ram_bw: str | None,
+def solve(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | None, ram_bw: str | None,
           margin: int | None, calibration: Path | None, n_ctx: int | str, type_k: str, type_v: str, n_batch: int,
           n_ubatch: int, flash_attn: str, n_seq_max: int, kv_unified: bool, swa_full: bool, no_kv_offload: bool,
           no_op_offload: bool, workload: str, pins: tuple[str, ...], profile_path: Path | None, solver: str,
           time_limit: float, explain: bool,
           as_json: bool, out_dir: str | None, no_scripts: bool, map_path: str | None, target_name: str,
-          engine_bin: Path | None, host: str, port: int) -> None:
+          engine_bin: Path | None, as_quant_type: str | None, variants: tuple[str, ...], target_tps: float | None,
+          host: str, port: int) -> None:
     md = load_model(model)
+    projection = None
+    if as_quant_type:
+        original = md
+        md = as_quant(md, as_quant_type)
+        projection = (f"projection: {original.name} re-typed by llama-quantize's rules as {md.file_type}: "
+                      f"{format_size(md.file_size)} (the file is {original.file_type}, "
+                      f"{format_size(original.file_size)}); no such file was read")
+        if not as_json:
+            click.echo(projection)
     devices = devices_from(gpus, backend, ram, ram_bw, calibration)
+    if variants or target_tps is not None:
+        def config(devs: Mapping[str, Device]) -> RunConfig:
+            return run_config_from(md, devs, n_ctx=4096 if n_ctx == "auto" else int(n_ctx), type_k=type_k,
+                                   type_v=type_v, n_batch=n_batch, n_ubatch=n_ubatch, flash_attn=flash_attn,
+                                   n_seq_max=n_seq_max, kv_unified=kv_unified, swa_full=swa_full,
+                                   no_kv_offload=no_kv_offload, no_op_offload=no_op_offload)
+        base = {"gpus": gpus, "backend": backend, "ram": ram, "ram_bw": ram_bw, "calibration": calibration}
+        whatif_report(md, devices, base, variants, target_tps, config, parse_workload(workload, n_seq_max),
+                      DEFAULT_MARGIN if margin is None else margin, as_json, projection)
+        return
     if len(devices) == 1:
         click.echo("note: no GPU given (--gpu/--vram): planning for the CPU alone", err=True)
     if not md.is_moe:
@@ -232,6 +264,8 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
     if as_json:
         doc = plan_document(md, chosen.placement, args, prediction(chosen))
         doc["build"] = build.describe()
+        if projection:
+            doc["projection"] = projection
         if trade:
             doc["context_trade"] = [{"n_ctx": t.estimate.context.n_ctx, "decode_tokens_per_second": t.chosen.decode_tps,
                                      "kv_bytes": sum(b.kv for b in t.estimate.memory.values())} for t in trade]

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from moeplace.errors import MoeplaceError
+from moeplace.gguf_file import RemoteName
 from moeplace.memory import CACHE_TYPES
 from moeplace.model import ModelDescription
 from moeplace.placement import Placement
@@ -144,7 +145,10 @@ def build_args(model: ModelDescription, placement: Placement, settings: RunSetti
         raise SettingsError(f"{model.arch} (MLA) needs the same K and V cache types, not -ctk "
                             f"{settings.cache_type_k} -ctv {settings.cache_type_v}")
     expr = express(model, placement, settings.devices, rules)
-    argv: list[str] = ["-m", os.fspath(settings.model_path), "-c", str(settings.n_ctx), "-ngl", str(expr.ngl)]
+    # A remote model is fetched by llama.cpp itself (-mu URL, or -hf repo -hff file), every shard with it.
+    source = settings.model_path
+    model_flags = list(source.llama_args) if isinstance(source, RemoteName) else ["-m", os.fspath(source)]
+    argv: list[str] = [*model_flags, "-c", str(settings.n_ctx), "-ngl", str(expr.ngl)]
     if len(expr.devices) > 1 and expr.ngl > 0:
         assert expr.tensor_split is not None
         argv += ["-ts", ",".join(str(n) for n in expr.tensor_split)]
