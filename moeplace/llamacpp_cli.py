@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from moeplace.errors import MoeplaceError
-from moeplace.llamacpp import Override, cpu_moe_pattern, cpu_moe_patterns, parse_override_arg
 from moeplace.memory import CACHE_TYPES
+from moeplace.targets.llamacpp_rules import Override, cpu_moe_pattern, cpu_moe_patterns, parse_override_arg
 
 
 class CommandLineError(MoeplaceError):
@@ -176,6 +176,12 @@ def _flash(flag: str, value: str | None) -> str:
     if v == "auto":
         return "auto"
     raise CommandLineError(f"{flag} '{value}' must be on, off or auto")
+
+
+def looks_like_command(word: str) -> bool:
+    """Whether a word starts a llama.cpp command line (an environment assignment or a llama.cpp program) rather
+    than naming a model."""
+    return bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", word) or _PROGRAMS.match(os.path.basename(word)))
 
 
 def _skip_prefix(tokens: list[str]) -> tuple[str, list[str]]:

@@ -25,7 +25,7 @@ from typing import Any
 from gguf import MODEL_TENSOR, TENSOR_NAMES, GGMLQuantizationType, Keys, LlamaFileType
 
 from moeplace.errors import MoeplaceError
-from moeplace.gguf_file import ArrayInfo, GGUFFile, read_gguf
+from moeplace.gguf_file import ArrayInfo, GGUFFile
 
 
 class ModelError(MoeplaceError):
@@ -466,5 +466,9 @@ def describe(gf: GGUFFile) -> ModelDescription:
 
 
 def load_model(path: str | os.PathLike[str]) -> ModelDescription:
-    """Reads a GGUF model (the first shard of a split one) and describes it. Never reads tensor data."""
-    return describe(read_gguf(path))
+    """Reads a GGUF model (the first shard of a split one) and describes it. Never reads tensor data.
+
+    ``path`` may also be a URL or a Hugging Face reference (moeplace.remote): then only the header is fetched."""
+    from moeplace.remote import read_model_file
+
+    return describe(read_model_file(path))

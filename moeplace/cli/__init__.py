@@ -68,6 +68,7 @@ def main() -> None:
       moeplace inspect model.gguf                  what is in the file
       moeplace profile model.gguf --prompts p.txt  how often each expert is routed to
       moeplace solve model.gguf --vram 24G         the fastest placement that fits, as llama.cpp arguments
+      moeplace choose owner/repo --vram 24G        which quant of a Hub repository to download
 
     Sizes: """
 
@@ -77,13 +78,14 @@ main.help = (main.help or "") + SIZE_HELP + "."
 
 def _register() -> None:
     # Imported here so each command module can import SIZE and friendly_errors from this package.
-    from moeplace.cli import bench_cmd, estimate_cmd, inspect_cmd, profile_cmd, solve_cmd
+    from moeplace.cli import bench_cmd, choose_cmd, estimate_cmd, inspect_cmd, profile_cmd, solve_cmd
 
     main.add_command(inspect_cmd.inspect)
     main.add_command(solve_cmd.solve)
     main.add_command(estimate_cmd.estimate)
     main.add_command(profile_cmd.profile)
     main.add_command(bench_cmd.bench)
+    main.add_command(choose_cmd.choose)
 
 
 _register()

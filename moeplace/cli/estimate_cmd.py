@@ -25,7 +25,7 @@ from moeplace.llamacpp import (
     n_cpu_moe_placement,
     parse_override_arg,
 )
-from moeplace.llamacpp_cli import LlamaCommand, parse_command
+from moeplace.llamacpp_cli import LlamaCommand, looks_like_command, parse_command
 from moeplace.memory import (
     DEFAULT_MARGIN,
     RunConfig,
@@ -289,10 +289,9 @@ def _split_words(words: Sequence[str]) -> tuple[str | None, LlamaCommand | None]
                             "llama-server -m model.gguf ...)")
     if len(words) == 1:
         return words[0], None
-    first = words[0]
-    if first.endswith(".gguf") and Path(first).is_file():
-        return first, parse_command(words[1:])
-    return None, parse_command(words)
+    if looks_like_command(words[0]):
+        return None, parse_command(words)
+    return words[0], parse_command(words[1:])
 
 
 # moeplace option -> the LlamaCommand field that a pasted line may set instead.
@@ -391,8 +390,6 @@ def estimate(ctx: click.Context, words: tuple[str, ...], gpus: tuple[str, ...], 
             raise MoeplaceError("the pasted command has no -m MODEL: add it, or give MODEL before --")
         notes.extend(f"pasted command: {n}" for n in pasted.notes)
     assert model is not None
-    if not Path(model).is_file():
-        raise MoeplaceError(f"{model}: no such model file")
     md = load_model(model)
     devices = devices_from(gpus, backend, ram, ram_bw, calibration, threads=v["threads"], cores=cores,
                            numa_nodes=numa_nodes, available=ram_avail, links=links)

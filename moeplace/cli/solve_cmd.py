@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,11 @@ import click
 
 from moeplace.cli import friendly_errors, table
 from moeplace.cli.options import HARDWARE_HELP, context_options, devices_from, hardware_options, run_config_from
+from moeplace.cli.whatif_view import whatif_report
 from moeplace.emit.args import LlamaArgs, RunSettings, build_args
 from moeplace.emit.scripts import plan_document, prediction, write_script_set
-from moeplace.hardware import HOST_NAME
-from moeplace.memory import DEFAULT_MARGIN
+from moeplace.hardware import HOST_NAME, Device
+from moeplace.memory import DEFAULT_MARGIN, RunConfig
 from moeplace.model import load_model
 from moeplace.outfiles import output_path
 from moeplace.planner import Plan, auto_context, parse_pin, parse_workload, plan
@@ -22,6 +24,11 @@ from moeplace.plot import placement_grid, write_grid
 from moeplace.ranges import format_ranges
 from moeplace.routing import check_profile, expert_probs, load_profile
 from moeplace.sizes import format_size
+from moeplace.targets.base import Emission, Target
+from moeplace.targets.builds import EngineBuild, find_binary, read_build
+from moeplace.targets.files import write_files
+from moeplace.targets.registry import TARGETS, get_target
+from moeplace.whatif import as_quant
 
 
 class ContextType(click.ParamType):
@@ -41,7 +48,8 @@ class ContextType(click.ParamType):
         return n
 
 
-def render(p: Plan, args: LlamaArgs, script_dir: Path | None, explain: bool) -> list[str]:
+def render(p: Plan, args: LlamaArgs | None, script_dir: Path | None, explain: bool,
+           emission: Emission | None = None) -> list[str]:
     """The plan for a person: where things go, memory per device, speed beside the baselines, the command."""
     m, e, cfg = p.model, p.estimate, p.cfg
     gpus = [n for n in p.devices if n != HOST_NAME]
@@ -85,10 +93,19 @@ def render(p: Plan, args: LlamaArgs, script_dir: Path | None, explain: bool) -> 
     out.append("")
     out.append(f"solver: {p.optimality}, {p.solve_seconds * 1000:.0f} ms")
     out.append("")
-    out.append("command:")
-    out.append("  " + args.shell_line("llama-server"))
+    if emission is not None and emission.approximation is not None:
+        a = emission.approximation
+        out.append(f"{emission.target} can get {a.decode_tps:.1f} tok/s of the plan's {base.decode_tps:.1f} "
+                   f"({a.name}; prompt {a.prefill_tps:.0f} tok/s{'' if a.fits else ', does NOT fit'})")
+        out.append("")
+    out.append("command:" if emission is None else f"command ({emission.target}):")
+    out.append("  " + (emission.command if emission is not None or args is None else args.shell_line("llama-server")))
     if script_dir is not None:
-        out.append(f"scripts: {script_dir}/ (server.sh, server.ps1, cli.sh, cli.ps1, llama-swap.yaml, plan.json)")
+        names = ", ".join(emission.files) if emission is not None else \
+            "server.sh, server.ps1, cli.sh, cli.ps1, llama-swap.yaml, plan.json"
+        out.append(f"scripts: {script_dir}/ ({names})")
+    for n in emission.notes if emission is not None else ():
+        out.append(f"note: {n}")
     for w in p.warnings:
         out.append(f"warning: {w}")
     for n in e.notes:
@@ -131,7 +148,7 @@ Examples:
 
 
 @click.command("solve", help=_HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("model")
 @hardware_options
 @context_options(ctx_help="Context size in tokens (0 = trained context; auto = largest within 10% of the "
                           "speed at 4096).", ctx_type=ContextType(), ctx_default=4096)
@@ -153,18 +170,53 @@ Examples:
 @click.option("--no-scripts", is_flag=True, help="Print the plan only; write no files.")
 @click.option("--map", "map_path", default=None, metavar="FILE",
               help="Draw where every block's tensors live (.svg, or .png with matplotlib).")
+@click.option("--target", "target_name", type=click.Choice(list(TARGETS)), default="llama.cpp", show_default=True,
+              help="The engine to plan for: its placement rules, baselines, flags and files.")
+@click.option("--engine-bin", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="The engine's binary: its --help decides which flags are written (default: the one on PATH, "
+                   "else a stated default build).")
+@click.option("--as-quant", "as_quant_type", default=None, metavar="TYPE",
+              help="Plan the model re-typed by llama-quantize's rules for TYPE (Q4_0, Q4_K_M, Q8_0, MXFP4_MOE, F16, "
+                   "BF16): a projection of a file you do not have.")
+@click.option("--compare", "variants", multiple=True, metavar="'HW OPTIONS'",
+              help="Also plan on a hardware variant, written as hardware options ('--gpu rtx3090,rtx3090', "
+                   "'--ram 256G --ram-bw ddr5-6000x2'); repeat for several. Prints the variants side by side.")
+@click.option("--target-tps", type=click.FloatRange(min=0, min_open=True), default=None, metavar="N",
+              help="The least VRAM of the first GPU whose plan decodes N tokens/s (exact solver, bisection); "
+                   "with --compare, which variants reach N.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="llama-server address in the scripts.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
               help="llama-server port in the scripts.")
 @friendly_errors
-def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | None, ram_bw: str | None,
+def solve(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | None, ram_bw: str | None,
           margin: int | None, calibration: Path | None, n_ctx: int | str, type_k: str, type_v: str, n_batch: int,
           n_ubatch: int, flash_attn: str, n_seq_max: int, kv_unified: bool, swa_full: bool, no_kv_offload: bool,
           no_op_offload: bool, workload: str, pins: tuple[str, ...], profile_path: Path | None, solver: str,
           time_limit: float, explain: bool,
-          as_json: bool, out_dir: str | None, no_scripts: bool, map_path: str | None, host: str, port: int) -> None:
+          as_json: bool, out_dir: str | None, no_scripts: bool, map_path: str | None, target_name: str,
+          engine_bin: Path | None, as_quant_type: str | None, variants: tuple[str, ...], target_tps: float | None,
+          host: str, port: int) -> None:
     md = load_model(model)
+    projection = None
+    if as_quant_type:
+        original = md
+        md = as_quant(md, as_quant_type)
+        projection = (f"projection: {original.name} re-typed by llama-quantize's rules as {md.file_type}: "
+                      f"{format_size(md.file_size)} (the file is {original.file_type}, "
+                      f"{format_size(original.file_size)}); no such file was read")
+        if not as_json:
+            click.echo(projection)
     devices = devices_from(gpus, backend, ram, ram_bw, calibration)
+    if variants or target_tps is not None:
+        def config(devs: Mapping[str, Device]) -> RunConfig:
+            return run_config_from(md, devs, n_ctx=4096 if n_ctx == "auto" else int(n_ctx), type_k=type_k,
+                                   type_v=type_v, n_batch=n_batch, n_ubatch=n_ubatch, flash_attn=flash_attn,
+                                   n_seq_max=n_seq_max, kv_unified=kv_unified, swa_full=swa_full,
+                                   no_kv_offload=no_kv_offload, no_op_offload=no_op_offload)
+        base = {"gpus": gpus, "backend": backend, "ram": ram, "ram_bw": ram_bw, "calibration": calibration}
+        whatif_report(md, devices, base, variants, target_tps, config, parse_workload(workload, n_seq_max),
+                      DEFAULT_MARGIN if margin is None else margin, as_json, projection)
+        return
     if len(devices) == 1:
         click.echo("note: no GPU given (--gpu/--vram): planning for the CPU alone", err=True)
     if not md.is_moe:
@@ -175,6 +227,11 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
                           n_batch=n_batch, n_ubatch=n_ubatch, flash_attn=flash_attn, n_seq_max=n_seq_max,
                           kv_unified=kv_unified, swa_full=swa_full, no_kv_offload=no_kv_offload,
                           no_op_offload=no_op_offload)
+    target = get_target(target_name)
+    target.check(md, cfg, [n for n in devices if n != HOST_NAME])
+    build = engine_build(target, engine_bin)
+    # a target whose rules depend on the build (ik_llama.cpp's --n-cpu-moe) is bound to it
+    target = target.for_build(build) if hasattr(target, "for_build") else target
     wl = parse_workload(workload, n_seq_max)
     pin_list = [parse_pin(x, list(devices)) for x in pins]
     profile = None
@@ -186,24 +243,32 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
     trade: list[Plan] = []
     if ctx_auto:
         chosen, trade = auto_context(md, devices, cfg, workload=wl, margin=margin_b, pins=pin_list, profile=profile,
-                                     solver=solver, time_limit=time_limit)
+                                     solver=solver, time_limit=time_limit, target=target)
     else:
         chosen = plan(md, devices, cfg, workload=wl, margin=margin_b, pins=pin_list, profile=profile, solver=solver,
-                      time_limit=time_limit)
+                      time_limit=time_limit, target=target)
     gpu_names = tuple(n for n in devices if n != HOST_NAME)
     # Absolute, so the scripts, llama-swap entry and plan.json work from any folder.
     settings = RunSettings(model_path=md.paths[0].absolute(), n_ctx=chosen.estimate.context.n_ctx, devices=gpu_names,
                            cache_type_k=type_k, cache_type_v=type_v, flash_attn=chosen.cfg.flash_attn,
                            n_ubatch=n_ubatch, n_batch=n_batch, n_parallel=n_seq_max, kv_offload=not no_kv_offload)
-    args = build_args(md, chosen.placement, settings)
+    default_dir = "moeplace-" + re.sub(r"[^A-Za-z0-9._-]+", "-", md.name).strip("-.")
+    directory = default_dir if out_dir is None else out_dir
+    if target.name != "llama.cpp":
+        emission = target.emit(chosen, settings, build, output_path(directory, "output folder"))
+        emit_target(md, chosen, emission, directory, no_scripts, map_path, as_json, explain, trade)
+        return
+    args = build_args(md, chosen.placement, settings, build)
     script_dir = None
     if not no_scripts:
-        default_dir = "moeplace-" + re.sub(r"[^A-Za-z0-9._-]+", "-", md.name).strip("-.")
-        script_dir = write_script_set(default_dir if out_dir is None else out_dir, chosen, args, host, port)
+        script_dir = write_script_set(directory, chosen, args, host, port)
     if map_path is not None:
         write_grid(placement_grid(md, chosen.placement), output_path(map_path, "--map"))
     if as_json:
         doc = plan_document(md, chosen.placement, args, prediction(chosen))
+        doc["build"] = build.describe()
+        if projection:
+            doc["projection"] = projection
         if trade:
             doc["context_trade"] = [{"n_ctx": t.estimate.context.n_ctx, "decode_tokens_per_second": t.chosen.decode_tps,
                                      "kv_bytes": sum(b.kv for b in t.estimate.memory.values())} for t in trade]
@@ -212,11 +277,54 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
         click.echo(json.dumps(doc, indent=1))
         return
     lines = render(chosen, args, script_dir, explain)
+    lines.append(f"flags for: {build.describe()}")
+    click.echo("\n".join(lines + trade_lines(trade)))
+
+
+def trade_lines(trade: list[Plan]) -> list[str]:
+    """The context trade of ``-c auto`` as a table (nothing without it)."""
+    if not trade:
+        return []
+    return ["", "Context trade (-c auto):", *table(
+        ["context", "KV total", "decode tok/s", "prompt tok/s"],
+        [[str(t.estimate.context.n_ctx), format_size(sum(b.kv for b in t.estimate.memory.values())),
+          f"{t.chosen.decode_tps:.2f}", f"{t.chosen.prefill_tps:.0f}"] for t in trade], {0, 1, 2, 3})]
+
+
+
+
+def engine_build(target: Target, engine_bin: Path | None) -> EngineBuild:
+    """The build whose flags are written: ``--engine-bin``, else the target's binary on PATH, else its default."""
+    if engine_bin is not None:
+        return read_build(target.name, engine_bin)
+    found = find_binary(target.binaries)
+    return read_build(target.name, found) if found else target.default_build()
+
+
+def emit_target(md: Any, chosen: Plan, emission: Emission, out_dir: str, no_scripts: bool, map_path: str | None,
+                as_json: bool, explain: bool, trade: list[Plan]) -> None:
+    """Prints and writes another engine's plan: its command, its files, and its approximation's cost."""
+    doc: dict[str, Any] = {"generator": "Generated by moeplace", "schema": "moeplace.target-plan/1",
+                           "target": emission.target, "command": emission.command,
+                           "argv": list(emission.argv), "files": sorted(emission.files), "notes": list(emission.notes),
+                           "engine": dict(emission.document), "prediction": prediction(chosen)}
+    if emission.approximation is not None:
+        a = emission.approximation
+        doc["approximation"] = {"name": a.name, "decode_tokens_per_second": a.decode_tps,
+                                "prompt_tokens_per_second": a.prefill_tps, "fits": a.fits, "note": a.note}
     if trade:
-        lines += ["", "Context trade (-c auto):"]
-        lines += table(["context", "KV total", "decode tok/s", "prompt tok/s"],
-                        [[str(t.estimate.context.n_ctx), format_size(sum(b.kv for b in t.estimate.memory.values())),
-                          f"{t.chosen.decode_tps:.2f}", f"{t.chosen.prefill_tps:.0f}"] for t in trade], {0, 1, 2, 3})
-    click.echo("\n".join(lines))
-
-
+        doc["context_trade"] = [{"n_ctx": t.estimate.context.n_ctx, "decode_tokens_per_second": t.chosen.decode_tps}
+                                for t in trade]
+    files = dict(emission.files)
+    files.setdefault("plan.json", json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    script_dir = None if no_scripts else write_files(out_dir, files, emission.replaceable)
+    if map_path is not None:
+        write_grid(placement_grid(md, chosen.placement), output_path(map_path, "--map"))
+    if as_json:
+        if script_dir is not None:
+            doc["scripts"] = str(script_dir)
+        click.echo(json.dumps(doc, indent=1))
+        return
+    lines = render(chosen, None, script_dir, explain, Emission(emission.target, emission.command, files,
+                                                                emission.approximation, emission.notes))
+    click.echo("\n".join(lines + trade_lines(trade)))
