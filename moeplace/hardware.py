@@ -155,6 +155,7 @@ class SpeedParams:
     gpu_quant_efficiency: Mapping[str, float]
     gpu_layer_us: float = 0.0
     cpu_layer_us: float = 0.0
+    engine_cpu_factor: Mapping[str, float] = field(default_factory=dict)  # CPU kernel speed vs llama.cpp's
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> SpeedParams:
@@ -168,6 +169,7 @@ class SpeedParams:
             gpu_quant_efficiency={k.upper(): float(v) for k, v in doc["gpu_quant_efficiency"].items()
                                   if not k.startswith("_")},
             gpu_layer_us=float(doc.get("gpu_layer_us", 0.0)), cpu_layer_us=float(doc.get("cpu_layer_us", 0.0)),
+            engine_cpu_factor={k: float(v) for k, v in doc.get("engine_cpu_factor", {}).items()},
         )
 
     def host_class(self, channels: int, bandwidth: float) -> str:
