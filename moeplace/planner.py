@@ -367,7 +367,16 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
         raise PlanError(f"the tensors pinned to {', '.join(over_pins)} do not fit its budget: pin fewer")
     t0 = time.perf_counter()
     sol = dp = solve(problem)
-    cp = solve_cp_sat(problem, time_limit=time_limit, hint=dp) if solver == "cp-sat" else None
+    cp, cp_note = None, ""
+    if solver == "cp-sat":
+        cp_limit = time_limit - (time.perf_counter() - t0)  # the DP's time counts against the budget too
+        if cp_limit < MIN_CP_SAT_SECONDS:
+            cp_note = "CP-SAT not run: the --time-limit of the whole run was spent"
+        else:
+            try:
+                cp = solve_cp_sat(problem, time_limit=cp_limit, hint=dp)
+            except ValueError as e:  # stopped before it found a placement: the DP's answer stands
+                cp_note = f"CP-SAT: {e}"
     if cp is not None and cp.objective < dp.objective:
         sol = cp
     elapsed = time.perf_counter() - t0
@@ -403,12 +412,17 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     optimality = (f"optimal for the linear model (exact dynamic programme over {len(problem.layers)} layers, "
                   f"{dp.states} states, sizes rounded up to {format_size(dp.unit)})")
     if cp is not None:
-        found = "proven optimal" if cp.proven else f"stopped at {time_limit:g} s, {100 * cp.gap:.2f}% from its bound"
+        found = "proven optimal" if cp.proven else f"stopped at {cp_limit:.3g} s, {100 * cp.gap:.2f}% from its bound"
         used = "its placement is used" if sol is cp else "the dynamic programme's answer is as good and is used"
         optimality += f"; CP-SAT: {found}, {used}"
+    elif cp_note:
+        optimality += f"; {cp_note}"
     return Plan(model, devices, cfg, workload, margin, chosen, tuple(base), budgets, sol, elapsed, optimality,
                 _reasons(problem, sol), tuple(pins), tuple(warnings))
 
+
+# Below this many seconds CP-SAT cannot even load a model: it is skipped and the DP's answer stands.
+MIN_CP_SAT_SECONDS = 0.05
 
 # Decode speed a longer context may cost before -c auto stops growing it.
 AUTO_CONTEXT_LOSS = 0.10
@@ -419,12 +433,14 @@ def auto_context(model: ModelDescription, devices: Mapping[str, Device], cfg: Ru
                  profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0
                  ) -> tuple[Plan, list[Plan]]:
     """Plans every context of :func:`context_ladder` and picks the largest whose predicted decode speed is within
-    :data:`AUTO_CONTEXT_LOSS` of the smallest context's; returns it and the whole trade for display."""
+    :data:`AUTO_CONTEXT_LOSS` of the smallest context's; returns it and the whole trade for display.
+    ``time_limit`` is CP-SAT's budget for the whole ladder, not per context."""
     trade: list[Plan] = []
+    deadline = time.perf_counter() + time_limit
     for n_ctx in context_ladder(model.hparams.n_ctx_train):
         try:
             trade.append(plan(model, devices, cfg.with_(n_ctx=n_ctx), workload=workload, margin=margin, pins=pins,
-                              profile=profile, solver=solver, time_limit=time_limit))
+                              profile=profile, solver=solver, time_limit=deadline - time.perf_counter()))
         except PlanError:
             break
     if not trade:
