@@ -23,6 +23,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, Keys
 
 from moeplace.errors import MoeplaceError
+from moeplace.inputs import check_regular
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -213,6 +214,7 @@ def _read_value(cur: _Cursor, vtype: int, key: str) -> Any:
 
 def _read_shard(path: Path, shard: int) -> tuple[int, int, dict[str, Any], list[TensorInfo], int]:
     """Parses one file; returns (version, alignment, metadata, tensors, file size)."""
+    check_regular(path, "GGUF model", GGUFError)
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size

@@ -90,6 +90,11 @@ def _templates() -> tuple[dict[str, MODEL_TENSOR], dict[str, MODEL_TENSOR]]:
     return per_block, top
 
 
+# llama.cpp's own ceilings (src/llama-hparams.h: LLAMA_MAX_LAYERS 512, LLAMA_MAX_EXPERTS 512 "Qwen3 Next"): a
+# model past them does not load, so a profile claiming more is refused before anything is allocated for it.
+LLAMA_MAX_LAYERS = 512
+LLAMA_MAX_EXPERTS = 512
+
 _BLOCK_NAME = re.compile(r"^blk\.(\d+)\.(.+)$")
 
 
