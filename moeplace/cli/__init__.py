@@ -7,6 +7,7 @@ a traceback.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -19,8 +20,22 @@ from moeplace.sizes import SIZE_HELP, parse_size
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
+
+
+def _stdout_gone() -> None:
+    """stdout was closed or is full (``| head``, ``> /dev/full``): nothing more can be said there. Point the
+    descriptor at /dev/null so Python's own flush at exit does not print a second error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real descriptor (CliRunner) or no /dev/null
+        pass
+
+
 def friendly_errors(fn: F) -> F:
-    """Reports MoeplaceError as 'Error: <message>' with exit code 2."""
+    """Reports MoeplaceError as 'Error: <message>' with exit code 2, Ctrl-C as 'interrupted' with exit code 130,
+    and a closed or full stdout as one line on stderr with exit code 1: never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -29,8 +44,35 @@ def friendly_errors(fn: F) -> F:
         except MoeplaceError as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except OSError as e:
+            if _stdout_broken(e):
+                _stdout_gone()
+                if not isinstance(e, BrokenPipeError):  # a closed pipe is the reader's choice, not an error
+                    click.echo(f"Error: cannot write to standard output ({e.strerror or e})", err=True)
+                sys.exit(1)
+            # A file the library did not wrap (the lead's rule: name the file and the problem, no traceback).
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            click.echo(f"Error: {where}{e.strerror or e}", err=True)
+            sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _stdout_broken(e: OSError) -> bool:
+    """Whether ``e`` came from writing stdout (a closed pipe, ENOSPC on /dev/full) rather than from a file: a
+    file error names its file, and a broken stdout fails again when flushed."""
+    if isinstance(e, BrokenPipeError):
+        return True
+    if getattr(e, "filename", None) is not None:
+        return False
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        return True
+    return False
 
 
 class SizeType(click.ParamType):

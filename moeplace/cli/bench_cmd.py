@@ -114,7 +114,7 @@ def bench(model: Path, n_plans: int, gpus: tuple[str, ...], backend: str | None,
                "config": vars(cfg), "gpu": on_gpu, "runs": [_run_json(r) for r in runs],
                "calibration": calibration_dict(cal) if measured else None,
                "calibration_file": str(out_path) if out_path is not None and measured else None, "notes": notes}
-        click.echo(json.dumps(doc, indent=1))
+        click.echo(json.dumps(doc, indent=1, allow_nan=False))
         return
     out = [f"{md.name} ({md.arch}) in {engine.version()}: context {cfg.n_ctx}, KV {cfg.type_k}/{cfg.type_v}, "
            f"ubatch {cfg.n_ubatch}, flash attention {'on' if cfg.flash_attn else 'off'}, "

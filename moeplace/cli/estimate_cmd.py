@@ -254,7 +254,8 @@ def estimate(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | 
     e = estimate_placement(md, placement, cfg, devices, table=table, margin=margin_b)
     rows = context_table(md, placement, cfg, devices, table, margin_b)
     if as_json:
-        click.echo(json.dumps(estimate_to_json(md, placement, cfg, devices, e, rows, price, api_price), indent=1))
+        doc = estimate_to_json(md, placement, cfg, devices, e, rows, price, api_price)
+        click.echo(json.dumps(doc, indent=1, allow_nan=False))
         return
     click.echo("\n".join(render(md, placement, cfg, devices, e, rows, price, api_price, margin_b)))
 

@@ -100,7 +100,7 @@ def inspect(model: Path, show_tensors: bool, as_json: bool) -> None:
     if as_json:
         if show_tensors:
             s["tensors"] = tensor_rows(m)
-        click.echo(json.dumps(s, indent=2))
+        click.echo(json.dumps(s, indent=2, allow_nan=False))
         return
     for line in render(s):
         click.echo(line)

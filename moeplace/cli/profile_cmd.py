@@ -222,7 +222,7 @@ def show(profile_path: Path, model_path: Path | None, as_json: bool) -> None:
         check_profile(p, load_model(model_path), origin=str(profile_path))
     r = skew_report(p, DEFAULT_BATCHES)
     if as_json:
-        click.echo(json.dumps(show_json(p, r), indent=2))
+        click.echo(json.dumps(show_json(p, r), indent=2, allow_nan=False))
     else:
         _echo_lines(render_show(p, r))
 
@@ -263,7 +263,7 @@ def merge(profiles: tuple[Path, ...], weights: list[float] | None, output: Path)
 def export(profile_path: Path, fmt: str, cache: int | None, output: Path | None) -> None:
     """Write the hottest experts per layer for engines that cache or pin individual experts."""
     data = hot_experts(load_profile(profile_path), cache)
-    text = json.dumps(data, indent=1) + "\n"
+    text = json.dumps(data, indent=1, allow_nan=False) + "\n"
     if output is None:
         click.echo(text, nl=False)
     else:

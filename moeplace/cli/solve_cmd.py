@@ -202,7 +202,7 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
                                      "kv_bytes": sum(b.kv for b in t.estimate.memory.values())} for t in trade]
         if script_dir is not None:
             doc["scripts"] = str(script_dir)
-        click.echo(json.dumps(doc, indent=1))
+        click.echo(json.dumps(doc, indent=1, allow_nan=False))
         return
     lines = render(chosen, args, script_dir, explain)
     if trade:
