@@ -13,6 +13,8 @@ _UNITS = {
     "T": 1 << 40, "TIB": 1 << 40, "TB": 10**12,
     "B": 1,
 }
+# 1 EiB: more than any machine holds, and every size below it is exact as an int64 and as a float's integer part.
+MAX_SIZE = 1 << 60
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]+)\s*$")
 
 SIZE_HELP = "24G or 24GiB = 24 x 2^30 bytes (what a '24 GB' card has); 24GB = 24 x 10^9 bytes; also K, M, T"
@@ -27,7 +29,11 @@ def parse_size(text: str) -> int:
             raise MoeplaceError(f"size '{text}' has no unit: write {text.strip()}G for GiB "
                                 f"or {text.strip()}GB for 10^9 bytes")
         raise MoeplaceError(f"malformed size '{text}': write a number and a unit, like 24G ({SIZE_HELP})")
-    return round(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    value = float(m.group(1)) * _UNITS[m.group(2).upper()]  # a 400-digit number is inf here, not an error
+    if not value <= MAX_SIZE:
+        raise MoeplaceError(f"size '{text.strip()[:40]}' is larger than any machine's memory "
+                            "(limit 1 EiB)")
+    return round(value)
 
 
 def format_size(n: float) -> str:
