@@ -78,6 +78,15 @@ def read_text(path: str | os.PathLike[str], what: str, error: type[MoeplaceError
         raise error(f"{path}: not a {what} (binary content)") from None
 
 
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on (C0 and C1 controls, which start escape sequences;
+    bidirectional overrides; other invisible formatting) written as a Python escape such as ``\\x1b``, for
+    names read from files (``general.name``, tensor names) and messages that quote them."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 

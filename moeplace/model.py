@@ -26,6 +26,7 @@ from gguf import MODEL_TENSOR, TENSOR_NAMES, GGMLQuantizationType, Keys, LlamaFi
 
 from moeplace.errors import MoeplaceError
 from moeplace.gguf_file import ArrayInfo, GGUFFile, read_gguf
+from moeplace.inputs import printable
 
 
 class ModelError(MoeplaceError):
@@ -459,7 +460,8 @@ def describe(gf: GGUFFile) -> ModelDescription:
         ft_name = None
     name = md.get(Keys.General.NAME)
     return ModelDescription(
-        name=name if isinstance(name, str) and name else path.name.removesuffix(".gguf"),
+        # Printed and written into scripts: a name carrying terminal escape sequences is shown escaped.
+        name=printable(name if isinstance(name, str) and name else path.name.removesuffix(".gguf")),
         paths=gf.paths,
         file_size=gf.total_size,
         file_type=ft_name,

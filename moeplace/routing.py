@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from moeplace.errors import MoeplaceError
-from moeplace.inputs import json_depth, parse_json, read_text
+from moeplace.inputs import json_depth, parse_json, printable, read_text
 from moeplace.model import LLAMA_MAX_EXPERTS, LLAMA_MAX_LAYERS, ModelDescription
 from moeplace.ranges import format_ranges
 
@@ -576,7 +576,8 @@ def profile_from_json(data: Any, origin: str = "") -> RoutingProfile:
         arch=_get(m, "arch", str, origin, "model."), n_layer=_get(m, "n_layer", int, origin, "model."),
         n_expert=_get(m, "n_expert", int, origin, "model."),
         n_expert_used=_get(m, "n_expert_used", int, origin, "model."),
-        fingerprint=_get(m, "fingerprint", str, origin, "model."), name=_opt(m, "name", str, "", origin, "model."),
+        fingerprint=_get(m, "fingerprint", str, origin, "model."),
+        name=printable(_opt(m, "name", str, "", origin, "model.")),
     )
     # Checked before anything is sized by them: a co-activation matrix is n_expert^2 numbers per layer.
     if not 1 <= ident.n_expert <= LLAMA_MAX_EXPERTS or not 1 <= ident.n_layer <= LLAMA_MAX_LAYERS:

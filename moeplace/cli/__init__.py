@@ -7,6 +7,7 @@ a traceback.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from moeplace.errors import MoeplaceError
+from moeplace.inputs import printable
 from moeplace.sizes import SIZE_HELP, parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -42,7 +44,7 @@ def friendly_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except MoeplaceError as e:
-            click.echo(f"Error: {e}", err=True)
+            click.echo(f"Error: {printable(str(e))}", err=True)  # messages quote names read from files
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -63,33 +65,57 @@ def friendly_errors(fn: F) -> F:
 
 def _stdout_broken(e: OSError) -> bool:
     """Whether ``e`` came from writing stdout (a closed pipe, ENOSPC on /dev/full) rather than from a file: a
-    file error names its file, and a broken stdout fails again when flushed."""
+    file error names its file, and every line for stdout goes through ``click.echo`` without ``err``."""
     if isinstance(e, BrokenPipeError):
         return True
     if getattr(e, "filename", None) is not None:
         return False
-    try:
-        sys.stdout.flush()
-    except (OSError, ValueError):
-        return True
+    tb = e.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code is click.echo.__code__ and not frame.f_locals.get("err") and frame.f_locals.get(
+                "file") in (None, sys.stdout):
+            return True
+        tb = tb.tb_next
     return False
 
 
 class SizeType(click.ParamType):
-    """A byte size such as 24G (GiB) or 24GB (10^9 bytes)."""
+    """A byte size such as 24G (GiB) or 24GB (10^9 bytes); ``positive`` refuses 0."""
 
     name = "SIZE"
+
+    def __init__(self, positive: bool = False) -> None:
+        self.positive = positive
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
         try:
-            return parse_size(str(value))
+            n = parse_size(str(value))
         except MoeplaceError as e:
             self.fail(str(e), param, ctx)
+        if self.positive and n <= 0:
+            self.fail(f"'{value}' is no memory at all: give a positive size such as 32G", param, ctx)
+        return n
 
 
 SIZE = SizeType()
+POSITIVE_SIZE = SizeType(positive=True)
+
+# llama.cpp reads its integer options with std::stoi: anything past a 32-bit int is refused there.
+INT32_MAX = (1 << 31) - 1
+
+
+class FiniteFloat(click.FloatRange):
+    """click's FloatRange, which lets NaN through (every comparison with NaN is false) and inf when there is no
+    maximum, refusing both."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
 
 
 def table(headers: list[str], rows: list[list[Any]], right: set[int] | None = None) -> list[str]:

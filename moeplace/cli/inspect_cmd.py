@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from moeplace.cli import friendly_errors, table
+from moeplace.inputs import printable
 from moeplace.model import load_model
 from moeplace.sizes import format_size
 from moeplace.summary import summarize, tensor_rows
@@ -106,7 +107,7 @@ def inspect(model: Path, show_tensors: bool, as_json: bool) -> None:
         click.echo(line)
     if show_tensors:
         click.echo("")
-        rows = [[t["name"], t["role"], t["type"], "x".join(map(str, t["shape"])), format_size(t["bytes"])]
+        rows = [[printable(t["name"]), t["role"], t["type"], "x".join(map(str, t["shape"])), format_size(t["bytes"])]
                 for t in tensor_rows(m)]
         for line in table(["tensor", "role", "type", "shape", "bytes"], rows, {4}):
             click.echo(line)

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from moeplace.cli import friendly_errors, table
+from moeplace.cli import INT32_MAX, FiniteFloat, friendly_errors, table
 from moeplace.cli.options import HARDWARE_HELP, context_options, devices_from, hardware_options, run_config_from
 from moeplace.emit.args import LlamaArgs, RunSettings, build_args
 from moeplace.emit.scripts import plan_document, prediction, write_script_set
@@ -35,8 +35,9 @@ class ContextType(click.ParamType):
             n = int(value)
         except ValueError:
             self.fail(f"'{value}' is not a number of tokens or 'auto'", param, ctx)
-        if n < 0:
-            self.fail("the context must be 0 (the trained context), a positive number, or auto", param, ctx)
+        if not 0 <= n <= INT32_MAX:
+            self.fail(f"the context must be 0 (the trained context), a positive number up to {INT32_MAX}, or auto",
+                      param, ctx)
         return n
 
 
@@ -138,8 +139,8 @@ Examples:
               help="A routing profile of this model (moeplace profile run/import).")
 @click.option("--solver", type=click.Choice(["dp", "cp-sat"]), default="dp", show_default=True,
               help="dp: exact dynamic programme; cp-sat: OR-Tools CP-SAT from the DP's answer, with its gap.")
-@click.option("--time-limit", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds CP-SAT may search.")
+@click.option("--time-limit", type=FiniteFloat(min=0.1, max=86400), default=10.0, show_default=True,
+              help="Seconds CP-SAT may search, in all (-c auto shares them between contexts).")
 @click.option("--explain", is_flag=True, help="Show why each block's experts went where they did.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (schema moeplace.plan/1).")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
