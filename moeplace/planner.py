@@ -14,8 +14,16 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+try:  # the regex parser moved in Python 3.11; sre_parse still works there but warns
+    import re._constants as _sre  # type: ignore[import-not-found]
+    import re._parser as _sre_parser  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - Python 3.10
+    import sre_constants as _sre  # type: ignore[no-redef]
+    import sre_parse as _sre_parser  # type: ignore[no-redef]
 
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import HOST_NAME, Device, runtime_overhead
@@ -95,7 +103,51 @@ def parse_pin(text: str, devices: Sequence[str]) -> Pin:
         check_portable_pattern(pattern)
     except re.error as e:
         raise PlanError(f"--pin '{text}': not a valid regular expression ({e})") from None
+    problem = backtracking_risk(pattern)
+    if problem:
+        raise PlanError(f"--pin '{text}': {problem}")
     return Pin(pattern, device)
+
+
+_REPEATS = tuple(getattr(_sre, n) for n in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT") if hasattr(_sre, n))
+# More adjacent open-ended repeats than this (.*a.*b.*c.*d.*) cost n^k steps on a failing name.
+MAX_OPEN_REPEATS = 4
+
+
+def backtracking_risk(pattern: str) -> str:
+    """Why matching ``pattern`` could take exponential or high-polynomial time, or "" when it cannot.
+
+    Python's ``re`` has no timeout and llama.cpp's std::regex backtracks too (recursively, so it can also run
+    out of stack), so a pin like ``(a+)+`` would hang both. Refused: a repeat inside a repeated group
+    (``(a+)+``, ``(.*x){9}``), an alternation inside one (``(a|ab)*``), and more than
+    :data:`MAX_OPEN_REPEATS` open-ended repeats in all. Tensor-name pins never need these."""
+    tree = _sre_parser.parse(pattern)
+    open_repeats = 0
+    stack: list[tuple[Any, bool]] = [(tree, False)]
+    while stack:
+        items, repeated = stack.pop()
+        for op, av in items:
+            if op in _REPEATS:
+                lo, hi, sub = av
+                if hi != lo:
+                    if repeated:
+                        return ("a repeat inside a repeated group, such as (a+)+, can take exponential time here "
+                                "and in llama.cpp; repeat the group or its content, not both")
+                    open_repeats += hi == _sre.MAXREPEAT
+                stack.append((sub, repeated or hi > 1))
+            elif op is _sre.BRANCH:
+                if repeated:
+                    return ("an alternation inside a repeated group, such as (a|ab)*, can take exponential time here "
+                            "and in llama.cpp; list the alternatives without repeating them")
+                stack.extend((b, repeated) for b in av[1])
+            elif op is _sre.SUBPATTERN:
+                stack.append((av[-1], repeated))
+            elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
+                stack.append((av[1], repeated))
+    if open_repeats > MAX_OPEN_REPEATS:
+        return (f"{open_repeats} open-ended repeats (* or +) can take n^{open_repeats} steps on a name that fails "
+                f"to match; use at most {MAX_OPEN_REPEATS}")
+    return ""
 
 
 @dataclass(frozen=True)
