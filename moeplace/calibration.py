@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from moeplace.errors import MoeplaceError
+from moeplace.files import parse_json, read_text, write_output
 from moeplace.hardware import GB, Device
-from moeplace.inputs import parse_json, read_text
 from moeplace.speed import GPU_COMPUTE_EFFICIENCY
 
 SCHEMA = "moeplace.calibration/1"
@@ -158,12 +158,7 @@ def dumps(cal: Calibration) -> str:
 
 def save(cal: Calibration, path: str | os.PathLike[str]) -> Path:
     """Writes the file (whole: through a temporary file beside it, so a crash never leaves half of one)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(dumps(cal), encoding="utf-8")
-    os.replace(tmp, p)
-    return p
+    return write_output(path, "calibration", dumps(cal), CalibrationError)
 
 
 def apply_one(device: Device, m: Measurement) -> Device:

@@ -23,7 +23,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, Keys
 
 from moeplace.errors import MoeplaceError
-from moeplace.inputs import check_regular
+from moeplace.files import check_regular
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)

@@ -19,6 +19,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from moeplace.errors import MoeplaceError
+from moeplace.files import write_output
 from moeplace.model import ModelDescription, Role, Tensor
 from moeplace.placement import HOST, Placement
 from moeplace.routing import RoutingProfile
@@ -189,14 +190,13 @@ def write_grid(grid: Grid, path: str | os.PathLike[str]) -> Path:
     """Writes ``path`` as SVG or PNG by its suffix."""
     p = Path(path)
     suffix = p.suffix.lower()
+    if not p.name:  # '' (an unset variable), '.' or '/'
+        raise PlotError("empty path given for the picture: name a .svg or .png file")
     if suffix not in (".svg", ".png"):
         raise PlotError(f"{p.name}: write the picture as .svg or .png")
-    p.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".svg":
-        p.write_text(render_svg(grid), encoding="utf-8")
-    else:
-        render_png(grid, p)
-    return p
+        return write_output(p, "picture", render_svg(grid), PlotError)
+    return write_output(p, "picture", lambda tmp: render_png(grid, tmp), PlotError)
 
 
 def plot_profile(profile: RoutingProfile, path: str | os.PathLike[str]) -> Path:

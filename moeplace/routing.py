@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from moeplace.errors import MoeplaceError
-from moeplace.inputs import json_depth, parse_json, printable, read_text
+from moeplace.files import json_depth, parse_json, printable, read_text, write_output
 from moeplace.model import LLAMA_MAX_EXPERTS, LLAMA_MAX_LAYERS, ModelDescription
 from moeplace.ranges import format_ranges
 
@@ -520,12 +520,7 @@ def dumps(profile: RoutingProfile) -> str:
 
 def save_profile(profile: RoutingProfile, path: str | os.PathLike[str]) -> Path:
     """Writes the profile (creating the folder); returns the path written."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(dumps(profile))
-    tmp.replace(p)  # never leave a half-written profile behind
-    return p
+    return write_output(path, "routing profile", dumps(profile), ProfileError)
 
 
 def _get(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], origin: str, where: str = "") -> Any:
