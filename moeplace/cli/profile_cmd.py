@@ -11,7 +11,7 @@ import click
 
 from moeplace.cli import friendly_errors, table
 from moeplace.errors import MoeplaceError
-from moeplace.files import write_output
+from moeplace.files import check_regular, write_output
 from moeplace.model import load_model
 from moeplace.routing import (
     DEFAULT_BATCHES,
@@ -197,8 +197,10 @@ def import_(source: Path, model_path: Path, output: Path | None) -> None:
     from moeplace.sources.trace import import_trace
 
     model = load_model(model_path)
+    check_regular(source, "imatrix or trace")
     try:
-        head = source.open("rb").read(4096)
+        with source.open("rb") as fh:
+            head = fh.read(4096)
     except OSError as e:
         raise MoeplaceError(f"{source}: cannot read ({e.strerror})") from None
     if head[:4] == b"GGUF" or source.suffix.lower() == ".dat" or looks_like_legacy_dat(head):
