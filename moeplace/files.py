@@ -55,12 +55,12 @@ def check_regular(path: str | os.PathLike[str], what: str, error: type[MoeplaceE
             raise error(f"{p}: the path is too long for this system") from None
         raise error(f"{p}: cannot read it ({e.strerror or e})") from None
     if stat.S_ISDIR(st.st_mode):
-        raise error(f"{p}: is a directory, not a {what}")
+        raise error(f"{p}: is a directory; pass the {what} file itself")
     if not stat.S_ISREG(st.st_mode):
         kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "a device" if
                 stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
                 else "not a regular file")
-        raise error(f"{p}: is {kind}, not a {what} file; pass the file itself")
+        raise error(f"{p}: is {kind}; pass the {what} file itself")
     return st.st_size
 
 
@@ -69,7 +69,7 @@ def read_text(path: str | os.PathLike[str], what: str, error: type[MoeplaceError
     """The UTF-8 text of a regular file of at most ``limit`` bytes."""
     size = check_regular(path, what, error)
     if size > limit:
-        raise error(f"{path}: {size} bytes is more than a {what} can be (limit {limit}); is this the right file?")
+        raise error(f"{path}: {size} bytes is more than the {what} can be (limit {limit}); is this the right file?")
     try:
         with open(path, "rb") as fh:
             data = fh.read(limit + 1)
@@ -80,7 +80,7 @@ def read_text(path: str | os.PathLike[str], what: str, error: type[MoeplaceError
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise error(f"{path}: not a {what} (binary content)") from None
+        raise error(f"{path}: binary content, not the {what} expected") from None
 
 
 def printable(text: str) -> str:
