@@ -10,6 +10,7 @@ fixes the tensors the user pinned, and afterwards scores the plan and every base
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -71,16 +72,21 @@ WORKLOADS = {
 }
 
 
+# Prompt tokens per generated token beyond which the generation term no longer matters to the objective.
+MAX_PROMPT_RATIO = 1e6
+
+
 def parse_workload(text: str, n_parallel: int = 1) -> Workload:
     """``chat``, ``long-prompt``, ``batch`` or a ratio ``PROMPT:GENERATED`` of tokens, e.g. ``8:1``."""
     if text in WORKLOADS:
         w = WORKLOADS[text]
         return Workload(w.name, w.prompt_per_generated, max(w.batch, n_parallel) if text == "batch" else n_parallel)
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*", text)
-    if not m or float(m.group(2)) == 0:
-        raise PlanError(f"workload '{text}': use chat, long-prompt, batch, or a ratio of prompt to generated "
-                        "tokens such as 8:1")
-    return Workload(text.strip(), float(m.group(1)) / float(m.group(2)), n_parallel)
+    ratio = float(m.group(1)) / float(m.group(2)) if m and float(m.group(2)) > 0 else math.nan
+    if not 0 <= ratio <= MAX_PROMPT_RATIO:  # also NaN and a 400-digit (infinite) ratio
+        raise PlanError(f"workload '{text[:40]}': use chat, long-prompt, batch, or a ratio of prompt to generated "
+                        f"tokens such as 8:1 (at most {MAX_PROMPT_RATIO:g}:1)")
+    return Workload(text.strip(), ratio, n_parallel)
 
 
 @dataclass(frozen=True)
@@ -280,8 +286,10 @@ def build_problem(model: ModelDescription, devs: Sequence[Device], cfg: RunConfi
                                  (True,) * len(names)))
     out_time = sum((costs.seconds[costs.index[t.name]] for t in output), np.zeros(len(names)))
     gpus = [d for d in devs if not d.is_host]
-    switch = max((d.link_latency for d in gpus), default=0.0) + (
-        2 * 4.0 * model.hparams.n_embd / min(d.link_bandwidth for d in gpus) if gpus else 0.0)
+    # A unified-memory GPU (Apple) has no link to copy activations over (link_bandwidth 0): only its latency.
+    links = [d.link_bandwidth for d in gpus if d.link_bandwidth > 0]
+    switch = max((d.link_latency for d in gpus), default=0.0) + (2 * 4.0 * model.hparams.n_embd / min(links)
+                                                                 if links else 0.0)
     return Problem(tuple(names), tuple(capacity), tuple(layers), sum(t.nbytes for t in output),
                    tuple(float(x) for x in out_time), switch)
 
@@ -418,7 +426,11 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     if over_pins:
         raise PlanError(f"the tensors pinned to {', '.join(over_pins)} do not fit its budget: pin fewer")
     t0 = time.perf_counter()
-    sol = dp = solve(problem)
+    try:
+        sol = dp = solve(problem)
+    except ValueError:  # the budgets were checked above; what is left is that no layer order fits them at all
+        raise PlanError("no placement fits the GPU budgets with these pins and this context: pin fewer tensors, "
+                        "give more VRAM, or lower -c") from None
     cp, cp_note = None, ""
     if solver == "cp-sat":
         cp_limit = time_limit - (time.perf_counter() - t0)  # the DP's time counts against the budget too

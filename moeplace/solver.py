@@ -106,7 +106,7 @@ def _options(layer: LayerItems, device: int,
 
 def _unit(problem: Problem) -> int:
     """Bytes per capacity unit: at most MAX_STATES units for the largest GPU budget, never below MIN_UNIT."""
-    return max(MIN_UNIT, math.ceil(max(*problem.capacity[1:], 1) / (MAX_STATES - 1)))
+    return max(MIN_UNIT, math.ceil(max((*problem.capacity[1:], 1)) / (MAX_STATES - 1)))  # (1,): no GPU
 
 
 def solve(problem: Problem) -> Solution:
