@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from moeplace.errors import MoeplaceError
-from moeplace.files import parse_json, read_text, write_output
+from moeplace.files import parse_json, read_text
 from moeplace.hardware import GB, Device
+from moeplace.outfiles import encode_text, write_file
 from moeplace.speed import GPU_COMPUTE_EFFICIENCY
 
 SCHEMA = "moeplace.calibration/1"
@@ -158,7 +159,7 @@ def dumps(cal: Calibration) -> str:
 
 def save(cal: Calibration, path: str | os.PathLike[str]) -> Path:
     """Writes the file (whole: through a temporary file beside it, so a crash never leaves half of one)."""
-    return write_output(path, "calibration", dumps(cal), CalibrationError)
+    return write_file(path, encode_text(dumps(cal)))
 
 
 def apply_one(device: Device, m: Measurement) -> Device:

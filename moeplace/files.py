@@ -1,5 +1,5 @@
-"""Files the user names: inputs (models, profiles, calibrations, traces) checked before they are opened, JSON
-parsed strictly, and single output files (profiles, calibrations, pictures) written whole or not at all.
+"""Files the user names as input (models, profiles, calibrations, traces), checked before they are opened, and JSON
+parsed strictly (what moeplace writes goes through :mod:`moeplace.outfiles`).
 
 A FIFO or a character device as "the model" would block ``open`` or never reach end of file, a symlink loop
 fails deep inside a parser, and a JSON document can claim anything: ``NaN`` and ``Infinity`` (which Python's
@@ -14,7 +14,6 @@ import errno
 import json
 import os
 import stat
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,6 @@ MAX_JSON_DEPTH = 32
 
 class InputError(MoeplaceError):
     """An input file that cannot be read as what it claims to be."""
-
-
-class OutputError(MoeplaceError):
-    """An output path moeplace cannot write."""
 
 
 def check_regular(path: str | os.PathLike[str], what: str, error: type[MoeplaceError] = InputError) -> int:
@@ -130,45 +125,3 @@ def parse_json(text: str, origin: str, error: type[MoeplaceError] = InputError, 
     return data
 
 
-
-def _os_problem(e: OSError) -> str:
-    if e.errno == errno.ENAMETOOLONG:
-        return "the path is too long for this system"
-    if isinstance(e, FileExistsError | NotADirectoryError):
-        return "a part of the path is a file, not a folder"
-    if isinstance(e, PermissionError):
-        return "permission denied"
-    return e.strerror or str(e)
-
-
-def write_output(path: str | os.PathLike[str], what: str, content: str | bytes | Callable[[Path], None],
-                 error: type[MoeplaceError] = OutputError) -> Path:
-    """Writes one output file whole: into a temporary file beside it, then renamed over ``path``, so a crash,
-    Ctrl-C or a full disk leaves the old file or the new one, never half of one. The folder is created if
-    missing. ``content`` is text (written as UTF-8, newlines as given), bytes, or a function that writes the
-    file at the path it is handed. Every failure (a folder that is a file, /proc, a path too long, no
-    permission) is one ``error`` naming the path."""
-    p = Path(path)
-    if not p.name:  # '' (an unset variable) is Path('.')
-        raise error(f"no file name given for the {what} ('{path}'): name a file")
-    try:
-        if p.is_dir():
-            raise error(f"{p}: is a directory; name the {what} file to write")
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise error(f"{p}: cannot create its folder ({_os_problem(e)})") from None
-    tmp = p.with_name(f".{p.stem}.{os.getpid()}.tmp{p.suffix}")  # the suffix tells matplotlib the format
-    try:
-        if callable(content):
-            content(tmp)
-        else:
-            data = content.encode("utf-8") if isinstance(content, str) else content
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-        os.replace(tmp, p)
-    except OSError as e:
-        raise error(f"{p}: cannot write the {what} ({_os_problem(e)})") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink(missing_ok=True)
-    return p

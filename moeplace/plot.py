@@ -8,6 +8,7 @@ A placement map can reuse :class:`Grid` with its own colours and legend.
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 import os
@@ -19,8 +20,8 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from moeplace.errors import MoeplaceError
-from moeplace.files import write_output
 from moeplace.model import ModelDescription, Role, Tensor
+from moeplace.outfiles import encode_text, write_file
 from moeplace.placement import HOST, Placement
 from moeplace.routing import RoutingProfile
 
@@ -159,8 +160,8 @@ def _rgb(colour: str) -> tuple[float, float, float]:
     return tuple(int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5))  # type: ignore[return-value]
 
 
-def render_png(grid: Grid, path: Path) -> None:
-    """The grid as a PNG through matplotlib."""
+def render_png(grid: Grid, name: str = "picture.png") -> bytes:
+    """The grid as PNG bytes through matplotlib."""
     try:
         import matplotlib
 
@@ -169,7 +170,7 @@ def render_png(grid: Grid, path: Path) -> None:
         from matplotlib.patches import Patch
     except ImportError:
         raise PlotError("PNG output needs matplotlib (pip install matplotlib); SVG needs nothing: "
-                        f"write {path.with_suffix('.svg').name}") from None
+                        f"write {Path(name).with_suffix('.svg').name}") from None
     rows, cols = grid.shape
     image = np.array([[_rgb(c) for c in row] for row in grid.colours])
     fig, ax = plt.subplots(figsize=(min(16, 2 + cols * 0.12 + 1), min(12, 2 + rows * 0.12 + 1)), dpi=120)
@@ -182,8 +183,10 @@ def render_png(grid: Grid, path: Path) -> None:
     ax.legend(handles=[Patch(facecolor=c, edgecolor="#999", label=label) for c, label in grid.legend],
               loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(grid.legend), fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    return buf.getvalue()
 
 
 def write_grid(grid: Grid, path: str | os.PathLike[str]) -> Path:
@@ -194,9 +197,7 @@ def write_grid(grid: Grid, path: str | os.PathLike[str]) -> Path:
         raise PlotError("empty path given for the picture: name a .svg or .png file")
     if suffix not in (".svg", ".png"):
         raise PlotError(f"{p.name}: write the picture as .svg or .png")
-    if suffix == ".svg":
-        return write_output(p, "picture", render_svg(grid), PlotError)
-    return write_output(p, "picture", lambda tmp: render_png(grid, tmp), PlotError)
+    return write_file(p, encode_text(render_svg(grid)) if suffix == ".svg" else render_png(grid, p.name))
 
 
 def plot_profile(profile: RoutingProfile, path: str | os.PathLike[str]) -> Path:

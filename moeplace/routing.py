@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from moeplace.errors import MoeplaceError
-from moeplace.files import json_depth, parse_json, printable, read_text, write_output
+from moeplace.files import json_depth, parse_json, printable, read_text
 from moeplace.model import LLAMA_MAX_EXPERTS, LLAMA_MAX_LAYERS, ModelDescription
+from moeplace.outfiles import encode_text, write_file
 from moeplace.ranges import format_ranges
 
 FORMAT = "moeplace-routing-profile"
@@ -520,7 +521,7 @@ def dumps(profile: RoutingProfile) -> str:
 
 def save_profile(profile: RoutingProfile, path: str | os.PathLike[str]) -> Path:
     """Writes the profile (creating the folder); returns the path written."""
-    return write_output(path, "routing profile", dumps(profile), ProfileError)
+    return write_file(path, encode_text(dumps(profile)))  # whole or not at all
 
 
 def _get(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], origin: str, where: str = "") -> Any:

@@ -140,11 +140,11 @@ HUGE = "9" * 400
     (["inspect", "{loop}"], ["loop of symbolic links"]),
     (["profile", "import", "{fifo}", "--model", "{tiny}"], ["named pipe"]),
     (["profile", "show", "{fifo}"], ["named pipe"]),
-    (["solve", "{tiny}", "--vram", "8G", "--no-scripts", "--map", "{file}/map.svg"], ["a part of the path is a file"]),
+    (["solve", "{tiny}", "--vram", "8G", "--no-scripts", "--map", "{file}/map.svg"], ["is a file, not a folder"]),
     (["solve", "{tiny}", "--vram", "8G", "--no-scripts", "--map", "/proc/moeplace.svg"], ["/proc/moeplace.svg"]),
     (["solve", "{tiny}", "--vram", "8G", "--no-scripts", "--map", "{dir}/" + "m" * 300 + ".svg"], ["too long"]),
-    (["solve", "{tiny}", "--vram", "8G", "--no-scripts", "--map", ""], ["empty path"]),
-    (["profile", "export", "{profile}", "-o", "{file}/hot.json"], ["a part of the path is a file"]),
+    (["solve", "{tiny}", "--vram", "8G", "--no-scripts", "--map", ""], ["empty"]),
+    (["profile", "export", "{profile}", "-o", "{file}/hot.json"], ["is a file, not a folder"]),
 ])
 def test_hostile_input_is_one_error(files: dict[str, Path], args: list[str], fragments: list[str]) -> None:
     if "{fifo}" in args and not hasattr(os, "mkfifo"):

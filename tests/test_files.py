@@ -1,9 +1,7 @@
-"""moeplace.files: input files refused before they are opened, strict JSON, names made printable, and output
-files written whole or not at all."""
+"""moeplace.files: input files refused before they are opened, strict JSON, names made printable."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -14,13 +12,11 @@ import pytest
 from moeplace.files import (
     MAX_JSON_DEPTH,
     InputError,
-    OutputError,
     check_regular,
     json_depth,
     parse_json,
     printable,
     read_text,
-    write_output,
 )
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="needs FIFOs, /dev and /proc")
@@ -110,57 +106,3 @@ def test_json_within_the_limits_parses() -> None:
 def test_printable_escapes_what_a_terminal_acts_on(raw: str, shown: str) -> None:
     assert printable(raw) == shown
 
-
-def test_write_output_is_whole_or_nothing(tmp_path: Path) -> None:
-    target = tmp_path / "sub" / "profile.json"
-    assert write_output(target, "profile", "new\n") == target  # creates the folder
-    assert target.read_text() == "new\n"
-
-    def fails(tmp: Path) -> None:
-        tmp.write_text("half")
-        raise OSError(28, "No space left on device")
-
-    with pytest.raises(OutputError, match="No space left"):
-        write_output(target, "profile", fails)
-    assert target.read_text() == "new\n"  # the old file stands
-
-    def interrupted(tmp: Path) -> None:
-        tmp.write_text("half")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        write_output(target, "profile", interrupted)
-    assert target.read_text() == "new\n"
-    assert sorted(p.name for p in target.parent.iterdir()) == ["profile.json"]  # no temporary file left
-
-
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda d: d / "file.txt" / "map.svg", "a part of the path is a file"),
-    (lambda d: d / ("x" * 300 + ".svg"), "too long"),
-    (lambda d: d, "is a directory"),
-    (lambda d: Path(""), "no file name"),
-])
-def test_bad_output_paths(tmp_path: Path, make, message: str) -> None:  # type: ignore[no-untyped-def]
-    (tmp_path / "file.txt").write_text("x")
-    with pytest.raises(OutputError, match=message):
-        write_output(make(tmp_path), "picture", "<svg/>")
-    assert (tmp_path / "file.txt").read_text() == "x"
-
-
-@posix_only
-def test_output_under_proc_is_one_error() -> None:
-    with pytest.raises(OutputError, match=r"/proc/moeplace-test\.json"):
-        write_output("/proc/moeplace-test.json", "profile", json.dumps({}))
-
-
-@posix_only
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into any folder")
-def test_output_in_an_unwritable_folder(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        with pytest.raises(OutputError, match="permission denied"):
-            write_output(locked / "x.json", "profile", "{}")
-    finally:
-        locked.chmod(0o700)

@@ -11,8 +11,9 @@ import click
 
 from moeplace.cli import friendly_errors, table
 from moeplace.errors import MoeplaceError
-from moeplace.files import check_regular, write_output
+from moeplace.files import check_regular
 from moeplace.model import load_model
+from moeplace.outfiles import encode_text, write_file
 from moeplace.routing import (
     DEFAULT_BATCHES,
     RoutingProfile,
@@ -270,7 +271,7 @@ def export(profile_path: Path, fmt: str, cache: int | None, output: Path | None)
     if output is None:
         click.echo(text, nl=False)
     else:
-        write_output(output, "hot-expert list", text)
+        write_file(output, encode_text(text))
         served = f"; a cache of {cache} per layer serves {data['served']:.1%} of routes" if cache else ""
         click.echo(f"wrote {output}{served}")
 
