@@ -208,6 +208,7 @@ class Plan:
     reasons: tuple[LayerReason, ...]
     pins: tuple[Pin, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    fallback: str = ""  # the baseline whose placement replaced the solver's ("" when the solver's stands)
 
     @property
     def placement(self) -> Placement:
@@ -245,7 +246,7 @@ def gpu_budgets(model: ModelDescription, cfg: RunConfig, gpus: Sequence[Device],
 
 
 def build_problem(model: ModelDescription, devs: Sequence[Device], cfg: RunConfig, costs: LinearCosts,
-                  budgets: Mapping[str, int], pinned: Mapping[str, str]) -> Problem:
+                  budgets: Mapping[str, int], pinned: Mapping[str, str], batch: int = 1) -> Problem:
     """The solver's view of the model: per block, the core that runs where the block runs (weights and KV) and
     the routed-expert groups that may stay or go to the host; the output slot; GPU capacities net of pins
     (negative where the pins alone overfill a GPU)."""
@@ -286,10 +287,13 @@ def build_problem(model: ModelDescription, devs: Sequence[Device], cfg: RunConfi
                                  (True,) * len(names)))
     out_time = sum((costs.seconds[costs.index[t.name]] for t in output), np.zeros(len(names)))
     gpus = [d for d in devs if not d.is_host]
-    # A unified-memory GPU (Apple) has no link to copy activations over (link_bandwidth 0): only its latency.
+    # Per generated token, as the estimate counts a switch (speed._switch_seconds): one decode step of ``batch``
+    # sequences pays the latency once and moves every sequence's hidden state, so per token that is the latency
+    # over the batch plus one hidden state over the link. The hops the solver chooses are host <-> GPU (a split
+    # layer, the host end has no link); a unified-memory GPU (Apple) has no link at all (link_bandwidth 0).
     links = [d.link_bandwidth for d in gpus if d.link_bandwidth > 0]
-    switch = max((d.link_latency for d in gpus), default=0.0) + (2 * 4.0 * model.hparams.n_embd / min(links)
-                                                                 if links else 0.0)
+    switch = max((d.link_latency for d in gpus), default=0.0) / batch + (4.0 * model.hparams.n_embd / min(links)
+                                                                         if links else 0.0)
     return Problem(tuple(names), tuple(capacity), tuple(layers), sum(t.nbytes for t in output),
                    tuple(float(x) for x in out_time), switch)
 
@@ -421,7 +425,7 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
             warnings.append(f"--pin {p.pattern}={p.device} matches no tensor of this model")
     costs = linear_seconds(model, cfg, devs, profile, batch=workload.batch,
                            prompt_per_generated=workload.prompt_per_generated)
-    problem = build_problem(model, devs, cfg, costs, budgets, pinned)
+    problem = build_problem(model, devs, cfg, costs, budgets, pinned, workload.batch)
     over_pins = [n for n, cap in zip(problem.devices[1:], problem.capacity[1:]) if budgets[n] > 0 and cap < 0]
     if over_pins:
         raise PlanError(f"the tensors pinned to {', '.join(over_pins)} do not fit its budget: pin fewer")
@@ -447,9 +451,12 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     placement = _placement_of(model, problem, sol, pinned)
     chosen = _score(model, placement, cfg, devices, workload, profile, margin, "moeplace")
     base = baselines(model, cfg, devices, workload, profile, margin) if not pins else []
-    better = [b for b in base if b.fits and b.seconds < chosen.seconds]
+    # A tie is not a win: the same prediction summed in another order differs in the last bit.
+    better = [b for b in base if b.fits and b.seconds < chosen.seconds * (1 - TIE_RTOL)]
+    fallback = ""
     if better:
         best = min(better, key=lambda b: b.seconds)
+        fallback = best.name
         chosen = Candidate("moeplace", best.placement, best.estimate, best.seconds, best.fits,
                            f"the full estimate ranks the {best.name} placement above the solver's (the solver's "
                            "objective is its linear part), so the plan uses that placement")
@@ -482,8 +489,11 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     elif cp_note:
         optimality += f"; {cp_note}"
     return Plan(model, devices, cfg, workload, margin, chosen, tuple(base), budgets, sol, elapsed, optimality,
-                _reasons(problem, sol), tuple(pins), tuple(warnings))
+                _reasons(problem, sol), tuple(pins), tuple(warnings), fallback)
 
+
+# Relative difference in predicted seconds below which two placements are the same prediction.
+TIE_RTOL = 1e-9
 
 # Below this many seconds CP-SAT cannot even load a model: it is skipped and the DP's answer stands.
 MIN_CP_SAT_SECONDS = 0.05

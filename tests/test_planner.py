@@ -31,17 +31,21 @@ def devices(specs: list[str], ram: str = "512G") -> dict:
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_every_architecture_and_budget(model_path: Callable[[str], Path], name: str) -> None:
+@pytest.mark.parametrize("workload", ["chat", "batch"])
+def test_every_architecture_and_budget(model_path: Callable[[str], Path], name: str, workload: str) -> None:
     m = load_model(model_path(name))
     for specs in HARDWARE:
         devs = devices(specs)
-        p = plan(m, devs, RunConfig(n_ctx=8192))
+        p = plan(m, devs, RunConfig(n_ctx=8192), workload=parse_workload(workload))
         e = p.estimate
         # every GPU within its memory less the margin, per the full memory model
         for gpu, fit in e.fits.items():
             assert fit.free >= 0, (name, specs, gpu, fit)
         assert p.chosen.fits
-        # never predicted slower than what llama.cpp's own options give, where they fit
+        # The solver's own placement is the plan: the planner did not have to swap in a baseline (it would, if the
+        # full estimate ranked one higher, which would make the next assertion hold by construction).
+        assert p.fallback == "", (name, specs, workload, p.warnings)
+        # ... and it is never predicted slower than what llama.cpp's own options give, where they fit
         for b in p.baselines:
             if b.fits:
                 assert p.chosen.seconds <= b.seconds * (1 + 1e-9), (name, specs, b.name)
@@ -156,18 +160,19 @@ def test_deterministic(model_path: Callable[[str], Path]) -> None:
 @given(name=st.sampled_from(["qwen3-30b-a3b", "gpt-oss-20b", "glm-4.5-air", "deepseek-v3", "mixtral-8x7b",
                              "qwen3moe-tiny", "gpt-oss-tiny", "deepseek2-tiny"]),
        vram=st.lists(st.integers(min_value=4, max_value=48), min_size=1, max_size=3),
-       n_ctx=st.sampled_from([2048, 8192, 32768]))
+       n_ctx=st.sampled_from([2048, 8192, 32768]), workload=st.sampled_from(["chat", "batch", "long-prompt", "8:1"]))
 def test_property_emitted_patterns_reproduce_random_plans(model_path: Callable[[str], Path], name: str,
-                                                          vram: list[int], n_ctx: int) -> None:
+                                                          vram: list[int], n_ctx: int, workload: str) -> None:
     """Random models and budgets: the arguments emitted for the plan, parsed back and applied with llama.cpp's
     semantics (regex search, first match wins, -ngl/-ts for the rest), give exactly the planned placement."""
     m = load_model(model_path(name))
     devs = devices([f"{g}G" for g in vram])
     cfg = RunConfig(n_ctx=n_ctx)
     try:
-        p = plan(m, devs, cfg)
+        p = plan(m, devs, cfg, workload=parse_workload(workload))
     except PlanError:
         return  # a budget too small for anything is refused, with its own message
+    assert p.fallback == "", p.warnings  # the solver's own placement, not a baseline swapped in
     gpus = tuple(n for n in devs if n != HOST_NAME)
     argv = list(build_args(m, p.placement, RunSettings(m.paths[0], n_ctx, gpus)).argv)
     ngl = int(argv[argv.index("-ngl") + 1])
