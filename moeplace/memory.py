@@ -53,7 +53,7 @@ CACHE_TYPES: dict[str, GGMLQuantizationType] = {
     "q5_0": GGMLQuantizationType.Q5_0,
     "q5_1": GGMLQuantizationType.Q5_1,
 }
-_UNQUANTIZED = frozenset({"f32", "f16", "bf16"})
+UNQUANTIZED_CACHE_TYPES = frozenset({"f32", "f16", "bf16"})
 
 KV_PAD = 256  # llama-context.cpp pads n_ctx (and n_ctx_seq) to 256; llama-kv-cache-iswa.cpp pads SWA cells to 256
 
@@ -125,6 +125,21 @@ def is_mla(model: ModelDescription) -> bool:
         md.get(Keys.Attention.VALUE_LENGTH_MLA.format(arch=arch)))
 
 
+def cache_type_refusal(model: ModelDescription, type_k: str, type_v: str, flash_attn: bool) -> str:
+    """Why llama.cpp refuses to create a context with these cache types (src/llama-context.cpp,
+    llama_init_from_model), or "" when it accepts them. The one copy of these rules: :func:`validate` and the
+    argument builder (:func:`moeplace.emit.args.build_args`) both ask it."""
+    # The non-FA attention multiplies by V directly, which needs an unquantized V cache.
+    if type_v not in UNQUANTIZED_CACHE_TYPES and not flash_attn:
+        return (f"-ctv {type_v} needs flash attention: llama.cpp refuses a quantized V cache with -fa off; add -fa "
+                "on or use -ctv f16")
+    if is_mla(model) and type_k != type_v:
+        # Measured with llama-cpp-python 0.3.36: V is a view of K for MLA, so the types must agree.
+        return (f"{model.arch} (MLA) needs the same K and V cache types; got -ctk {type_k} -ctv {type_v}: pass "
+                "the same type to both")
+    return ""
+
+
 def validate(model: ModelDescription, cfg: RunConfig) -> None:
     """Raises :class:`MemoryConfigError` for a configuration llama.cpp refuses to create a context with."""
     for what, t in (("-ctk/--cache-type-k", cfg.type_k), ("-ctv/--cache-type-v", cfg.type_v)):
@@ -132,10 +147,9 @@ def validate(model: ModelDescription, cfg: RunConfig) -> None:
             raise MemoryConfigError(f"{what} '{t}' is not a llama.cpp cache type: use one of {', '.join(CACHE_TYPES)}")
     if cfg.n_ctx < 0 or cfg.n_batch < 1 or cfg.n_ubatch < 1 or cfg.n_seq_max < 1:
         raise MemoryConfigError("context, batch and ubatch sizes and --parallel must be positive")
-    # llama-context.cpp: the non-FA attention multiplies by V directly, which needs an unquantized V cache.
-    if cfg.type_v not in _UNQUANTIZED and not cfg.flash_attn:
-        raise MemoryConfigError(f"a quantized V cache ({cfg.type_v}) requires flash attention: add -fa on "
-                                "or use -ctv f16")
+    refusal = cache_type_refusal(model, cfg.type_k, cfg.type_v, cfg.flash_attn)
+    if refusal:
+        raise MemoryConfigError(refusal)
     # llama-context.cpp (llama_init_from_model): with flash attention a quantized cache stores whole blocks per
     # head, so every layer's head size must be a multiple of the type's block size.
     k, v, k_swa, v_swa = _head_dims(model)
@@ -143,14 +157,10 @@ def validate(model: ModelDescription, cfg: RunConfig) -> None:
     for flag, t, dims in (("-ctk", cfg.type_k, {k, k_swa} if windowed else {k}),
                           ("-ctv", cfg.type_v, {v, v_swa} if windowed else {v})):
         block = GGML_QUANT_SIZES[CACHE_TYPES[t]][0]
-        if cfg.flash_attn and t not in _UNQUANTIZED and any(d % block for d in dims):
+        if cfg.flash_attn and t not in UNQUANTIZED_CACHE_TYPES and any(d % block for d in dims):
             raise MemoryConfigError(f"{flag} {t} stores blocks of {block} values, which do not divide this model's "
                                     f"head size {sorted(dims)}: llama.cpp refuses it; use f16 or a type whose block "
                                     "divides the head size")
-    if is_mla(model) and cfg.type_k != cfg.type_v:
-        # Measured with llama-cpp-python 0.3.36: V is a view of K for MLA, so the types must agree.
-        raise MemoryConfigError(f"{model.arch} (MLA) needs the same K and V cache types; got -ctk {cfg.type_k} "
-                                f"-ctv {cfg.type_v}: pass the same type to both")
 
 
 @dataclass(frozen=True)

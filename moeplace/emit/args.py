@@ -28,11 +28,9 @@ from dataclasses import dataclass
 
 from moeplace.errors import MoeplaceError
 from moeplace.llamacpp import Expression, Override, express, parse_override_arg, rpc_endpoint
-from moeplace.memory import CACHE_TYPES
+from moeplace.memory import CACHE_TYPES, cache_type_refusal
 from moeplace.model import ModelDescription
 from moeplace.placement import Placement
-
-_UNQUANTIZED = ("f32", "f16", "bf16")
 
 
 class SettingsError(MoeplaceError):
@@ -124,13 +122,9 @@ def build_args(model: ModelDescription, placement: Placement, settings: RunSetti
     is verified (see :func:`moeplace.llamacpp.express`): a plan the arguments would not reproduce exactly is
     refused with an error, never emitted."""
     settings.check()
-    # src/llama-context.cpp (llama_init_from_model) refuses these combinations at start-up.
-    if settings.cache_type_v not in _UNQUANTIZED and not settings.flash_attn:
-        raise SettingsError(f"-ctv {settings.cache_type_v} needs flash attention: llama.cpp refuses a quantized V "
-                            "cache with -fa off; turn flash attention on or use -ctv f16")
-    if model.hparams.mla and settings.cache_type_k != settings.cache_type_v:
-        raise SettingsError(f"{model.arch} (MLA) needs the same K and V cache types, not -ctk "
-                            f"{settings.cache_type_k} -ctv {settings.cache_type_v}")
+    refusal = cache_type_refusal(model, settings.cache_type_k, settings.cache_type_v, settings.flash_attn)
+    if refusal:
+        raise SettingsError(refusal)
     expr = express(model, placement, settings.devices)
     argv: list[str] = ["-m", os.fspath(settings.model_path), "-c", str(settings.n_ctx), "-ngl", str(expr.ngl)]
     if len(expr.devices) > 1 and expr.ngl > 0:
