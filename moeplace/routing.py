@@ -184,22 +184,27 @@ def expert_probs(profile: RoutingProfile) -> dict[int, np.ndarray]:
     return {layer: np.minimum(profile.counts[layer] / profile.tokens[layer], 1.0) for layer in profile.layers}
 
 
-def expected_distinct(p: np.ndarray, batch: float) -> float:
+def expected_distinct(p: np.ndarray, batch: float) -> Any:
     """Expected number of distinct experts a batch of ``batch`` independent tokens selects:
-    ``sum_e 1 - (1 - p_e)^batch``."""
+    ``sum_e 1 - (1 - p_e)^batch``, computed as ``-expm1(batch log1p(-p))`` so that rare experts at large
+    batches keep their precision. ``p`` holds one layer's per-token probabilities (a float comes back) or one
+    row per layer (an array of one figure per row comes back). The one copy of this formula: the speed model's
+    batched decode and prefill and the profile reports all use it."""
     p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
     if batch <= 0:
-        return 0.0
-    with np.errstate(divide="ignore"):  # p = 1 gives log1p(-1) = -inf, and expm1(-inf) = -1 is right
-        return float(np.sum(-np.expm1(batch * np.log1p(-p))))
+        d = np.zeros(p.shape[:-1])
+    else:
+        with np.errstate(divide="ignore"):  # p = 1 gives log1p(-1) = -inf, and expm1(-inf) = -1 is right
+            d = np.sum(-np.expm1(batch * np.log1p(-p)), axis=-1)
+    return float(d) if d.ndim == 0 else d
 
 
 def uniform_probs(n_expert: int, n_expert_used: int) -> np.ndarray:
-    """What every expert gets when routing is uniform: ``n_expert_used / n_expert``."""
-    return np.full(n_expert, n_expert_used / n_expert)
+    """Per-token routing probability of each expert with uniform routing: ``n_expert_used / n_expert``."""
+    return np.full(n_expert, n_expert_used / n_expert, dtype=np.float64)
 
 
-def distinct_experts(profile: RoutingProfile, batch: float) -> dict[int, float]:
+def distinct_by_layer(profile: RoutingProfile, batch: float) -> dict[int, float]:
     """Per MoE layer, the expected number of distinct experts a batch of ``batch`` tokens touches."""
     return {layer: expected_distinct(p, batch) for layer, p in expert_probs(profile).items()}
 

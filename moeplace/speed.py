@@ -48,6 +48,7 @@ from moeplace.memory import (
 )
 from moeplace.model import ModelDescription, Role
 from moeplace.placement import Placement
+from moeplace.routing import expected_distinct, uniform_probs
 
 ExpertProbs = Mapping[int, np.ndarray]
 
@@ -67,11 +68,6 @@ class SpeedError(MoeplaceError):
 # --- routing -------------------------------------------------------------------------------------------------
 
 
-def uniform_probs(n_expert: int, n_expert_used: int) -> np.ndarray:
-    """Per-token routing probability of each expert with uniform routing: ``n_expert_used / n_expert``."""
-    return np.full(n_expert, n_expert_used / n_expert, dtype=np.float64)
-
-
 def normalise_probs(counts: np.ndarray, n_expert: int, n_expert_used: int) -> np.ndarray:
     """Per-token probabilities from anything proportional to routing counts (counts, frequencies, or already
     probabilities summing to ``n_expert_used``). A constant array is uniform routing exactly. Probabilities
@@ -85,11 +81,6 @@ def normalise_probs(counts: np.ndarray, n_expert: int, n_expert_used: int) -> np
     if total <= 0 or np.all(a == a[0]):
         return uniform_probs(n_expert, n_expert_used)
     return np.minimum(a * (n_expert_used / total), 1.0)
-
-
-def distinct_experts(p: np.ndarray, tokens: float) -> float:
-    """Expected number of distinct experts ``tokens`` independent tokens touch: ``sum_e 1 - (1 - p_e)^tokens``."""
-    return float(np.sum(1.0 - np.power(1.0 - p, tokens)))
 
 
 # --- per-model tables ----------------------------------------------------------------------------------------
@@ -184,9 +175,7 @@ def _resolve_routing(model: ModelDescription, table: TensorTable, profile: Exper
 
 def distinct_by_block(routing: np.ndarray, tokens: float) -> np.ndarray:
     """Expected distinct experts ``tokens`` tokens touch in each block (0 for blocks without experts)."""
-    if routing.size == 0:
-        return np.zeros(routing.shape[0])
-    return np.sum(1.0 - np.power(1.0 - routing, tokens), axis=1)
+    return np.asarray(expected_distinct(routing, tokens)).reshape(routing.shape[0])
 
 
 # --- linearisation -------------------------------------------------------------------------------------------

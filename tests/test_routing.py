@@ -21,7 +21,7 @@ from moeplace.routing import (
     Source,
     check_profile,
     coverage,
-    distinct_experts,
+    distinct_by_layer,
     dumps,
     expected_distinct,
     expert_probs,
@@ -114,7 +114,7 @@ def test_skewed_profile_touches_fewer_experts_than_uniform_as_the_formula_says()
     skewed = zipf(n, k, 1.5)
     prof = from_probs({0: skewed, 1: uniform_probs(n, k)}, 100_000)
     for b in (8, 32, 512):
-        d = distinct_experts(prof, b)
+        d = distinct_by_layer(prof, b)
         uniform = n * (1 - (1 - k / n) ** b)
         assert d[1] == pytest.approx(uniform)
         # Monte Carlo: tokens whose experts are chosen independently with p_e; count distinct experts.
@@ -124,7 +124,7 @@ def test_skewed_profile_touches_fewer_experts_than_uniform_as_the_formula_says()
         assert d[0] == pytest.approx(simulated, rel=0.02)
         assert d[0] < uniform - 1  # a real difference, not rounding
     # At batch 1 every token touches exactly k experts, skewed or not.
-    assert distinct_experts(prof, 1)[0] == pytest.approx(k)
+    assert distinct_by_layer(prof, 1)[0] == pytest.approx(k)
 
 
 def test_only_k_experts_ever_chosen_means_k_distinct_at_any_batch() -> None:
