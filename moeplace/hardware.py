@@ -24,17 +24,16 @@ from importlib import resources
 from typing import Any
 
 from moeplace.errors import MoeplaceError
-from moeplace.sizes import format_size, parse_size
+from moeplace.placement import HOST
+from moeplace.sizes import GIB, format_size, parse_size
 
 GB = 1e9  # bandwidths are quoted in decimal GB/s, as vendors do
-GIB = 1 << 30
 
 # llama.cpp buffer-name prefixes per backend (ggml-cuda, ggml-vulkan, ggml-sycl, ggml-metal device names; HIP
 # builds name their devices ROCm<n>).
 BACKEND_PREFIX: dict[str, str] = {
     "cuda": "CUDA", "rocm": "ROCm", "vulkan": "Vulkan", "sycl": "SYCL", "metal": "MTL", "musa": "MUSA",
 }
-HOST_NAME = "CPU"
 
 
 class HardwareError(MoeplaceError):
@@ -67,7 +66,7 @@ class Device:
 
     @property
     def is_host(self) -> bool:
-        return self.name == HOST_NAME
+        return self.name == HOST
 
     @property
     def effective_bandwidth(self) -> float:
@@ -383,7 +382,7 @@ def host_device(ram: int | None = None, ram_bw: str | float | None = None, gpus:
     else:
         bw = ram_bandwidth(ram_bw, cat)
     return Device(
-        name=HOST_NAME, backend="cpu", label="system RAM" + (" (unified)" if unified else ""), memory=int(ram),
+        name=HOST, backend="cpu", label="system RAM" + (" (unified)" if unified else ""), memory=int(ram),
         bandwidth=bw, efficiency=cat.efficiency.get("cpu", 0.65), power=cat.cpu_power, link_bandwidth=0.0,
         unified=unified is not None, flops=cat.cpu_flops, idle_power=0.15 * cat.cpu_power, notes=tuple(notes),
     )

@@ -46,9 +46,7 @@ from moeplace.errors import MoeplaceError
 from moeplace.model import ModelDescription
 from moeplace.placement import HOST, Placement, default_tensor_device
 from moeplace.ranges import runs
-
-MIB = 1 << 20
-GIB = 1 << 30
+from moeplace.sizes import MIB
 
 # common/common.h: LLM_FFN_EXPS_REGEX; --cpu-moe adds it as is, --n-cpu-moe N prefixes blk\.<i> for i < N.
 LLM_FFN_EXPS_REGEX = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"

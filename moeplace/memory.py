@@ -35,11 +35,10 @@ from dataclasses import dataclass, field, replace
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import HOST_NAME, Device, catalog, runtime_overhead
+from moeplace.hardware import Device, catalog, runtime_overhead
 from moeplace.model import ModelDescription, Role
-from moeplace.placement import Placement
-
-MIB = 1 << 20
+from moeplace.placement import HOST, Placement
+from moeplace.sizes import MIB
 
 # The cache types llama.cpp's -ctk/-ctv accept (common/arg.cpp, kv_cache_types), in its order.
 CACHE_TYPES: dict[str, GGMLQuantizationType] = {
@@ -425,7 +424,7 @@ def kv_bytes_by_device(model: ModelDescription, placement: Placement, cfg: RunCo
     out: dict[str, int] = {}
     for x in layers if layers is not None else kv_bytes_per_layer(model, cfg):
         if x.total:
-            dev = HOST_NAME if cfg.no_kv_offload else placement.layer_devices[x.layer]
+            dev = HOST if cfg.no_kv_offload else placement.layer_devices[x.layer]
             out[dev] = out.get(dev, 0) + x.total
     return out
 
@@ -440,14 +439,14 @@ def compute_bytes_by_device(model: ModelDescription, placement: Placement, cfg: 
     offload cannot move them (``--no-op-offload`` or a ubatch below 32 tokens)."""
     terms = compute_terms(model, cfg)
     runners = set(placement.layer_devices)
-    devices = set(placement.devices() if used is None else used) | {HOST_NAME}
+    devices = set(placement.devices() if used is None else used) | {HOST}
     out = {d: terms.bytes(runs_layers=d in runners, runs_output=d == placement.output_device) for d in devices}
     if host_experts is None:
-        host_experts = any(t.role is Role.ROUTED_EXPERT and placement.tensor_devices.get(t.name) == HOST_NAME
+        host_experts = any(t.role is Role.ROUTED_EXPERT and placement.tensor_devices.get(t.name) == HOST
                            for t in model.tensors)
     if host_experts and (not cfg.op_offload or terms.n_ubatch < OP_OFFLOAD_MIN_BATCH):
-        out[HOST_NAME] = max(out[HOST_NAME], terms.n_ubatch * terms.layer)
-    out[HOST_NAME] += 4 * model.hparams.n_vocab * cfg.n_seq_max  # llama-context.cpp output_reserve(n_seq_max)
+        out[HOST] = max(out[HOST], terms.n_ubatch * terms.layer)
+    out[HOST] += 4 * model.hparams.n_vocab * cfg.n_seq_max  # llama-context.cpp output_reserve(n_seq_max)
     return out
 
 
@@ -465,7 +464,7 @@ def memory_by_device(model: ModelDescription, placement: Placement, cfg: RunConf
     used = _used_devices(placement, weights)
     kv = kv_bytes_by_device(model, placement, cfg, kv_layers)
     compute = compute_bytes_by_device(model, placement, cfg, host_experts, used)
-    names = dict.fromkeys([*used, HOST_NAME])
+    names = dict.fromkeys([*used, HOST])
     cat = catalog()
     return {
         d: MemoryBreakdown(weights.get(d, 0), kv.get(d, 0), compute.get(d, 0),
@@ -516,19 +515,19 @@ def gpu_fits(breakdown: Mapping[str, MemoryBreakdown], devices: Mapping[str, Dev
              margin: int = DEFAULT_MARGIN) -> dict[str, Fit]:
     """Each GPU's total against its memory less ``margin``."""
     return {name: Fit(name, b.total, devices[name].memory, margin)
-            for name, b in breakdown.items() if name != HOST_NAME and name in devices}
+            for name, b in breakdown.items() if name != HOST and name in devices}
 
 
 def host_check(breakdown: Mapping[str, MemoryBreakdown], devices: Mapping[str, Device]) -> HostCheck:
     """Host RAM against what the host holds. With unified memory (Apple) the GPUs' use comes out of the same
     pool. Weights on the host are memory-mapped (llama.cpp's default), so what does not fit is not an
     out-of-memory error but pages read again from disk on every token that touches them."""
-    host = devices[HOST_NAME]
-    hb = breakdown.get(HOST_NAME, MemoryBreakdown())
+    host = devices[HOST]
+    hb = breakdown.get(HOST, MemoryBreakdown())
     needed = hb.total
     notes = []
     if host.unified:
-        shared = sum(b.total for n, b in breakdown.items() if n != HOST_NAME and devices.get(n) and devices[n].unified)
+        shared = sum(b.total for n, b in breakdown.items() if n != HOST and devices.get(n) and devices[n].unified)
         needed += shared
         notes.append("unified memory: GPU buffers come out of the same pool")
     over = needed - host.memory

@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - Python 3.10
     import sre_parse as _sre_parser  # type: ignore[no-redef]
 
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import HOST_NAME, Device, runtime_overhead
+from moeplace.hardware import Device, runtime_overhead
 from moeplace.llamacpp import (
     check_portable_pattern,
     cpu_moe_placement,
@@ -45,8 +45,8 @@ from moeplace.memory import (
     memory_by_device,
 )
 from moeplace.model import ModelDescription, Role, Tensor
-from moeplace.placement import Placement, default_tensor_device, layer_placement
-from moeplace.sizes import format_size
+from moeplace.placement import HOST, Placement, default_tensor_device, layer_placement
+from moeplace.sizes import GIB, format_size
 from moeplace.solver import HOST_INDEX, LayerItems, Movable, Problem, Solution, solve, solve_cp_sat
 from moeplace.speed import Estimate, ExpertProbs, LinearCosts, estimate, linear_seconds
 
@@ -258,13 +258,13 @@ def build_problem(model: ModelDescription, devs: Sequence[Device], cfg: RunConfi
     output: list[Tensor] = []
     for t in model.loaded_tensors:
         if t.name in pinned:
-            if pinned[t.name] != HOST_NAME:
+            if pinned[t.name] != HOST:
                 capacity[col[pinned[t.name]]] -= t.nbytes
         elif t.block is not None:
             by_block[t.block].append(t)
         elif t.role in (Role.OUTPUT, Role.OUTPUT_NORM):
             output.append(t)
-        elif default_tensor_device(t, (names[1],) if len(names) > 1 else (HOST_NAME,), HOST_NAME) != HOST_NAME:
+        elif default_tensor_device(t, (names[1],) if len(names) > 1 else (HOST,), HOST) != HOST:
             by_block[0].append(t)  # rope_freqs and its kind live with layer 0
     layers = []
     for il in range(model.hparams.n_layer):
@@ -304,7 +304,7 @@ def _placement_of(model: ModelDescription, problem: Problem, sol: Solution, pinn
     overrides = dict(pinned)
     for il, host in enumerate(sol.on_host):
         for mv, h in zip(problem.layers[il].movables, host):
-            target = HOST_NAME if h else layer_devs[il]
+            target = HOST if h else layer_devs[il]
             for n in mv.names:
                 overrides[n] = target
     return layer_placement(model, layer_devs, names[sol.output_device], overrides)
@@ -363,7 +363,7 @@ def _reasons(problem: Problem, sol: Solution) -> tuple[LayerReason, ...]:
     gains = []
     for il, layer in enumerate(problem.layers):
         gpu = sol.layer_device[il] if sol.layer_device[il] != HOST_INDEX else min(1, len(names) - 1)
-        gains.append([(m.time[HOST_INDEX] - m.time[gpu]) / max(m.nbytes, 1) * (1 << 30) for m in layer.movables])
+        gains.append([(m.time[HOST_INDEX] - m.time[gpu]) / max(m.nbytes, 1) * GIB for m in layer.movables])
     kept = [g for il, row in enumerate(gains) for g, h in zip(row, sol.on_host[il])
             if not h and sol.layer_device[il] != HOST_INDEX]
     floor = min(kept, default=0.0)
@@ -408,10 +408,10 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     stopped after ``time_limit`` seconds with its gap reported)."""
     if solver not in ("dp", "cp-sat"):
         raise PlanError(f"solver '{solver}': use dp or cp-sat")
-    if HOST_NAME not in devices:
+    if HOST not in devices:
         raise PlanError("the devices must include the host CPU")
-    gpus = [d for n, d in devices.items() if n != HOST_NAME]
-    devs = [devices[HOST_NAME], *gpus]
+    gpus = [d for n, d in devices.items() if n != HOST]
+    devs = [devices[HOST], *gpus]
     budgets = gpu_budgets(model, cfg, gpus, margin)
     if gpus and all(b <= 0 for b in budgets.values()):
         need = min(g.memory - b for g, b in zip(gpus, budgets.values()))
@@ -467,7 +467,7 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
             warnings.append(f"the estimate puts {', '.join(over)} over budget by the rounding of the solver; "
                             "raise --margin")
         if not chosen.estimate.host.possible:
-            raise PlanError(f"the model does not fit in VRAM plus {format_size(devices[HOST_NAME].memory)} of RAM "
+            raise PlanError(f"the model does not fit in VRAM plus {format_size(devices[HOST].memory)} of RAM "
                             "even with the host's weights paged from disk: give --ram, or use a smaller quant")
     if not chosen.estimate.host.fits:
         warnings.append(f"host RAM short by {format_size(chosen.estimate.host.paged)}: that much of the model "

@@ -6,11 +6,13 @@ import re
 
 from moeplace.errors import MoeplaceError
 
+KIB, MIB, GIB, TIB = 1 << 10, 1 << 20, 1 << 30, 1 << 40  # the one copy of the binary units
+
 _UNITS = {
-    "K": 1 << 10, "KIB": 1 << 10, "KB": 10**3,
-    "M": 1 << 20, "MIB": 1 << 20, "MB": 10**6,
-    "G": 1 << 30, "GIB": 1 << 30, "GB": 10**9,
-    "T": 1 << 40, "TIB": 1 << 40, "TB": 10**12,
+    "K": KIB, "KIB": KIB, "KB": 10**3,
+    "M": MIB, "MIB": MIB, "MB": 10**6,
+    "G": GIB, "GIB": GIB, "GB": 10**9,
+    "T": TIB, "TIB": TIB, "TB": 10**12,
     "B": 1,
 }
 # 1 EiB: more than any machine holds, and every size below it is exact as an int64 and as a float's integer part.
@@ -40,7 +42,7 @@ def format_size(n: float) -> str:
     """Binary units, as llama.cpp prints them (MiB, GiB)."""
     sign = "-" if n < 0 else ""
     n = abs(n)
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+    for unit, scale in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
         if n >= scale:
             return f"{sign}{n / scale:.2f} {unit}"
     return f"{sign}{int(n)} B"

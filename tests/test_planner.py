@@ -12,10 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from moeplace.emit.args import RunSettings, build_args, parse_ot_args
-from moeplace.hardware import HOST_NAME, device_set, host_device, parse_gpus
+from moeplace.hardware import device_set, host_device, parse_gpus
 from moeplace.llamacpp import apply
 from moeplace.memory import RunConfig
 from moeplace.model import Role, load_model
+from moeplace.placement import HOST
 from moeplace.planner import WORKLOADS, PlanError, auto_context, parse_pin, parse_workload, plan
 
 MODELS = ["qwen3-30b-a3b", "qwen3-235b-a22b", "deepseek-v3", "gpt-oss-20b", "gpt-oss-120b", "mixtral-8x7b",
@@ -51,7 +52,7 @@ def test_every_architecture_and_budget(model_path: Callable[[str], Path], name: 
                 assert p.chosen.seconds <= b.seconds * (1 + 1e-9), (name, specs, b.name)
         assert p.optimality.startswith("optimal")
         # the emitted arguments reproduce the plan under llama.cpp's rules (parsed back, applied afresh)
-        gpus = tuple(n for n in devs if n != HOST_NAME)
+        gpus = tuple(n for n in devs if n != HOST)
         args = build_args(m, p.placement, RunSettings(m.paths[0], 8192, gpus))
         argv = list(args.argv)
         ngl = int(argv[argv.index("-ngl") + 1])
@@ -88,7 +89,7 @@ def test_skewed_profile_moves_skewed_layers_to_ram_first(model_path: Callable[[s
 
     def host_blocks(p) -> set[int]:
         return {t.block for t in m.tensors if t.role is Role.ROUTED_EXPERT
-                and p.placement.tensor_devices[t.name] == HOST_NAME}
+                and p.placement.tensor_devices[t.name] == HOST}
 
     hb = host_blocks(with_profile)
     assert hb and hb <= skewed  # only skewed layers' experts go to RAM
@@ -103,8 +104,8 @@ def test_pins_are_honoured(model_path: Callable[[str], Path]) -> None:
     p = plan(m, devs, RunConfig(), pins=pins)
     for t in m.loaded_tensors:
         if t.role is Role.ROUTED_EXPERT and t.block is not None and t.block >= 40:
-            assert p.placement.tensor_devices[t.name] == HOST_NAME
-    assert p.placement.tensor_devices["output.weight"] == HOST_NAME
+            assert p.placement.tensor_devices[t.name] == HOST
+    assert p.placement.tensor_devices["output.weight"] == HOST
     # the room the pins freed goes to other layers' experts
     assert any(p.placement.tensor_devices[t.name] == "CUDA0" for t in m.tensors
                if t.role is Role.ROUTED_EXPERT and t.block is not None and t.block < 40)
@@ -128,7 +129,7 @@ def test_budget_too_small_names_the_minimum(model_path: Callable[[str], Path]) -
 def test_small_gpu_runs_some_layers_on_the_host(model_path: Callable[[str], Path]) -> None:
     m = load_model(model_path("deepseek-v3"))
     p = plan(m, devices(["8G"]), RunConfig(n_ctx=8192))
-    assert HOST_NAME in p.placement.layer_devices and "CUDA0" in p.placement.layer_devices
+    assert HOST in p.placement.layer_devices and "CUDA0" in p.placement.layer_devices
     assert any("run entirely on the host" in w for w in p.warnings)
 
 
@@ -173,7 +174,7 @@ def test_property_emitted_patterns_reproduce_random_plans(model_path: Callable[[
     except PlanError:
         return  # a budget too small for anything is refused, with its own message
     assert p.fallback == "", p.warnings  # the solver's own placement, not a baseline swapped in
-    gpus = tuple(n for n in devs if n != HOST_NAME)
+    gpus = tuple(n for n in devs if n != HOST)
     argv = list(build_args(m, p.placement, RunSettings(m.paths[0], n_ctx, gpus)).argv)
     ngl = int(argv[argv.index("-ngl") + 1])
     ts = [float(x) for x in argv[argv.index("-ts") + 1].split(",")] if "-ts" in argv else None

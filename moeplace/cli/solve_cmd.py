@@ -13,10 +13,10 @@ from moeplace.cli import INT32_MAX, FiniteFloat, friendly_errors, table
 from moeplace.cli.options import HARDWARE_HELP, context_options, devices_from, hardware_options, run_config_from
 from moeplace.emit.args import LlamaArgs, RunSettings, build_args
 from moeplace.emit.scripts import plan_document, prediction, write_script_set
-from moeplace.hardware import HOST_NAME
 from moeplace.memory import DEFAULT_MARGIN
 from moeplace.model import load_model
 from moeplace.outfiles import output_path
+from moeplace.placement import HOST
 from moeplace.planner import Plan, auto_context, parse_pin, parse_workload, plan
 from moeplace.plot import placement_grid, write_grid
 from moeplace.ranges import format_ranges
@@ -45,9 +45,9 @@ class ContextType(click.ParamType):
 def render(p: Plan, args: LlamaArgs, script_dir: Path | None, explain: bool) -> list[str]:
     """The plan for a person: where things go, memory per device, speed beside the baselines, the command."""
     m, e, cfg = p.model, p.estimate, p.cfg
-    gpus = [n for n in p.devices if n != HOST_NAME]
+    gpus = [n for n in p.devices if n != HOST]
     hw = " + ".join(f"{n} {format_size(p.devices[n].memory)}" for n in gpus) or "no GPU"
-    out = [f"{m.name} ({m.arch}) on {hw} + {format_size(p.devices[HOST_NAME].memory)} RAM, context "
+    out = [f"{m.name} ({m.arch}) on {hw} + {format_size(p.devices[HOST].memory)} RAM, context "
            f"{e.context.n_ctx}, KV {cfg.type_k}/{cfg.type_v}, workload {p.workload.name} "
            f"({p.workload.prompt_per_generated:g} prompt tokens per generated, decode batch {p.workload.batch})", ""]
     by_dev: dict[str, list[int]] = {}
@@ -55,7 +55,7 @@ def render(p: Plan, args: LlamaArgs, script_dir: Path | None, explain: bool) -> 
         by_dev.setdefault(d, []).append(il)
     for d, layers in by_dev.items():
         host_exp = sorted({t.block for t in m.loaded_tensors if t.block in layers and t.n_expert
-                           and p.placement.tensor_devices[t.name] == HOST_NAME and d != HOST_NAME})
+                           and p.placement.tensor_devices[t.name] == HOST and d != HOST})
         line = f"  blocks {format_ranges(layers)} run on {d}"
         if host_exp:
             line += f"; routed experts of blocks {format_ranges(host_exp)} in RAM"
@@ -188,7 +188,7 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
     else:
         chosen = plan(md, devices, cfg, workload=wl, margin=margin_b, pins=pin_list, profile=profile, solver=solver,
                       time_limit=time_limit)
-    gpu_names = tuple(n for n in devices if n != HOST_NAME)
+    gpu_names = tuple(n for n in devices if n != HOST)
     # Absolute, so the scripts, llama-swap entry and plan.json work from any folder.
     settings = RunSettings(model_path=md.paths[0].absolute(), n_ctx=chosen.estimate.context.n_ctx, devices=gpu_names,
                            cache_type_k=type_k, cache_type_v=type_v, flash_attn=chosen.cfg.flash_attn,
