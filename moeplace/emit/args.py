@@ -71,14 +71,15 @@ class RunSettings:
                                 f"{self.n_batch}; raise -b or lower -ub")
         if self.n_parallel < 1:
             raise SettingsError(f"-np {self.n_parallel}: give at least 1 parallel sequence")
-        _check_text(os.fspath(self.model_path), "model path")
+        check_text(os.fspath(self.model_path), "model path")
         for a in self.extra_args:
-            _check_text(a, "extra argument")
+            check_text(a, "extra argument")
         return self
 
 
-def _check_text(text: str, what: str) -> str:
-    """Text that can be an argv element and be written into a UTF-8 script."""
+def check_text(text: str, what: str = "argument") -> str:
+    """Text that can be an argv element and be written into a UTF-8 script (the one copy of this check: the
+    script writers ask it for every word they write)."""
     if "\0" in text:
         raise SettingsError(f"{what} {text!r} contains a NUL character, which no command line can carry")
     try:
