@@ -5,10 +5,9 @@ A :class:`Device` carries the llama.cpp buffer name a placement uses (``CUDA0``,
 llama.cpp reaches while decoding (``efficiency``; calibration replaces the literature default), board power,
 and the bandwidth of its link to the host.
 
-Presets live in ``profiles/hardware/*.json`` (the documented, cited source). The package ships byte-identical
-copies as ``moeplace/data/hardware-<name>.json`` so that they load with :mod:`importlib.resources` after
-``pip install .`` too; a test checks the copies have not drifted. Package data was chosen over reading
-``profiles/`` at run time because an installed package has no repository next to it.
+Presets live in ``moeplace/data/hardware-<name>.json``, each device with the source it was taken from, and load
+with :mod:`importlib.resources`, so an installed package has them with no repository next to it. They are the
+only copy; ``profiles/`` in the repository is for users' routing profiles.
 """
 
 from __future__ import annotations
@@ -139,7 +138,7 @@ def _norm(name: str) -> str:
 
 
 def preset_files() -> dict[str, str]:
-    """The shipped preset files, name -> JSON text (``hardware-gpus.json`` is ``profiles/hardware/gpus.json``)."""
+    """The shipped preset files, name -> JSON text (``moeplace/data/hardware-gpus.json`` is ``gpus.json``)."""
     out = {}
     for entry in resources.files("moeplace").joinpath("data").iterdir():
         m = re.fullmatch(r"hardware-(.+\.json)", entry.name)
