@@ -76,10 +76,14 @@ class Calibration:
 
 
 def _positive(value: Any, what: str, origin: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise CalibrationError(f"{origin}: {what} must be a positive number of the measured rate, got {value!r}; "
-                               "re-run moeplace bench to write the file again")
-    return float(value)
+    try:
+        x = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an integer past float range
+        x = math.inf
+    if not math.isfinite(x) or x <= 0:
+        raise CalibrationError(f"{origin}: {what} must be a positive number of the measured rate, got "
+                               f"{str(value)[:40]}; re-run moeplace bench to write the file again")
+    return x
 
 
 def _text(value: Any, what: str, origin: str) -> str:

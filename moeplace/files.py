@@ -67,11 +67,11 @@ def read_text(path: str | os.PathLike[str], what: str, error: type[MoeplaceError
         raise error(f"{path}: {size} bytes is more than the {what} can be (limit {limit}); is this the right file?")
     try:
         with open(path, "rb") as fh:
-            data = fh.read(limit + 1)
+            data = fh.read(size + 1)  # not limit + 1: read(n) allocates n bytes before it reads
     except OSError as e:
         raise error(f"{path}: cannot read it ({e.strerror or e})") from None
-    if len(data) > limit:  # grew since stat
-        raise error(f"{path}: more than {limit} bytes; is this the right file?")
+    if len(data) > size:
+        raise error(f"{path}: the file grew while it was read; read it again when it is complete")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
