@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from moeplace import calibration as C
 from moeplace.cli.estimate_cmd import estimate as estimate_cmd
 from moeplace.cli.solve_cmd import solve as solve_cmd
-from moeplace.hardware import GB, GIB, device_set, host_device, parse_gpus
+from moeplace.hardware import GB, device_set, host_device, parse_gpus
+from moeplace.sizes import GIB
 from moeplace.speed import GPU_COMPUTE_EFFICIENCY
 
 CPU_ONLY = C.Calibration({"CPU": C.Measurement(bandwidth=20e9, label="system RAM", measured="2025-01-01T00:00:00+00:00",

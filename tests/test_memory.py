@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import GIB, device_set, host_device, parse_gpus
+from moeplace.hardware import device_set, host_device, parse_gpus
 from moeplace.memory import (
     CACHE_TYPES,
     MemoryBreakdown,
@@ -28,6 +28,7 @@ from moeplace.memory import (
 )
 from moeplace.model import ModelDescription, Role, load_model
 from moeplace.placement import all_on, layer_placement
+from moeplace.sizes import GIB
 from moeplace.testing import SPECS, write_model
 
 MODELS = ("qwen3moe-tiny", "mixtral-tiny", "llama-tiny", "deepseek2-tiny", "gpt-oss-tiny", "llama4-tiny",

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moeplace.hardware import GIB, Device, catalog, device_set, host_device, parse_gpus
+from moeplace.hardware import Device, catalog, device_set, host_device, parse_gpus
 from moeplace.memory import RunConfig, kv_bytes_per_layer
 from moeplace.model import ModelDescription, Role, load_model, tensor_bytes_per_token
 from moeplace.placement import all_on, layer_placement
 from moeplace.routing import expected_distinct
+from moeplace.sizes import GIB
 from moeplace.speed import (
     SpeedError,
     TensorTable,
