@@ -199,6 +199,24 @@ def test_json_output_never_holds_nan(files: dict[str, Path]) -> None:
 # --- Ctrl-C ----------------------------------------------------------------------------------------------------
 
 
+def _wait_for_cp_sat(pid: int, timeout: float = 60.0) -> None:
+    """Until CP-SAT runs in ``pid``: on Linux, until the process has the solver's worker threads (the main thread
+    and at most a BLAS pool before it); elsewhere a fixed wait past the imports."""
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():
+        time.sleep(8)
+        return
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        try:
+            if len(list(tasks.iterdir())) >= 4:
+                time.sleep(0.5)
+                return
+        except FileNotFoundError:
+            return  # it ended: the assertions say how
+        time.sleep(0.1)
+
+
 @posix_only
 def test_ctrl_c_during_cp_sat_exits_130_and_writes_nothing(model_path: Callable[[str], Path], tmp_path: Path) -> None:
     """A real process and a real SIGINT: OR-Tools catches SIGINT itself unless told not to, and then returned its
@@ -207,7 +225,7 @@ def test_ctrl_c_during_cp_sat_exits_130_and_writes_nothing(model_path: Callable[
     cmd = [sys.executable, "-m", "moeplace", "solve", str(model_path("qwen3-30b-a3b")), "--vram", "12G", "--ram",
            "32G", "--ram-bw", "80", "--solver", "cp-sat", "--time-limit", "120", "-c", "auto", "-o", str(out)]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(6)  # past the imports, into the planning (CP-SAT runs for up to 120 s per the limit)
+    _wait_for_cp_sat(p.pid)
     t0 = time.perf_counter()
     p.send_signal(signal.SIGINT)
     stdout, stderr = p.communicate(timeout=60)
