@@ -28,13 +28,6 @@ except ImportError:  # pragma: no cover - Python 3.10
 
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import Device, runtime_overhead
-from moeplace.llamacpp import (
-    check_portable_pattern,
-    cpu_moe_placement,
-    fit_placement,
-    n_cpu_moe_placement,
-    smallest_n_cpu_moe,
-)
 from moeplace.memory import (
     DEFAULT_MARGIN,
     RunConfig,
@@ -49,6 +42,8 @@ from moeplace.placement import HOST, Placement, default_tensor_device, layer_pla
 from moeplace.sizes import GIB, format_size
 from moeplace.solver import HOST_INDEX, LayerItems, Movable, Problem, Solution, solve, solve_cp_sat
 from moeplace.speed import Estimate, ExpertProbs, LinearCosts, estimate, linear_seconds
+from moeplace.targets.base import BaselineContext, LayerOrder, Target
+from moeplace.targets.llamacpp_rules import check_portable_pattern
 
 
 class PlanError(MoeplaceError):
@@ -208,7 +203,14 @@ class Plan:
     reasons: tuple[LayerReason, ...]
     pins: tuple[Pin, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    profile: ExpertProbs | None = None
     fallback: str = ""  # the baseline whose placement replaced the solver's ("" when the solver's stands)
+
+    def score(self, placement: Placement, name: str, note: str = "") -> Candidate:
+        """Another placement scored exactly as the plan was (same settings, workload, profile and margin): what
+        an engine that cannot express the plan gets instead."""
+        return _score(self.model, placement, self.cfg, self.devices, self.workload, self.profile, self.margin, name,
+                      note)
 
     @property
     def placement(self) -> Placement:
@@ -323,13 +325,11 @@ def _score(model: ModelDescription, placement: Placement, cfg: RunConfig, device
 
 
 def baselines(model: ModelDescription, cfg: RunConfig, devices: Mapping[str, Device], workload: Workload,
-              profile: ExpertProbs | None, margin: int) -> list[Candidate]:
-    """What llama.cpp's own options give on the same hardware: the smallest ``--n-cpu-moe`` that fits,
-    ``--cpu-moe``, and ``--fit`` (its 1 GiB margin, host RAM unlimited)."""
-    gpus = [n for n, d in devices.items() if not d.is_host]
-    if not gpus:
-        return []
-    split = [devices[g].memory for g in gpus] if len(gpus) > 1 else None
+              profile: ExpertProbs | None, margin: int, target: Target | None = None) -> list[Candidate]:
+    """What the engine's own options give on the same hardware (for llama.cpp: the smallest ``--n-cpu-moe`` that
+    fits, ``--cpu-moe``, and ``--fit``), each scored with the full estimate."""
+    target = target or _default_target()
+    gpus = tuple(n for n, d in devices.items() if not d.is_host)
 
     def mem(p: Placement) -> dict[str, int]:
         return {d: b.total for d, b in memory_by_device(model, p, cfg, devices).items()}
@@ -337,20 +337,16 @@ def baselines(model: ModelDescription, cfg: RunConfig, devices: Mapping[str, Dev
     def fits(p: Placement) -> bool:
         return all(f.fits for f in gpu_fits(memory_by_device(model, p, cfg, devices), devices, margin).values())
 
-    out = []
-    if model.is_moe:
-        n = smallest_n_cpu_moe(model, fits, gpus, -1, split)
-        if n is not None:
-            out.append(_score(model, n_cpu_moe_placement(model, n, gpus, -1, split), cfg, devices, workload,
-                              profile, margin, f"--n-cpu-moe {n}", "smallest N that fits"))
-        out.append(_score(model, cpu_moe_placement(model, gpus, -1, split), cfg, devices, workload, profile,
-                          margin, "--cpu-moe", "every routed expert on the host"))
-    fr = fit_placement(model, gpus, {g: devices[g].memory for g in gpus}, mem)
-    note = "llama.cpp --fit (1 GiB margin)"
-    if fr.over_target:
-        note += f"; overfills {', '.join(fr.over_target)} (fit.cpp re-checks only the device it converts)"
-    out.append(_score(model, fr.placement, cfg, devices, workload, profile, margin, "--fit", note))
-    return out
+    split = tuple(float(devices[g].memory) for g in gpus) if len(gpus) > 1 else None
+    ctx = BaselineContext(model, devices, gpus, split, mem, fits)
+    return [_score(model, b.placement, cfg, devices, workload, profile, margin, b.name, b.note)
+            for b in target.baselines(ctx)]
+
+
+def _default_target() -> Target:
+    from moeplace.targets.registry import get_target  # the registry's modules import the emitters, which import us
+
+    return get_target("llama.cpp")
 
 
 # --- explanations ---------------------------------------------------------------------------------------------
@@ -400,7 +396,8 @@ def _reasons(problem: Problem, sol: Solution) -> tuple[LayerReason, ...]:
 
 def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
          workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN, pins: Sequence[Pin] = (),
-         profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0) -> Plan:
+         profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0,
+         target: Target | None = None) -> Plan:
     """The placement with the best predicted time per token that fits every GPU, with baselines and reasons.
 
     ``devices`` maps llama.cpp buffer names to devices: the host ``CPU`` and the GPUs in llama.cpp's order.
@@ -408,6 +405,10 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     stopped after ``time_limit`` seconds with its gap reported)."""
     if solver not in ("dp", "cp-sat"):
         raise PlanError(f"solver '{solver}': use dp or cp-sat")
+    target = target or _default_target()
+    if target.layer_order is not LayerOrder.CONTIGUOUS_RUNS:  # the only layout the dynamic programme is exact for
+        raise PlanError(f"{target.name} lays out layers as '{target.layer_order.value}', which the solver does "
+                        "not model")
     if HOST not in devices:
         raise PlanError("the devices must include the host CPU")
     gpus = [d for n, d in devices.items() if n != HOST]
@@ -450,7 +451,7 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     elapsed = time.perf_counter() - t0
     placement = _placement_of(model, problem, sol, pinned)
     chosen = _score(model, placement, cfg, devices, workload, profile, margin, "moeplace")
-    base = baselines(model, cfg, devices, workload, profile, margin) if not pins else []
+    base = baselines(model, cfg, devices, workload, profile, margin, target) if not pins else []
     # A tie is not a win: the same prediction summed in another order differs in the last bit.
     better = [b for b in base if b.fits and b.seconds < chosen.seconds * (1 - TIE_RTOL)]
     fallback = ""
@@ -489,7 +490,7 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     elif cp_note:
         optimality += f"; {cp_note}"
     return Plan(model, devices, cfg, workload, margin, chosen, tuple(base), budgets, sol, elapsed, optimality,
-                _reasons(problem, sol), tuple(pins), tuple(warnings), fallback)
+                _reasons(problem, sol), tuple(pins), tuple(warnings), profile, fallback)
 
 
 # Relative difference in predicted seconds below which two placements are the same prediction.
@@ -504,8 +505,8 @@ AUTO_CONTEXT_LOSS = 0.10
 
 def auto_context(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
                  workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN, pins: Sequence[Pin] = (),
-                 profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0
-                 ) -> tuple[Plan, list[Plan]]:
+                 profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0,
+                 target: Target | None = None) -> tuple[Plan, list[Plan]]:
     """Plans every context of :func:`context_ladder` and picks the largest whose predicted decode speed is within
     :data:`AUTO_CONTEXT_LOSS` of the smallest context's; returns it and the whole trade for display.
     ``time_limit`` is CP-SAT's budget for the whole ladder, not per context."""
@@ -514,7 +515,8 @@ def auto_context(model: ModelDescription, devices: Mapping[str, Device], cfg: Ru
     for n_ctx in context_ladder(model.hparams.n_ctx_train):
         try:
             trade.append(plan(model, devices, cfg.with_(n_ctx=n_ctx), workload=workload, margin=margin, pins=pins,
-                              profile=profile, solver=solver, time_limit=deadline - time.perf_counter()))
+                              profile=profile, solver=solver, time_limit=deadline - time.perf_counter(),
+                              target=target))
         except PlanError:
             break
     if not trade:

@@ -22,6 +22,10 @@ from moeplace.plot import placement_grid, write_grid
 from moeplace.ranges import format_ranges
 from moeplace.routing import check_profile, expert_probs, load_profile
 from moeplace.sizes import format_size
+from moeplace.targets.base import Emission, Target
+from moeplace.targets.builds import EngineBuild, find_binary, read_build
+from moeplace.targets.files import write_files
+from moeplace.targets.registry import TARGETS, get_target
 
 
 class ContextType(click.ParamType):
@@ -42,7 +46,8 @@ class ContextType(click.ParamType):
         return n
 
 
-def render(p: Plan, args: LlamaArgs, script_dir: Path | None, explain: bool) -> list[str]:
+def render(p: Plan, args: LlamaArgs | None, script_dir: Path | None, explain: bool,
+           emission: Emission | None = None) -> list[str]:
     """The plan for a person: where things go, memory per device, speed beside the baselines, the command."""
     m, e, cfg = p.model, p.estimate, p.cfg
     gpus = [n for n in p.devices if n != HOST]
@@ -83,10 +88,19 @@ def render(p: Plan, args: LlamaArgs, script_dir: Path | None, explain: bool) -> 
     out.append("")
     out.append(f"solver: {p.optimality}, {p.solve_seconds * 1000:.0f} ms")
     out.append("")
-    out.append("command:")
-    out.append("  " + args.shell_line("llama-server"))
+    if emission is not None and emission.approximation is not None:
+        a = emission.approximation
+        out.append(f"{emission.target} can get {a.decode_tps:.1f} tok/s of the plan's {base.decode_tps:.1f} "
+                   f"({a.name}; prompt {a.prefill_tps:.0f} tok/s{'' if a.fits else ', does NOT fit'})")
+        out.append("")
+    out.append("command:" if emission is None else f"command ({emission.target}):")
+    out.append("  " + (emission.command if emission is not None or args is None else args.shell_line("llama-server")))
     if script_dir is not None:
-        out.append(f"scripts: {script_dir}/ (server.sh, server.ps1, cli.sh, cli.ps1, llama-swap.yaml, plan.json)")
+        names = ", ".join(emission.files) if emission is not None else \
+            "server.sh, server.ps1, cli.sh, cli.ps1, llama-swap.yaml, plan.json"
+        out.append(f"scripts: {script_dir}/ ({names})")
+    for n in emission.notes if emission is not None else ():
+        out.append(f"note: {n}")
     for w in p.warnings:
         out.append(f"warning: {w}")
     for n in e.notes:
@@ -151,6 +165,11 @@ Examples:
 @click.option("--no-scripts", is_flag=True, help="Print the plan only; write no files.")
 @click.option("--map", "map_path", default=None, metavar="FILE",
               help="Draw where every block's tensors live (.svg, or .png with matplotlib).")
+@click.option("--target", "target_name", type=click.Choice(list(TARGETS)), default="llama.cpp", show_default=True,
+              help="The engine to plan for: its placement rules, baselines, flags and files.")
+@click.option("--engine-bin", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="The engine's binary: its --help decides which flags are written (default: the one on PATH, "
+                   "else a stated default build).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="llama-server address in the scripts.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
               help="llama-server port in the scripts.")
@@ -160,7 +179,8 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
           n_ubatch: int, flash_attn: str, n_seq_max: int, kv_unified: bool, swa_full: bool, no_kv_offload: bool,
           no_op_offload: bool, workload: str, pins: tuple[str, ...], profile_path: Path | None, solver: str,
           time_limit: float, explain: bool,
-          as_json: bool, out_dir: str | None, no_scripts: bool, map_path: str | None, host: str, port: int) -> None:
+          as_json: bool, out_dir: str | None, no_scripts: bool, map_path: str | None, target_name: str,
+          engine_bin: Path | None, host: str, port: int) -> None:
     md = load_model(model)
     devices = devices_from(gpus, backend, ram, ram_bw, calibration)
     if len(devices) == 1:
@@ -173,6 +193,11 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
                           n_batch=n_batch, n_ubatch=n_ubatch, flash_attn=flash_attn, n_seq_max=n_seq_max,
                           kv_unified=kv_unified, swa_full=swa_full, no_kv_offload=no_kv_offload,
                           no_op_offload=no_op_offload)
+    target = get_target(target_name)
+    target.check(md, cfg, [n for n in devices if n != HOST])
+    build = engine_build(target, engine_bin)
+    # a target whose rules depend on the build (ik_llama.cpp's --n-cpu-moe) is bound to it
+    target = target.for_build(build) if hasattr(target, "for_build") else target
     wl = parse_workload(workload, n_seq_max)
     pin_list = [parse_pin(x, list(devices)) for x in pins]
     profile = None
@@ -184,24 +209,30 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
     trade: list[Plan] = []
     if ctx_auto:
         chosen, trade = auto_context(md, devices, cfg, workload=wl, margin=margin_b, pins=pin_list, profile=profile,
-                                     solver=solver, time_limit=time_limit)
+                                     solver=solver, time_limit=time_limit, target=target)
     else:
         chosen = plan(md, devices, cfg, workload=wl, margin=margin_b, pins=pin_list, profile=profile, solver=solver,
-                      time_limit=time_limit)
+                      time_limit=time_limit, target=target)
     gpu_names = tuple(n for n in devices if n != HOST)
     # Absolute, so the scripts, llama-swap entry and plan.json work from any folder.
     settings = RunSettings(model_path=md.paths[0].absolute(), n_ctx=chosen.estimate.context.n_ctx, devices=gpu_names,
                            cache_type_k=type_k, cache_type_v=type_v, flash_attn=chosen.cfg.flash_attn,
                            n_ubatch=n_ubatch, n_batch=n_batch, n_parallel=n_seq_max, kv_offload=not no_kv_offload)
-    args = build_args(md, chosen.placement, settings)
+    default_dir = "moeplace-" + re.sub(r"[^A-Za-z0-9._-]+", "-", md.name).strip("-.")
+    directory = default_dir if out_dir is None else out_dir
+    if target.name != "llama.cpp":
+        emission = target.emit(chosen, settings, build, output_path(directory, "output folder"))
+        emit_target(md, chosen, emission, directory, no_scripts, map_path, as_json, explain, trade)
+        return
+    args = build_args(md, chosen.placement, settings, build)
     script_dir = None
     if not no_scripts:
-        default_dir = "moeplace-" + re.sub(r"[^A-Za-z0-9._-]+", "-", md.name).strip("-.")
-        script_dir = write_script_set(default_dir if out_dir is None else out_dir, chosen, args, host, port)
+        script_dir = write_script_set(directory, chosen, args, host, port)
     if map_path is not None:
         write_grid(placement_grid(md, chosen.placement), output_path(map_path, "--map"))
     if as_json:
         doc = plan_document(md, chosen.placement, args, prediction(chosen))
+        doc["build"] = build.describe()
         if trade:
             doc["context_trade"] = [{"n_ctx": t.estimate.context.n_ctx, "decode_tokens_per_second": t.chosen.decode_tps,
                                      "kv_bytes": sum(b.kv for b in t.estimate.memory.values())} for t in trade]
@@ -210,11 +241,54 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
         click.echo(json.dumps(doc, indent=1, allow_nan=False))
         return
     lines = render(chosen, args, script_dir, explain)
+    lines.append(f"flags for: {build.describe()}")
+    click.echo("\n".join(lines + trade_lines(trade)))
+
+
+def trade_lines(trade: list[Plan]) -> list[str]:
+    """The context trade of ``-c auto`` as a table (nothing without it)."""
+    if not trade:
+        return []
+    return ["", "Context trade (-c auto):", *table(
+        ["context", "KV total", "decode tok/s", "prompt tok/s"],
+        [[str(t.estimate.context.n_ctx), format_size(sum(b.kv for b in t.estimate.memory.values())),
+          f"{t.chosen.decode_tps:.2f}", f"{t.chosen.prefill_tps:.0f}"] for t in trade], {0, 1, 2, 3})]
+
+
+
+
+def engine_build(target: Target, engine_bin: Path | None) -> EngineBuild:
+    """The build whose flags are written: ``--engine-bin``, else the target's binary on PATH, else its default."""
+    if engine_bin is not None:
+        return read_build(target.name, engine_bin)
+    found = find_binary(target.binaries)
+    return read_build(target.name, found) if found else target.default_build()
+
+
+def emit_target(md: Any, chosen: Plan, emission: Emission, out_dir: str, no_scripts: bool, map_path: str | None,
+                as_json: bool, explain: bool, trade: list[Plan]) -> None:
+    """Prints and writes another engine's plan: its command, its files, and its approximation's cost."""
+    doc: dict[str, Any] = {"generator": "Generated by moeplace", "schema": "moeplace.target-plan/1",
+                           "target": emission.target, "command": emission.command,
+                           "argv": list(emission.argv), "files": sorted(emission.files), "notes": list(emission.notes),
+                           "engine": dict(emission.document), "prediction": prediction(chosen)}
+    if emission.approximation is not None:
+        a = emission.approximation
+        doc["approximation"] = {"name": a.name, "decode_tokens_per_second": a.decode_tps,
+                                "prompt_tokens_per_second": a.prefill_tps, "fits": a.fits, "note": a.note}
     if trade:
-        lines += ["", "Context trade (-c auto):"]
-        lines += table(["context", "KV total", "decode tok/s", "prompt tok/s"],
-                        [[str(t.estimate.context.n_ctx), format_size(sum(b.kv for b in t.estimate.memory.values())),
-                          f"{t.chosen.decode_tps:.2f}", f"{t.chosen.prefill_tps:.0f}"] for t in trade], {0, 1, 2, 3})
-    click.echo("\n".join(lines))
-
-
+        doc["context_trade"] = [{"n_ctx": t.estimate.context.n_ctx, "decode_tokens_per_second": t.chosen.decode_tps}
+                                for t in trade]
+    files = dict(emission.files)
+    files.setdefault("plan.json", json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    script_dir = None if no_scripts else write_files(out_dir, files, emission.replaceable)
+    if map_path is not None:
+        write_grid(placement_grid(md, chosen.placement), output_path(map_path, "--map"))
+    if as_json:
+        if script_dir is not None:
+            doc["scripts"] = str(script_dir)
+        click.echo(json.dumps(doc, indent=1))
+        return
+    lines = render(chosen, None, script_dir, explain, Emission(emission.target, emission.command, files,
+                                                                emission.approximation, emission.notes))
+    click.echo("\n".join(lines + trade_lines(trade)))
