@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from moeplace.errors import MoeplaceError
-from moeplace.files import parse_json, read_text
 from moeplace.hardware import GB, Device
+from moeplace.infiles import parse_json, read_text
 from moeplace.outfiles import encode_text, write_file
 from moeplace.speed import GPU_COMPUTE_EFFICIENCY
 

@@ -25,8 +25,8 @@ from typing import Any
 from gguf import MODEL_TENSOR, TENSOR_NAMES, GGMLQuantizationType, Keys, LlamaFileType
 
 from moeplace.errors import MoeplaceError
-from moeplace.files import printable
 from moeplace.gguf_file import ArrayInfo, GGUFFile
+from moeplace.infiles import printable
 
 
 class ModelError(MoeplaceError):

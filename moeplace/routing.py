@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from moeplace.errors import MoeplaceError
-from moeplace.files import json_depth, parse_json, printable, read_text
+from moeplace.infiles import json_depth, parse_json, printable, read_text
 from moeplace.model import LLAMA_MAX_EXPERTS, LLAMA_MAX_LAYERS, ModelDescription
 from moeplace.outfiles import encode_text, write_file
 from moeplace.ranges import format_ranges

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from moeplace.errors import MoeplaceError
-from moeplace.files import printable
+from moeplace.infiles import printable
 from moeplace.sizes import SIZE_HELP, parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])

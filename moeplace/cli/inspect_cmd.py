@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from moeplace.cli import friendly_errors, table
-from moeplace.files import printable
+from moeplace.infiles import printable
 from moeplace.model import load_model
 from moeplace.sizes import format_size
 from moeplace.summary import summarize, tensor_rows

@@ -11,7 +11,7 @@ import click
 
 from moeplace.cli import INT32_MAX, friendly_errors, table
 from moeplace.errors import MoeplaceError
-from moeplace.files import check_regular
+from moeplace.infiles import check_regular
 from moeplace.model import load_model
 from moeplace.outfiles import encode_text, write_file
 from moeplace.routing import (

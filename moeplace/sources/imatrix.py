@@ -23,8 +23,8 @@ import numpy as np
 from gguf import GGMLQuantizationType, Keys
 
 from moeplace.errors import MoeplaceError
-from moeplace.files import check_regular
 from moeplace.gguf_file import GGUF_MAGIC, read_gguf
+from moeplace.infiles import check_regular
 from moeplace.model import ModelDescription
 from moeplace.routing import ModelIdentity, RoutingProfile, Source, make_profile, moe_layers, utc_now
 

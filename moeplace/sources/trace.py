@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from moeplace.errors import MoeplaceError
-from moeplace.files import check_regular
+from moeplace.infiles import check_regular
 from moeplace.model import ModelDescription
 from moeplace.routing import ModelIdentity, RoutingProfile, Source, make_profile, moe_layers, utc_now
 

@@ -1,4 +1,4 @@
-"""moeplace.files: input files refused before they are opened, strict JSON, names made printable."""
+"""moeplace.infiles: input files refused before they are opened, strict JSON, names made printable."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from moeplace.files import (
+from moeplace.infiles import (
     MAX_JSON_DEPTH,
     InputError,
     check_regular,
