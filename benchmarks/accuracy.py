@@ -40,10 +40,12 @@ from gguf import GGMLQuantizationType as QT
 
 from moeplace.cli.estimate_cmd import build_placement
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import GIB, HOST_NAME, Device, SpeedParams, catalog, host_device, parse_gpus, speed_params
+from moeplace.hardware import Device, SpeedParams, catalog, host_device, parse_gpus, speed_params
 from moeplace.llamacpp_cli import parse_command
 from moeplace.memory import RunConfig, resolve_flash_attn, validate
 from moeplace.model import ModelDescription, Role, load_model
+from moeplace.placement import HOST
+from moeplace.sizes import GIB
 from moeplace.speed import DecodeWork, PrefillWork, TensorTable, decode_from_work, prefill_from_work, workload
 from moeplace.testing import write_model
 
@@ -211,7 +213,7 @@ def devices_for(hw: Hardware, params: SpeedParams, old: bool) -> dict[str, Devic
     host = host_device(hw.ram, bw, gpus, params=params, channels=hw.channels,
                        threads=8 if old else hw.threads, cores=None if old else hw.cores,
                        numa_nodes=1 if old else hw.numa_nodes, available=hw.ram if old else None)
-    return {**{g.name: g for g in gpus}, HOST_NAME: host}
+    return {**{g.name: g for g in gpus}, HOST: host}
 
 
 def _command(row: dict[str, Any], model_path: str) -> list[str]:
@@ -288,7 +290,7 @@ def make_case(row: dict[str, Any], models: Models, params: SpeedParams) -> Case:
                                         list(cmd.overrides))
         except MoeplaceError as e:
             raise Skip(f"placement: {e}") from None
-        host_runs = any(placement.tensor_devices[x.name] == HOST_NAME for x in md.loaded_tensors
+        host_runs = any(placement.tensor_devices[x.name] == HOST for x in md.loaded_tensors
                         if x.role is not Role.TOKEN_EMBD)
         if hw.ram_bw is None and host_runs and not any(d.unified for d in devs.values()):
             raise Skip("RAM bandwidth not stated and weights run on the host")

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from moeplace.emit.args import RunSettings, build_args
 from moeplace.errors import MoeplaceError
 from moeplace.gguf_file import SPLIT_PATTERN
-from moeplace.hardware import HOST_NAME, Device
+from moeplace.hardware import Device
 from moeplace.memory import RunConfig
 from moeplace.model import ModelDescription, describe
+from moeplace.placement import HOST
 from moeplace.planner import Plan, Workload, plan
 from moeplace.remote import (
     HfRef,
@@ -112,7 +113,7 @@ def command_line(p: Plan, n_ubatch: int, n_batch: int) -> str:
     """The llama-server line of a plan (the model fetched by llama.cpp itself: -hf/-hff or -mu)."""
     cfg = p.cfg
     settings = RunSettings(model_path=p.model.paths[0], n_ctx=p.estimate.context.n_ctx,
-                           devices=tuple(n for n in p.devices if n != HOST_NAME), cache_type_k=cfg.type_k,
+                           devices=tuple(n for n in p.devices if n != HOST), cache_type_k=cfg.type_k,
                            cache_type_v=cfg.type_v, flash_attn=cfg.flash_attn, n_ubatch=n_ubatch, n_batch=n_batch,
                            n_parallel=cfg.n_seq_max, kv_offload=not cfg.no_kv_offload)
     return build_args(p.model, p.chosen.placement, settings).shell_line("llama-server")

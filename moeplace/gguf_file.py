@@ -28,6 +28,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, Keys
 
 from moeplace.errors import MoeplaceError
+from moeplace.infiles import check_regular, printable
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -105,7 +106,7 @@ class GGUFError(MoeplaceError):
     one printable line."""
 
     def __init__(self, message: str) -> None:
-        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in message)
+        text = printable(message)
         # A corrupt key can be megabytes long; the message must stay readable.
         super().__init__(text if len(text) <= 400 else text[:300] + " … " + text[-90:])
 
@@ -288,6 +289,7 @@ def _read_shard(path: Path | ByteSource, shard: int) -> tuple[int, int, dict[str
     """Parses one file; returns (version, alignment, metadata, tensors, file size)."""
     if not isinstance(path, Path):
         return _read_source(path, shard)
+    check_regular(path, "GGUF model", GGUFError)
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
@@ -295,11 +297,7 @@ def _read_shard(path: Path | ByteSource, shard: int) -> tuple[int, int, dict[str
                 raise GGUFError(f"{path}: not a GGUF file (only {size} bytes)")
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 return _parse(_Cursor(mm, size, path), shard)
-    except FileNotFoundError:
-        raise GGUFError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise GGUFError(f"{path}: is a directory, not a GGUF file") from None
-    except PermissionError:
+    except PermissionError:  # check_regular has refused a missing file, a directory, a FIFO and a device
         raise GGUFError(f"{path}: permission denied") from None
 
 

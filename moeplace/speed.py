@@ -39,7 +39,7 @@ from operator import itemgetter
 import numpy as np
 
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import HOST_NAME, Device, catalog
+from moeplace.hardware import Device, catalog
 from moeplace.memory import (
     DEFAULT_MARGIN,
     OP_OFFLOAD_MIN_BATCH,
@@ -56,7 +56,8 @@ from moeplace.memory import (
     memory_by_device,
 )
 from moeplace.model import ModelDescription, Role
-from moeplace.placement import Placement
+from moeplace.placement import HOST, Placement
+from moeplace.routing import expected_distinct, uniform_probs
 
 ExpertProbs = Mapping[int, np.ndarray]
 
@@ -69,11 +70,6 @@ class SpeedError(MoeplaceError):
 
 
 # --- routing -------------------------------------------------------------------------------------------------
-
-
-def uniform_probs(n_expert: int, n_expert_used: int) -> np.ndarray:
-    """Per-token routing probability of each expert with uniform routing: ``n_expert_used / n_expert``."""
-    return np.full(n_expert, n_expert_used / n_expert, dtype=np.float64)
 
 
 def normalise_probs(counts: np.ndarray, n_expert: int, n_expert_used: int) -> np.ndarray:
@@ -89,11 +85,6 @@ def normalise_probs(counts: np.ndarray, n_expert: int, n_expert_used: int) -> np
     if total <= 0 or np.all(a == a[0]):
         return uniform_probs(n_expert, n_expert_used)
     return np.minimum(a * (n_expert_used / total), 1.0)
-
-
-def distinct_experts(p: np.ndarray, tokens: float) -> float:
-    """Expected number of distinct experts ``tokens`` independent tokens touch: ``sum_e 1 - (1 - p_e)^tokens``."""
-    return float(np.sum(1.0 - np.power(1.0 - p, tokens)))
 
 
 # --- per-model tables ----------------------------------------------------------------------------------------
@@ -221,7 +212,7 @@ def distinct_by_block(routing: np.ndarray, tokens: float) -> np.ndarray:
         return np.zeros(routing.shape[0])
     if tokens == 1:
         return np.sum(routing, axis=1)  # 1 - (1 - p)^1 = p
-    return np.sum(1.0 - np.power(1.0 - routing, tokens), axis=1)
+    return np.asarray(expected_distinct(routing, tokens)).reshape(routing.shape[0])
 
 
 # --- linearisation -------------------------------------------------------------------------------------------
@@ -489,7 +480,7 @@ def _prepare(model: ModelDescription, placement: Placement, cfg: RunConfig,
     for i, n in enumerate(names):
         idx[placed == n] = i
     unknown = {str(d) for d in placed[idx < 0]} | {
-        d for d in (*placement.layer_devices, placement.output_device, HOST_NAME) if d not in devs}
+        d for d in (*placement.layer_devices, placement.output_device, HOST) if d not in devs}
     if unknown:
         raise SpeedError(f"the placement uses {', '.join(sorted(unknown))} but no such device was given: list "
                          "every device it uses, the host CPU included")
@@ -512,7 +503,7 @@ def _switch_sequence(pr: _Prepared) -> np.ndarray:
     key = np.concatenate(keys)
     dev = np.concatenate(devs)
     order = np.lexsort((dev, key))
-    seq = np.concatenate(([pos[HOST_NAME]], dev[order], [pos[pr.placement.output_device]]))
+    seq = np.concatenate(([pos[HOST]], dev[order], [pos[pr.placement.output_device]]))
     keep = np.ones(len(seq), dtype=bool)
     keep[1:] = seq[1:] != seq[:-1]
     return seq[keep]
@@ -553,7 +544,7 @@ def _decode_work(pr: _Prepared, batch: int, n_past: int | None, paged_fraction: 
     nbytes = _decode_bytes(pr.table, pr.routing, batch)
     elements = _decode_elements(pr.table, pr.routing, batch)
     n = len(names)
-    host = names.index(HOST_NAME)
+    host = names.index(HOST)
     per_dev_bytes = np.bincount(pr.idx, weights=nbytes, minlength=n)
     scaled = np.zeros(n)
     for i in range(n):
@@ -583,7 +574,7 @@ def decode_from_work(w: DecodeWork, devices: Sequence[Device]) -> DecodeTime:
     attention), a fixed cost per device switch, and host weights beyond the available RAM read again from disk
     (page-cache thrashing)."""
     names = w.names
-    host = names.index(HOST_NAME)
+    host = names.index(HOST)
     eff = np.array([d.effective_bandwidth for d in devices])
     weight_s = w.scaled_bytes / eff
     hd = devices[host]
@@ -655,7 +646,7 @@ def _prefill_work(pr: _Prepared, n_prompt: int | None = None, depth: int = 0) ->
     n_ubatch = context_shape(model, cfg).n_ubatch
     n_prompt = n_ubatch if n_prompt is None else max(1, n_prompt)
     gpus = [n for n in names if not devs[n].is_host]
-    host_i = names.index(HOST_NAME)
+    host_i = names.index(HOST)
     # Attention per KV block: QK^T and PV, 2 x H x d FLOPs per (token, attended position) each; a ubatch of u
     # tokens starting at position s attends u x (s + u/2) positions causally (at most the window on SWA blocks).
     hp = model.hparams
@@ -761,11 +752,11 @@ class _Parts:
 def _parts(model: ModelDescription, placement: Placement, cfg: RunConfig, devs: dict[str, Device],
            profile: ExpertProbs | np.ndarray | None, margin: int | None, table: TensorTable | None,
            n_past: int | None, n_prompt: int | None, depth: int | None) -> _Parts:
-    if HOST_NAME not in devs:
+    if HOST not in devs:
         raise SpeedError("the devices must include the host (CPU): build it with hardware.host_device")
     pr = _prepare(model, placement, cfg, devs, profile, table)
     weights = np.bincount(pr.idx, weights=pr.table.nbytes, minlength=len(pr.names))
-    host_experts = bool(np.any((pr.idx == pr.names.index(HOST_NAME)) & (pr.table.role == _EXPERT)))
+    host_experts = bool(np.any((pr.idx == pr.names.index(HOST)) & (pr.table.role == _EXPERT)))
     layers = kv_bytes_per_layer(model, cfg)
     mem = memory_by_device(model, placement, cfg, devs,
                            weights={n: int(weights[i]) for i, n in enumerate(pr.names) if weights[i]},

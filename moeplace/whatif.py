@@ -18,9 +18,10 @@ from gguf import LlamaFileType
 
 from moeplace.errors import MoeplaceError
 from moeplace.gguf_file import tensor_nbytes
-from moeplace.hardware import HOST_NAME, Device
+from moeplace.hardware import Device
 from moeplace.memory import RunConfig
 from moeplace.model import ModelDescription
+from moeplace.placement import HOST
 from moeplace.planner import Plan, PlanError, Workload, plan
 
 # The file types whose rules moeplace.testing ports; the rest of llama-quantize's table is not ported yet.
@@ -29,7 +30,8 @@ PORTED = ("Q4_0", "Q4_K_M", "Q8_0", "MXFP4_MOE", "F16", "BF16")
 
 def as_quant(model: ModelDescription, quant: str) -> ModelDescription:
     """The model as llama-quantize would type it for ``quant`` (a llama.cpp file type such as Q4_K_M)."""
-    from moeplace.testing import ModelSpec, _assign_types  # the port of llama_tensor_get_type
+    from moeplace.testing import ModelSpec
+    from moeplace.testing.quant import assign_types  # the port of llama_tensor_get_type
 
     key = quant.upper().removeprefix("MOSTLY_")
     if key not in PORTED:
@@ -41,7 +43,7 @@ def as_quant(model: ModelDescription, quant: str) -> ModelDescription:
                      n_head_kv=max(hp.n_head_kv, default=0), head_dim=hp.head_dim_k, n_ff=hp.n_ff,
                      n_vocab=hp.n_vocab, n_ctx=hp.n_ctx_train, ftype=ftype, n_expert=hp.n_expert)
     raw = [(t.name, t.shape, t.role.value) for t in model.tensors]
-    types = _assign_types(spec, raw)
+    types = assign_types(spec, raw)
     tensors = [replace(t, ggml_type=qt.name, nbytes=tensor_nbytes(t.shape, qt)) for t, qt in zip(model.tensors, types)]
     return replace(model, tensors=tuple(tensors), file_type=ftype.name,
                    file_size=model.file_size - sum(t.nbytes for t in model.tensors) + sum(t.nbytes for t in tensors))
@@ -76,7 +78,7 @@ def compare(model: ModelDescription, variants: Sequence[tuple[str, Mapping[str, 
 
 def with_gpu_memory(devices: Mapping[str, Device], memory: int) -> dict[str, Device]:
     """The devices with the first GPU's memory set to ``memory`` (same bandwidth and compute)."""
-    gpu = next((n for n in devices if n != HOST_NAME), None)
+    gpu = next((n for n in devices if n != HOST), None)
     if gpu is None:
         raise MoeplaceError("--target-tps varies the first GPU's memory: give a GPU (--gpu/--vram)")
     return {n: replace(d, memory=memory) if n == gpu else d for n, d in devices.items()}

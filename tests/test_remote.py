@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from moeplace import remote
 from moeplace.cli import main
 from moeplace.gguf_file import read_gguf
 from moeplace.remote import HfRef, ReadStats, RemoteError, RepoFile, parse_ref, pick_file, quant_label, read_remote
+from moeplace.remote import http as remote_http
 from moeplace.servers import Faults, FileServer, HubServer
 from moeplace.testing import write_model
 
@@ -177,8 +177,8 @@ def test_offline_without_cache_is_one_line(files: Path, monkeypatch: pytest.Monk
 
 def test_progress_line_on_slow_links(files: Path, monkeypatch: pytest.MonkeyPatch,
                                      capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(remote, "PROGRESS_AFTER", 0.0)
-    monkeypatch.setattr(remote, "CHUNK", 1 << 16)
+    monkeypatch.setattr(remote_http, "PROGRESS_AFTER", 0.0)
+    monkeypatch.setattr(remote_http, "CHUNK", 1 << 16)
     with FileServer(files, Faults(delay=0.6)) as s:
         read_remote(f"{s.url}/qwen3-30b-a3b.gguf")
     assert "reading header of " + f"{s.url}/qwen3-30b-a3b.gguf" in capsys.readouterr().err

@@ -9,16 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moeplace.hardware import GIB, Device, catalog, device_set, host_device, parse_gpus
+from moeplace.hardware import Device, catalog, device_set, host_device, parse_gpus
 from moeplace.memory import RunConfig, kv_bytes_per_layer
 from moeplace.model import ModelDescription, Role, load_model, tensor_bytes_per_token
 from moeplace.placement import all_on, layer_placement
+from moeplace.routing import expected_distinct
+from moeplace.sizes import GIB
 from moeplace.speed import (
     SpeedError,
     TensorTable,
     decode_from_work,
     decode_time,
-    distinct_experts,
+    distinct_by_block,
     energy,
     estimate,
     normalise_probs,
@@ -149,9 +151,13 @@ def test_more_gpu_layers_is_faster_with_real_costs(models: dict[str, ModelDescri
 
 def test_distinct_experts_formula() -> None:
     p = np.array([1.0, 0.5, 0.5, 0.0])
-    assert distinct_experts(p, 1) == pytest.approx(2.0)
-    assert distinct_experts(p, 2) == pytest.approx(1 + 2 * (1 - 0.25))
-    assert distinct_experts(p, 1000) == pytest.approx(3.0)
+    assert expected_distinct(p, 1) == pytest.approx(2.0)
+    assert expected_distinct(p, 2) == pytest.approx(1 + 2 * (1 - 0.25))
+    assert expected_distinct(p, 1000) == pytest.approx(3.0)
+    # the speed model's per-block form is the same formula, row by row
+    rows = distinct_by_block(np.array([p, p / 2]), 2)
+    assert rows == pytest.approx([expected_distinct(p, 2), expected_distinct(p / 2, 2)])
+    assert distinct_by_block(np.zeros((3, 0)), 8).tolist() == [0.0, 0.0, 0.0]  # blocks without experts
 
 
 @pytest.mark.parametrize("batch", [1, 4, 64])
@@ -321,7 +327,7 @@ def test_host_bandwidth_saturates_with_threads_and_numa(models: dict[str, ModelD
 def test_host_decode_is_the_larger_of_reading_and_computing(models: dict[str, ModelDescription]) -> None:
     m = models["qwen3-30b-a3b"]
     host = replace(host_device(64 * GIB, 100, threads=8, cores=8, available=64 * GIB), layer_seconds=0.0,
-                   thread_bandwidth=0.0)
+                   thread_bandwidth=0.0, quant_cost=())
     read_only = _cpu_only(m, replace(host, core_rate=0.0))
     fast_cores = _cpu_only(m, replace(host, core_rate=1e12))
     assert fast_cores == pytest.approx(read_only)  # memory-bound: compute hides under the reading
@@ -329,7 +335,7 @@ def test_host_decode_is_the_larger_of_reading_and_computing(models: dict[str, Mo
     assert slow > 5 * read_only
     # compute-bound: half the threads, twice the time; a type that costs twice as much per element doubles it
     assert _cpu_only(m, replace(host, core_rate=1e8, threads=4)) == pytest.approx(2 * slow, rel=0.02)
-    costly = tuple((t, 2.0) for t in ("Q4_K", "Q6_K", "Q8_0", "F32", "F16", "BF16"))
+    costly = tuple((t, 2.0) for t in TensorTable.build(m).type_names)
     assert _cpu_only(m, replace(host, core_rate=1e8, quant_cost=costly)) == pytest.approx(2 * slow, rel=0.02)
 
 

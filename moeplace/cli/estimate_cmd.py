@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import replace
@@ -12,7 +13,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from moeplace.cli import SIZE, friendly_errors, table
+from moeplace.cli import INT32_MAX, SIZE, FiniteFloat, friendly_errors, table
 from moeplace.cli.options import HARDWARE_HELP, context_options, devices_from, hardware_options, run_config_from
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import Device
@@ -38,6 +39,18 @@ from moeplace.placement import HOST, Placement
 from moeplace.sizes import format_size
 from moeplace.speed import Estimate, TensorTable
 from moeplace.speed import estimate as estimate_placement
+
+
+def parse_tensor_split(text: str) -> list[float]:
+    """``-ts 3,1`` (or ``3/1``): finite non-negative proportions, not all zero."""
+    try:
+        split = [float(x) for x in re.split(r"[,/]", text)]
+    except ValueError:
+        raise MoeplaceError(f"--tensor-split '{text}' must be numbers like 3,1") from None
+    if not all(math.isfinite(x) and x >= 0 for x in split) or not any(x > 0 for x in split):
+        raise MoeplaceError(f"--tensor-split '{text}': give non-negative proportions, at least one above zero, "
+                            "like 3,1")
+    return split
 
 
 def build_placement(model: ModelDescription, gpus: Sequence[Device], n_gpu_layers: int | None, cpu_moe: bool,
@@ -326,14 +339,15 @@ def _merge(ctx: click.Context, values: dict[str, Any], cmd: LlamaCommand) -> dic
 @click.argument("words", nargs=-1, type=click.UNPROCESSED, metavar="[MODEL] [-- LLAMA.CPP COMMAND]")
 @hardware_options
 @context_options()
-@click.option("-ngl", "--n-gpu-layers", "--gpu-layers", "n_gpu_layers", type=int, default=None,
+@click.option("-ngl", "--n-gpu-layers", "--gpu-layers", "n_gpu_layers", type=click.IntRange(-INT32_MAX, INT32_MAX),
+              default=None,
               help="Layer slots on GPU (default: all when a GPU is given).")
 @click.option("-ts", "--tensor-split", default=None, metavar="N,N,...",
               help="Proportions of layers per GPU (default: by GPU memory).")
 @click.option("-ot", "--override-tensor", "override_tensor", multiple=True, metavar="REGEX=BUFFER[,...]",
               help="llama.cpp's tensor override; repeatable, comma lists; in order with --cpu-moe/--n-cpu-moe.")
-@click.option("--n-cpu-moe", "-ncmoe", type=click.IntRange(min=0), default=None,
-              help="Keep routed experts of blocks 0..N-1 in RAM.")
+@click.option("--n-cpu-moe", "-ncmoe", type=click.IntRange(min=0, max=INT32_MAX), default=None,
+              help="Keep routed experts of blocks 0..N-1 in RAM (N past the last block means all).")
 @click.option("--cpu-moe", "-cmoe", is_flag=True, help="Keep all routed experts in RAM.")
 @click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
               help="llama.cpp threads (default: the cores given with --cores, else 8, stated).")
@@ -350,9 +364,9 @@ def _merge(ctx: click.Context, values: dict[str, Any], cmd: LlamaCommand) -> dic
               help="Tokens already in the context when decoding and prompting (llama-bench -d).")
 @click.option("-p", "--n-prompt", "n_prompt", type=click.IntRange(min=1), default=None,
               help="Prompt length for the prompt-processing estimate (default: one ubatch, -ub).")
-@click.option("--price", type=click.FloatRange(min=0), default=0.16, show_default=True,
+@click.option("--price", type=FiniteFloat(min=0), default=0.16, show_default=True,
               help="Electricity price per kWh.")
-@click.option("--api-price", type=click.FloatRange(min=0), default=None,
+@click.option("--api-price", type=FiniteFloat(min=0), default=None,
               help="An API's price per million output tokens, to compare with.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.pass_context
@@ -407,6 +421,7 @@ def estimate(ctx: click.Context, words: tuple[str, ...], gpus: tuple[str, ...], 
     e = replace(e, notes=(*notes, *e.notes))
     rows = context_table(md, placement, cfg, devices, table, margin_b)
     if as_json:
-        click.echo(json.dumps(estimate_to_json(md, placement, cfg, devices, e, rows, price, api_price), indent=1))
+        doc = estimate_to_json(md, placement, cfg, devices, e, rows, price, api_price)
+        click.echo(json.dumps(doc, indent=1, allow_nan=False))
         return
     click.echo("\n".join(render(md, placement, cfg, devices, e, rows, price, api_price, margin_b)))

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from moeplace.cli import friendly_errors, table
+from moeplace.infiles import printable
 from moeplace.model import load_model
 from moeplace.sizes import format_size
 from moeplace.summary import summarize, tensor_rows
@@ -102,13 +103,13 @@ def inspect(model: str, show_tensors: bool, as_json: bool) -> None:
     if as_json:
         if show_tensors:
             s["tensors"] = tensor_rows(m)
-        click.echo(json.dumps(s, indent=2))
+        click.echo(json.dumps(s, indent=2, allow_nan=False))
         return
     for line in render(s):
         click.echo(line)
     if show_tensors:
         click.echo("")
-        rows = [[t["name"], t["role"], t["type"], "x".join(map(str, t["shape"])), format_size(t["bytes"])]
+        rows = [[printable(t["name"]), t["role"], t["type"], "x".join(map(str, t["shape"])), format_size(t["bytes"])]
                 for t in tensor_rows(m)]
         for line in table(["tensor", "role", "type", "shape", "bytes"], rows, {4}):
             click.echo(line)

@@ -10,15 +10,16 @@ from typing import Any
 
 import click
 
-from moeplace.cli import friendly_errors, table
+from moeplace.cli import INT32_MAX, FiniteFloat, friendly_errors, table
 from moeplace.cli.options import HARDWARE_HELP, context_options, devices_from, hardware_options, run_config_from
 from moeplace.cli.whatif_view import whatif_report
 from moeplace.emit.args import LlamaArgs, RunSettings, build_args
 from moeplace.emit.scripts import plan_document, prediction, write_script_set
-from moeplace.hardware import HOST_NAME, Device
+from moeplace.hardware import Device
 from moeplace.memory import DEFAULT_MARGIN, RunConfig
 from moeplace.model import load_model
 from moeplace.outfiles import output_path
+from moeplace.placement import HOST
 from moeplace.planner import Plan, auto_context, parse_pin, parse_workload, plan
 from moeplace.plot import placement_grid, write_grid
 from moeplace.ranges import format_ranges
@@ -43,8 +44,9 @@ class ContextType(click.ParamType):
             n = int(value)
         except ValueError:
             self.fail(f"'{value}' is not a number of tokens or 'auto'", param, ctx)
-        if n < 0:
-            self.fail("the context must be 0 (the trained context), a positive number, or auto", param, ctx)
+        if not 0 <= n <= INT32_MAX:
+            self.fail(f"the context must be 0 (the trained context), a positive number up to {INT32_MAX}, or auto",
+                      param, ctx)
         return n
 
 
@@ -52,9 +54,9 @@ def render(p: Plan, args: LlamaArgs | None, script_dir: Path | None, explain: bo
            emission: Emission | None = None) -> list[str]:
     """The plan for a person: where things go, memory per device, speed beside the baselines, the command."""
     m, e, cfg = p.model, p.estimate, p.cfg
-    gpus = [n for n in p.devices if n != HOST_NAME]
+    gpus = [n for n in p.devices if n != HOST]
     hw = " + ".join(f"{n} {format_size(p.devices[n].memory)}" for n in gpus) or "no GPU"
-    out = [f"{m.name} ({m.arch}) on {hw} + {format_size(p.devices[HOST_NAME].memory)} RAM, context "
+    out = [f"{m.name} ({m.arch}) on {hw} + {format_size(p.devices[HOST].memory)} RAM, context "
            f"{e.context.n_ctx}, KV {cfg.type_k}/{cfg.type_v}, workload {p.workload.name} "
            f"({p.workload.prompt_per_generated:g} prompt tokens per generated, decode batch {p.workload.batch})", ""]
     by_dev: dict[str, list[int]] = {}
@@ -62,7 +64,7 @@ def render(p: Plan, args: LlamaArgs | None, script_dir: Path | None, explain: bo
         by_dev.setdefault(d, []).append(il)
     for d, layers in by_dev.items():
         host_exp = sorted({t.block for t in m.loaded_tensors if t.block in layers and t.n_expert
-                           and p.placement.tensor_devices[t.name] == HOST_NAME and d != HOST_NAME})
+                           and p.placement.tensor_devices[t.name] == HOST and d != HOST})
         line = f"  blocks {format_ranges(layers)} run on {d}"
         if host_exp:
             line += f"; routed experts of blocks {format_ranges(host_exp)} in RAM"
@@ -159,8 +161,8 @@ Examples:
               help="A routing profile of this model (moeplace profile run/import).")
 @click.option("--solver", type=click.Choice(["dp", "cp-sat"]), default="dp", show_default=True,
               help="dp: exact dynamic programme; cp-sat: OR-Tools CP-SAT from the DP's answer, with its gap.")
-@click.option("--time-limit", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds CP-SAT may search.")
+@click.option("--time-limit", type=FiniteFloat(min=0.1, max=86400), default=10.0, show_default=True,
+              help="Seconds CP-SAT may search, in all (-c auto shares them between contexts).")
 @click.option("--explain", is_flag=True, help="Show why each block's experts went where they did.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (schema moeplace.plan/1).")
 @click.option("-o", "--out", "out_dir", default=None, metavar="DIR",
@@ -228,7 +230,7 @@ def solve(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | Non
                           kv_unified=kv_unified, swa_full=swa_full, no_kv_offload=no_kv_offload,
                           no_op_offload=no_op_offload)
     target = get_target(target_name)
-    target.check(md, cfg, [n for n in devices if n != HOST_NAME])
+    target.check(md, cfg, [n for n in devices if n != HOST])
     build = engine_build(target, engine_bin)
     # a target whose rules depend on the build (ik_llama.cpp's --n-cpu-moe) is bound to it
     target = target.for_build(build) if hasattr(target, "for_build") else target
@@ -247,7 +249,7 @@ def solve(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | Non
     else:
         chosen = plan(md, devices, cfg, workload=wl, margin=margin_b, pins=pin_list, profile=profile, solver=solver,
                       time_limit=time_limit, target=target)
-    gpu_names = tuple(n for n in devices if n != HOST_NAME)
+    gpu_names = tuple(n for n in devices if n != HOST)
     # Absolute, so the scripts, llama-swap entry and plan.json work from any folder.
     settings = RunSettings(model_path=md.paths[0].absolute(), n_ctx=chosen.estimate.context.n_ctx, devices=gpu_names,
                            cache_type_k=type_k, cache_type_v=type_v, flash_attn=chosen.cfg.flash_attn,
@@ -274,7 +276,7 @@ def solve(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | Non
                                      "kv_bytes": sum(b.kv for b in t.estimate.memory.values())} for t in trade]
         if script_dir is not None:
             doc["scripts"] = str(script_dir)
-        click.echo(json.dumps(doc, indent=1))
+        click.echo(json.dumps(doc, indent=1, allow_nan=False))
         return
     lines = render(chosen, args, script_dir, explain)
     lines.append(f"flags for: {build.describe()}")

@@ -12,9 +12,10 @@ import click
 
 from moeplace.cli import table
 from moeplace.cli.options import devices_from, hardware_options
-from moeplace.hardware import HOST_NAME, Device
+from moeplace.hardware import Device
 from moeplace.memory import RunConfig
 from moeplace.model import ModelDescription
+from moeplace.placement import HOST
 from moeplace.planner import Workload
 from moeplace.sizes import format_size
 from moeplace.whatif import Outcome, compare, least_vram
@@ -51,8 +52,8 @@ def whatif_report(md: ModelDescription, devices: dict[str, Device], base: Mappin
         if target_tps is not None and not variants else None
 
     def hw(o: Outcome) -> str:
-        gpus = [f"{format_size(d.memory)}@{d.bandwidth / 1e9:.0f}" for n, d in o.devices.items() if n != HOST_NAME]
-        host = o.devices[HOST_NAME]
+        gpus = [f"{format_size(d.memory)}@{d.bandwidth / 1e9:.0f}" for n, d in o.devices.items() if n != HOST]
+        host = o.devices[HOST]
         return f"{'+'.join(gpus) or 'no GPU'}, RAM {format_size(host.memory)}@{host.bandwidth / 1e9:.0f}"
 
     base_tps = outcomes[0].decode_tps
@@ -97,7 +98,7 @@ def whatif_report(md: ModelDescription, devices: dict[str, Device], base: Mappin
                    f"{reaching.label if reaching else 'none'}")
     if target is not None:
         click.echo("")
-        gpu = next(n for n in devices if n != HOST_NAME)
+        gpu = next(n for n in devices if n != HOST)
         if target.memory is None:
             click.echo(f"No size of {gpu} reaches {target.tps:g} tok/s: with the whole model on it the plan decodes "
                        f"{target.ceiling:.2f} tok/s (its bandwidth is the limit)")
