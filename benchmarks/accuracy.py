@@ -40,13 +40,21 @@ from gguf import GGMLQuantizationType as QT
 
 from moeplace.cli.estimate_cmd import build_placement
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import Device, SpeedParams, catalog, host_device, parse_gpus, speed_params
+from moeplace.hardware import GB, Device, SpeedParams, catalog, host_device, parse_gpus, speed_params
 from moeplace.llamacpp_cli import parse_command
 from moeplace.memory import RunConfig, resolve_flash_attn, validate
 from moeplace.model import ModelDescription, Role, load_model
 from moeplace.placement import HOST
 from moeplace.sizes import GIB
-from moeplace.speed import DecodeWork, PrefillWork, TensorTable, decode_from_work, prefill_from_work, workload
+from moeplace.speed import (
+    DecodeWork,
+    PrefillWork,
+    TensorTable,
+    decode_from_work,
+    estimate,
+    prefill_from_work,
+    workload,
+)
 from moeplace.testing import write_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,6 +128,7 @@ class Case:
     new: tuple[DecodeWork | None, PrefillWork | None]
     old: tuple[DecodeWork | None, PrefillWork | None]
     predicted: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> tg/pp -> tokens/s
+    devices: dict[str, list[Device]] = field(default_factory=dict)  # model -> the row's devices, built once
 
 
 def _qtype(label: str | None) -> str | None:
@@ -255,6 +264,13 @@ class Models:
         return self.loaded[name]
 
 
+def _repacked(row: dict[str, Any]) -> bool:
+    """ik_llama.cpp's run-time repacking (-rtr) or a repacked _R4/_R8 type: those tensors are CPU-only types,
+    so prompt processing computes them on the host instead of copying them to the GPU (no op offload)."""
+    other = " ".join(row["flags"]["other"])
+    return bool(re.search(r"(^|\s)-rtr\b(?!\s*0)", other) or re.search(r"_R[48]\b", row["quant"] or ""))
+
+
 def make_case(row: dict[str, Any], models: Models, params: SpeedParams) -> Case:
     shape = next((s for rx, s in SHAPES if re.search(rx, row["model"])), None)
     if shape is None:
@@ -284,7 +300,8 @@ def make_case(row: dict[str, Any], models: Models, params: SpeedParams) -> Case:
         type_v = cmd.type_v or (cmd.type_k if md.hparams.kv_lora_rank else None) or "f16"
         cfg = RunConfig(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, type_k=cmd.type_k or "f16",
                         type_v=type_v, flash_attn=resolve_flash_attn(cmd.flash_attn or "auto"),
-                        no_kv_offload=cmd.no_kv_offload, op_offload=not cmd.no_op_offload)
+                        no_kv_offload=cmd.no_kv_offload,
+                        op_offload=not (cmd.no_op_offload or _repacked(row)))
         try:
             placement = build_placement(md, gpus, cmd.n_gpu_layers, False, 0, cmd.tensor_split,
                                         list(cmd.overrides))
@@ -302,6 +319,10 @@ def make_case(row: dict[str, Any], models: Models, params: SpeedParams) -> Case:
         if old:  # the old headline: decode at the full context, one ubatch from position 0
             works.append(workload(md, placement, cfg, devs, table=table, full_context=True))
         else:
+            e = estimate(md, placement, cfg, devs, table=table, batch=1)
+            if not all(f.fits for f in e.fits.values()):
+                raise Skip("the recorded flags overfill the GPUs (the source's offload flags are missing or "
+                           "truncated)")
             works.append(workload(md, placement, cfg, devs, table=table, n_prompt=n_prompt, depth=depth))
     return Case(row=row, source=row["source_url"], engine=engine, hw=hw, new=works[0], old=works[1])
 
@@ -347,8 +368,26 @@ def _bounds(key: str) -> tuple[float, float]:
     return BOUNDS[key.partition(":")[0]]
 
 
+def _with_params(d: Device, params: SpeedParams, hw: Hardware, old: bool) -> Device:
+    """``d`` (built by :func:`devices_for`) with ``params``' fitted values: what building it again under
+    ``params`` would give, without parsing presets again on every trial of the fit."""
+    if not d.is_host:
+        return replace(d, efficiency=params.efficiency.get(d.backend, d.efficiency),
+                       compute_efficiency=params.gpu_compute_efficiency.get(d.backend, d.compute_efficiency),
+                       layer_seconds=params.gpu_layer_us * 1e-6)
+    klass = params.host_class(hw.channels, d.bandwidth)
+    return replace(d, efficiency=params.efficiency.get(klass, d.efficiency), numa_gain=params.numa_gain,
+                   thread_bandwidth=params.thread_gbs * GB, core_rate=params.core_gelems * 1e9,
+                   flops=d.compute_threads * params.core_gflops * 1e9, layer_seconds=params.cpu_layer_us * 1e-6)
+
+
 def predict(case: Case, params: SpeedParams, old: bool) -> dict[str, float]:
-    devs = list(devices_for(case.hw, params, old).values())
+    if old:
+        params = old_params(params)
+    key = "old" if old else "new"
+    if key not in case.devices:
+        case.devices[key] = list(devices_for(case.hw, params, old).values())
+    devs = [_with_params(d, params, case.hw, old) for d in case.devices[key]]
     f = params.engine_cpu_factor.get(case.engine, 1.0)
     if f != 1.0:  # another engine's CPU kernels: the same work at a different rate
         devs = [replace(d, core_rate=d.core_rate * f, flops=d.flops * f) if d.is_host else d for d in devs]
@@ -361,8 +400,20 @@ def predict(case: Case, params: SpeedParams, old: bool) -> dict[str, float]:
     return out
 
 
-def _loss(cases: Sequence[Case], params: SpeedParams, old: bool) -> float:
+# Weak priors: each fitted parameter costs PRIOR_WEIGHT x |log(value / its value in speed-model.json before the
+# fit)|, so a parameter that the training rows do not constrain (a held-out source may carry the only rows that
+# do) stays at its physical default instead of drifting to a bound.
+PRIOR_WEIGHT = 0.5
+
+
+def _loss(cases: Sequence[Case], params: SpeedParams, old: bool, prior: SpeedParams | None = None,
+          keys: Sequence[str] = ()) -> float:
     total = 0.0
+    if prior is not None:
+        for key in keys:
+            a, b = _get(params, key), _get(prior, key)
+            if a > 0 and b > 0:
+                total += PRIOR_WEIGHT * abs(math.log(a / b))
     for c in cases:
         for k, v in predict(c, params, old).items():
             total += min(LOSS_CAP, abs(math.log(v / c.row[f"{k}_tps"])))
@@ -372,7 +423,7 @@ def _loss(cases: Sequence[Case], params: SpeedParams, old: bool) -> float:
 def fit(cases: Sequence[Case], start: SpeedParams, keys: Sequence[str], old: bool, rounds: int = 4) -> SpeedParams:
     """Coordinate search in log space: each parameter in turn tries multiplicative steps that shrink per round."""
     p = start
-    best = _loss(cases, p, old)
+    best = _loss(cases, p, old, start, keys)
     for r in range(rounds):
         step = 1.6 ** (1 / (r + 1))
         for key in keys:
@@ -383,7 +434,7 @@ def fit(cases: Sequence[Case], start: SpeedParams, keys: Sequence[str], old: boo
                     if key == "numa_gain" and _get(p, key) == 0:
                         v = 0.05
                     trial = _set(p, key, v)
-                    loss = _loss(cases, trial, old)
+                    loss = _loss(cases, trial, old, start, keys)
                     if loss < best - 1e-9:
                         p, best = trial, loss
                     else:

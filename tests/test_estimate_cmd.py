@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from gguf import LlamaFileType
 
 from moeplace.cli.estimate_cmd import build_placement, estimate
 from moeplace.hardware import parse_gpus
@@ -241,13 +243,16 @@ def test_link_threads_and_available_ram_change_the_figures(paths: dict[str, Path
 
 
 def test_estimate_reproduces_a_published_row_from_its_command_line(tmp_path: Path) -> None:
-    """benchmarks/published row nb40-m1max-llama8b: llama-bench of a Llama-3.1-8B Q4_K_M (the factory's
-    llama-3-8b is the same shape and quant mix) on an Apple M1 Max, pasted as it was run."""
+    """benchmarks/published row lc21024-3090vk-llama8b-q4_0: llama-bench of a Llama-3-8B Q4_0 on an RTX 3090 with
+    the Vulkan backend, pasted as it was run (the factory's llama-3-8b written as Q4_0 is that file's shape)."""
     rows = (Path(__file__).resolve().parent.parent / "benchmarks" / "published" / "measurements.jsonl")
-    row = next(json.loads(x) for x in rows.read_text().splitlines() if '"nb40-m1max-llama8b"' in x)
-    model = write_model("llama-3-8b", tmp_path / "Llama-3.1-8B-Q4_K_M.gguf")[0]
-    j = _json("--gpu", "m1-max-64g", "--ram", f"{row['ram_gib']}G", "--", "llama-bench", "-m", str(model),
-              "-p", str(row["test"]["pp_tokens"]), "-n", str(row["test"]["tg_tokens"]))
+    row = next(json.loads(x) for x in rows.read_text().splitlines() if '"lc21024-3090vk-llama8b-q4_0"' in x)
+    spec = replace(SPECS["llama-3-8b"], name="llama-3-8b-q4_0", ftype=LlamaFileType.MOSTLY_Q4_0)
+    model = write_model(spec, tmp_path / "Meta-Llama-3-8B-Q4_0.gguf")[0]
+    f = row["flags"]
+    j = _json("--gpu", "vulkan:rtx3090", "--", "llama-bench", "-m", str(model), "-ngl", str(f["ngl"]),
+              "-fa", str(f["fa"]), "-mmp", str(f["mmap"]), "-p", str(row["test"]["pp_tokens"]),
+              "-n", str(row["test"]["tg_tokens"]))
     assert j["decode"]["n_past"] == row["test"]["depth"] == 0
     assert j["decode"]["tokens_per_second"] == pytest.approx(row["tg_tps"], rel=0.2)
     assert j["prefill"]["n_tokens"] == row["test"]["pp_tokens"]
