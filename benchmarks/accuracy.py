@@ -553,6 +553,28 @@ def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, 
             f"- pp within 30% for at least 60% of rows: {_pct(pp.within30) if pp else '-'} "
             f"{'met' if pp and pp.within30 >= 0.6 else 'NOT met'}",
             f"- every pair ordered right: {agree} of {total} {'met' if agree == total else 'NOT met'}", ""]
+    missed = [c for c in cases if _why(c)]
+    tally: dict[str, int] = defaultdict(int)
+    for c in missed:
+        hints = _why(c).partition(": ")[2]
+        for h in (hints.split(" / ") if hints else ["none of the known gaps"]):
+            tally[h] += 1
+    out += ["### Why the targets are missed", "",
+            f"{len(missed)} of {len(cases)} replayed rows miss their target (tg 20%, pp 30%). What those rows have "
+            "that the model does not see, as the `why` column names it per row:", ""]
+    out += [f"- {h}: {n} rows" for h, n in sorted(tally.items(), key=lambda x: -x[1])]
+    out += ["", "And what the model itself leaves out, seen in the rows below:", "",
+            "- per-type CPU costs are measured on this machine's CPU (an AMD EPYC VM with AVX-512); IQ1/IQ2/IQ3_XXS could "
+            "not be made here (llama.cpp refuses them without an importance matrix), so they cost what Q4_K costs "
+            "and the quant series of ik164 order them too fast;",
+            "- CPU prompt processing uses the decode cost ratios; llama.cpp's batch kernels (llamafile sgemm for "
+            "Q4_0/Q8_0/BF16) differ, which misorders those types' pp;",
+            "- GPU decode of MoE models (gpt-oss, Qwen3-30B-A3B) is slower than bytes over bandwidth plus one "
+            "per-block cost: small-batch expert kernels are not modelled per backend;",
+            "- hwc-3090-gptoss120b-*: a 64 GB host decoding at 1-2 tok/s; the RAM the rows state fits the host's "
+            "share, so the page-cache thrashing the figures suggest is not predicted;",
+            "- ik_llama.cpp rows differ by flags that change the work (-mla, -fmoe, -amb, -ser), not only by CPU "
+            "kernel speed.", ""]
     if wrong:
         out += ["Pairs ordered wrong:", ""] + [f"- {w}" for w in wrong] + [""]
     out += ["## Rows", "", "Predictions of the new model (held-out fit); `why` for rows off by more than the "
@@ -606,7 +628,7 @@ def _why(c: Case) -> str:
         hints.append("quant mix by file size")
     if not c.hw.links and any(x for x in (f["ot"], f["n_cpu_moe"], f["cpu_moe"])) and "pp" in " ".join(reasons):
         hints.append("link not stated")
-    return "; ".join(reasons) + (": " + ", ".join(hints) if hints else "")
+    return "; ".join(reasons) + (": " + " / ".join(hints) if hints else "")
 
 
 # --- main ----------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """CPU decode cost of each quant type relative to Q4_K, measured with the real llama.cpp on this machine.
 
     python benchmarks/quant_cost.py            measure and print the table
-    python benchmarks/quant_cost.py --write    also store it as cpu_quant_cost in moeplace/data/speed-model.json
+    python benchmarks/quant_cost.py --write    also store the decode table as cpu_quant_cost in
+                                               moeplace/data/speed-model.json
 
 A dense factory model with real F16 weights (2 blocks of a 1024-wide llama, 22M elements in its matrices: small
 enough that every type's weights stay in this machine's last-level cache, so decode is bound by dequantising and
@@ -9,7 +10,11 @@ dotting rather than by RAM, large enough that per-token overheads are a small pa
 own quantizer to each type (``--pure``: every matrix in that type), then decoded with one thread; the types are
 measured right after a Q4_K run, round after round, and each keeps the median of its ratios to that Q4_K run,
 so a load that comes and goes on a shared machine cancels in each ratio. Seconds per token over the elements is
-the type's cost per element; the table is that cost relative to Q4_K. The ratio transfers to other x86 CPUs
+the type's cost per element; the table is that cost relative to Q4_K. Prompts (128 tokens, one ubatch) are
+measured the same way and printed, not stored: llama.cpp multiplies a batch with other kernels (llamafile's sgemm
+for some types), but that table ordered the published CPU prompt speeds worse than the decode table does
+(docs/accuracy.md, 59% against 54% of pairs), so the speed model uses the decode ratios for prompts too.
+The ratio transfers to other x86 CPUs
 with the same SIMD class better than an absolute rate would (``core_gelems`` carries the absolute rate, fitted
 on published rows).
 Types llama.cpp refuses to make without an importance matrix (IQ1, IQ2, IQ3_XXS) are reported and skipped.
@@ -57,11 +62,12 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure(path: Path) -> float:
-    """Best seconds per generated token of two runs of 128 tokens, one thread."""
-    s = engine.measure_speed(path, RunConfig(n_ctx=512, n_batch=64, n_ubatch=64), n_prompt=16, n_gen=128,
+def measure(path: Path) -> tuple[float, float]:
+    """Best seconds per generated token of two runs of 128 tokens, and per prompt token of two 128-token prompts
+    (one ubatch), one thread."""
+    s = engine.measure_speed(path, RunConfig(n_ctx=512, n_batch=128, n_ubatch=128), n_prompt=128, n_gen=128,
                              repetitions=2, n_threads=1)
-    return 1.0 / max(s.tg_runs)
+    return 1.0 / max(s.tg_runs), 1.0 / max(s.pp_runs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,23 +98,27 @@ def main(argv: list[str] | None = None) -> int:
             print("Q4_K could not be made", file=sys.stderr)
             return 1
         ratios: dict[str, list[float]] = {t: [] for t in files if t != "Q4_K"}
+        pp_ratios: dict[str, list[float]] = {t: [] for t in files if t != "Q4_K"}
         for r in range(args.runs):
             for gtype, path in files.items():
                 if gtype == "Q4_K":
                     continue
-                ref, sec = measure(files["Q4_K"]), measure(path)
+                (ref, ref_pp), (sec, sec_pp) = measure(files["Q4_K"]), measure(path)
                 ratios[gtype].append(sec / ref)
+                pp_ratios[gtype].append(sec_pp / ref_pp)
                 rows["Q4_K"] = min(rows.get("Q4_K", (ref, 0.0)), (ref, ref / matrix_elements * 1e9))
-            print(f"round {r + 1}: " + ", ".join(f"{t} {v[-1]:.2f}" for t, v in ratios.items()), file=sys.stderr)
+            print(f"round {r + 1}: " + ", ".join(f"{t} {v[-1]:.2f}/{pp_ratios[t][-1]:.2f}" for t, v in ratios.items()),
+                  file=sys.stderr)
         for gtype, v in ratios.items():
             rows[gtype] = (statistics.median(v) * rows["Q4_K"][0], 0.0)
     ref = rows["Q4_K"][0]
     table = {t: round(sec / ref, 3) for t, (sec, _) in sorted(rows.items())}
-    print(json.dumps(table, indent=1))
+    prefill = {"Q4_K": 1.0, **{t: round(statistics.median(v), 3) for t, v in sorted(pp_ratios.items())}}
+    print(json.dumps({"decode": table, "prefill": prefill}, indent=1))
     if args.write:
         doc = json.loads(PARAMS.read_text(encoding="utf-8"))
-        doc["cpu_quant_cost"] = {"_measured": f"benchmarks/quant_cost.py on {cpu_name()}, 1 thread, "
-                                              f"{engine.version()}", **table}
+        how = f"benchmarks/quant_cost.py on {cpu_name()}, 1 thread, {engine.version()}"
+        doc["cpu_quant_cost"] = {"_measured": how, **table}
         PARAMS.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     print(f"{time.time() - t0:.0f} s", file=sys.stderr)
     return 0

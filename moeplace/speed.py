@@ -675,7 +675,8 @@ def _prefill_work(pr: _Prepared, n_prompt: int | None = None, depth: int = 0) ->
             read[u] = np.bincount(idx[~moved], weights=prefill_bytes[~moved], minlength=len(names))
         else:
             read[u] = np.bincount(idx, weights=prefill_bytes, minlength=len(names))
-        # The host's matrix kernels cost per element like its decode kernels (the same dequantise + dot).
+        # The host's prompt kernels cost per element by type too; the decode ratios are used (a prompt table
+        # measured here ordered the published CPU prompt speeds worse: benchmarks/quant_cost.py, docs/accuracy.md).
         on_host = compute_idx == host_i
         prefill_flops = np.where(on_host, prefill_flops * pr.cost[host_i], prefill_flops)
         flops[u] = np.bincount(compute_idx, weights=prefill_flops, minlength=len(names))
