@@ -565,8 +565,8 @@ def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, 
     out += [f"- {h}: {n} rows" for h, n in sorted(tally.items(), key=lambda x: -x[1])]
     out += ["", "And what the model itself leaves out, seen in the rows below:", "",
             "- per-type CPU costs are measured on this machine's CPU (an AMD EPYC VM with AVX-512); IQ1/IQ2/IQ3_XXS "
-            "could not be made here (llama.cpp refuses them without an importance matrix), so they cost what Q4_K costs "
-            "and the quant series of ik164 order them too fast;",
+            "could not be made here (llama.cpp refuses them without an importance matrix), so they cost what Q4_K "
+            "costs and the quant series of ik164 order them too fast;",
             "- CPU prompt processing uses the decode cost ratios; llama.cpp's batch kernels (llamafile sgemm for "
             "Q4_0/Q8_0/BF16) differ, which misorders those types' pp;",
             "- GPU decode of MoE models (gpt-oss, Qwen3-30B-A3B) is slower than bytes over bandwidth plus one "
