@@ -103,8 +103,9 @@ def _options(layer: LayerItems, device: int,
 
 
 def _unit(problem: Problem) -> int:
-    """Bytes per capacity unit: at most MAX_STATES units for the largest GPU budget, never below MIN_UNIT."""
-    return max(MIN_UNIT, math.ceil(max(*problem.capacity[1:], 1) / (MAX_STATES - 1)))
+    """Bytes per capacity unit: at most MAX_STATES units for the largest GPU budget, never below MIN_UNIT (a
+    CPU-only problem has no GPU budget at all)."""
+    return max(MIN_UNIT, math.ceil(max([*problem.capacity[1:], 1]) / (MAX_STATES - 1)))
 
 
 def solve(problem: Problem) -> Solution:

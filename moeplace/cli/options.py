@@ -9,11 +9,12 @@ from typing import Any
 
 import click
 
+from moeplace import machine
 from moeplace.calibration import apply as apply_calibration
 from moeplace.calibration import load as load_calibration
 from moeplace.cli import SIZE
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import Device, catalog, device_set, host_device, parse_gpus
+from moeplace.hardware import GB, Device, catalog, device_set, host_device, parse_gpus
 from moeplace.memory import CACHE_TYPES, DEFAULT_MARGIN, RunConfig, resolve_flash_attn, validate
 from moeplace.model import ModelDescription
 from moeplace.sizes import format_size
@@ -33,6 +34,11 @@ def _list_presets(ctx: click.Context, _param: click.Parameter, value: bool) -> N
     ctx.exit(0)
 
 
+def _remember(ctx: click.Context, param: click.Parameter, value: object) -> None:
+    """Keeps an option the commands do not take as an argument in ctx.meta (only devices_from reads it)."""
+    ctx.meta[f"moeplace.{param.name}"] = value
+
+
 def _stack(*decorators: Decorator) -> Decorator:
     def apply(f: Callable[..., Any]) -> Callable[..., Any]:
         for d in reversed(decorators):
@@ -42,21 +48,29 @@ def _stack(*decorators: Decorator) -> Decorator:
 
 
 HARDWARE_HELP = """\b
-Hardware: --gpu/--vram takes a preset (--list-gpus), SIZE@GB/s (24G@936) or a size (24G); repeat it or
-separate with commas for several GPUs (CUDA0, CUDA1, ... in llama.cpp's order). --ram is the RAM size
-(default: this machine's), --ram-bw its bandwidth (GB/s, ddr5-6000x2 = 2 channels of DDR5-6000, or a
-platform name); --calibration FILE uses the bandwidths moeplace bench measured. Sizes: 24G or 24GiB =
-24 x 2^30 bytes; 24GB = 24 x 10^9 bytes."""
+Hardware: what is not given is detected on this machine (GPUs through llama.cpp's device list, NVML,
+rocm-smi, sysctl or vulkaninfo, planned against their FREE memory as llama.cpp --fit does; available RAM;
+RAM speed from the DMI memory table, or timed with --measure) and printed in one 'detected:' line.
+--gpu/--vram takes a preset (--list-gpus), SIZE@GB/s (24G@936) or a size (24G), used as given; repeat it
+or separate with commas for several GPUs (CUDA0, CUDA1, ... in llama.cpp's order); --gpu none plans for
+the CPU alone. --ram is the RAM size, --ram-bw its bandwidth (GB/s, ddr5-6000x2 = 2 channels of
+DDR5-6000, or a platform name); --calibration FILE uses the bandwidths moeplace bench measured. Sizes:
+24G or 24GiB = 24 x 2^30 bytes; 24GB = 24 x 10^9 bytes."""
 
 hardware_options = _stack(
     click.option("--gpu", "--vram", "gpus", multiple=True, metavar="SPEC",
-                 help="A GPU: preset name, SIZE@GB/s or SIZE; repeat or comma-separate for several."),
+                 help="A GPU: preset name, SIZE@GB/s or SIZE; repeat or comma-separate for several; 'none' for "
+                      "no GPU (default: the GPUs detected here, at their free memory)."),
     click.option("--backend", type=click.Choice(["cuda", "rocm", "vulkan", "sycl", "metal", "musa"]), default=None,
                  help="llama.cpp backend of the GPUs (buffer names CUDA0, ROCm0, Vulkan0, SYCL0, MTL0); "
                       "default: the preset's own, CUDA for sizes."),
-    click.option("--ram", type=SIZE, default=None, help="System RAM (default: this machine's)."),
+    click.option("--ram", type=SIZE, default=None, help="System RAM (default: this machine's available RAM)."),
     click.option("--ram-bw", default=None, metavar="GB/s|DDR|PLATFORM",
-                 help="RAM bandwidth: 80, ddr5-6000x2, epyc-9004... (default: dual-channel DDR4-3200, stated)."),
+                 help="RAM bandwidth: 80, ddr5-6000x2, epyc-9004... (default: from this machine's DMI memory "
+                      "table, else --measure's figure, else dual-channel DDR4-3200, stated)."),
+    click.option("--measure", is_flag=True, expose_value=False, callback=_remember,
+                 help="Time a few seconds of memory copies for the RAM bandwidth when the DMI table is not "
+                      "readable."),
     click.option("--margin", type=SIZE, default=None,
                  help=f"Memory kept free on each GPU (default {format_size(DEFAULT_MARGIN)}, from the measured "
                       "error of the compute-buffer estimate)."),
@@ -100,9 +114,36 @@ def context_options(ctx_help: str = "Context size in tokens (0 = the model's tra
 def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ram_bw: str | None,
                  calibration: Path | None = None) -> dict[str, Device]:
     """The host and the GPUs the options describe, keyed by llama.cpp buffer name, with the measured bandwidths
-    of a calibration file applied."""
-    gpu_devs = parse_gpus(gpus, backend)
-    devices = device_set(gpu_devs, host_device(ram, ram_bw, gpu_devs))
+    of a calibration file applied. What the options leave out is detected on this machine (moeplace.machine),
+    and the 'detected:' line and its assumptions go to stderr; a flag always wins over detection."""
+    no_gpu = [g.strip().lower() for g in gpus] == ["none"]
+    found = None
+    if not gpus or ram is None or ram_bw is None:
+        ctx = click.get_current_context(silent=True)
+        measure = bool(ctx and ctx.meta.get("moeplace.measure"))
+        found = machine.detect(gpus=not gpus, measure=measure and ram_bw is None)
+    if no_gpu:
+        gpu_devs: tuple[Device, ...] = ()
+    elif gpus:
+        gpu_devs = parse_gpus(gpus, backend)
+    else:
+        assert found is not None
+        gpu_devs = machine.gpu_devices(found, backend)
+    host_ram: int | None = ram
+    host_bw: str | float | None = ram_bw
+    if found is not None:
+        notes = list(found.notes) if ram_bw is None else [n for n in found.notes if "RAM bandwidth" not in n]
+        if ram is None and not any(g.unified for g in gpu_devs) and found.ram_available:
+            host_ram = found.ram_available
+            notes.append(f"planning for the available RAM {format_size(found.ram_available)} of "
+                         f"{format_size(found.ram_total)}; give --ram to change it")
+        if ram_bw is None:
+            host_bw = found.ram_bw.bandwidth / GB
+        click.echo(found.line(), err=True)
+        for n in notes:
+            click.echo(f"note: {n}", err=True)
+    host = host_device(host_ram, host_bw, gpu_devs)
+    devices = device_set(gpu_devs, host)
     return devices if calibration is None else apply_calibration(devices, load_calibration(calibration))
 
 

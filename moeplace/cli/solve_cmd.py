@@ -160,7 +160,7 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
     md = load_model(model)
     devices = devices_from(gpus, backend, ram, ram_bw, calibration)
     if len(devices) == 1:
-        click.echo("note: no GPU given (--gpu/--vram): planning for the CPU alone", err=True)
+        click.echo("note: no GPU (none detected or given): planning for the CPU alone", err=True)
     if not md.is_moe:
         click.echo(f"note: {md.name} is a dense model: there are no experts to place, so the plan only splits "
                    "layers", err=True)
