@@ -56,6 +56,14 @@ ExpertProbs = Mapping[int, np.ndarray]
 # sustained one.
 GPU_COMPUTE_EFFICIENCY = 0.4
 
+# Host-to-GPU copies of memory-mapped (pageable) weights run at this fraction of the pinned rate the links' presets
+# state. llama.cpp puts -ot/--cpu-moe tensors in pinned host buffers only with --no-mmap: gpt-oss-20b, experts on
+# the host, -ub 128 (copy-bound): 298 prompt tok/s with mmap against 544 without, 0.55
+# (https://github.com/ggml-org/llama.cpp/pull/20978); a 26K-token prefill on 2x RTX 3090, 166 against 330 tok/s
+# (https://github.com/ggml-org/llama.cpp/pull/28223); +36-56% prompt speed in issue 14990, where copies are only
+# part of the time.
+PAGEABLE_COPY_FACTOR = 0.55
+
 _ROLE_CODE = {role: i for i, role in enumerate(Role)}
 _EMBD, _EXPERT = _ROLE_CODE[Role.TOKEN_EMBD], _ROLE_CODE[Role.ROUTED_EXPERT]
 
@@ -233,6 +241,12 @@ def flops_rates(devices: Sequence[Device]) -> np.ndarray:
     return np.maximum(np.array([d.flops * (1.0 if d.is_host else GPU_COMPUTE_EFFICIENCY) for d in devices]), 1.0)
 
 
+def host_copy_bandwidth(device: Device, cfg: RunConfig) -> float:
+    """Bytes/s host weights are copied to ``device`` for op offload: the link's pinned rate with --no-mmap, the
+    pageable rate (:data:`PAGEABLE_COPY_FACTOR`) with llama.cpp's default mmap."""
+    return device.link_bandwidth * (1.0 if cfg.no_mmap else PAGEABLE_COPY_FACTOR)
+
+
 def op_offload_active(cfg: RunConfig, n_ubatch: int, has_gpu: bool) -> bool:
     """Whether host-resident weights are copied to the first GPU for prompt processing (ggml-backend op
     offload: ops of at least OP_OFFLOAD_MIN_BATCH tokens, unless --no-op-offload)."""
@@ -279,7 +293,7 @@ def linear_seconds(model: ModelDescription, cfg: RunConfig, devices: Sequence[De
     gpu = next((i for i, d in enumerate(devices) if not d.is_host), None)
     host = next((i for i, d in enumerate(devices) if d.is_host), None)
     if gpu is not None and host is not None and op_offload_active(cfg, tc.n_ubatch, True):
-        link = devices[gpu].link_bandwidth
+        link = host_copy_bandwidth(devices[gpu], cfg)
         copy = tc.prefill_bytes / link if link else 0.0
         prefill[:, host] = copy + tc.prefill_flops / rate[gpu]
     per_token = decode / batch + prompt_per_generated * prefill / tc.n_ubatch
@@ -530,7 +544,7 @@ def _prefill(pr: _Prepared) -> PrefillTime:
         target = names.index(gpus[0])
         moved = (idx == host_i) & ~table.is_embd
         transfer_bytes = float(np.sum(prefill_bytes[moved]))
-        link = devs[gpus[0]].link_bandwidth
+        link = host_copy_bandwidth(devs[gpus[0]], cfg)
         transfer_s = transfer_bytes / link if link else 0.0
         compute_idx = np.where(moved, target, idx)
         read = np.bincount(idx[~moved], weights=prefill_bytes[~moved], minlength=len(names))

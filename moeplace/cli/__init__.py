@@ -27,6 +27,9 @@ def friendly_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except MoeplaceError as e:
+            ctx = click.get_current_context(silent=True)
+            if ctx is not None:  # the error is the one line: drop what hardware detection would have reported
+                ctx.meta.pop("moeplace.detected_lines", None)
             click.echo(f"Error: {e}", err=True)
             sys.exit(2)
 

@@ -11,7 +11,14 @@ from typing import Any
 import click
 
 from moeplace.cli import friendly_errors, table
-from moeplace.cli.options import HARDWARE_HELP, context_options, devices_from, hardware_options, run_config_from
+from moeplace.cli.options import (
+    HARDWARE_HELP,
+    context_options,
+    devices_from,
+    hardware_options,
+    report_detected,
+    run_config_from,
+)
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import Device
 from moeplace.llamacpp import cpu_moe_placement, n_cpu_moe_placement
@@ -253,6 +260,7 @@ def estimate(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | 
     table = TensorTable.build(md)
     e = estimate_placement(md, placement, cfg, devices, table=table, margin=margin_b)
     rows = context_table(md, placement, cfg, devices, table, margin_b)
+    report_detected()
     if as_json:
         click.echo(json.dumps(estimate_to_json(md, placement, cfg, devices, e, rows, price, api_price), indent=1))
         return

@@ -122,6 +122,8 @@ def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ra
         ctx = click.get_current_context(silent=True)
         measure = bool(ctx and ctx.meta.get("moeplace.measure"))
         found = machine.detect(gpus=not gpus, measure=measure and ram_bw is None)
+        if ctx is not None:
+            ctx.meta["moeplace.machine"] = found
     if no_gpu:
         gpu_devs: tuple[Device, ...] = ()
     elif gpus:
@@ -139,12 +141,40 @@ def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ra
                          f"{format_size(found.ram_total)}; give --ram to change it")
         if ram_bw is None:
             host_bw = found.ram_bw.bandwidth / GB
-        click.echo(found.line(), err=True)
-        for n in notes:
-            click.echo(f"note: {n}", err=True)
+        _defer_report([found.line(), *(f"note: {n}" for n in notes)])
     host = host_device(host_ram, host_bw, gpu_devs)
     devices = device_set(gpu_devs, host)
     return devices if calibration is None else apply_calibration(devices, load_calibration(calibration))
+
+
+_PENDING = "moeplace.detected_lines"
+
+
+def _defer_report(lines: list[str]) -> None:
+    """What was detected goes to stderr once the command has something to show (report_detected), or when it
+    ends; a command that fails with an error prints only its one-line error (friendly_errors drops these)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        for line in lines:
+            click.echo(line, err=True)
+        return
+    ctx.meta[_PENDING] = lines
+    ctx.call_on_close(report_detected)
+
+
+def report_detected() -> None:
+    """Prints the 'detected:' line and its notes to stderr, once."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return
+    for line in ctx.meta.pop(_PENDING, []):
+        click.echo(line, err=True)
+
+
+def detected_machine() -> machine.Machine | None:
+    """What devices_from detected for the running command (None when the flags described all the hardware)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get("moeplace.machine") if ctx is not None else None
 
 
 def run_config_from(model: ModelDescription, devices: dict[str, Device], *, n_ctx: int, type_k: str, type_v: str,

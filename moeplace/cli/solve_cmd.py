@@ -10,18 +10,80 @@ from typing import Any
 import click
 
 from moeplace.cli import friendly_errors, table
-from moeplace.cli.options import HARDWARE_HELP, context_options, devices_from, hardware_options, run_config_from
+from moeplace.cli.options import (
+    HARDWARE_HELP,
+    context_options,
+    detected_machine,
+    devices_from,
+    hardware_options,
+    report_detected,
+    run_config_from,
+)
 from moeplace.emit.args import LlamaArgs, RunSettings, build_args
 from moeplace.emit.scripts import plan_document, prediction, write_script_set
 from moeplace.hardware import HOST_NAME
 from moeplace.memory import DEFAULT_MARGIN
 from moeplace.model import load_model
 from moeplace.outfiles import output_path
-from moeplace.planner import Plan, auto_context, parse_pin, parse_workload, plan
+from moeplace.planner import CONFIG_FIELDS, ConfigChoice, Plan, auto_context, choose_config, parse_pin, parse_workload
 from moeplace.plot import placement_grid, write_grid
 from moeplace.ranges import format_ranges
 from moeplace.routing import check_profile, expert_probs, load_profile
 from moeplace.sizes import format_size
+
+# solve's option names for the run settings choose_config may choose (RunConfig's field names).
+_CONFIG_OPTIONS = {"n_ubatch": "n_ubatch", "n_batch": "n_batch", "type_k": "type_k", "type_v": "type_v",
+                   "n_seq_max": "n_seq_max", "kv_unified": "kv_unified"}
+
+
+def _given(ctx: click.Context, mmap_given: bool) -> list[str]:
+    """The run settings the user gave on the command line (pinned: the search keeps them)."""
+    out = [f for opt, f in _CONFIG_OPTIONS.items()
+           if ctx.get_parameter_source(opt) is click.core.ParameterSource.COMMANDLINE]
+    return out + (["no_mmap"] if mmap_given else [])
+
+
+def _config_label(p: Plan) -> list[str]:
+    c = p.cfg
+    kv = c.type_k if c.type_k == c.type_v else f"{c.type_k}/{c.type_v}"
+    return [str(c.n_ubatch), str(c.n_batch), kv, "no" if c.no_mmap else "yes", str(c.n_seq_max)]
+
+
+def _config_row_json(p: Plan) -> dict[str, Any]:
+    c = p.cfg
+    return {"n_ubatch": c.n_ubatch, "n_batch": c.n_batch, "type_k": c.type_k, "type_v": c.type_v,
+            "no_mmap": c.no_mmap, "n_parallel": c.n_seq_max, "kv_unified": c.kv_unified, "fits": p.chosen.fits,
+            "prompt_tokens_per_second": p.chosen.prefill_tps, "decode_tokens_per_second": p.chosen.decode_tps,
+            "seconds_per_generated_token": p.chosen.seconds,
+            "gpu_bytes": sum(b.total for n, b in p.estimate.memory.items() if n != HOST_NAME)}
+
+
+CONFIG_ROWS = 6  # alternatives shown beside the winner
+
+
+def config_trade(choice: ConfigChoice) -> list[str]:
+    """The trade table of the run configuration (like -c auto's): the fastest alternatives and llama.cpp's
+    defaults, with predicted prompt and decode speed and GPU memory, then why the winner won."""
+    rows, shown = [], []
+    default = next((p for p in choice.trade if p.cfg.n_ubatch == 512 and p.cfg.type_k == "f16"), None)
+    for p in choice.trade:
+        if len(shown) < CONFIG_ROWS or p is choice.plan or p is default:
+            shown.append(p)
+    for p in shown:
+        gpu = sum(b.total for n, b in p.estimate.memory.items() if n != HOST_NAME)
+        note = "chosen" if p is choice.plan else ("llama.cpp default -ub/-ctk" if p is default else "")
+        note += "" if p.chosen.fits else " (does not fit)"
+        rows.append([*_config_label(p), f"{p.chosen.prefill_tps:.0f}", f"{p.chosen.decode_tps:.2f}",
+                     format_size(gpu) if gpu else "-", f"{p.chosen.seconds * 1e3:.1f}", note.strip()])
+    out = table(["-ub", "-b", "KV", "mmap", "-np", "prompt tok/s", "decode tok/s", "GPU memory", "ms/gen token",
+                 "note"], rows, {0, 1, 4, 5, 6, 7, 8})
+    if len(choice.trade) > len(shown):
+        out.append(f"({len(choice.trade) - len(shown)} slower configurations not shown)")
+    kept = [f for f in CONFIG_FIELDS if f in choice.pinned]
+    if kept:
+        out.append("given on the command line, kept: " + ", ".join(kept))
+    out += [f"  {w}" for w in choice.why]
+    return out
 
 
 class ContextType(click.ParamType):
@@ -134,6 +196,12 @@ Examples:
                           "speed at 4096).", ctx_type=ContextType(), ctx_default=4096)
 @click.option("--workload", default="chat", show_default=True, metavar="chat|long-prompt|batch|P:G",
               help="What to optimise: the mix of prompt and generated tokens.")
+@click.option("--mmap/--no-mmap", "mmap", default=None,
+              help="Keep llama.cpp's memory-mapped weights, or load them into pinned RAM (default: --no-mmap "
+                   "where the host's share fits in RAM and a GPU copies experts from it).")
+@click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for llama.cpp (default: the physical cores detected here; left to llama.cpp "
+                   "when the hardware was given by flags).")
 @click.option("--pin", "pins", multiple=True, metavar="REGEX=DEVICE", help="Force matching tensors onto a device.")
 @click.option("--profile", "profile_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="A routing profile of this model (moeplace profile run/import).")
@@ -157,16 +225,18 @@ Examples:
 def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | None, ram_bw: str | None,
           margin: int | None, calibration: Path | None, n_ctx: int | str, type_k: str, type_v: str, n_batch: int,
           n_ubatch: int, flash_attn: str, n_seq_max: int, kv_unified: bool, swa_full: bool, no_kv_offload: bool,
-          no_op_offload: bool, workload: str, pins: tuple[str, ...], profile_path: Path | None, solver: str,
+          no_op_offload: bool, workload: str, mmap: bool | None, threads: int | None, pins: tuple[str, ...],
+          profile_path: Path | None, solver: str,
           time_limit: float, explain: bool,
           as_json: bool, out_dir: str | None, no_scripts: bool, map_path: str | None, host: str, port: int) -> None:
     md = load_model(model)
     devices = devices_from(gpus, backend, ram, ram_bw, calibration)
+    notes = []  # printed with the plan, after what was detected: an error stays one line
     if len(devices) == 1:
-        click.echo("note: no GPU (none detected or given): planning for the CPU alone", err=True)
+        notes.append("note: no GPU (none detected or given): planning for the CPU alone")
     if not md.is_moe:
-        click.echo(f"note: {md.name} is a dense model: there are no experts to place, so the plan only splits "
-                   "layers", err=True)
+        notes.append(f"note: {md.name} is a dense model: there are no experts to place, so the plan only splits "
+                     "layers")
     ctx_auto = n_ctx == "auto"
     cfg = run_config_from(md, devices, n_ctx=4096 if ctx_auto else int(n_ctx), type_k=type_k, type_v=type_v,
                           n_batch=n_batch, n_ubatch=n_ubatch, flash_attn=flash_attn, n_seq_max=n_seq_max,
@@ -180,18 +250,27 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
         check_profile(prof, md, origin=str(profile_path))
         profile = expert_probs(prof)
     margin_b = DEFAULT_MARGIN if margin is None else margin
+    if mmap is not None:
+        cfg = cfg.with_(no_mmap=not mmap)
+    pinned = _given(click.get_current_context(), mmap is not None)
+    choice = choose_config(md, devices, cfg, pinned=pinned, workload=wl, margin=margin_b, pins=pin_list,
+                           profile=profile, solver=solver, time_limit=time_limit)
+    chosen, run_cfg = choice.plan, choice.plan.cfg
     trade: list[Plan] = []
     if ctx_auto:
-        chosen, trade = auto_context(md, devices, cfg, workload=wl, margin=margin_b, pins=pin_list, profile=profile,
-                                     solver=solver, time_limit=time_limit)
-    else:
-        chosen = plan(md, devices, cfg, workload=wl, margin=margin_b, pins=pin_list, profile=profile, solver=solver,
-                      time_limit=time_limit)
+        chosen, trade = auto_context(md, devices, run_cfg, workload=wl, margin=margin_b, pins=pin_list,
+                                     profile=profile, solver=solver, time_limit=time_limit)
+        run_cfg = chosen.cfg
+    found = detected_machine()
+    if threads is None and found is not None:
+        threads = found.cores
     gpu_names = tuple(n for n in devices if n != HOST_NAME)
     # Absolute, so the scripts, llama-swap entry and plan.json work from any folder.
     settings = RunSettings(model_path=md.paths[0].absolute(), n_ctx=chosen.estimate.context.n_ctx, devices=gpu_names,
-                           cache_type_k=type_k, cache_type_v=type_v, flash_attn=chosen.cfg.flash_attn,
-                           n_ubatch=n_ubatch, n_batch=n_batch, n_parallel=n_seq_max, kv_offload=not no_kv_offload)
+                           cache_type_k=run_cfg.type_k, cache_type_v=run_cfg.type_v, flash_attn=run_cfg.flash_attn,
+                           n_ubatch=run_cfg.n_ubatch, n_batch=run_cfg.n_batch, n_parallel=run_cfg.n_seq_max,
+                           kv_offload=not run_cfg.no_kv_offload, kv_unified=run_cfg.kv_unified,
+                           no_mmap=run_cfg.no_mmap, threads=threads)
     args = build_args(md, chosen.placement, settings)
     script_dir = None
     if not no_scripts:
@@ -199,8 +278,13 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
         script_dir = write_script_set(default_dir if out_dir is None else out_dir, chosen, args, host, port)
     if map_path is not None:
         write_grid(placement_grid(md, chosen.placement), output_path(map_path, "--map"))
+    report_detected()
+    for n in notes:
+        click.echo(n, err=True)
     if as_json:
         doc = plan_document(md, chosen.placement, args, prediction(chosen))
+        doc["config_trade"] = [_config_row_json(t) for t in choice.trade]
+        doc["config_why"] = list(choice.why)
         if trade:
             doc["context_trade"] = [{"n_ctx": t.estimate.context.n_ctx, "decode_tokens_per_second": t.chosen.decode_tps,
                                      "kv_bytes": sum(b.kv for b in t.estimate.memory.values())} for t in trade]
@@ -209,6 +293,11 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
         click.echo(json.dumps(doc, indent=1))
         return
     lines = render(chosen, args, script_dir, explain)
+    lines += ["", "Run configuration trade (what was chosen with the placement):"]
+    lines += config_trade(choice)
+    if threads is not None and found is not None:
+        lines.append(f"  -t {threads}: the physical cores detected (decode is bound by memory bandwidth, which one "
+                     "thread per core saturates; hyper-threads add contention)")
     if trade:
         lines += ["", "Context trade (-c auto):"]
         lines += table(["context", "KV total", "decode tok/s", "prompt tok/s"],
