@@ -531,6 +531,13 @@ def choose_config(model: ModelDescription, devices: Mapping[str, Device], cfg: R
     fastest = min(p.chosen.seconds for p in eligible)
     winner = min((p for p in eligible if p.chosen.seconds <= fastest * (1 + CONFIG_TIE)),
                  key=lambda p: (_distance_from_defaults(p.cfg), p.chosen.seconds))
+    if winner.cfg.no_mmap and "no_mmap" not in fixed:
+        # Pinned memory only pays where experts are copied to a GPU: without a gain, keep llama.cpp's mmap (it
+        # loads faster and lets the kernel drop pages).
+        mapped = plan(model, devices, winner.cfg.with_(no_mmap=False), workload=workload, margin=margin, pins=pins,
+                      profile=profile, solver=solver, time_limit=time_limit)
+        if mapped.chosen.fits and mapped.chosen.seconds <= winner.chosen.seconds * (1 + CONFIG_TIE):
+            tried[tried.index(winner)] = winner = mapped
     trade = tuple(sorted(tried, key=lambda p: p.chosen.seconds))
     return ConfigChoice(winner, trade, tuple(_why(model, devices, winner, tried, workload, fixed, best_f16,
                                                   margin, profile)), fixed)
@@ -585,5 +592,7 @@ def _why(model: ModelDescription, devices: Mapping[str, Device], win: Plan, trie
                    f"copied to the GPU {1 / PAGEABLE_COPY_FACTOR:.1f}x faster: "
                    f"prompt {win.chosen.prefill_tps:.0f} tok/s against {mm.prefill_tps:.0f} with mmap")
     elif "no_mmap" not in fixed and any(not d.is_host for d in devices.values()) and model.is_moe:
-        out.append("mmap kept: the host's share does not fit in RAM without paging, and pinned memory cannot be paged")
+        why = ("pinned memory would not speed it up (no experts are copied from RAM to a GPU)" if win.estimate.host.fits
+               else "the host's share does not fit in RAM without paging, and pinned memory cannot be paged")
+        out.append(f"mmap kept (llama.cpp's default): {why}")
     return out
