@@ -12,9 +12,11 @@ profile measured on another network is refused with a message instead of silentl
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -95,6 +97,10 @@ class RoutingProfile:
     counts: Mapping[int, np.ndarray]  # layer -> [n_expert] selections
     tokens: Mapping[int, float]  # layer -> tokens that went through the layer's router
     coactivation: Mapping[int, np.ndarray] | None = field(default=None, repr=False)  # layer -> [n, n] pairs
+    # layer -> [tokens, n_expert_used] expert ids in the order the tokens were evaluated: the order of routing,
+    # which an LRU expert cache's hit rate depends on (counts alone cannot tell it). Optional; may cover fewer
+    # tokens (and layers) than the counts.
+    trace: Mapping[int, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -108,7 +114,7 @@ def _fail(origin: str, problem: str, fix: str = "") -> ProfileError:
 
 def make_profile(model: ModelIdentity, source: Source, counts: Mapping[int, Any],
                  tokens: Mapping[int, float] | None = None, coactivation: Mapping[int, Any] | None = None,
-                 *, origin: str = "") -> RoutingProfile:
+                 *, origin: str = "", trace: Mapping[int, Any] | None = None) -> RoutingProfile:
     """Validates and freezes a profile. ``tokens`` defaults to ``sum(counts) / n_expert_used`` per layer.
 
     Raises :class:`ProfileError` for negative, NaN or infinite counts, a wrong expert count, a layer outside
@@ -170,8 +176,30 @@ def make_profile(model: ModelIdentity, source: Source, counts: Mapping[int, Any]
                                     "non-negative numbers", fix)
             m.flags.writeable = False
             co[int(layer)] = m
+    tr: dict[int, np.ndarray] | None = None
+    if trace:
+        tr = {}
+        for layer, raw in sorted(trace.items()):
+            layer = int(layer)
+            if layer not in frozen:
+                raise _fail(origin, f"a routing trace for layer {layer}, which has no expert counts", fix)
+            ids = np.asarray(raw)
+            if ids.ndim != 2 or ids.shape[1] != k or not np.issubdtype(ids.dtype, np.integer):
+                raise _fail(origin, f"layer {layer}: the routing trace must hold {k} expert ids per token", fix)
+            if ids.shape[0] > toks[layer] * (1 + _SUM_RTOL):
+                raise _fail(origin, f"layer {layer}: the routing trace has {ids.shape[0]} tokens, the counts only "
+                                    f"{toks[layer]:g}", fix)
+            if ids.size and (ids.min() < 0 or ids.max() >= model.n_expert):
+                raise _fail(origin, f"layer {layer}: the routing trace names an expert outside 0..{model.n_expert - 1}",
+                            fix)
+            srt = np.sort(ids, axis=1)
+            if ids.size and (srt[:, 1:] == srt[:, :-1]).any():
+                raise _fail(origin, f"layer {layer}: the routing trace picks an expert twice for one token", fix)
+            ids = ids.astype(np.uint16)
+            ids.flags.writeable = False
+            tr[layer] = ids
     return RoutingProfile(model, source, MappingProxyType(frozen), MappingProxyType(toks),
-                          None if co is None else MappingProxyType(co))
+                          None if co is None else MappingProxyType(co), None if tr is None else MappingProxyType(tr))
 
 
 # --- what the plan reads -----------------------------------------------------------------------------------
@@ -409,6 +437,8 @@ def merge_profiles(profiles: Sequence[RoutingProfile], weights: Sequence[float] 
                   for p, w in zip(profiles, weights or [None] * len(profiles)))
     notes = () if with_co or all(p.coactivation is None for p in profiles) else (
         "co-activation counts dropped: not every merged profile had them",)
+    if any(p.trace for p in profiles):
+        notes += ("routing traces dropped: merged counts have no single order of routing",)
     source = Source(kind="merge", tokens=sum(p.source.tokens for p in profiles), created=utc_now(), merged_from=parts,
                     datasets=tuple(d for p in profiles for d in p.source.datasets), notes=notes)
     return make_profile(first, source, counts, tokens, co if with_co else None)
@@ -505,17 +535,62 @@ def profile_to_json(profile: RoutingProfile) -> dict[str, Any]:
             iu = np.triu_indices(profile.model.n_expert, k=1)
             entry["coactivation_upper"] = [_num(x) for x in m[iu]]
         layers.append(entry)
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": _identity_json(profile.model),
-            "source": _source_json(profile.source), "layers": layers}
+    out = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": _identity_json(profile.model),
+           "source": _source_json(profile.source), "layers": layers}
+    if profile.trace:
+        out["trace"] = trace_to_json(profile.trace, profile.model.n_expert)
+    return out
+
+
+# A routing trace is stored compactly beside the counts: per layer the [tokens, n_expert_used] ids, token-major,
+# as little-endian uint8 (up to 256 experts) or uint16, zlib-compressed and base64-encoded.
+TRACE_ENCODING = "zlib+base64"
+
+
+def trace_to_json(trace: Mapping[int, np.ndarray], n_expert: int) -> dict[str, Any]:
+    dtype = "uint8" if n_expert <= 256 else "uint16"
+    return {"encoding": TRACE_ENCODING, "dtype": dtype,
+            "layers": [{"layer": int(layer), "tokens": int(ids.shape[0]),
+                        "ids": base64.b64encode(zlib.compress(ids.astype("<" + ("u1" if dtype == "uint8" else "u2"))
+                                                              .tobytes(), 9)).decode("ascii")}
+                       for layer, ids in sorted(trace.items())]}
+
+
+def trace_from_json(data: Any, k: int, origin: str = "") -> dict[int, np.ndarray]:
+    fix = "re-create the profile with 'moeplace profile run'"
+    if not isinstance(data, Mapping) or data.get("encoding") != TRACE_ENCODING or data.get("dtype") not in (
+            "uint8", "uint16"):
+        raise _fail(origin, f"the routing trace is not {TRACE_ENCODING} of uint8 or uint16 ids", fix)
+    dt = "<u1" if data["dtype"] == "uint8" else "<u2"
+    out: dict[int, np.ndarray] = {}
+    for i, entry in enumerate(_get(data, "layers", list, origin, "trace.")):
+        where = f"trace.layers[{i}]."
+        layer = _get(entry, "layer", int, origin, where)
+        n = _get(entry, "tokens", int, origin, where)
+        try:
+            raw = zlib.decompress(base64.b64decode(_get(entry, "ids", str, origin, where), validate=True))
+        except (ValueError, zlib.error):
+            raise _fail(origin, f"layer {layer}: the routing trace is corrupt (not {TRACE_ENCODING})", fix) from None
+        ids = np.frombuffer(raw, dtype=dt)
+        if ids.size != n * k:
+            raise _fail(origin, f"layer {layer}: the routing trace holds {ids.size} ids, expected {n} tokens x {k}",
+                        fix)
+        out[layer] = ids.reshape(n, k)
+    return out
 
 
 def dumps(profile: RoutingProfile) -> str:
     """JSON text with one line per layer: readable, diffable, and small."""
     data = profile_to_json(profile)
     layers = data.pop("layers")
+    trace = data.pop("trace", None)
     head = json.dumps(data, indent=2)[:-2]  # drop the closing "\n}"
     body = ",\n    ".join(json.dumps(e, separators=(",", ":")) for e in layers)
-    return f'{head},\n  "layers": [\n    {body}\n  ]\n}}\n'
+    tail = ""
+    if trace is not None:
+        entries = ",\n      ".join(json.dumps(e, separators=(",", ":")) for e in trace.pop("layers"))
+        tail = f',\n  "trace": {json.dumps(trace)[:-1]}, "layers": [\n      {entries}\n  ]}}'
+    return f'{head},\n  "layers": [\n    {body}\n  ]{tail}\n}}\n'
 
 
 def save_profile(profile: RoutingProfile, path: str | os.PathLike[str]) -> Path:
@@ -590,7 +665,8 @@ def profile_from_json(data: Any, origin: str = "") -> RoutingProfile:
             co[layer] = full + full.T
     if co and len(co) != len(counts):
         raise _fail(origin, "co-activation counts are present for some layers only", fix)
-    return make_profile(ident, source, counts, tokens, co or None, origin=origin)
+    trace = trace_from_json(data["trace"], ident.n_expert_used, origin) if "trace" in data else None
+    return make_profile(ident, source, counts, tokens, co or None, origin=origin, trace=trace)
 
 
 def load_profile(path: str | os.PathLike[str]) -> RoutingProfile:
