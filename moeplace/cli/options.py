@@ -4,6 +4,7 @@ them (short forms too), and the functions that turn them into devices and a RunC
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from moeplace.calibration import apply as apply_calibration
 from moeplace.calibration import load as load_calibration
 from moeplace.cli import SIZE
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import GB, Device, catalog, device_set, host_device, parse_gpus
+from moeplace.hardware import GB, Device, catalog, device_set, host_device, link_bandwidth, parse_gpus
 from moeplace.memory import CACHE_TYPES, DEFAULT_MARGIN, RunConfig, resolve_flash_attn, validate
 from moeplace.model import ModelDescription
 from moeplace.sizes import format_size
@@ -68,6 +69,9 @@ hardware_options = _stack(
     click.option("--ram-bw", default=None, metavar="GB/s|DDR|PLATFORM",
                  help="RAM bandwidth: 80, ddr5-6000x2, epyc-9004... (default: from this machine's DMI memory "
                       "table, else --measure's figure, else dual-channel DDR4-3200, stated)."),
+    click.option("--pcie", default=None, expose_value=False, callback=_remember, metavar="GEN xLANES",
+                 help="The GPUs' host link, e.g. 4.0x4 for a card in an x4 slot or behind a riser (default: the "
+                      "preset's, or what was detected); prompt copies and expert-cache misses cross it."),
     click.option("--measure", is_flag=True, expose_value=False, callback=_remember,
                  help="Time a few seconds of memory copies for the RAM bandwidth when the DMI table is not "
                       "readable."),
@@ -131,6 +135,11 @@ def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ra
     else:
         assert found is not None
         gpu_devs = machine.gpu_devices(found, backend)
+    ctx = click.get_current_context(silent=True)
+    pcie = ctx.meta.get("moeplace.pcie") if ctx is not None else None
+    if pcie:
+        link = link_bandwidth(pcie)
+        gpu_devs = tuple(g if g.unified or g.backend == "rpc" else replace(g, link_bandwidth=link) for g in gpu_devs)
     host_ram: int | None = ram
     host_bw: str | float | None = ram_bw
     if found is not None:

@@ -21,6 +21,8 @@ from moeplace.cli.options import (
 )
 from moeplace.emit.args import LlamaArgs, RunSettings, build_args
 from moeplace.emit.scripts import plan_document, prediction, write_script_set
+from moeplace.errors import MoeplaceError
+from moeplace.expert_cache import CacheChoice, choose_cache
 from moeplace.hardware import HOST_NAME
 from moeplace.memory import DEFAULT_MARGIN
 from moeplace.model import load_model
@@ -83,6 +85,35 @@ def config_trade(choice: ConfigChoice) -> list[str]:
     if kept:
         out.append("given on the command line, kept: " + ", ".join(kept))
     out += [f"  {w}" for w in choice.why]
+    return out
+
+
+def _cache_sizes(value: str | None) -> list[int] | None:
+    """--moe-cache-mib: None for auto (the ladder), else the one size given."""
+    if value is None or value.strip().lower() == "auto":
+        return None
+    if not value.strip().isdigit():
+        raise MoeplaceError(f"--moe-cache-mib '{value}': give auto, or a size in MiB such as 4096 (0 for none)")
+    return [int(value)]
+
+
+def expert_cache_table(cache: CacheChoice) -> list[str]:
+    """Each cache size tried: the static placement around it, the hit rate, and decode with the cache."""
+    rows = [[str(o.mib), str(o.slots), f"{100 * o.hit_rate:.0f}%", f"{o.static_decode_tps:.2f}",
+             f"{o.decode_tps:.2f}", f"{o.seconds * 1e3:.1f}", "chosen" if o is cache.best else ""]
+            for o in cache.options]
+    out = table(["MiB", "slots/layer", "hit rate", "decode, static only", "decode with cache", "ms/gen token",
+                 "note"], rows, {0, 1, 2, 3, 4, 5})
+    out.append(f"  hit rates: {cache.method}")
+    b, none = cache.best, next((o for o in cache.options if o.mib == 0), None)
+    if b.mib and none is not None:
+        out.append(f"  {b.mib} MiB: decode {b.decode_tps:.2f} tok/s with the cache ({100 * b.hit_rate:.0f}% of host "
+                   f"experts served from VRAM) against {none.decode_tps:.2f} with static placement alone; "
+                   f"{cache.device}'s memory in the plan above is what the cache leaves")
+    elif none is not None and len(cache.options) > 1:
+        out.append("  no cache: every miss crosses the GPU's link, which at these hit rates costs more than reading "
+                   "the experts from RAM where they are")
+    out += [f"  note: {n}" for n in cache.notes]
     return out
 
 
@@ -199,6 +230,9 @@ Examples:
 @click.option("--mmap/--no-mmap", "mmap", default=None,
               help="Keep llama.cpp's memory-mapped weights, or load them into pinned RAM (default: --no-mmap "
                    "where the host's share fits in RAM and a GPU copies experts from it).")
+@click.option("--moe-cache-mib", "moe_cache", default=None, metavar="auto|N",
+              help="The target llama.cpp has the expert cache (--moe-cache-mib, PR 29887): auto sizes it against "
+                   "static placement (hit rates from the --profile's routing trace), N plans with N MiB.")
 @click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for llama.cpp (default: the physical cores detected here; left to llama.cpp "
                    "when the hardware was given by flags).")
@@ -225,7 +259,8 @@ Examples:
 def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | None, ram_bw: str | None,
           margin: int | None, calibration: Path | None, n_ctx: int | str, type_k: str, type_v: str, n_batch: int,
           n_ubatch: int, flash_attn: str, n_seq_max: int, kv_unified: bool, swa_full: bool, no_kv_offload: bool,
-          no_op_offload: bool, workload: str, mmap: bool | None, threads: int | None, pins: tuple[str, ...],
+          no_op_offload: bool, workload: str, mmap: bool | None, moe_cache: str | None, threads: int | None,
+          pins: tuple[str, ...],
           profile_path: Path | None, solver: str,
           time_limit: float, explain: bool,
           as_json: bool, out_dir: str | None, no_scripts: bool, map_path: str | None, host: str, port: int) -> None:
@@ -244,7 +279,8 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
                           no_op_offload=no_op_offload)
     wl = parse_workload(workload, n_seq_max)
     pin_list = [parse_pin(x, list(devices)) for x in pins]
-    profile = None
+    profile = prof = None
+    cache_sizes = _cache_sizes(moe_cache)
     if profile_path is not None:
         prof = load_profile(profile_path)
         check_profile(prof, md, origin=str(profile_path))
@@ -261,6 +297,15 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
         chosen, trade = auto_context(md, devices, run_cfg, workload=wl, margin=margin_b, pins=pin_list,
                                      profile=profile, solver=solver, time_limit=time_limit)
         run_cfg = chosen.cfg
+    cache = None
+    extra: tuple[str, ...] = ()
+    if moe_cache is not None:
+        cache = choose_cache(md, devices, run_cfg, workload=wl, margin=margin_b, pins=pin_list, profile=profile,
+                             trace=prof.trace if prof is not None else None, sizes=cache_sizes, solver=solver,
+                             time_limit=time_limit)
+        if cache.best.mib:
+            chosen = cache.best.plan
+            extra = ("--moe-cache-mib", str(cache.best.mib))
     found = detected_machine()
     if threads is None and found is not None:
         threads = found.cores
@@ -270,7 +315,7 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
                            cache_type_k=run_cfg.type_k, cache_type_v=run_cfg.type_v, flash_attn=run_cfg.flash_attn,
                            n_ubatch=run_cfg.n_ubatch, n_batch=run_cfg.n_batch, n_parallel=run_cfg.n_seq_max,
                            kv_offload=not run_cfg.no_kv_offload, kv_unified=run_cfg.kv_unified,
-                           no_mmap=run_cfg.no_mmap, threads=threads)
+                           no_mmap=run_cfg.no_mmap, threads=threads, extra_args=extra)
     args = build_args(md, chosen.placement, settings)
     script_dir = None
     if not no_scripts:
@@ -285,6 +330,13 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
         doc = plan_document(md, chosen.placement, args, prediction(chosen))
         doc["config_trade"] = [_config_row_json(t) for t in choice.trade]
         doc["config_why"] = list(choice.why)
+        if cache is not None:
+            doc["expert_cache"] = {
+                "device": cache.device, "method": cache.method, "notes": list(cache.notes), "mib": cache.best.mib,
+                "options": [{"mib": o.mib, "slots_per_layer": o.slots, "hit_rate": o.hit_rate,
+                             "static_decode_tokens_per_second": o.static_decode_tps,
+                             "decode_tokens_per_second": o.decode_tps, "seconds_per_generated_token": o.seconds}
+                            for o in cache.options]}
         if trade:
             doc["context_trade"] = [{"n_ctx": t.estimate.context.n_ctx, "decode_tokens_per_second": t.chosen.decode_tps,
                                      "kv_bytes": sum(b.kv for b in t.estimate.memory.values())} for t in trade]
@@ -295,6 +347,9 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
     lines = render(chosen, args, script_dir, explain)
     lines += ["", "Run configuration trade (what was chosen with the placement):"]
     lines += config_trade(choice)
+    if cache is not None:
+        lines += ["", f"Expert cache (--moe-cache-mib on {cache.device}; needs a llama.cpp build that has it):"]
+        lines += expert_cache_table(cache)
     if threads is not None and found is not None:
         lines.append(f"  -t {threads}: the physical cores detected (decode is bound by memory bandwidth, which one "
                      "thread per core saturates; hyper-threads add contention)")
