@@ -233,3 +233,19 @@ def test_detected_gpus_and_flags_that_override_them(model_path: Callable[[str], 
     code, out, err = run("solve", model, "--no-scripts", "--gpu", "none", "--ram", "64G", env=env)
     assert code == 0, err
     assert "detected: RAM" in err and "ROCm0" not in out and "blocks 0-47 run on CPU" in out
+
+
+@pytest.mark.llama
+def test_llama_cpp_device_list() -> None:
+    """The installed llama.cpp's own device list (what --fit plans with): names, descriptions, free and total
+    memory; a CPU-only build lists the CPU and no GPU, so detection falls through to the other tools."""
+    from moeplace import engine
+
+    if not engine.available():
+        pytest.skip(engine.unavailable_reason() or "llama.cpp is not installed")
+    devs = engine.backend_devices()
+    assert devs and all(d.name and d.total >= d.free >= 0 for d in devs)
+    gpus = machine.gpus_llamacpp()
+    assert gpus is not None
+    assert [g.name for g in gpus] == [d.name for d in devs if d.is_gpu]
+    assert all(g.free is not None and g.total > 0 for g in gpus)
