@@ -249,3 +249,60 @@ def test_llama_cpp_device_list() -> None:
     assert gpus is not None
     assert [g.name for g in gpus] == [d.name for d in devs if d.is_gpu]
     assert all(g.free is not None and g.total > 0 for g in gpus)
+
+
+# A stand-in libnvidia-ml.so.1 answering the NVML C API (nvml.h) with one RTX 3090 on a x16 link and one RTX 3060
+# on a x4 link: the same entry points pynvml calls, with the figures those cards report.
+FAKE_NVML = r"""
+#include <string.h>
+typedef struct { unsigned long long total, free, used; } mem_t;
+static const char *names[] = {"NVIDIA GeForce RTX 3090", "NVIDIA GeForce RTX 3060"};
+static const unsigned long long totals[] = {25769803776ULL, 12884901888ULL}, frees[] = {24589860864ULL, 12348030976ULL};
+static const unsigned clocks[] = {9751, 7501}, buses[] = {384, 192}, widths[] = {16, 4};
+int nvmlInitWithFlags(unsigned flags) { return 0; }
+int nvmlShutdown(void) { return 0; }
+const char *nvmlErrorString(int r) { return "error"; }
+int nvmlDeviceGetCount_v2(unsigned *n) { *n = 2; return 0; }
+int nvmlDeviceGetHandleByIndex_v2(unsigned i, void **h) { *h = (void *)(size_t)(i + 1); return 0; }
+int nvmlDeviceGetName(void *h, char *name, unsigned len) { strncpy(name, names[(size_t)h - 1], len); return 0; }
+int nvmlDeviceGetMemoryInfo(void *h, mem_t *m) {
+    size_t i = (size_t)h - 1; m->total = totals[i]; m->free = frees[i]; m->used = totals[i] - frees[i]; return 0; }
+int nvmlDeviceGetMaxClockInfo(void *h, int type, unsigned *c) {  /* type 2: NVML_CLOCK_MEM */
+    *c = type == 2 ? clocks[(size_t)h - 1] : 1900; return 0; }
+int nvmlDeviceGetMemoryBusWidth(void *h, unsigned *w) { *w = buses[(size_t)h - 1]; return 0; }
+int nvmlDeviceGetMaxPcieLinkGeneration(void *h, unsigned *g) { *g = 4; return 0; }
+int nvmlDeviceGetMaxPcieLinkWidth(void *h, unsigned *w) { *w = widths[(size_t)h - 1]; return 0; }
+"""
+
+_NVML_PROBE = """
+import json
+from moeplace import machine
+print(json.dumps([g.__dict__ for g in machine.gpus_nvml() or []]))
+"""
+
+
+def test_nvml(tmp_path: Path) -> None:
+    """NVML through pynvml against a library that answers as the driver's does; without a driver, None."""
+    import shutil
+    import subprocess
+    import sys
+
+    pytest.importorskip("pynvml", reason="nvidia-ml-py is not installed (pip install '.[test]')")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the stand-in NVML library")
+    (tmp_path / "nvml.c").write_text(FAKE_NVML)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(tmp_path / "libnvidia-ml.so.1"), str(tmp_path / "nvml.c")],
+                   check=True)
+    root = Path(__file__).resolve().parents[1]
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root), "LD_LIBRARY_PATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", _NVML_PROBE], capture_output=True, text=True, env=env, check=True)
+    gpus = json.loads(out.stdout)
+    assert [(g["label"], g["total"], g["free"], g["link"], g["source"]) for g in gpus] == [
+        ("NVIDIA GeForce RTX 3090", 24 * GIB, 24589860864, "4.0x16", "NVML"),
+        ("NVIDIA GeForce RTX 3060", 12 * GIB, 12348030976, "4.0x4", "NVML")]
+    assert gpus[0]["bandwidth"] == pytest.approx(936.2e9, rel=1e-3)  # 9751 MHz x 2 x 384 bits / 8
+    assert gpus[1]["bandwidth"] == pytest.approx(360.0e9, rel=1e-3)
+    env["LD_LIBRARY_PATH"] = str(tmp_path / "none")
+    out = subprocess.run([sys.executable, "-c", _NVML_PROBE], capture_output=True, text=True, env=env, check=True)
+    assert json.loads(out.stdout) == []
