@@ -142,13 +142,15 @@ def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ra
         gpu_devs = tuple(g if g.unified or g.backend == "rpc" else replace(g, link_bandwidth=link) for g in gpu_devs)
     host_ram: int | None = ram
     host_bw: str | float | None = ram_bw
+    unified = any(g.unified for g in gpu_devs)  # Apple: the host is the GPU's pool, at the GPU's bandwidth
     if found is not None:
-        notes = list(found.notes) if ram_bw is None else [n for n in found.notes if "RAM bandwidth" not in n]
-        if ram is None and not any(g.unified for g in gpu_devs) and found.ram_available:
+        own_bw = ram_bw is None and not unified
+        notes = list(found.notes) if own_bw else [n for n in found.notes if "RAM bandwidth" not in n]
+        if ram is None and not unified and found.ram_available:
             host_ram = found.ram_available
             notes.append(f"planning for the available RAM {format_size(found.ram_available)} of "
                          f"{format_size(found.ram_total)}; give --ram to change it")
-        if ram_bw is None:
+        if own_bw:
             host_bw = found.ram_bw.bandwidth / GB
         _defer_report([found.line(), *(f"note: {n}" for n in notes)])
     host = host_device(host_ram, host_bw, gpu_devs)
