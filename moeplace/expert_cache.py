@@ -41,6 +41,7 @@ from moeplace.memory import MIB, RunConfig
 from moeplace.model import ModelDescription, Role
 from moeplace.planner import Pin, Plan, PlanError, Workload, plan
 from moeplace.speed import ExpertProbs, host_copy_bandwidth, routing_matrix
+from moeplace.targets.base import Target
 
 # Cache sizes tried, as fractions of the caching GPU's memory, rounded down to CACHE_STEP.
 CACHE_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
@@ -183,7 +184,7 @@ def cache_sizes(gpu: Device) -> list[int]:
 def choose_cache(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *, workload: Workload,
                  margin: int, pins: Sequence[Pin] = (), profile: ExpertProbs | None = None,
                  trace: Mapping[int, np.ndarray] | None = None, sizes: Sequence[int] | None = None,
-                 solver: str = "dp", time_limit: float = 10.0) -> CacheChoice:
+                 solver: str = "dp", time_limit: float = 10.0, target: Target | None = None) -> CacheChoice:
     """Plans static placement around each cache size (``sizes`` in MiB; default :func:`cache_sizes`; 0, no cache,
     is always among them unless a single size is given) and predicts the speed with the cache; the fastest for
     the workload wins."""
@@ -212,7 +213,7 @@ def choose_cache(model: ModelDescription, devices: Mapping[str, Device], cfg: Ru
         d[gpu] = replace(devices[gpu], memory=devices[gpu].memory - mib * MIB)
         try:
             p = plan(model, d, cfg, workload=workload, margin=margin, pins=pins, profile=profile, solver=solver,
-                     time_limit=time_limit)
+                     time_limit=time_limit, target=target)
         except PlanError:
             if mib == 0 or sizes is not None:
                 raise

@@ -19,13 +19,6 @@ import numpy as np
 
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import HOST_NAME, Device, runtime_overhead
-from moeplace.llamacpp import (
-    check_portable_pattern,
-    cpu_moe_placement,
-    fit_placement,
-    n_cpu_moe_placement,
-    smallest_n_cpu_moe,
-)
 from moeplace.memory import (
     DEFAULT_MARGIN,
     MIB,
@@ -43,6 +36,8 @@ from moeplace.placement import Placement, default_tensor_device, layer_placement
 from moeplace.sizes import format_size
 from moeplace.solver import HOST_INDEX, LayerItems, Movable, Problem, Solution, solve, solve_cp_sat
 from moeplace.speed import PAGEABLE_COPY_FACTOR, Estimate, ExpertProbs, LinearCosts, estimate, linear_seconds
+from moeplace.targets.base import BaselineContext, LayerOrder, Target
+from moeplace.targets.llamacpp_rules import check_portable_pattern
 
 
 class PlanError(MoeplaceError):
@@ -153,6 +148,13 @@ class Plan:
     reasons: tuple[LayerReason, ...]
     pins: tuple[Pin, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    profile: ExpertProbs | None = None
+
+    def score(self, placement: Placement, name: str, note: str = "") -> Candidate:
+        """Another placement scored exactly as the plan was (same settings, workload, profile and margin): what
+        an engine that cannot express the plan gets instead."""
+        return _score(self.model, placement, self.cfg, self.devices, self.workload, self.profile, self.margin, name,
+                      note)
 
     @property
     def placement(self) -> Placement:
@@ -262,13 +264,11 @@ def _score(model: ModelDescription, placement: Placement, cfg: RunConfig, device
 
 
 def baselines(model: ModelDescription, cfg: RunConfig, devices: Mapping[str, Device], workload: Workload,
-              profile: ExpertProbs | None, margin: int) -> list[Candidate]:
-    """What llama.cpp's own options give on the same hardware: the smallest ``--n-cpu-moe`` that fits,
-    ``--cpu-moe``, and ``--fit`` (its 1 GiB margin, host RAM unlimited)."""
-    gpus = [n for n, d in devices.items() if not d.is_host]
-    if not gpus:
-        return []
-    split = [devices[g].memory for g in gpus] if len(gpus) > 1 else None
+              profile: ExpertProbs | None, margin: int, target: Target | None = None) -> list[Candidate]:
+    """What the engine's own options give on the same hardware (for llama.cpp: the smallest ``--n-cpu-moe`` that
+    fits, ``--cpu-moe``, and ``--fit``), each scored with the full estimate."""
+    target = target or _default_target()
+    gpus = tuple(n for n, d in devices.items() if not d.is_host)
 
     def mem(p: Placement) -> dict[str, int]:
         return {d: b.total for d, b in memory_by_device(model, p, cfg, devices).items()}
@@ -276,20 +276,16 @@ def baselines(model: ModelDescription, cfg: RunConfig, devices: Mapping[str, Dev
     def fits(p: Placement) -> bool:
         return all(f.fits for f in gpu_fits(memory_by_device(model, p, cfg, devices), devices, margin).values())
 
-    out = []
-    if model.is_moe:
-        n = smallest_n_cpu_moe(model, fits, gpus, -1, split)
-        if n is not None:
-            out.append(_score(model, n_cpu_moe_placement(model, n, gpus, -1, split), cfg, devices, workload,
-                              profile, margin, f"--n-cpu-moe {n}", "smallest N that fits"))
-        out.append(_score(model, cpu_moe_placement(model, gpus, -1, split), cfg, devices, workload, profile,
-                          margin, "--cpu-moe", "every routed expert on the host"))
-    fr = fit_placement(model, gpus, {g: devices[g].memory for g in gpus}, mem)
-    note = "llama.cpp --fit (1 GiB margin)"
-    if fr.over_target:
-        note += f"; overfills {', '.join(fr.over_target)} (fit.cpp re-checks only the device it converts)"
-    out.append(_score(model, fr.placement, cfg, devices, workload, profile, margin, "--fit", note))
-    return out
+    split = tuple(float(devices[g].memory) for g in gpus) if len(gpus) > 1 else None
+    ctx = BaselineContext(model, devices, gpus, split, mem, fits)
+    return [_score(model, b.placement, cfg, devices, workload, profile, margin, b.name, b.note)
+            for b in target.baselines(ctx)]
+
+
+def _default_target() -> Target:
+    from moeplace.targets.registry import get_target  # the registry's modules import the emitters, which import us
+
+    return get_target("llama.cpp")
 
 
 # --- explanations ---------------------------------------------------------------------------------------------
@@ -339,7 +335,8 @@ def _reasons(problem: Problem, sol: Solution) -> tuple[LayerReason, ...]:
 
 def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
          workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN, pins: Sequence[Pin] = (),
-         profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0) -> Plan:
+         profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0,
+         target: Target | None = None) -> Plan:
     """The placement with the best predicted time per token that fits every GPU, with baselines and reasons.
 
     ``devices`` maps llama.cpp buffer names to devices: the host ``CPU`` and the GPUs in llama.cpp's order.
@@ -347,6 +344,10 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     stopped after ``time_limit`` seconds with its gap reported)."""
     if solver not in ("dp", "cp-sat"):
         raise PlanError(f"solver '{solver}': use dp or cp-sat")
+    target = target or _default_target()
+    if target.layer_order is not LayerOrder.CONTIGUOUS_RUNS:  # the only layout the dynamic programme is exact for
+        raise PlanError(f"{target.name} lays out layers as '{target.layer_order.value}', which the solver does "
+                        "not model")
     if HOST_NAME not in devices:
         raise PlanError("the devices must include the host CPU")
     gpus = [d for n, d in devices.items() if n != HOST_NAME]
@@ -376,7 +377,7 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     elapsed = time.perf_counter() - t0
     placement = _placement_of(model, problem, sol, pinned)
     chosen = _score(model, placement, cfg, devices, workload, profile, margin, "moeplace")
-    base = baselines(model, cfg, devices, workload, profile, margin) if not pins else []
+    base = baselines(model, cfg, devices, workload, profile, margin, target) if not pins else []
     better = [b for b in base if b.fits and b.seconds < chosen.seconds]
     if better:
         best = min(better, key=lambda b: b.seconds)
@@ -410,7 +411,7 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
         used = "its placement is used" if sol is cp else "the dynamic programme's answer is as good and is used"
         optimality += f"; CP-SAT: {found}, {used}"
     return Plan(model, devices, cfg, workload, margin, chosen, tuple(base), budgets, sol, elapsed, optimality,
-                _reasons(problem, sol), tuple(pins), tuple(warnings))
+                _reasons(problem, sol), tuple(pins), tuple(warnings), profile)
 
 
 # Decode speed a longer context may cost before -c auto stops growing it.
@@ -419,15 +420,15 @@ AUTO_CONTEXT_LOSS = 0.10
 
 def auto_context(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
                  workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN, pins: Sequence[Pin] = (),
-                 profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0
-                 ) -> tuple[Plan, list[Plan]]:
+                 profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0,
+                 target: Target | None = None) -> tuple[Plan, list[Plan]]:
     """Plans every context of :func:`context_ladder` and picks the largest whose predicted decode speed is within
     :data:`AUTO_CONTEXT_LOSS` of the smallest context's; returns it and the whole trade for display."""
     trade: list[Plan] = []
     for n_ctx in context_ladder(model.hparams.n_ctx_train):
         try:
             trade.append(plan(model, devices, cfg.with_(n_ctx=n_ctx), workload=workload, margin=margin, pins=pins,
-                              profile=profile, solver=solver, time_limit=time_limit))
+                              profile=profile, solver=solver, time_limit=time_limit, target=target))
         except PlanError:
             break
     if not trade:
@@ -475,7 +476,7 @@ def _gpu_bytes(p: Plan) -> int:
 def choose_config(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
                   pinned: Sequence[str] = (), workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN,
                   pins: Sequence[Pin] = (), profile: ExpertProbs | None = None, solver: str = "dp",
-                  time_limit: float = 10.0) -> ConfigChoice:
+                  time_limit: float = 10.0, target: Target | None = None) -> ConfigChoice:
     """The run configuration chosen with the placement: every setting of :data:`CONFIG_FIELDS` not in ``pinned``
     is chosen for ``workload``, each candidate planned in full (a larger ``-ub`` grows the compute buffers, which
     leaves the solver less VRAM for experts), and the fastest predicted one that fits wins.
@@ -513,10 +514,10 @@ def choose_config(model: ModelDescription, devices: Mapping[str, Device], cfg: R
             try:
                 validate(model, c)
                 p = plan(model, devices, c, workload=workload, margin=margin, pins=pins, profile=profile,
-                         solver=solver, time_limit=time_limit)
+                         solver=solver, time_limit=time_limit, target=target)
                 if c.no_mmap and not p.estimate.host.fits:  # pinned memory cannot be paged: keep mmap here
                     p = plan(model, devices, c.with_(no_mmap=False), workload=workload, margin=margin, pins=pins,
-                             profile=profile, solver=solver, time_limit=time_limit)
+                             profile=profile, solver=solver, time_limit=time_limit, target=target)
             except MoeplaceError as e:
                 errors.append(str(e))
                 continue
@@ -535,7 +536,7 @@ def choose_config(model: ModelDescription, devices: Mapping[str, Device], cfg: R
         # Pinned memory only pays where experts are copied to a GPU: without a gain, keep llama.cpp's mmap (it
         # loads faster and lets the kernel drop pages).
         mapped = plan(model, devices, winner.cfg.with_(no_mmap=False), workload=workload, margin=margin, pins=pins,
-                      profile=profile, solver=solver, time_limit=time_limit)
+                      profile=profile, solver=solver, time_limit=time_limit, target=target)
         if mapped.chosen.fits and mapped.chosen.seconds <= winner.chosen.seconds * (1 + CONFIG_TIE):
             tried[tried.index(winner)] = winner = mapped
     trade = tuple(sorted(tried, key=lambda p: p.chosen.seconds))

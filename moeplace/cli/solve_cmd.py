@@ -32,6 +32,10 @@ from moeplace.plot import placement_grid, write_grid
 from moeplace.ranges import format_ranges
 from moeplace.routing import check_profile, expert_probs, load_profile
 from moeplace.sizes import format_size
+from moeplace.targets.base import Emission, Target
+from moeplace.targets.builds import EngineBuild, find_binary, read_build
+from moeplace.targets.files import write_files
+from moeplace.targets.registry import TARGETS, get_target
 
 # solve's option names for the run settings choose_config may choose (RunConfig's field names).
 _CONFIG_OPTIONS = {"n_ubatch": "n_ubatch", "n_batch": "n_batch", "type_k": "type_k", "type_v": "type_v",
@@ -97,6 +101,19 @@ def _cache_sizes(value: str | None) -> list[int] | None:
     return [int(value)]
 
 
+def _check_cache_flag(target: Target, build: EngineBuild, notes: list[str]) -> None:
+    """--moe-cache-mib needs llama.cpp with the expert cache: a binary that lacks it is refused; with no binary the
+    flag itself says the target build has it."""
+    if target.name != "llama.cpp":
+        raise MoeplaceError(f"--moe-cache-mib is llama.cpp's expert cache; --target {target.name} has none: drop it")
+    if not build.has("--moe-cache-mib"):
+        if build.source.startswith("binary"):
+            raise MoeplaceError(f"{build.describe()} has no --moe-cache-mib: drop the option, or give --engine-bin a "
+                                "build with the expert cache (llama.cpp PR 29887)")
+        notes.append(f"note: {build.describe()} does not list --moe-cache-mib; planning as --moe-cache-mib says: the "
+                     "build you run has the expert cache (llama.cpp PR 29887)")
+
+
 def expert_cache_table(cache: CacheChoice) -> list[str]:
     """Each cache size tried: the static placement around it, the hit rate, and decode with the cache."""
     rows = [[str(o.mib), str(o.slots), f"{100 * o.hit_rate:.0f}%", f"{o.static_decode_tps:.2f}",
@@ -134,7 +151,8 @@ class ContextType(click.ParamType):
         return n
 
 
-def render(p: Plan, args: LlamaArgs, script_dir: Path | None, explain: bool) -> list[str]:
+def render(p: Plan, args: LlamaArgs | None, script_dir: Path | None, explain: bool,
+           emission: Emission | None = None) -> list[str]:
     """The plan for a person: where things go, memory per device, speed beside the baselines, the command."""
     m, e, cfg = p.model, p.estimate, p.cfg
     gpus = [n for n in p.devices if n != HOST_NAME]
@@ -175,10 +193,19 @@ def render(p: Plan, args: LlamaArgs, script_dir: Path | None, explain: bool) -> 
     out.append("")
     out.append(f"solver: {p.optimality}, {p.solve_seconds * 1000:.0f} ms")
     out.append("")
-    out.append("command:")
-    out.append("  " + args.shell_line("llama-server"))
+    if emission is not None and emission.approximation is not None:
+        a = emission.approximation
+        out.append(f"{emission.target} can get {a.decode_tps:.1f} tok/s of the plan's {base.decode_tps:.1f} "
+                   f"({a.name}; prompt {a.prefill_tps:.0f} tok/s{'' if a.fits else ', does NOT fit'})")
+        out.append("")
+    out.append("command:" if emission is None else f"command ({emission.target}):")
+    out.append("  " + (emission.command if emission is not None or args is None else args.shell_line("llama-server")))
     if script_dir is not None:
-        out.append(f"scripts: {script_dir}/ (server.sh, server.ps1, cli.sh, cli.ps1, llama-swap.yaml, plan.json)")
+        names = ", ".join(emission.files) if emission is not None else \
+            "server.sh, server.ps1, cli.sh, cli.ps1, llama-swap.yaml, plan.json"
+        out.append(f"scripts: {script_dir}/ ({names})")
+    for n in emission.notes if emission is not None else ():
+        out.append(f"note: {n}")
     for w in p.warnings:
         out.append(f"warning: {w}")
     for n in e.notes:
@@ -252,6 +279,11 @@ Examples:
 @click.option("--no-scripts", is_flag=True, help="Print the plan only; write no files.")
 @click.option("--map", "map_path", default=None, metavar="FILE",
               help="Draw where every block's tensors live (.svg, or .png with matplotlib).")
+@click.option("--target", "target_name", type=click.Choice(list(TARGETS)), default="llama.cpp", show_default=True,
+              help="The engine to plan for: its placement rules, baselines, flags and files.")
+@click.option("--engine-bin", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="The engine's binary: its --help decides which flags are written (default: the one on PATH, "
+                   "else a stated default build).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="llama-server address in the scripts.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
               help="llama-server port in the scripts.")
@@ -263,7 +295,8 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
           pins: tuple[str, ...],
           profile_path: Path | None, solver: str,
           time_limit: float, explain: bool,
-          as_json: bool, out_dir: str | None, no_scripts: bool, map_path: str | None, host: str, port: int) -> None:
+          as_json: bool, out_dir: str | None, no_scripts: bool, map_path: str | None, target_name: str,
+          engine_bin: Path | None, host: str, port: int) -> None:
     md = load_model(model)
     devices = devices_from(gpus, backend, ram, ram_bw, calibration)
     notes = []  # printed with the plan, after what was detected: an error stays one line
@@ -277,6 +310,11 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
                           n_batch=n_batch, n_ubatch=n_ubatch, flash_attn=flash_attn, n_seq_max=n_seq_max,
                           kv_unified=kv_unified, swa_full=swa_full, no_kv_offload=no_kv_offload,
                           no_op_offload=no_op_offload)
+    target = get_target(target_name)
+    target.check(md, cfg, [n for n in devices if n != HOST_NAME])
+    build = engine_build(target, engine_bin)
+    # a target whose rules depend on the build (ik_llama.cpp's --n-cpu-moe) is bound to it
+    target = target.for_build(build) if hasattr(target, "for_build") else target
     wl = parse_workload(workload, n_seq_max)
     pin_list = [parse_pin(x, list(devices)) for x in pins]
     profile = prof = None
@@ -289,20 +327,24 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
     if mmap is not None:
         cfg = cfg.with_(no_mmap=not mmap)
     pinned = _given(click.get_current_context(), mmap is not None)
+    if target.name != "llama.cpp":  # the run settings searched are llama.cpp's flags; other engines get them as given
+        pinned = list(CONFIG_FIELDS)
+    if moe_cache is not None:
+        _check_cache_flag(target, build, notes)
     choice = choose_config(md, devices, cfg, pinned=pinned, workload=wl, margin=margin_b, pins=pin_list,
-                           profile=profile, solver=solver, time_limit=time_limit)
+                           profile=profile, solver=solver, time_limit=time_limit, target=target)
     chosen, run_cfg = choice.plan, choice.plan.cfg
     trade: list[Plan] = []
     if ctx_auto:
         chosen, trade = auto_context(md, devices, run_cfg, workload=wl, margin=margin_b, pins=pin_list,
-                                     profile=profile, solver=solver, time_limit=time_limit)
+                                     profile=profile, solver=solver, time_limit=time_limit, target=target)
         run_cfg = chosen.cfg
     cache = None
     extra: tuple[str, ...] = ()
     if moe_cache is not None:
         cache = choose_cache(md, devices, run_cfg, workload=wl, margin=margin_b, pins=pin_list, profile=profile,
                              trace=prof.trace if prof is not None else None, sizes=cache_sizes, solver=solver,
-                             time_limit=time_limit)
+                             time_limit=time_limit, target=target)
         if cache.best.mib:
             chosen = cache.best.plan
             extra = ("--moe-cache-mib", str(cache.best.mib))
@@ -316,11 +358,19 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
                            n_ubatch=run_cfg.n_ubatch, n_batch=run_cfg.n_batch, n_parallel=run_cfg.n_seq_max,
                            kv_offload=not run_cfg.no_kv_offload, kv_unified=run_cfg.kv_unified,
                            no_mmap=run_cfg.no_mmap, threads=threads, extra_args=extra)
-    args = build_args(md, chosen.placement, settings)
+    default_dir = "moeplace-" + re.sub(r"[^A-Za-z0-9._-]+", "-", md.name).strip("-.")
+    directory = default_dir if out_dir is None else out_dir
+    if target.name != "llama.cpp":
+        emission = target.emit(chosen, settings, build, output_path(directory, "output folder"))
+        report_detected()
+        for n in notes:
+            click.echo(n, err=True)
+        emit_target(md, chosen, emission, directory, no_scripts, map_path, as_json, explain, trade)
+        return
+    args = build_args(md, chosen.placement, settings, build)
     script_dir = None
     if not no_scripts:
-        default_dir = "moeplace-" + re.sub(r"[^A-Za-z0-9._-]+", "-", md.name).strip("-.")
-        script_dir = write_script_set(default_dir if out_dir is None else out_dir, chosen, args, host, port)
+        script_dir = write_script_set(directory, chosen, args, host, port)
     if map_path is not None:
         write_grid(placement_grid(md, chosen.placement), output_path(map_path, "--map"))
     report_detected()
@@ -328,6 +378,7 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
         click.echo(n, err=True)
     if as_json:
         doc = plan_document(md, chosen.placement, args, prediction(chosen))
+        doc["build"] = build.describe()
         doc["config_trade"] = [_config_row_json(t) for t in choice.trade]
         doc["config_why"] = list(choice.why)
         if cache is not None:
@@ -345,6 +396,7 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
         click.echo(json.dumps(doc, indent=1))
         return
     lines = render(chosen, args, script_dir, explain)
+    lines.append(f"flags for: {build.describe()}")
     lines += ["", "Run configuration trade (what was chosen with the placement):"]
     lines += config_trade(choice)
     if cache is not None:
@@ -353,11 +405,53 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
     if threads is not None and found is not None:
         lines.append(f"  -t {threads}: the physical cores detected (decode is bound by memory bandwidth, which one "
                      "thread per core saturates; hyper-threads add contention)")
+    click.echo("\n".join(lines + trade_lines(trade)))
+
+
+def trade_lines(trade: list[Plan]) -> list[str]:
+    """The context trade of ``-c auto`` as a table (nothing without it)."""
+    if not trade:
+        return []
+    return ["", "Context trade (-c auto):", *table(
+        ["context", "KV total", "decode tok/s", "prompt tok/s"],
+        [[str(t.estimate.context.n_ctx), format_size(sum(b.kv for b in t.estimate.memory.values())),
+          f"{t.chosen.decode_tps:.2f}", f"{t.chosen.prefill_tps:.0f}"] for t in trade], {0, 1, 2, 3})]
+
+
+
+
+def engine_build(target: Target, engine_bin: Path | None) -> EngineBuild:
+    """The build whose flags are written: ``--engine-bin``, else the target's binary on PATH, else its default."""
+    if engine_bin is not None:
+        return read_build(target.name, engine_bin)
+    found = find_binary(target.binaries)
+    return read_build(target.name, found) if found else target.default_build()
+
+
+def emit_target(md: Any, chosen: Plan, emission: Emission, out_dir: str, no_scripts: bool, map_path: str | None,
+                as_json: bool, explain: bool, trade: list[Plan]) -> None:
+    """Prints and writes another engine's plan: its command, its files, and its approximation's cost."""
+    doc: dict[str, Any] = {"generator": "Generated by moeplace", "schema": "moeplace.target-plan/1",
+                           "target": emission.target, "command": emission.command,
+                           "argv": list(emission.argv), "files": sorted(emission.files), "notes": list(emission.notes),
+                           "engine": dict(emission.document), "prediction": prediction(chosen)}
+    if emission.approximation is not None:
+        a = emission.approximation
+        doc["approximation"] = {"name": a.name, "decode_tokens_per_second": a.decode_tps,
+                                "prompt_tokens_per_second": a.prefill_tps, "fits": a.fits, "note": a.note}
     if trade:
-        lines += ["", "Context trade (-c auto):"]
-        lines += table(["context", "KV total", "decode tok/s", "prompt tok/s"],
-                        [[str(t.estimate.context.n_ctx), format_size(sum(b.kv for b in t.estimate.memory.values())),
-                          f"{t.chosen.decode_tps:.2f}", f"{t.chosen.prefill_tps:.0f}"] for t in trade], {0, 1, 2, 3})
-    click.echo("\n".join(lines))
-
-
+        doc["context_trade"] = [{"n_ctx": t.estimate.context.n_ctx, "decode_tokens_per_second": t.chosen.decode_tps}
+                                for t in trade]
+    files = dict(emission.files)
+    files.setdefault("plan.json", json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    script_dir = None if no_scripts else write_files(out_dir, files, emission.replaceable)
+    if map_path is not None:
+        write_grid(placement_grid(md, chosen.placement), output_path(map_path, "--map"))
+    if as_json:
+        if script_dir is not None:
+            doc["scripts"] = str(script_dir)
+        click.echo(json.dumps(doc, indent=1))
+        return
+    lines = render(chosen, None, script_dir, explain, Emission(emission.target, emission.command, files,
+                                                                emission.approximation, emission.notes))
+    click.echo("\n".join(lines + trade_lines(trade)))

@@ -17,7 +17,9 @@ server, ``--host``/``--port``. Choices, each for a reason:
   ``--no-mmap`` and ``-t`` when the plan chose them.
 * ``--fit off``: llama.cpp's ``--fit`` is on by default and, seeing ``-ngl``/``-ts``/``-ot``, gives up with a
   warning; turning it off says the plan is deliberate. Builds from before ``--fit`` existed reject the flag;
-  ``RunSettings(fit_off=False)`` leaves it out for them.
+  ``RunSettings(fit_off=False)`` leaves it out for them, and so does a ``build`` whose help has no ``--fit``.
+* Version awareness: given an :class:`~moeplace.targets.builds.EngineBuild`, optional flags the build lacks are
+  left out and a flag the plan needs (``-ot``, ``-ts``) that it lacks is an error naming the flag.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from moeplace.errors import MoeplaceError
-from moeplace.llamacpp import Expression, Override, express, parse_override_arg, rpc_endpoint
 from moeplace.memory import CACHE_TYPES
 from moeplace.model import ModelDescription
 from moeplace.placement import Placement
+from moeplace.targets.builds import EngineBuild
+from moeplace.targets.llamacpp_rules import MAINLINE, LayerRules, Override, parse_override_arg, rpc_endpoint
+from moeplace.targets.patterns import Expression, express
 
 _UNQUANTIZED = ("f32", "f16", "bf16")
 
@@ -125,10 +129,18 @@ def _groups(overrides: Sequence[Override]) -> list[tuple[str, tuple[str, ...]]]:
     return [(b, tuple(ps)) for b, ps in groups.items()]
 
 
-def build_args(model: ModelDescription, placement: Placement, settings: RunSettings) -> LlamaArgs:
+# Flags without which the plan changes meaning; the others are left out where a build lacks them.
+_REQUIRED = frozenset({"-m", "-c", "-ngl", "-ts", "-ot", "--rpc", "-ctk", "-ctv", "-nkvo", "-kvu"})
+
+
+def build_args(model: ModelDescription, placement: Placement, settings: RunSettings,
+               build: EngineBuild | None = None, rules: LayerRules = MAINLINE,
+               engine_args: tuple[str, ...] = ()) -> LlamaArgs:
     """The llama.cpp arguments that run ``model`` with ``placement`` and ``settings``. The layer and tensor part
-    is verified (see :func:`moeplace.llamacpp.express`): a plan the arguments would not reproduce exactly is
-    refused with an error, never emitted."""
+    is verified (see :func:`moeplace.targets.patterns.express`) under ``rules`` (mainline llama.cpp's, or a
+    fork's): a plan the arguments would not reproduce exactly is refused with an error, never emitted.
+    ``engine_args`` (an engine's own flags with their values) go before the user's extra arguments; with a
+    ``build``, only flags it lists are written."""
     settings.check()
     # src/llama-context.cpp (llama_init_from_model) refuses these combinations at start-up.
     if settings.cache_type_v not in _UNQUANTIZED and not settings.flash_attn:
@@ -137,7 +149,7 @@ def build_args(model: ModelDescription, placement: Placement, settings: RunSetti
     if model.hparams.mla and settings.cache_type_k != settings.cache_type_v:
         raise SettingsError(f"{model.arch} (MLA) needs the same K and V cache types, not -ctk "
                             f"{settings.cache_type_k} -ctv {settings.cache_type_v}")
-    expr = express(model, placement, settings.devices)
+    expr = express(model, placement, settings.devices, rules)
     argv: list[str] = ["-m", os.fspath(settings.model_path), "-c", str(settings.n_ctx), "-ngl", str(expr.ngl)]
     if len(expr.devices) > 1 and expr.ngl > 0:
         assert expr.tensor_split is not None
@@ -155,17 +167,40 @@ def build_args(model: ModelDescription, placement: Placement, settings: RunSetti
     if not settings.kv_offload:
         argv.append("-nkvo")
     if settings.no_mmap:
-        argv.append("--no-mmap")
+        # Builds that replaced --no-mmap by --load-mode (e.g. 0c1e570, llama-cpp-python 0.3.36's) read the model
+        # into buffers with "none" ("no special loading mode", i.e. neither mmap nor mlock).
+        lm = build is not None and not build.has("--no-mmap") and build.has("--load-mode")
+        argv += ["--load-mode", "none"] if lm else ["--no-mmap"]
     if settings.threads is not None:
         argv += ["-t", str(settings.threads)]
     if settings.fit_off:
         argv += ["--fit", "off"]
+    argv += list(engine_args)
+    if build is not None:
+        argv = _for_build(argv, build)
     argv += list(settings.extra_args)
     return LlamaArgs(tuple(argv), expr, settings)
 
 
-_NO_VALUE_FLAGS = frozenset({"-nkvo", "--no-kv-offload", "-cmoe", "--cpu-moe", "-kvu", "--kv-unified",
-                             "--no-mmap", "--mlock"})
+def _for_build(argv: list[str], build: EngineBuild) -> list[str]:
+    """Drops optional flags ``build`` lacks (with their value); raises for a required one. Every flag written
+    here takes one value except the switches in ``_NO_VALUE_FLAGS``."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        flag = argv[i]
+        n = 1 if flag in _NO_VALUE_FLAGS else 2
+        if build.has(flag):
+            out += argv[i:i + n]
+        elif flag in _REQUIRED:
+            raise SettingsError(f"{build.describe()} has no {flag}, which this plan needs: use a newer build "
+                                "(--engine-bin PATH)")
+        i += n
+    return out
+
+
+_NO_VALUE_FLAGS = frozenset({"-nkvo", "--no-kv-offload", "-cmoe", "--cpu-moe", "-rtr", "-fmoe", "--no-mmap",
+                             "-kvu", "--kv-unified", "--mlock"})
 
 
 def parse_ot_args(argv: Sequence[str]) -> tuple[Override, ...]:
