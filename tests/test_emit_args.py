@@ -14,6 +14,7 @@ from moeplace.emit import RunSettings, SettingsError, build_args
 from moeplace.emit.args import parse_ot_args
 from moeplace.model import ModelDescription, Role, load_model
 from moeplace.placement import HOST, Placement, layer_placement
+from moeplace.targets.builds import EngineBuild
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +139,10 @@ def test_run_configuration_flags(model_path: Callable[[str], Path]) -> None:
     assert parse_ot_args(argv) == args.expression.overrides  # the new switches take no value
     with pytest.raises(SettingsError, match="-t 0"):
         RunSettings(model_path="m.gguf", n_ctx=4096, threads=0).check()
+    flags = frozenset(a for a in argv if a.startswith("-"))
+    newer = EngineBuild("llama.cpp", "test", (flags - {"--no-mmap"}) | {"--load-mode"}, "stated")
+    argv = list(build_args(m, layer_placement(m, ("CUDA0",) * m.hparams.n_layer, "CUDA0"), s, newer).argv)
+    assert "--no-mmap" not in argv and argv[argv.index("--load-mode") + 1] == "none"
+    with pytest.raises(SettingsError, match="-kvu"):  # the plan's KV memory assumes one shared buffer
+        build_args(m, layer_placement(m, ("CUDA0",) * m.hparams.n_layer, "CUDA0"), s,
+                   EngineBuild("llama.cpp", "old", flags - {"-kvu"}, "stated"))
