@@ -349,7 +349,7 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
             chosen = cache.best.plan
             extra = ("--moe-cache-mib", str(cache.best.mib))
     found = detected_machine()
-    if threads is None and found is not None:
+    if threads is None and found is not None and target.name == "llama.cpp":
         threads = found.cores
     gpu_names = tuple(n for n in devices if n != HOST_NAME)
     # Absolute, so the scripts, llama-swap entry and plan.json work from any folder.
