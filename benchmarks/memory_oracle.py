@@ -28,9 +28,9 @@ from moeplace import engine
 from moeplace.errors import MoeplaceError
 from moeplace.memory import RunConfig, validate
 from moeplace.model import ModelDescription, load_model
+from moeplace.sizes import MIB
 from moeplace.testing import FULL, TINY, write_model
 
-MIB = 1 << 20
 ROOT = Path(__file__).resolve().parent.parent
 
 

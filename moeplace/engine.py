@@ -48,8 +48,8 @@ from moeplace.memory import CACHE_TYPES, RunConfig, compute_bytes, context_shape
 from moeplace.memory import kv_bytes as kv_total
 from moeplace.model import ModelDescription
 from moeplace.placement import HOST
+from moeplace.sizes import MIB
 
-MIB = 1 << 20
 ENGINE_HINT = ("this needs llama.cpp through llama-cpp-python: pip install 'moeplace[profile]' (a source build, "
                "~25 min on 2 cores; .ci/llama-cpp.sh builds it once per machine and caches the wheel)")
 

@@ -36,9 +36,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import HOST_NAME, Device
+from moeplace.hardware import Device
 from moeplace.memory import MIB, RunConfig
 from moeplace.model import ModelDescription, Role
+from moeplace.placement import HOST
 from moeplace.planner import Pin, Plan, PlanError, Workload, plan
 from moeplace.speed import ExpertProbs, host_copy_bandwidth, routing_matrix
 from moeplace.targets.base import Target
@@ -143,7 +144,7 @@ def _host_units(model: ModelDescription, p: Plan) -> dict[int, float]:
     out: dict[int, float] = {}
     for t in model.loaded_tensors:
         if (t.role is Role.ROUTED_EXPERT and t.n_expert and t.block is not None
-                and p.placement.tensor_devices[t.name] == HOST_NAME):
+                and p.placement.tensor_devices[t.name] == HOST):
             out[t.block] = out.get(t.block, 0.0) + t.nbytes / t.n_expert
     return out
 
@@ -162,7 +163,7 @@ def _with_cache(model: ModelDescription, p: Plan, mib: int, gpu: str, workload: 
             hits[layer] = float(trace_hit_rates(trace[layer], [slots], distances[layer])[0])
         else:
             hits[layer] = float(independent_hit_rates(probs[layer], [slots])[0])
-    host, dev = p.devices[HOST_NAME], p.devices[gpu]
+    host, dev = p.devices[HOST], p.devices[gpu]
     copy = host_copy_bandwidth(dev, p.cfg)
     if mib and units:
         without = sum(k * u / host.effective_bandwidth for u in units.values())

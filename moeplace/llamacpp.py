@@ -2,8 +2,7 @@
 :mod:`moeplace.targets` (``llamacpp_rules``, ``patterns``, ``llamacpp_baselines``, ``fit``). Existing code that
 imports ``moeplace.llamacpp`` keeps working; new code imports from the target modules."""
 
-from moeplace.hardware import GIB
-from moeplace.memory import MIB
+from moeplace.sizes import GIB, MIB
 from moeplace.targets.fit import FitResult, LayerFraction, fit_overflow_pattern, fit_placement
 from moeplace.targets.llamacpp_baselines import cpu_moe_placement, n_cpu_moe_placement, smallest_n_cpu_moe
 from moeplace.targets.llamacpp_rules import (

@@ -35,11 +35,10 @@ from dataclasses import dataclass, field, replace
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import HOST_NAME, Device, catalog, runtime_overhead
+from moeplace.hardware import Device, catalog, runtime_overhead
 from moeplace.model import ModelDescription, Role
-from moeplace.placement import Placement
-
-MIB = 1 << 20
+from moeplace.placement import HOST, Placement
+from moeplace.sizes import MIB
 
 # The cache types llama.cpp's -ctk/-ctv accept (common/arg.cpp, kv_cache_types), in its order.
 CACHE_TYPES: dict[str, GGMLQuantizationType] = {
@@ -53,7 +52,7 @@ CACHE_TYPES: dict[str, GGMLQuantizationType] = {
     "q5_0": GGMLQuantizationType.Q5_0,
     "q5_1": GGMLQuantizationType.Q5_1,
 }
-_UNQUANTIZED = frozenset({"f32", "f16", "bf16"})
+UNQUANTIZED_CACHE_TYPES = frozenset({"f32", "f16", "bf16"})
 
 KV_PAD = 256  # llama-context.cpp pads n_ctx (and n_ctx_seq) to 256; llama-kv-cache-iswa.cpp pads SWA cells to 256
 
@@ -126,6 +125,21 @@ def is_mla(model: ModelDescription) -> bool:
         md.get(Keys.Attention.VALUE_LENGTH_MLA.format(arch=arch)))
 
 
+def cache_type_refusal(model: ModelDescription, type_k: str, type_v: str, flash_attn: bool) -> str:
+    """Why llama.cpp refuses to create a context with these cache types (src/llama-context.cpp,
+    llama_init_from_model), or "" when it accepts them. The one copy of these rules: :func:`validate` and the
+    argument builder (:func:`moeplace.emit.args.build_args`) both ask it."""
+    # The non-FA attention multiplies by V directly, which needs an unquantized V cache.
+    if type_v not in UNQUANTIZED_CACHE_TYPES and not flash_attn:
+        return (f"-ctv {type_v} needs flash attention: llama.cpp refuses a quantized V cache with -fa off; add -fa "
+                "on or use -ctv f16")
+    if is_mla(model) and type_k != type_v:
+        # Measured with llama-cpp-python 0.3.36: V is a view of K for MLA, so the types must agree.
+        return (f"{model.arch} (MLA) needs the same K and V cache types; got -ctk {type_k} -ctv {type_v}: pass "
+                "the same type to both")
+    return ""
+
+
 def validate(model: ModelDescription, cfg: RunConfig) -> None:
     """Raises :class:`MemoryConfigError` for a configuration llama.cpp refuses to create a context with."""
     for what, t in (("-ctk/--cache-type-k", cfg.type_k), ("-ctv/--cache-type-v", cfg.type_v)):
@@ -133,10 +147,9 @@ def validate(model: ModelDescription, cfg: RunConfig) -> None:
             raise MemoryConfigError(f"{what} '{t}' is not a llama.cpp cache type: use one of {', '.join(CACHE_TYPES)}")
     if cfg.n_ctx < 0 or cfg.n_batch < 1 or cfg.n_ubatch < 1 or cfg.n_seq_max < 1:
         raise MemoryConfigError("context, batch and ubatch sizes and --parallel must be positive")
-    # llama-context.cpp: the non-FA attention multiplies by V directly, which needs an unquantized V cache.
-    if cfg.type_v not in _UNQUANTIZED and not cfg.flash_attn:
-        raise MemoryConfigError(f"a quantized V cache ({cfg.type_v}) requires flash attention: add -fa on "
-                                "or use -ctv f16")
+    refusal = cache_type_refusal(model, cfg.type_k, cfg.type_v, cfg.flash_attn)
+    if refusal:
+        raise MemoryConfigError(refusal)
     # llama-context.cpp (llama_init_from_model): with flash attention a quantized cache stores whole blocks per
     # head, so every layer's head size must be a multiple of the type's block size.
     k, v, k_swa, v_swa = _head_dims(model)
@@ -144,14 +157,10 @@ def validate(model: ModelDescription, cfg: RunConfig) -> None:
     for flag, t, dims in (("-ctk", cfg.type_k, {k, k_swa} if windowed else {k}),
                           ("-ctv", cfg.type_v, {v, v_swa} if windowed else {v})):
         block = GGML_QUANT_SIZES[CACHE_TYPES[t]][0]
-        if cfg.flash_attn and t not in _UNQUANTIZED and any(d % block for d in dims):
+        if cfg.flash_attn and t not in UNQUANTIZED_CACHE_TYPES and any(d % block for d in dims):
             raise MemoryConfigError(f"{flag} {t} stores blocks of {block} values, which do not divide this model's "
                                     f"head size {sorted(dims)}: llama.cpp refuses it; use f16 or a type whose block "
                                     "divides the head size")
-    if is_mla(model) and cfg.type_k != cfg.type_v:
-        # Measured with llama-cpp-python 0.3.36: V is a view of K for MLA, so the types must agree.
-        raise MemoryConfigError(f"{model.arch} (MLA) needs the same K and V cache types; got -ctk {cfg.type_k} "
-                                f"-ctv {cfg.type_v}: pass the same type to both")
 
 
 @dataclass(frozen=True)
@@ -416,7 +425,7 @@ def kv_bytes_by_device(model: ModelDescription, placement: Placement, cfg: RunCo
     out: dict[str, int] = {}
     for x in layers if layers is not None else kv_bytes_per_layer(model, cfg):
         if x.total:
-            dev = HOST_NAME if cfg.no_kv_offload else placement.layer_devices[x.layer]
+            dev = HOST if cfg.no_kv_offload else placement.layer_devices[x.layer]
             out[dev] = out.get(dev, 0) + x.total
     return out
 
@@ -431,14 +440,14 @@ def compute_bytes_by_device(model: ModelDescription, placement: Placement, cfg: 
     offload cannot move them (``--no-op-offload`` or a ubatch below 32 tokens)."""
     terms = compute_terms(model, cfg)
     runners = set(placement.layer_devices)
-    devices = set(placement.devices() if used is None else used) | {HOST_NAME}
+    devices = set(placement.devices() if used is None else used) | {HOST}
     out = {d: terms.bytes(runs_layers=d in runners, runs_output=d == placement.output_device) for d in devices}
     if host_experts is None:
-        host_experts = any(t.role is Role.ROUTED_EXPERT and placement.tensor_devices.get(t.name) == HOST_NAME
+        host_experts = any(t.role is Role.ROUTED_EXPERT and placement.tensor_devices.get(t.name) == HOST
                            for t in model.tensors)
     if host_experts and (not cfg.op_offload or terms.n_ubatch < OP_OFFLOAD_MIN_BATCH):
-        out[HOST_NAME] = max(out[HOST_NAME], terms.n_ubatch * terms.layer)
-    out[HOST_NAME] += 4 * model.hparams.n_vocab * cfg.n_seq_max  # llama-context.cpp output_reserve(n_seq_max)
+        out[HOST] = max(out[HOST], terms.n_ubatch * terms.layer)
+    out[HOST] += 4 * model.hparams.n_vocab * cfg.n_seq_max  # llama-context.cpp output_reserve(n_seq_max)
     return out
 
 
@@ -456,7 +465,7 @@ def memory_by_device(model: ModelDescription, placement: Placement, cfg: RunConf
     used = _used_devices(placement, weights)
     kv = kv_bytes_by_device(model, placement, cfg, kv_layers)
     compute = compute_bytes_by_device(model, placement, cfg, host_experts, used)
-    names = dict.fromkeys([*used, HOST_NAME])
+    names = dict.fromkeys([*used, HOST])
     cat = catalog()
     return {
         d: MemoryBreakdown(weights.get(d, 0), kv.get(d, 0), compute.get(d, 0),
@@ -507,19 +516,19 @@ def gpu_fits(breakdown: Mapping[str, MemoryBreakdown], devices: Mapping[str, Dev
              margin: int = DEFAULT_MARGIN) -> dict[str, Fit]:
     """Each GPU's total against its memory less ``margin``."""
     return {name: Fit(name, b.total, devices[name].memory, margin)
-            for name, b in breakdown.items() if name != HOST_NAME and name in devices}
+            for name, b in breakdown.items() if name != HOST and name in devices}
 
 
 def host_check(breakdown: Mapping[str, MemoryBreakdown], devices: Mapping[str, Device]) -> HostCheck:
     """Host RAM against what the host holds. With unified memory (Apple) the GPUs' use comes out of the same
     pool. Weights on the host are memory-mapped (llama.cpp's default), so what does not fit is not an
     out-of-memory error but pages read again from disk on every token that touches them."""
-    host = devices[HOST_NAME]
-    hb = breakdown.get(HOST_NAME, MemoryBreakdown())
+    host = devices[HOST]
+    hb = breakdown.get(HOST, MemoryBreakdown())
     needed = hb.total
     notes = []
     if host.unified:
-        shared = sum(b.total for n, b in breakdown.items() if n != HOST_NAME and devices.get(n) and devices[n].unified)
+        shared = sum(b.total for n, b in breakdown.items() if n != HOST and devices.get(n) and devices[n].unified)
         needed += shared
         notes.append("unified memory: GPU buffers come out of the same pool")
     over = needed - host.memory

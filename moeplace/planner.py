@@ -10,15 +10,24 @@ fixes the tensors the user pinned, and afterwards scores the plan and every base
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+try:  # the regex parser moved in Python 3.11; sre_parse still works there but warns
+    import re._constants as _sre  # type: ignore[import-not-found]
+    import re._parser as _sre_parser  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - Python 3.10
+    import sre_constants as _sre  # type: ignore[no-redef]
+    import sre_parse as _sre_parser  # type: ignore[no-redef]
+
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import HOST_NAME, Device, runtime_overhead
+from moeplace.hardware import Device, runtime_overhead
 from moeplace.memory import (
     DEFAULT_MARGIN,
     MIB,
@@ -32,8 +41,8 @@ from moeplace.memory import (
     validate,
 )
 from moeplace.model import ModelDescription, Role, Tensor
-from moeplace.placement import Placement, default_tensor_device, layer_placement
-from moeplace.sizes import format_size
+from moeplace.placement import HOST, Placement, default_tensor_device, layer_placement
+from moeplace.sizes import GIB, format_size
 from moeplace.solver import HOST_INDEX, LayerItems, Movable, Problem, Solution, solve, solve_cp_sat
 from moeplace.speed import PAGEABLE_COPY_FACTOR, Estimate, ExpertProbs, LinearCosts, estimate, linear_seconds
 from moeplace.targets.base import BaselineContext, LayerOrder, Target
@@ -61,16 +70,21 @@ WORKLOADS = {
 }
 
 
+# Prompt tokens per generated token beyond which the generation term no longer matters to the objective.
+MAX_PROMPT_RATIO = 1e6
+
+
 def parse_workload(text: str, n_parallel: int = 1) -> Workload:
     """``chat``, ``long-prompt``, ``batch`` or a ratio ``PROMPT:GENERATED`` of tokens, e.g. ``8:1``."""
     if text in WORKLOADS:
         w = WORKLOADS[text]
         return Workload(w.name, w.prompt_per_generated, max(w.batch, n_parallel) if text == "batch" else n_parallel)
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*", text)
-    if not m or float(m.group(2)) == 0:
-        raise PlanError(f"workload '{text}': use chat, long-prompt, batch, or a ratio of prompt to generated "
-                        "tokens such as 8:1")
-    return Workload(text.strip(), float(m.group(1)) / float(m.group(2)), n_parallel)
+    ratio = float(m.group(1)) / float(m.group(2)) if m and float(m.group(2)) > 0 else math.nan
+    if not 0 <= ratio <= MAX_PROMPT_RATIO:  # also NaN and a 400-digit (infinite) ratio
+        raise PlanError(f"workload '{text[:40]}': use chat, long-prompt, batch, or a ratio of prompt to generated "
+                        f"tokens such as 8:1 (at most {MAX_PROMPT_RATIO:g}:1)")
+    return Workload(text.strip(), ratio, n_parallel)
 
 
 @dataclass(frozen=True)
@@ -93,7 +107,51 @@ def parse_pin(text: str, devices: Sequence[str]) -> Pin:
         check_portable_pattern(pattern)
     except re.error as e:
         raise PlanError(f"--pin '{text}': not a valid regular expression ({e})") from None
+    problem = backtracking_risk(pattern)
+    if problem:
+        raise PlanError(f"--pin '{text}': {problem}")
     return Pin(pattern, device)
+
+
+_REPEATS = tuple(getattr(_sre, n) for n in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT") if hasattr(_sre, n))
+# More adjacent open-ended repeats than this (.*a.*b.*c.*d.*) cost n^k steps on a failing name.
+MAX_OPEN_REPEATS = 4
+
+
+def backtracking_risk(pattern: str) -> str:
+    """Why matching ``pattern`` could take exponential or high-polynomial time, or "" when it cannot.
+
+    Python's ``re`` has no timeout and llama.cpp's std::regex backtracks too (recursively, so it can also run
+    out of stack), so a pin like ``(a+)+`` would hang both. Refused: a repeat inside a repeated group
+    (``(a+)+``, ``(.*x){9}``), an alternation inside one (``(a|ab)*``), and more than
+    :data:`MAX_OPEN_REPEATS` open-ended repeats in all. Tensor-name pins never need these."""
+    tree = _sre_parser.parse(pattern)
+    open_repeats = 0
+    stack: list[tuple[Any, bool]] = [(tree, False)]
+    while stack:
+        items, repeated = stack.pop()
+        for op, av in items:
+            if op in _REPEATS:
+                lo, hi, sub = av
+                if hi != lo:
+                    if repeated:
+                        return ("a repeat inside a repeated group, such as (a+)+, can take exponential time here "
+                                "and in llama.cpp; repeat the group or its content, not both")
+                    open_repeats += hi == _sre.MAXREPEAT
+                stack.append((sub, repeated or hi > 1))
+            elif op is _sre.BRANCH:
+                if repeated:
+                    return ("an alternation inside a repeated group, such as (a|ab)*, can take exponential time here "
+                            "and in llama.cpp; list the alternatives without repeating them")
+                stack.extend((b, repeated) for b in av[1])
+            elif op is _sre.SUBPATTERN:
+                stack.append((av[-1], repeated))
+            elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
+                stack.append((av[1], repeated))
+    if open_repeats > MAX_OPEN_REPEATS:
+        return (f"{open_repeats} open-ended repeats (* or +) can take n^{open_repeats} steps on a name that fails "
+                f"to match; use at most {MAX_OPEN_REPEATS}")
+    return ""
 
 
 @dataclass(frozen=True)
@@ -149,6 +207,7 @@ class Plan:
     pins: tuple[Pin, ...] = ()
     warnings: tuple[str, ...] = field(default=())
     profile: ExpertProbs | None = None
+    fallback: str = ""  # the baseline whose placement replaced the solver's ("" when the solver's stands)
 
     def score(self, placement: Placement, name: str, note: str = "") -> Candidate:
         """Another placement scored exactly as the plan was (same settings, workload, profile and margin): what
@@ -192,7 +251,7 @@ def gpu_budgets(model: ModelDescription, cfg: RunConfig, gpus: Sequence[Device],
 
 
 def build_problem(model: ModelDescription, devs: Sequence[Device], cfg: RunConfig, costs: LinearCosts,
-                  budgets: Mapping[str, int], pinned: Mapping[str, str]) -> Problem:
+                  budgets: Mapping[str, int], pinned: Mapping[str, str], batch: int = 1) -> Problem:
     """The solver's view of the model: per block, the core that runs where the block runs (weights and KV) and
     the routed-expert groups that may stay or go to the host; the output slot; GPU capacities net of pins
     (negative where the pins alone overfill a GPU)."""
@@ -204,13 +263,13 @@ def build_problem(model: ModelDescription, devs: Sequence[Device], cfg: RunConfi
     output: list[Tensor] = []
     for t in model.loaded_tensors:
         if t.name in pinned:
-            if pinned[t.name] != HOST_NAME:
+            if pinned[t.name] != HOST:
                 capacity[col[pinned[t.name]]] -= t.nbytes
         elif t.block is not None:
             by_block[t.block].append(t)
         elif t.role in (Role.OUTPUT, Role.OUTPUT_NORM):
             output.append(t)
-        elif default_tensor_device(t, (names[1],) if len(names) > 1 else (HOST_NAME,), HOST_NAME) != HOST_NAME:
+        elif default_tensor_device(t, (names[1],) if len(names) > 1 else (HOST,), HOST) != HOST:
             by_block[0].append(t)  # rope_freqs and its kind live with layer 0
     layers = []
     for il in range(model.hparams.n_layer):
@@ -233,8 +292,13 @@ def build_problem(model: ModelDescription, devs: Sequence[Device], cfg: RunConfi
                                  (True,) * len(names)))
     out_time = sum((costs.seconds[costs.index[t.name]] for t in output), np.zeros(len(names)))
     gpus = [d for d in devs if not d.is_host]
-    switch = max((d.link_latency for d in gpus), default=0.0) + (
-        2 * 4.0 * model.hparams.n_embd / min(d.link_bandwidth for d in gpus) if gpus else 0.0)
+    # Per generated token, as the estimate counts a switch (speed._switch_seconds): one decode step of ``batch``
+    # sequences pays the latency once and moves every sequence's hidden state, so per token that is the latency
+    # over the batch plus one hidden state over the link. The hops the solver chooses are host <-> GPU (a split
+    # layer, the host end has no link); a unified-memory GPU (Apple) has no link at all (link_bandwidth 0).
+    links = [d.link_bandwidth for d in gpus if d.link_bandwidth > 0]
+    switch = max((d.link_latency for d in gpus), default=0.0) / batch + (4.0 * model.hparams.n_embd / min(links)
+                                                                         if links else 0.0)
     return Problem(tuple(names), tuple(capacity), tuple(layers), sum(t.nbytes for t in output),
                    tuple(float(x) for x in out_time), switch)
 
@@ -245,7 +309,7 @@ def _placement_of(model: ModelDescription, problem: Problem, sol: Solution, pinn
     overrides = dict(pinned)
     for il, host in enumerate(sol.on_host):
         for mv, h in zip(problem.layers[il].movables, host):
-            target = HOST_NAME if h else layer_devs[il]
+            target = HOST if h else layer_devs[il]
             for n in mv.names:
                 overrides[n] = target
     return layer_placement(model, layer_devs, names[sol.output_device], overrides)
@@ -298,7 +362,7 @@ def _reasons(problem: Problem, sol: Solution) -> tuple[LayerReason, ...]:
     gains = []
     for il, layer in enumerate(problem.layers):
         gpu = sol.layer_device[il] if sol.layer_device[il] != HOST_INDEX else min(1, len(names) - 1)
-        gains.append([(m.time[HOST_INDEX] - m.time[gpu]) / max(m.nbytes, 1) * (1 << 30) for m in layer.movables])
+        gains.append([(m.time[HOST_INDEX] - m.time[gpu]) / max(m.nbytes, 1) * GIB for m in layer.movables])
     kept = [g for il, row in enumerate(gains) for g, h in zip(row, sol.on_host[il])
             if not h and sol.layer_device[il] != HOST_INDEX]
     floor = min(kept, default=0.0)
@@ -336,22 +400,23 @@ def _reasons(problem: Problem, sol: Solution) -> tuple[LayerReason, ...]:
 def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
          workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN, pins: Sequence[Pin] = (),
          profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0,
-         target: Target | None = None) -> Plan:
+         target: Target | None = None, with_baselines: bool = True) -> Plan:
     """The placement with the best predicted time per token that fits every GPU, with baselines and reasons.
 
     ``devices`` maps llama.cpp buffer names to devices: the host ``CPU`` and the GPUs in llama.cpp's order.
     ``solver`` "dp" (exact dynamic programme, the default) or "cp-sat" (OR-Tools, started from the DP's answer,
-    stopped after ``time_limit`` seconds with its gap reported)."""
+    stopped after ``time_limit`` seconds with its gap reported). ``with_baselines=False`` skips llama.cpp's own
+    placements (most of the time on a large model) for callers that rank many models (moeplace.choose)."""
     if solver not in ("dp", "cp-sat"):
         raise PlanError(f"solver '{solver}': use dp or cp-sat")
     target = target or _default_target()
     if target.layer_order is not LayerOrder.CONTIGUOUS_RUNS:  # the only layout the dynamic programme is exact for
         raise PlanError(f"{target.name} lays out layers as '{target.layer_order.value}', which the solver does "
                         "not model")
-    if HOST_NAME not in devices:
+    if HOST not in devices:
         raise PlanError("the devices must include the host CPU")
-    gpus = [d for n, d in devices.items() if n != HOST_NAME]
-    devs = [devices[HOST_NAME], *gpus]
+    gpus = [d for n, d in devices.items() if n != HOST]
+    devs = [devices[HOST], *gpus]
     budgets = gpu_budgets(model, cfg, gpus, margin)
     if gpus and all(b <= 0 for b in budgets.values()):
         need = min(g.memory - b for g, b in zip(gpus, budgets.values()))
@@ -365,22 +430,38 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
             warnings.append(f"--pin {p.pattern}={p.device} matches no tensor of this model")
     costs = linear_seconds(model, cfg, devs, profile, batch=workload.batch,
                            prompt_per_generated=workload.prompt_per_generated)
-    problem = build_problem(model, devs, cfg, costs, budgets, pinned)
+    problem = build_problem(model, devs, cfg, costs, budgets, pinned, workload.batch)
     over_pins = [n for n, cap in zip(problem.devices[1:], problem.capacity[1:]) if budgets[n] > 0 and cap < 0]
     if over_pins:
         raise PlanError(f"the tensors pinned to {', '.join(over_pins)} do not fit its budget: pin fewer")
     t0 = time.perf_counter()
-    sol = dp = solve(problem)
-    cp = solve_cp_sat(problem, time_limit=time_limit, hint=dp) if solver == "cp-sat" else None
+    try:
+        sol = dp = solve(problem)
+    except ValueError:  # the budgets were checked above; what is left is that no layer order fits them at all
+        raise PlanError("no placement fits the GPU budgets with these pins and this context: pin fewer tensors, "
+                        "give more VRAM, or lower -c") from None
+    cp, cp_note = None, ""
+    if solver == "cp-sat":
+        cp_limit = time_limit - (time.perf_counter() - t0)  # the DP's time counts against the budget too
+        if cp_limit < MIN_CP_SAT_SECONDS:
+            cp_note = "CP-SAT not run: the --time-limit of the whole run was spent"
+        else:
+            try:
+                cp = solve_cp_sat(problem, time_limit=cp_limit, hint=dp)
+            except ValueError as e:  # stopped before it found a placement: the DP's answer stands
+                cp_note = f"CP-SAT: {e}"
     if cp is not None and cp.objective < dp.objective:
         sol = cp
     elapsed = time.perf_counter() - t0
     placement = _placement_of(model, problem, sol, pinned)
     chosen = _score(model, placement, cfg, devices, workload, profile, margin, "moeplace")
-    base = baselines(model, cfg, devices, workload, profile, margin, target) if not pins else []
-    better = [b for b in base if b.fits and b.seconds < chosen.seconds]
+    base = baselines(model, cfg, devices, workload, profile, margin, target) if with_baselines and not pins else []
+    # A tie is not a win: the same prediction summed in another order differs in the last bit.
+    better = [b for b in base if b.fits and b.seconds < chosen.seconds * (1 - TIE_RTOL)]
+    fallback = ""
     if better:
         best = min(better, key=lambda b: b.seconds)
+        fallback = best.name
         chosen = Candidate("moeplace", best.placement, best.estimate, best.seconds, best.fits,
                            f"the full estimate ranks the {best.name} placement above the solver's (the solver's "
                            "objective is its linear part), so the plan uses that placement")
@@ -391,7 +472,7 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
             warnings.append(f"the estimate puts {', '.join(over)} over budget by the rounding of the solver; "
                             "raise --margin")
         if not chosen.estimate.host.possible:
-            raise PlanError(f"the model does not fit in VRAM plus {format_size(devices[HOST_NAME].memory)} of RAM "
+            raise PlanError(f"the model does not fit in VRAM plus {format_size(devices[HOST].memory)} of RAM "
                             "even with the host's weights paged from disk: give --ram, or use a smaller quant")
     if not chosen.estimate.host.fits:
         warnings.append(f"host RAM short by {format_size(chosen.estimate.host.paged)}: that much of the model "
@@ -407,12 +488,20 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     optimality = (f"optimal for the linear model (exact dynamic programme over {len(problem.layers)} layers, "
                   f"{dp.states} states, sizes rounded up to {format_size(dp.unit)})")
     if cp is not None:
-        found = "proven optimal" if cp.proven else f"stopped at {time_limit:g} s, {100 * cp.gap:.2f}% from its bound"
+        found = "proven optimal" if cp.proven else f"stopped at {cp_limit:.3g} s, {100 * cp.gap:.2f}% from its bound"
         used = "its placement is used" if sol is cp else "the dynamic programme's answer is as good and is used"
         optimality += f"; CP-SAT: {found}, {used}"
+    elif cp_note:
+        optimality += f"; {cp_note}"
     return Plan(model, devices, cfg, workload, margin, chosen, tuple(base), budgets, sol, elapsed, optimality,
-                _reasons(problem, sol), tuple(pins), tuple(warnings), profile)
+                _reasons(problem, sol), tuple(pins), tuple(warnings), profile, fallback)
 
+
+# Relative difference in predicted seconds below which two placements are the same prediction.
+TIE_RTOL = 1e-9
+
+# Below this many seconds CP-SAT cannot even load a model: it is skipped and the DP's answer stands.
+MIN_CP_SAT_SECONDS = 0.05
 
 # Decode speed a longer context may cost before -c auto stops growing it.
 AUTO_CONTEXT_LOSS = 0.10
@@ -423,12 +512,15 @@ def auto_context(model: ModelDescription, devices: Mapping[str, Device], cfg: Ru
                  profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0,
                  target: Target | None = None) -> tuple[Plan, list[Plan]]:
     """Plans every context of :func:`context_ladder` and picks the largest whose predicted decode speed is within
-    :data:`AUTO_CONTEXT_LOSS` of the smallest context's; returns it and the whole trade for display."""
+    :data:`AUTO_CONTEXT_LOSS` of the smallest context's; returns it and the whole trade for display.
+    ``time_limit`` is CP-SAT's budget for the whole ladder, not per context."""
     trade: list[Plan] = []
+    deadline = time.perf_counter() + time_limit
     for n_ctx in context_ladder(model.hparams.n_ctx_train):
         try:
             trade.append(plan(model, devices, cfg.with_(n_ctx=n_ctx), workload=workload, margin=margin, pins=pins,
-                              profile=profile, solver=solver, time_limit=time_limit, target=target))
+                              profile=profile, solver=solver, time_limit=deadline - time.perf_counter(),
+                              target=target))
         except PlanError:
             break
     if not trade:
@@ -470,7 +562,7 @@ def _distance_from_defaults(cfg: RunConfig) -> tuple[int, int]:
 
 
 def _gpu_bytes(p: Plan) -> int:
-    return sum(b.total for n, b in p.estimate.memory.items() if n != HOST_NAME)
+    return sum(b.total for n, b in p.estimate.memory.items() if n != HOST)
 
 
 def choose_config(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
@@ -562,8 +654,8 @@ def _why(model: ModelDescription, devices: Mapping[str, Device], win: Plan, trie
             line += (f" (experts in RAM are copied to {gpu} once per ubatch: {a.transfer_bytes / a.n_ubatch / MIB:.1f} "
                      f"MiB per prompt token at -ub {a.n_ubatch}, {b.transfer_bytes / b.n_ubatch / MIB:.1f} at "
                      f"-ub {b.n_ubatch})")
-        cb = {n: x.compute for n, x in win.estimate.memory.items() if n != HOST_NAME}
-        ca = {n: x.compute for n, x in ref.estimate.memory.items() if n != HOST_NAME}
+        cb = {n: x.compute for n, x in win.estimate.memory.items() if n != HOST}
+        ca = {n: x.compute for n, x in ref.estimate.memory.items() if n != HOST}
         line += (f"; decode {win.chosen.decode_tps:.2f} tok/s against {ref.chosen.decode_tps:.2f}")
         if gpu and gpu in cb and gpu in ca:
             line += (f" ({gpu}'s compute buffer {format_size(cb[gpu])} instead of {format_size(ca[gpu])} leaves that "
@@ -588,7 +680,7 @@ def _why(model: ModelDescription, devices: Mapping[str, Device], win: Plan, trie
                    "together, one slot each, sharing one KV buffer")
     if "no_mmap" not in fixed and c.no_mmap:
         mm = _score(model, win.placement, c.with_(no_mmap=False), devices, workload, profile, margin, "mmap")
-        host_w = format_size(win.estimate.memory[HOST_NAME].weights)
+        host_w = format_size(win.estimate.memory[HOST].weights)
         out.append(f"--no-mmap: the host's {host_w} of weights fit in RAM, so they go to pinned memory and are "
                    f"copied to the GPU {1 / PAGEABLE_COPY_FACTOR:.1f}x faster: "
                    f"prompt {win.chosen.prefill_tps:.0f} tok/s against {mm.prefill_tps:.0f} with mmap")

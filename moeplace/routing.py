@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from moeplace.errors import MoeplaceError
-from moeplace.model import ModelDescription
+from moeplace.infiles import json_depth, parse_json, printable, read_text
+from moeplace.model import LLAMA_MAX_EXPERTS, LLAMA_MAX_LAYERS, ModelDescription
 from moeplace.outfiles import encode_text, write_file
 from moeplace.ranges import format_ranges
 
@@ -136,7 +137,7 @@ def make_profile(model: ModelIdentity, source: Source, counts: Mapping[int, Any]
         layer = int(layer)
         try:
             arr = np.array(raw, dtype=np.float64)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise _fail(origin, f"layer {layer}: counts are not numbers", fix) from None
         if arr.shape != (model.n_expert,):
             raise _fail(origin, f"layer {layer}: {arr.size} counts for a model with {model.n_expert} experts", fix)
@@ -146,7 +147,7 @@ def make_profile(model: ModelIdentity, source: Source, counts: Mapping[int, Any]
             raise _fail(origin, f"layer {layer}: negative count {arr.min():g} for expert {int(arr.argmin())}", fix)
         total = float(arr.sum())
         t = total / k if tokens is None or layer not in tokens else tokens[layer]
-        if not isinstance(t, int | float | np.integer | np.floating) or not math.isfinite(t) or t < 0:
+        if not isinstance(t, int | float | np.integer | np.floating) or not _finite(t) or t < 0:
             raise _fail(origin, f"layer {layer}: token count {t!r} is not a non-negative number", fix)
         t = float(t)
         if total <= 0 or t <= 0:
@@ -168,7 +169,7 @@ def make_profile(model: ModelIdentity, source: Source, counts: Mapping[int, Any]
                 raise _fail(origin, f"co-activation counts for layer {layer}, which has no expert counts", fix)
             try:
                 m = np.array(raw, dtype=np.float64)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise _fail(origin, f"layer {layer}: co-activation counts are not numbers", fix) from None
             n = model.n_expert
             if m.shape != (n, n) or not np.isfinite(m).all() or (m < 0).any() or not np.allclose(m, m.T):
@@ -211,22 +212,27 @@ def expert_probs(profile: RoutingProfile) -> dict[int, np.ndarray]:
     return {layer: np.minimum(profile.counts[layer] / profile.tokens[layer], 1.0) for layer in profile.layers}
 
 
-def expected_distinct(p: np.ndarray, batch: float) -> float:
+def expected_distinct(p: np.ndarray, batch: float) -> Any:
     """Expected number of distinct experts a batch of ``batch`` independent tokens selects:
-    ``sum_e 1 - (1 - p_e)^batch``."""
+    ``sum_e 1 - (1 - p_e)^batch``, computed as ``-expm1(batch log1p(-p))`` so that rare experts at large
+    batches keep their precision. ``p`` holds one layer's per-token probabilities (a float comes back) or one
+    row per layer (an array of one figure per row comes back). The one copy of this formula: the speed model's
+    batched decode and prefill and the profile reports all use it."""
     p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
     if batch <= 0:
-        return 0.0
-    with np.errstate(divide="ignore"):  # p = 1 gives log1p(-1) = -inf, and expm1(-inf) = -1 is right
-        return float(np.sum(-np.expm1(batch * np.log1p(-p))))
+        d = np.zeros(p.shape[:-1])
+    else:
+        with np.errstate(divide="ignore"):  # p = 1 gives log1p(-1) = -inf, and expm1(-inf) = -1 is right
+            d = np.sum(-np.expm1(batch * np.log1p(-p)), axis=-1)
+    return float(d) if d.ndim == 0 else d
 
 
 def uniform_probs(n_expert: int, n_expert_used: int) -> np.ndarray:
-    """What every expert gets when routing is uniform: ``n_expert_used / n_expert``."""
-    return np.full(n_expert, n_expert_used / n_expert)
+    """Per-token routing probability of each expert with uniform routing: ``n_expert_used / n_expert``."""
+    return np.full(n_expert, n_expert_used / n_expert, dtype=np.float64)
 
 
-def distinct_experts(profile: RoutingProfile, batch: float) -> dict[int, float]:
+def distinct_by_layer(profile: RoutingProfile, batch: float) -> dict[int, float]:
     """Per MoE layer, the expected number of distinct experts a batch of ``batch`` tokens touches."""
     return {layer: expected_distinct(p, batch) for layer, p in expert_probs(profile).items()}
 
@@ -584,8 +590,8 @@ def dumps(profile: RoutingProfile) -> str:
     data = profile_to_json(profile)
     layers = data.pop("layers")
     trace = data.pop("trace", None)
-    head = json.dumps(data, indent=2)[:-2]  # drop the closing "\n}"
-    body = ",\n    ".join(json.dumps(e, separators=(",", ":")) for e in layers)
+    head = json.dumps(data, indent=2, allow_nan=False)[:-2]  # drop the closing "\n}"
+    body = ",\n    ".join(json.dumps(e, separators=(",", ":"), allow_nan=False) for e in layers)
     tail = ""
     if trace is not None:
         entries = ",\n      ".join(json.dumps(e, separators=(",", ":")) for e in trace.pop("layers"))
@@ -608,6 +614,25 @@ def _get(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], origin: 
     return v
 
 
+def _opt(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any, origin: str,
+         where: str = "") -> Any:
+    """An optional field of the given type (bool is not an int here, and an int is not a bool)."""
+    if key not in d:
+        return default
+    v = d[key]
+    if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
+        raise _fail(origin, f"field '{where}{key}' has the wrong type ({type(v).__name__})",
+                    "re-create the profile with 'moeplace profile run' or 'moeplace profile import'")
+    return v
+
+
+def _finite(x: float) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
 def profile_from_json(data: Any, origin: str = "") -> RoutingProfile:
     """Parses and validates the file's content; every problem is one :class:`ProfileError` line."""
     fix = "re-create the profile with 'moeplace profile run' or 'moeplace profile import'"
@@ -627,20 +652,40 @@ def profile_from_json(data: Any, origin: str = "") -> RoutingProfile:
         arch=_get(m, "arch", str, origin, "model."), n_layer=_get(m, "n_layer", int, origin, "model."),
         n_expert=_get(m, "n_expert", int, origin, "model."),
         n_expert_used=_get(m, "n_expert_used", int, origin, "model."),
-        fingerprint=_get(m, "fingerprint", str, origin, "model."), name=str(m.get("name", "")),
+        fingerprint=_get(m, "fingerprint", str, origin, "model."),
+        name=printable(_opt(m, "name", str, "", origin, "model.")),
     )
+    # Checked before anything is sized by them: a co-activation matrix is n_expert^2 numbers per layer.
+    if not 1 <= ident.n_expert <= LLAMA_MAX_EXPERTS or not 1 <= ident.n_layer <= LLAMA_MAX_LAYERS:
+        raise _fail(origin, f"the profile claims {ident.n_expert} experts and {ident.n_layer} layers; llama.cpp "
+                            f"loads at most {LLAMA_MAX_EXPERTS} experts and {LLAMA_MAX_LAYERS} layers", fix)
     s = _get(data, "source", dict, origin)
     num = (int, float)
+    tokens_total = _get(s, "tokens", num, origin, "source.")
+    if not _finite(tokens_total) or tokens_total < 0:
+        raise _fail(origin, f"field 'source.tokens' must be a non-negative number, not {tokens_total!r}", fix)
+
+    def opt(key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        return _opt(s, key, kind, default, origin, "source.")
+
+    def texts(key: str) -> tuple[str, ...]:
+        items = opt(key, list, [])
+        if not all(isinstance(x, str) for x in items):
+            raise _fail(origin, f"field 'source.{key}' must be a list of strings", fix)
+        return tuple(items)
+
+    merged = opt("merged_from", list, [])
+    if not all(isinstance(x, dict) and json_depth(x) <= 2 for x in merged):
+        raise _fail(origin, "field 'source.merged_from' must be a list of flat objects", fix)
     source = Source(
-        kind=_get(s, "kind", str, origin, "source."), tokens=float(_get(s, "tokens", num, origin, "source.")),
-        created=str(s.get("created", "")), engine=str(s.get("engine", "")), file=str(s.get("file", "")),
-        prompts=str(s.get("prompts", "")), prompts_sha256=str(s.get("prompts_sha256", "")),
-        prompt_count=int(s.get("prompt_count", 0)), generated_per_prompt=int(s.get("generated_per_prompt", 0)),
-        generated_tokens=int(s.get("generated_tokens", 0)),
-        datasets=tuple(str(x) for x in s.get("datasets", ())), chunk_count=int(s.get("chunk_count", 0)),
-        chunk_size=int(s.get("chunk_size", 0)), interrupted=bool(s.get("interrupted", False)),
-        merged_from=tuple(dict(x) for x in s.get("merged_from", ()) if isinstance(x, Mapping)),
-        notes=tuple(str(x) for x in s.get("notes", ())),
+        kind=_get(s, "kind", str, origin, "source."), tokens=float(tokens_total),
+        created=opt("created", str, ""), engine=opt("engine", str, ""), file=opt("file", str, ""),
+        prompts=opt("prompts", str, ""), prompts_sha256=opt("prompts_sha256", str, ""),
+        prompt_count=opt("prompt_count", int, 0), generated_per_prompt=opt("generated_per_prompt", int, 0),
+        generated_tokens=opt("generated_tokens", int, 0), datasets=texts("datasets"),
+        chunk_count=opt("chunk_count", int, 0), chunk_size=opt("chunk_size", int, 0),
+        interrupted=opt("interrupted", bool, False), merged_from=tuple(dict(x) for x in merged),
+        notes=texts("notes"),
     )
     layers = _get(data, "layers", list, origin)
     counts: dict[int, Any] = {}
@@ -655,7 +700,10 @@ def profile_from_json(data: Any, origin: str = "") -> RoutingProfile:
         counts[layer] = _get(entry, "counts", list, origin, where)
         tokens[layer] = _get(entry, "tokens", num, origin, where)
         if "coactivation_upper" in entry:
-            upper = np.array(_get(entry, "coactivation_upper", list, origin, where), dtype=np.float64)
+            try:
+                upper = np.array(_get(entry, "coactivation_upper", list, origin, where), dtype=np.float64)
+            except (TypeError, ValueError, OverflowError):
+                raise _fail(origin, f"layer {layer}: co-activation counts are not numbers", fix) from None
             n = ident.n_expert
             if iu is None or upper.shape != (n * (n - 1) // 2,):
                 raise _fail(origin, f"layer {layer}: coactivation_upper needs {n * (n - 1) // 2} numbers, "
@@ -673,23 +721,12 @@ def load_profile(path: str | os.PathLike[str]) -> RoutingProfile:
     """Reads a profile file. Raises :class:`ProfileError` with one line naming the problem and the fix."""
     p = Path(path)
     fix = "re-create it with 'moeplace profile run' or 'moeplace profile import'"
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise _fail(str(p), "no such profile file", "check the path (profiles live under profiles/ by default)") \
-            from None
-    except IsADirectoryError:
-        raise _fail(str(p), "is a directory, not a profile file") from None
-    except UnicodeDecodeError:
-        raise _fail(str(p), "not a moeplace routing profile (binary content)",
-                    "pass the JSON file written by 'moeplace profile run/import'") from None
+    if not p.exists() and not p.is_symlink():
+        raise _fail(str(p), "no such profile file", "check the path (profiles live under profiles/ by default)")
+    text = read_text(p, "moeplace routing profile", ProfileError)
     if not text.strip():
         raise _fail(str(p), "the profile file is empty", fix)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise _fail(str(p), f"not valid JSON at line {e.lineno} column {e.colno} ({e.msg}): the file is truncated "
-                            "or not a profile", fix) from None
+    data = parse_json(text, str(p), ProfileError, "the file is truncated or not a profile; " + fix)
     return profile_from_json(data, str(p))
 
 

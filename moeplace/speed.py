@@ -30,7 +30,7 @@ from operator import itemgetter
 import numpy as np
 
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import HOST_NAME, Device, catalog
+from moeplace.hardware import Device, catalog
 from moeplace.memory import (
     DEFAULT_MARGIN,
     OP_OFFLOAD_MIN_BATCH,
@@ -47,7 +47,8 @@ from moeplace.memory import (
     memory_by_device,
 )
 from moeplace.model import ModelDescription, Role
-from moeplace.placement import Placement
+from moeplace.placement import HOST, Placement
+from moeplace.routing import expected_distinct, uniform_probs
 
 ExpertProbs = Mapping[int, np.ndarray]
 
@@ -75,11 +76,6 @@ class SpeedError(MoeplaceError):
 # --- routing -------------------------------------------------------------------------------------------------
 
 
-def uniform_probs(n_expert: int, n_expert_used: int) -> np.ndarray:
-    """Per-token routing probability of each expert with uniform routing: ``n_expert_used / n_expert``."""
-    return np.full(n_expert, n_expert_used / n_expert, dtype=np.float64)
-
-
 def normalise_probs(counts: np.ndarray, n_expert: int, n_expert_used: int) -> np.ndarray:
     """Per-token probabilities from anything proportional to routing counts (counts, frequencies, or already
     probabilities summing to ``n_expert_used``). A constant array is uniform routing exactly. Probabilities
@@ -93,11 +89,6 @@ def normalise_probs(counts: np.ndarray, n_expert: int, n_expert_used: int) -> np
     if total <= 0 or np.all(a == a[0]):
         return uniform_probs(n_expert, n_expert_used)
     return np.minimum(a * (n_expert_used / total), 1.0)
-
-
-def distinct_experts(p: np.ndarray, tokens: float) -> float:
-    """Expected number of distinct experts ``tokens`` independent tokens touch: ``sum_e 1 - (1 - p_e)^tokens``."""
-    return float(np.sum(1.0 - np.power(1.0 - p, tokens)))
 
 
 # --- per-model tables ----------------------------------------------------------------------------------------
@@ -192,9 +183,7 @@ def _resolve_routing(model: ModelDescription, table: TensorTable, profile: Exper
 
 def distinct_by_block(routing: np.ndarray, tokens: float) -> np.ndarray:
     """Expected distinct experts ``tokens`` tokens touch in each block (0 for blocks without experts)."""
-    if routing.size == 0:
-        return np.zeros(routing.shape[0])
-    return np.sum(1.0 - np.power(1.0 - routing, tokens), axis=1)
+    return np.asarray(expected_distinct(routing, tokens)).reshape(routing.shape[0])
 
 
 # --- linearisation -------------------------------------------------------------------------------------------
@@ -446,7 +435,7 @@ def _prepare(model: ModelDescription, placement: Placement, cfg: RunConfig,
     for i, n in enumerate(names):
         idx[placed == n] = i
     unknown = {str(d) for d in placed[idx < 0]} | {
-        d for d in (*placement.layer_devices, placement.output_device, HOST_NAME) if d not in devs}
+        d for d in (*placement.layer_devices, placement.output_device, HOST) if d not in devs}
     if unknown:
         raise SpeedError(f"the placement uses {', '.join(sorted(unknown))} but no such device was given: list "
                          "every device it uses, the host CPU included")
@@ -467,7 +456,7 @@ def _switch_sequence(pr: _Prepared) -> np.ndarray:
     key = np.concatenate(keys)
     dev = np.concatenate(devs)
     order = np.lexsort((dev, key))
-    seq = np.concatenate(([pos[HOST_NAME]], dev[order], [pos[pr.placement.output_device]]))
+    seq = np.concatenate(([pos[HOST]], dev[order], [pos[pr.placement.output_device]]))
     keep = np.ones(len(seq), dtype=bool)
     keep[1:] = seq[1:] != seq[:-1]
     return seq[keep]
@@ -493,7 +482,7 @@ def _decode(pr: _Prepared, batch: int, n_past: int | None, paged_fraction: float
     shape = context_shape(model, cfg)
     pos = shape.n_ctx_seq if n_past is None else max(0, min(n_past, shape.n_ctx_seq))
     kv_layer = (kv_read_bytes_per_layer(model, cfg, pos) if kv_layers is None else kv_layers) * batch
-    host = names.index(HOST_NAME)
+    host = names.index(HOST)
     kv_idx = np.array([host if cfg.no_kv_offload else names.index(d) for d in pr.placement.layer_devices],
                       dtype=np.int64)
     kv_bytes = np.bincount(kv_idx, weights=kv_layer, minlength=len(names))
@@ -526,7 +515,7 @@ def _prefill(pr: _Prepared) -> PrefillTime:
     ub = context_shape(model, cfg).n_ubatch
     prefill_bytes, prefill_flops = _prefill_costs(table, pr.routing, ub, model.hparams.n_expert_used)
     gpus = [n for n in names if not devs[n].is_host]
-    host_i = names.index(HOST_NAME)
+    host_i = names.index(HOST)
     offload = op_offload_active(cfg, ub, bool(gpus))
     flops_rate = flops_rates(list(devs.values()))
 
@@ -595,11 +584,11 @@ def estimate(model: ModelDescription, placement: Placement, cfg: RunConfig,
     :data:`memory.DEFAULT_MARGIN`). In a loop, build the :class:`TensorTable` once and pass a matrix from
     :func:`routing_matrix` as the profile."""
     devs = _devices(devices)
-    if HOST_NAME not in devs:
+    if HOST not in devs:
         raise SpeedError("the devices must include the host (CPU): build it with hardware.host_device")
     pr = _prepare(model, placement, cfg, devs, profile, table)
     weights = np.bincount(pr.idx, weights=pr.table.nbytes, minlength=len(pr.names))
-    host_experts = bool(np.any((pr.idx == pr.names.index(HOST_NAME)) & (pr.table.role == _EXPERT)))
+    host_experts = bool(np.any((pr.idx == pr.names.index(HOST)) & (pr.table.role == _EXPERT)))
     layers = kv_bytes_per_layer(model, cfg)
     mem = memory_by_device(model, placement, cfg, devs,
                            weights={n: int(weights[i]) for i, n in enumerate(pr.names) if weights[i]},

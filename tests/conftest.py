@@ -7,7 +7,21 @@ from pathlib import Path
 
 import pytest
 
+from moeplace import engine
 from moeplace.testing import write_model
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The one skip rule for tests that need a real llama.cpp: mark them ``@pytest.mark.llama`` (or a module
+    ``pytestmark``) and nothing else; where llama-cpp-python cannot be imported they are skipped with the engine's
+    own one-line reason, which names the fix."""
+    marked = [item for item in items if item.get_closest_marker("llama")]
+    reason = engine.unavailable_reason() if marked else None
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=f"needs llama.cpp: {reason}")
+    for item in marked:
+        item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -63,7 +63,6 @@ def test_mib_text_rounds_like_llama_cpp() -> None:
 
 
 @pytest.mark.llama
-@pytest.mark.skipif(not engine.available(), reason=f"{engine.unavailable_reason()}")
 @pytest.mark.parametrize("name", ["qwen3moe-tiny", "gpt-oss-tiny"])
 def test_measure_memory_reads_every_buffer(model_path: Callable[[str], Path], name: str) -> None:
     path = model_path(name)
@@ -82,7 +81,6 @@ def test_measure_memory_reads_every_buffer(model_path: Callable[[str], Path], na
 
 
 @pytest.mark.llama
-@pytest.mark.skipif(not engine.available(), reason=f"{engine.unavailable_reason()}")
 def test_exact_figures_match_a_real_allocation(model_path: Callable[[str], Path]) -> None:
     """The no_alloc breakdown (read from llama_get_memory_breakdown's std::map) equals the buffers a real load
     allocates and prints, so the map is read right."""
@@ -99,14 +97,12 @@ def test_exact_figures_match_a_real_allocation(model_path: Callable[[str], Path]
 
 
 @pytest.mark.llama
-@pytest.mark.skipif(not engine.available(), reason=f"{engine.unavailable_reason()}")
 def test_a_refusal_carries_llama_cpp_s_reason(model_path: Callable[[str], Path]) -> None:
     with pytest.raises(engine.EngineError, match="does not divide n_embd_head_k"):
         engine.measure_memory(model_path("gpt-oss-tiny"), RunConfig(type_k="q8_0", type_v="q8_0"))
 
 
 @pytest.mark.llama
-@pytest.mark.skipif(not engine.available(), reason=f"{engine.unavailable_reason()}")
 def test_tensor_buffers_reports_overrides_and_layer_slots(model_path: Callable[[str], Path]) -> None:
     path = model_path("qwen3moe-tiny")
     model = load_model(path)
@@ -117,7 +113,6 @@ def test_tensor_buffers_reports_overrides_and_layer_slots(model_path: Callable[[
 
 
 @pytest.mark.llama
-@pytest.mark.skipif(not engine.available(), reason=f"{engine.unavailable_reason()}")
 def test_buffer_types_of_this_build(model_path: Callable[[str], Path]) -> None:
     bufts = engine.buffer_types()
     assert "CPU" in bufts
@@ -128,7 +123,6 @@ def test_buffer_types_of_this_build(model_path: Callable[[str], Path]) -> None:
 
 
 @pytest.mark.llama
-@pytest.mark.skipif(not engine.available(), reason=f"{engine.unavailable_reason()}")
 def test_measure_speed_on_a_tiny_model(model_path: Callable[[str], Path]) -> None:
     got = engine.measure_speed(model_path("mixtral-tiny"), RunConfig(n_ctx=512), n_prompt=64, n_gen=8,
                                repetitions=2, n_threads=1)
@@ -138,7 +132,6 @@ def test_measure_speed_on_a_tiny_model(model_path: Callable[[str], Path]) -> Non
 
 
 @pytest.mark.llama
-@pytest.mark.skipif(not engine.available(), reason=f"{engine.unavailable_reason()}")
 def test_measure_speed_refuses_what_it_cannot_measure(model_path: Callable[[str], Path]) -> None:
     with pytest.raises(engine.EngineError, match="header-only"):
         engine.measure_speed(model_path("qwen3-30b-a3b"), RunConfig(), n_prompt=8, n_gen=8)

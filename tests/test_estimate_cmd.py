@@ -10,10 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from moeplace.cli.estimate_cmd import build_placement, estimate
-from moeplace.hardware import GIB, parse_gpus
+from moeplace.hardware import parse_gpus
 from moeplace.memory import RunConfig, kv_bytes
 from moeplace.model import Role, load_model
 from moeplace.placement import HOST
+from moeplace.sizes import GIB
 from moeplace.testing import SPECS, write_model
 
 

@@ -27,7 +27,6 @@ from moeplace.model import ModelDescription, Role, load_model
 from moeplace.placement import HOST, Placement
 from moeplace.testing import TINY
 
-pytest.importorskip("llama_cpp", reason=engine.ENGINE_HINT)
 pytestmark = pytest.mark.llama
 
 _HOST_BUFFERS = re.compile(r"^(CPU\w*|\w+_Host)$")  # CPU, CPU_REPACK (extra buffer types), CUDA_Host...

@@ -12,10 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from moeplace.emit.args import RunSettings, build_args, parse_ot_args
-from moeplace.hardware import HOST_NAME, device_set, host_device, parse_gpus
+from moeplace.hardware import device_set, host_device, parse_gpus
 from moeplace.llamacpp import apply
 from moeplace.memory import RunConfig
 from moeplace.model import Role, load_model
+from moeplace.placement import HOST
 from moeplace.planner import (
     KV_QUANT_MIN_GAIN,
     WORKLOADS,
@@ -41,23 +42,27 @@ def devices(specs: list[str], ram: str = "512G") -> dict:
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_every_architecture_and_budget(model_path: Callable[[str], Path], name: str) -> None:
+@pytest.mark.parametrize("workload", ["chat", "batch"])
+def test_every_architecture_and_budget(model_path: Callable[[str], Path], name: str, workload: str) -> None:
     m = load_model(model_path(name))
     for specs in HARDWARE:
         devs = devices(specs)
-        p = plan(m, devs, RunConfig(n_ctx=8192))
+        p = plan(m, devs, RunConfig(n_ctx=8192), workload=parse_workload(workload))
         e = p.estimate
         # every GPU within its memory less the margin, per the full memory model
         for gpu, fit in e.fits.items():
             assert fit.free >= 0, (name, specs, gpu, fit)
         assert p.chosen.fits
-        # never predicted slower than what llama.cpp's own options give, where they fit
+        # The solver's own placement is the plan: the planner did not have to swap in a baseline (it would, if the
+        # full estimate ranked one higher, which would make the next assertion hold by construction).
+        assert p.fallback == "", (name, specs, workload, p.warnings)
+        # ... and it is never predicted slower than what llama.cpp's own options give, where they fit
         for b in p.baselines:
             if b.fits:
                 assert p.chosen.seconds <= b.seconds * (1 + 1e-9), (name, specs, b.name)
         assert p.optimality.startswith("optimal")
         # the emitted arguments reproduce the plan under llama.cpp's rules (parsed back, applied afresh)
-        gpus = tuple(n for n in devs if n != HOST_NAME)
+        gpus = tuple(n for n in devs if n != HOST)
         args = build_args(m, p.placement, RunSettings(m.paths[0], 8192, gpus))
         argv = list(args.argv)
         ngl = int(argv[argv.index("-ngl") + 1])
@@ -94,7 +99,7 @@ def test_skewed_profile_moves_skewed_layers_to_ram_first(model_path: Callable[[s
 
     def host_blocks(p) -> set[int]:
         return {t.block for t in m.tensors if t.role is Role.ROUTED_EXPERT
-                and p.placement.tensor_devices[t.name] == HOST_NAME}
+                and p.placement.tensor_devices[t.name] == HOST}
 
     hb = host_blocks(with_profile)
     assert hb and hb <= skewed  # only skewed layers' experts go to RAM
@@ -109,8 +114,8 @@ def test_pins_are_honoured(model_path: Callable[[str], Path]) -> None:
     p = plan(m, devs, RunConfig(), pins=pins)
     for t in m.loaded_tensors:
         if t.role is Role.ROUTED_EXPERT and t.block is not None and t.block >= 40:
-            assert p.placement.tensor_devices[t.name] == HOST_NAME
-    assert p.placement.tensor_devices["output.weight"] == HOST_NAME
+            assert p.placement.tensor_devices[t.name] == HOST
+    assert p.placement.tensor_devices["output.weight"] == HOST
     # the room the pins freed goes to other layers' experts
     assert any(p.placement.tensor_devices[t.name] == "CUDA0" for t in m.tensors
                if t.role is Role.ROUTED_EXPERT and t.block is not None and t.block < 40)
@@ -134,7 +139,7 @@ def test_budget_too_small_names_the_minimum(model_path: Callable[[str], Path]) -
 def test_small_gpu_runs_some_layers_on_the_host(model_path: Callable[[str], Path]) -> None:
     m = load_model(model_path("deepseek-v3"))
     p = plan(m, devices(["8G"]), RunConfig(n_ctx=8192))
-    assert HOST_NAME in p.placement.layer_devices and "CUDA0" in p.placement.layer_devices
+    assert HOST in p.placement.layer_devices and "CUDA0" in p.placement.layer_devices
     assert any("run entirely on the host" in w for w in p.warnings)
 
 
@@ -166,25 +171,37 @@ def test_deterministic(model_path: Callable[[str], Path]) -> None:
 @given(name=st.sampled_from(["qwen3-30b-a3b", "gpt-oss-20b", "glm-4.5-air", "deepseek-v3", "mixtral-8x7b",
                              "qwen3moe-tiny", "gpt-oss-tiny", "deepseek2-tiny"]),
        vram=st.lists(st.integers(min_value=4, max_value=48), min_size=1, max_size=3),
-       n_ctx=st.sampled_from([2048, 8192, 32768]))
+       n_ctx=st.sampled_from([2048, 8192, 32768]), workload=st.sampled_from(["chat", "batch", "long-prompt", "8:1"]))
 def test_property_emitted_patterns_reproduce_random_plans(model_path: Callable[[str], Path], name: str,
-                                                          vram: list[int], n_ctx: int) -> None:
+                                                          vram: list[int], n_ctx: int, workload: str) -> None:
     """Random models and budgets: the arguments emitted for the plan, parsed back and applied with llama.cpp's
     semantics (regex search, first match wins, -ngl/-ts for the rest), give exactly the planned placement."""
     m = load_model(model_path(name))
     devs = devices([f"{g}G" for g in vram])
     cfg = RunConfig(n_ctx=n_ctx)
     try:
-        p = plan(m, devs, cfg)
+        p = plan(m, devs, cfg, workload=parse_workload(workload))
     except PlanError:
         return  # a budget too small for anything is refused, with its own message
-    gpus = tuple(n for n in devs if n != HOST_NAME)
+    assert p.fallback == "", p.warnings  # the solver's own placement, not a baseline swapped in
+    gpus = tuple(n for n in devs if n != HOST)
     argv = list(build_args(m, p.placement, RunSettings(m.paths[0], n_ctx, gpus)).argv)
     ngl = int(argv[argv.index("-ngl") + 1])
     ts = [float(x) for x in argv[argv.index("-ts") + 1].split(",")] if "-ts" in argv else None
     assert apply(m, ngl, ts, parse_ot_args(argv), gpus) == p.placement
     for fit in p.estimate.fits.values():
         assert fit.free >= 0
+
+
+def test_time_limit_is_the_whole_runs(model_path: Callable[[str], Path]) -> None:
+    """-c auto with CP-SAT: the contexts share one --time-limit (they each had their own: five contexts, five
+    times the limit). CP-SAT does not prove this size optimal within seconds, so each run uses what it is given."""
+    m = load_model(model_path("qwen3-30b-a3b"))
+    limit = 2.0
+    _, trade = auto_context(m, devices(["12G"], "32G"), RunConfig(), solver="cp-sat", time_limit=limit)
+    assert len(trade) >= 3
+    assert sum(p.solve_seconds for p in trade) < limit + 0.5 * len(trade)  # CP-SAT's share plus the DP's runs
+    assert "CP-SAT not run" in trade[-1].optimality
 
 
 # --- the run configuration ---------------------------------------------------------------------------------------

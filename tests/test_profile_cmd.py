@@ -206,7 +206,6 @@ def test_run_without_engine_is_explained(files: dict[str, Path], tmp_path: Path,
 @pytest.mark.parametrize("how", [["run"], []])
 def test_run_live(files: dict[str, Path], tmp_path: Path, how: list[str]) -> None:
     """'profile run MODEL' and the design card's 'profile MODEL --prompts P' do the same."""
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     (tmp_path / "p.txt").write_text("hello world the model\n\nexpert layer token\n")
     out = tmp_path / "live.json"
     r = cli(*how, files["model"], "--prompts", tmp_path / "p.txt", "--generate", "3", "--threads", "1", "-o", out)

@@ -13,7 +13,7 @@ import click
 from moeplace import machine
 from moeplace.calibration import apply as apply_calibration
 from moeplace.calibration import load as load_calibration
-from moeplace.cli import SIZE
+from moeplace.cli import INT32_MAX, POSITIVE_SIZE, SIZE
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import GB, Device, catalog, device_set, host_device, link_bandwidth, parse_gpus
 from moeplace.memory import CACHE_TYPES, DEFAULT_MARGIN, RunConfig, resolve_flash_attn, validate
@@ -65,7 +65,8 @@ hardware_options = _stack(
     click.option("--backend", type=click.Choice(["cuda", "rocm", "vulkan", "sycl", "metal", "musa"]), default=None,
                  help="llama.cpp backend of the GPUs (buffer names CUDA0, ROCm0, Vulkan0, SYCL0, MTL0); "
                       "default: the preset's own, CUDA for sizes."),
-    click.option("--ram", type=SIZE, default=None, help="System RAM (default: this machine's available RAM)."),
+    click.option("--ram", type=POSITIVE_SIZE, default=None,
+                 help="System RAM (default: this machine's available RAM)."),
     click.option("--ram-bw", default=None, metavar="GB/s|DDR|PLATFORM",
                  help="RAM bandwidth: 80, ddr5-6000x2, epyc-9004... (default: from this machine's DMI memory "
                       "table, else --measure's figure, else dual-channel DDR4-3200, stated)."),
@@ -85,7 +86,8 @@ hardware_options = _stack(
 )
 
 
-_TOKENS = click.IntRange(min=0)
+_TOKENS = click.IntRange(min=0, max=INT32_MAX)
+_COUNT = click.IntRange(min=1, max=INT32_MAX)
 
 
 def context_options(ctx_help: str = "Context size in tokens (0 = the model's trained context).",
@@ -98,14 +100,14 @@ def context_options(ctx_help: str = "Context size in tokens (0 = the model's tra
                      show_default=True, help="KV cache type for K."),
         click.option("-ctv", "--cache-type-v", "type_v", type=click.Choice(list(CACHE_TYPES)), default="f16",
                      show_default=True, help="KV cache type for V (quantized V needs flash attention)."),
-        click.option("-b", "--batch-size", "n_batch", type=click.IntRange(min=1), default=2048, show_default=True,
+        click.option("-b", "--batch-size", "n_batch", type=_COUNT, default=2048, show_default=True,
                      help="Logical batch size."),
-        click.option("-ub", "--ubatch-size", "n_ubatch", type=click.IntRange(min=1), default=512,
+        click.option("-ub", "--ubatch-size", "n_ubatch", type=_COUNT, default=512,
                      show_default=True, help="Physical batch size: prompt tokens per graph; sizes the compute "
                                              "buffers."),
         click.option("-fa", "--flash-attn", "flash_attn", type=click.Choice(["on", "off", "auto"]), default="auto",
                      show_default=True, help="Flash attention."),
-        click.option("-np", "--parallel", "n_seq_max", type=click.IntRange(min=1), default=1, show_default=True,
+        click.option("-np", "--parallel", "n_seq_max", type=_COUNT, default=1, show_default=True,
                      help="Parallel sequences (slots); decode is also estimated at this batch."),
         click.option("-kvu", "--kv-unified", is_flag=True, help="One KV buffer shared by all sequences."),
         click.option("--swa-full", is_flag=True, help="Full-size cache for sliding-window layers."),
@@ -195,6 +197,11 @@ def run_config_from(model: ModelDescription, devices: dict[str, Device], *, n_ct
     if n_ubatch > n_batch:
         raise MoeplaceError(f"-ub {n_ubatch} exceeds -b {n_batch}: llama.cpp would lower -ub to {n_batch}; "
                             "raise -b or lower -ub")
+    trained = model.hparams.n_ctx_train
+    if trained and n_ctx > trained:
+        click.echo(f"warning: -c {n_ctx} is beyond the {trained} tokens {model.name} was trained on: "
+                   "llama.cpp runs it, but quality past the trained length is not assured (RoPE scaling may "
+                   "be needed)", err=True)
     cfg = RunConfig(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, n_seq_max=n_seq_max, kv_unified=kv_unified,
                     type_k=type_k, type_v=type_v, flash_attn=resolve_flash_attn(flash_attn, devices),
                     swa_full=swa_full, no_kv_offload=no_kv_offload, op_offload=not no_op_offload)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 
-from moeplace.cli import friendly_errors, table
+from moeplace.cli import INT32_MAX, FiniteFloat, friendly_errors, table
 from moeplace.cli.options import (
     HARDWARE_HELP,
     context_options,
@@ -19,14 +20,16 @@ from moeplace.cli.options import (
     report_detected,
     run_config_from,
 )
+from moeplace.cli.whatif_view import whatif_report
 from moeplace.emit.args import LlamaArgs, RunSettings, build_args
 from moeplace.emit.scripts import plan_document, prediction, write_script_set
 from moeplace.errors import MoeplaceError
 from moeplace.expert_cache import CacheChoice, choose_cache
-from moeplace.hardware import HOST_NAME
-from moeplace.memory import DEFAULT_MARGIN
+from moeplace.hardware import Device
+from moeplace.memory import DEFAULT_MARGIN, RunConfig
 from moeplace.model import load_model
 from moeplace.outfiles import output_path
+from moeplace.placement import HOST
 from moeplace.planner import CONFIG_FIELDS, ConfigChoice, Plan, auto_context, choose_config, parse_pin, parse_workload
 from moeplace.plot import placement_grid, write_grid
 from moeplace.ranges import format_ranges
@@ -36,6 +39,7 @@ from moeplace.targets.base import Emission, Target
 from moeplace.targets.builds import EngineBuild, find_binary, read_build
 from moeplace.targets.files import write_files
 from moeplace.targets.registry import TARGETS, get_target
+from moeplace.whatif import as_quant
 
 # solve's option names for the run settings choose_config may choose (RunConfig's field names).
 _CONFIG_OPTIONS = {"n_ubatch": "n_ubatch", "n_batch": "n_batch", "type_k": "type_k", "type_v": "type_v",
@@ -61,7 +65,7 @@ def _config_row_json(p: Plan) -> dict[str, Any]:
             "no_mmap": c.no_mmap, "n_parallel": c.n_seq_max, "kv_unified": c.kv_unified, "fits": p.chosen.fits,
             "prompt_tokens_per_second": p.chosen.prefill_tps, "decode_tokens_per_second": p.chosen.decode_tps,
             "seconds_per_generated_token": p.chosen.seconds,
-            "gpu_bytes": sum(b.total for n, b in p.estimate.memory.items() if n != HOST_NAME)}
+            "gpu_bytes": sum(b.total for n, b in p.estimate.memory.items() if n != HOST)}
 
 
 CONFIG_ROWS = 6  # alternatives shown beside the winner
@@ -76,7 +80,7 @@ def config_trade(choice: ConfigChoice) -> list[str]:
         if len(shown) < CONFIG_ROWS or p is choice.plan or p is default:
             shown.append(p)
     for p in shown:
-        gpu = sum(b.total for n, b in p.estimate.memory.items() if n != HOST_NAME)
+        gpu = sum(b.total for n, b in p.estimate.memory.items() if n != HOST)
         note = "chosen" if p is choice.plan else ("llama.cpp default -ub/-ctk" if p is default else "")
         note += "" if p.chosen.fits else " (does not fit)"
         rows.append([*_config_label(p), f"{p.chosen.prefill_tps:.0f}", f"{p.chosen.decode_tps:.2f}",
@@ -146,8 +150,9 @@ class ContextType(click.ParamType):
             n = int(value)
         except ValueError:
             self.fail(f"'{value}' is not a number of tokens or 'auto'", param, ctx)
-        if n < 0:
-            self.fail("the context must be 0 (the trained context), a positive number, or auto", param, ctx)
+        if not 0 <= n <= INT32_MAX:
+            self.fail(f"the context must be 0 (the trained context), a positive number up to {INT32_MAX}, or auto",
+                      param, ctx)
         return n
 
 
@@ -155,9 +160,9 @@ def render(p: Plan, args: LlamaArgs | None, script_dir: Path | None, explain: bo
            emission: Emission | None = None) -> list[str]:
     """The plan for a person: where things go, memory per device, speed beside the baselines, the command."""
     m, e, cfg = p.model, p.estimate, p.cfg
-    gpus = [n for n in p.devices if n != HOST_NAME]
+    gpus = [n for n in p.devices if n != HOST]
     hw = " + ".join(f"{n} {format_size(p.devices[n].memory)}" for n in gpus) or "no GPU"
-    out = [f"{m.name} ({m.arch}) on {hw} + {format_size(p.devices[HOST_NAME].memory)} RAM, context "
+    out = [f"{m.name} ({m.arch}) on {hw} + {format_size(p.devices[HOST].memory)} RAM, context "
            f"{e.context.n_ctx}, KV {cfg.type_k}/{cfg.type_v}, workload {p.workload.name} "
            f"({p.workload.prompt_per_generated:g} prompt tokens per generated, decode batch {p.workload.batch})", ""]
     by_dev: dict[str, list[int]] = {}
@@ -165,7 +170,7 @@ def render(p: Plan, args: LlamaArgs | None, script_dir: Path | None, explain: bo
         by_dev.setdefault(d, []).append(il)
     for d, layers in by_dev.items():
         host_exp = sorted({t.block for t in m.loaded_tensors if t.block in layers and t.n_expert
-                           and p.placement.tensor_devices[t.name] == HOST_NAME and d != HOST_NAME})
+                           and p.placement.tensor_devices[t.name] == HOST and d != HOST})
         line = f"  blocks {format_ranges(layers)} run on {d}"
         if host_exp:
             line += f"; routed experts of blocks {format_ranges(host_exp)} in RAM"
@@ -248,7 +253,7 @@ Examples:
 
 
 @click.command("solve", help=_HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("model")
 @hardware_options
 @context_options(ctx_help="Context size in tokens (0 = trained context; auto = largest within 10% of the "
                           "speed at 4096).", ctx_type=ContextType(), ctx_default=4096)
@@ -268,8 +273,8 @@ Examples:
               help="A routing profile of this model (moeplace profile run/import).")
 @click.option("--solver", type=click.Choice(["dp", "cp-sat"]), default="dp", show_default=True,
               help="dp: exact dynamic programme; cp-sat: OR-Tools CP-SAT from the DP's answer, with its gap.")
-@click.option("--time-limit", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds CP-SAT may search.")
+@click.option("--time-limit", type=FiniteFloat(min=0.1, max=86400), default=10.0, show_default=True,
+              help="Seconds CP-SAT may search, in all (-c auto shares them between contexts).")
 @click.option("--explain", is_flag=True, help="Show why each block's experts went where they did.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (schema moeplace.plan/1).")
 @click.option("-o", "--out", "out_dir", default=None, metavar="DIR",
@@ -284,11 +289,20 @@ Examples:
 @click.option("--engine-bin", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="The engine's binary: its --help decides which flags are written (default: the one on PATH, "
                    "else a stated default build).")
+@click.option("--as-quant", "as_quant_type", default=None, metavar="TYPE",
+              help="Plan the model re-typed by llama-quantize's rules for TYPE (Q4_0, Q4_K_M, Q8_0, MXFP4_MOE, F16, "
+                   "BF16): a projection of a file you do not have.")
+@click.option("--compare", "variants", multiple=True, metavar="'HW OPTIONS'",
+              help="Also plan on a hardware variant, written as hardware options ('--gpu rtx3090,rtx3090', "
+                   "'--ram 256G --ram-bw ddr5-6000x2'); repeat for several. Prints the variants side by side.")
+@click.option("--target-tps", type=click.FloatRange(min=0, min_open=True), default=None, metavar="N",
+              help="The least VRAM of the first GPU whose plan decodes N tokens/s (exact solver, bisection); "
+                   "with --compare, which variants reach N.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="llama-server address in the scripts.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
               help="llama-server port in the scripts.")
 @friendly_errors
-def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | None, ram_bw: str | None,
+def solve(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | None, ram_bw: str | None,
           margin: int | None, calibration: Path | None, n_ctx: int | str, type_k: str, type_v: str, n_batch: int,
           n_ubatch: int, flash_attn: str, n_seq_max: int, kv_unified: bool, swa_full: bool, no_kv_offload: bool,
           no_op_offload: bool, workload: str, mmap: bool | None, moe_cache: str | None, threads: int | None,
@@ -296,9 +310,29 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
           profile_path: Path | None, solver: str,
           time_limit: float, explain: bool,
           as_json: bool, out_dir: str | None, no_scripts: bool, map_path: str | None, target_name: str,
-          engine_bin: Path | None, host: str, port: int) -> None:
+          engine_bin: Path | None, as_quant_type: str | None, variants: tuple[str, ...], target_tps: float | None,
+          host: str, port: int) -> None:
     md = load_model(model)
+    projection = None
+    if as_quant_type:
+        original = md
+        md = as_quant(md, as_quant_type)
+        projection = (f"projection: {original.name} re-typed by llama-quantize's rules as {md.file_type}: "
+                      f"{format_size(md.file_size)} (the file is {original.file_type}, "
+                      f"{format_size(original.file_size)}); no such file was read")
+        if not as_json:
+            click.echo(projection)
     devices = devices_from(gpus, backend, ram, ram_bw, calibration)
+    if variants or target_tps is not None:
+        def config(devs: Mapping[str, Device]) -> RunConfig:
+            return run_config_from(md, devs, n_ctx=4096 if n_ctx == "auto" else int(n_ctx), type_k=type_k,
+                                   type_v=type_v, n_batch=n_batch, n_ubatch=n_ubatch, flash_attn=flash_attn,
+                                   n_seq_max=n_seq_max, kv_unified=kv_unified, swa_full=swa_full,
+                                   no_kv_offload=no_kv_offload, no_op_offload=no_op_offload)
+        base = {"gpus": gpus, "backend": backend, "ram": ram, "ram_bw": ram_bw, "calibration": calibration}
+        whatif_report(md, devices, base, variants, target_tps, config, parse_workload(workload, n_seq_max),
+                      DEFAULT_MARGIN if margin is None else margin, as_json, projection)
+        return
     notes = []  # printed with the plan, after what was detected: an error stays one line
     if len(devices) == 1:
         notes.append("note: no GPU (none detected or given): planning for the CPU alone")
@@ -311,7 +345,7 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
                           kv_unified=kv_unified, swa_full=swa_full, no_kv_offload=no_kv_offload,
                           no_op_offload=no_op_offload)
     target = get_target(target_name)
-    target.check(md, cfg, [n for n in devices if n != HOST_NAME])
+    target.check(md, cfg, [n for n in devices if n != HOST])
     build = engine_build(target, engine_bin)
     # a target whose rules depend on the build (ik_llama.cpp's --n-cpu-moe) is bound to it
     target = target.for_build(build) if hasattr(target, "for_build") else target
@@ -351,7 +385,7 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
     found = detected_machine()
     if threads is None and found is not None and target.name == "llama.cpp":
         threads = found.cores
-    gpu_names = tuple(n for n in devices if n != HOST_NAME)
+    gpu_names = tuple(n for n in devices if n != HOST)
     # Absolute, so the scripts, llama-swap entry and plan.json work from any folder.
     settings = RunSettings(model_path=md.paths[0].absolute(), n_ctx=chosen.estimate.context.n_ctx, devices=gpu_names,
                            cache_type_k=run_cfg.type_k, cache_type_v=run_cfg.type_v, flash_attn=run_cfg.flash_attn,
@@ -388,12 +422,14 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
                              "static_decode_tokens_per_second": o.static_decode_tps,
                              "decode_tokens_per_second": o.decode_tps, "seconds_per_generated_token": o.seconds}
                             for o in cache.options]}
+        if projection:
+            doc["projection"] = projection
         if trade:
             doc["context_trade"] = [{"n_ctx": t.estimate.context.n_ctx, "decode_tokens_per_second": t.chosen.decode_tps,
                                      "kv_bytes": sum(b.kv for b in t.estimate.memory.values())} for t in trade]
         if script_dir is not None:
             doc["scripts"] = str(script_dir)
-        click.echo(json.dumps(doc, indent=1))
+        click.echo(json.dumps(doc, indent=1, allow_nan=False))
         return
     lines = render(chosen, args, script_dir, explain)
     lines.append(f"flags for: {build.describe()}")

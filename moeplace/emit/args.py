@@ -30,14 +30,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from moeplace.errors import MoeplaceError
-from moeplace.memory import CACHE_TYPES
+from moeplace.gguf_file import RemoteName
+from moeplace.memory import CACHE_TYPES, cache_type_refusal
 from moeplace.model import ModelDescription
 from moeplace.placement import Placement
 from moeplace.targets.builds import EngineBuild
 from moeplace.targets.llamacpp_rules import MAINLINE, LayerRules, Override, parse_override_arg, rpc_endpoint
 from moeplace.targets.patterns import Expression, express
-
-_UNQUANTIZED = ("f32", "f16", "bf16")
 
 
 class SettingsError(MoeplaceError):
@@ -83,14 +82,15 @@ class RunSettings:
             raise SettingsError(f"-np {self.n_parallel}: give at least 1 parallel sequence")
         if self.threads is not None and self.threads < 1:
             raise SettingsError(f"-t {self.threads}: give at least 1 thread")
-        _check_text(os.fspath(self.model_path), "model path")
+        check_text(os.fspath(self.model_path), "model path")
         for a in self.extra_args:
-            _check_text(a, "extra argument")
+            check_text(a, "extra argument")
         return self
 
 
-def _check_text(text: str, what: str) -> str:
-    """Text that can be an argv element and be written into a UTF-8 script."""
+def check_text(text: str, what: str = "argument") -> str:
+    """Text that can be an argv element and be written into a UTF-8 script (the one copy of this check: the
+    script writers ask it for every word they write)."""
     if "\0" in text:
         raise SettingsError(f"{what} {text!r} contains a NUL character, which no command line can carry")
     try:
@@ -142,15 +142,14 @@ def build_args(model: ModelDescription, placement: Placement, settings: RunSetti
     ``engine_args`` (an engine's own flags with their values) go before the user's extra arguments; with a
     ``build``, only flags it lists are written."""
     settings.check()
-    # src/llama-context.cpp (llama_init_from_model) refuses these combinations at start-up.
-    if settings.cache_type_v not in _UNQUANTIZED and not settings.flash_attn:
-        raise SettingsError(f"-ctv {settings.cache_type_v} needs flash attention: llama.cpp refuses a quantized V "
-                            "cache with -fa off; turn flash attention on or use -ctv f16")
-    if model.hparams.mla and settings.cache_type_k != settings.cache_type_v:
-        raise SettingsError(f"{model.arch} (MLA) needs the same K and V cache types, not -ctk "
-                            f"{settings.cache_type_k} -ctv {settings.cache_type_v}")
+    refusal = cache_type_refusal(model, settings.cache_type_k, settings.cache_type_v, settings.flash_attn)
+    if refusal:
+        raise SettingsError(refusal)
     expr = express(model, placement, settings.devices, rules)
-    argv: list[str] = ["-m", os.fspath(settings.model_path), "-c", str(settings.n_ctx), "-ngl", str(expr.ngl)]
+    # A remote model is fetched by llama.cpp itself (-mu URL, or -hf repo -hff file), every shard with it.
+    source = settings.model_path
+    model_flags = list(source.llama_args) if isinstance(source, RemoteName) else ["-m", os.fspath(source)]
+    argv: list[str] = [*model_flags, "-c", str(settings.n_ctx), "-ngl", str(expr.ngl)]
     if len(expr.devices) > 1 and expr.ngl > 0:
         assert expr.tensor_split is not None
         argv += ["-ts", ",".join(str(n) for n in expr.tensor_split)]

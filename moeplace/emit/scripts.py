@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from moeplace.emit.args import LlamaArgs, SettingsError
+from moeplace.emit.args import LlamaArgs, SettingsError, check_text
 from moeplace.model import ModelDescription
 from moeplace.outfiles import OutFile, encode_text, write_file, write_set
 from moeplace.placement import HOST, Placement
@@ -47,14 +47,7 @@ def _comment(text: str) -> str:
 
 
 def _check(argv: Sequence[str]) -> list[str]:
-    for a in argv:
-        if "\0" in a:
-            raise SettingsError(f"argument {a!r} contains a NUL character, which no command line can carry")
-        try:
-            a.encode("utf-8")
-        except UnicodeEncodeError:
-            raise SettingsError(f"argument {a!r} is not valid UTF-8: rename the file") from None
-    return list(argv)
+    return [check_text(a) for a in argv]
 
 
 def _server_args(args: LlamaArgs, server: bool, host: str, port: int) -> list[str]:

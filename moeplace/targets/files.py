@@ -9,7 +9,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from moeplace.emit.scripts import file_bytes
-from moeplace.outfiles import OutFile, _is_ours, write_set
+from moeplace.outfiles import OutFile, write_set, written_by_moeplace
 
 
 def write_files(directory: str | os.PathLike[str], files: Mapping[str, str | bytes],
@@ -19,6 +19,6 @@ def write_files(directory: str | os.PathLike[str], files: Mapping[str, str | byt
            for name, data in files.items()}
 
     def owned(path: Path) -> bool:  # outfiles' own marker test (one copy of that rule), plus the named files
-        return path.name in replaceable or _is_ours(path)
+        return path.name in replaceable or written_by_moeplace(path)
 
     return write_set(directory, out, owned).resolve()

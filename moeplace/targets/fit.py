@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import IntEnum
 
-from moeplace.memory import MIB
 from moeplace.model import ModelDescription
 from moeplace.placement import HOST, Placement
+from moeplace.sizes import MIB
 from moeplace.targets.llamacpp_rules import Override, apply, check_device_order
 
 

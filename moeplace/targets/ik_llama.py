@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 from moeplace.memory import RunConfig
 from moeplace.model import ModelDescription
 from moeplace.placement import HOST, Placement, default_tensor_device
+from moeplace.ranges import first_true
 from moeplace.targets.base import Baseline, BaselineContext, Emission, Granularity, LayerOrder, TargetError
 from moeplace.targets.builds import EngineBuild, stored_build
 from moeplace.targets.llamacpp_rules import (
@@ -145,16 +146,7 @@ def smallest_n_cpu_moe(model: ModelDescription, fits: Callable[[Placement], bool
                        from_back: bool = True) -> int | None:
     """Bisection, as for mainline: more blocks' experts on the host only frees GPU memory."""
     n_top = len(n_cpu_moe_overrides(model, model.hparams.n_layer)) if from_back else model.hparams.n_layer
-    if not fits(n_cpu_moe_placement(model, n_top, devices, from_back)):
-        return None
-    lo, hi = 0, n_top
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if fits(n_cpu_moe_placement(model, mid, devices, from_back)):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+    return first_true(lambda n: fits(n_cpu_moe_placement(model, n, devices, from_back)), 0, n_top)
 
 
 class IkLlamaCpp:

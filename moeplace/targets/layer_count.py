@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from moeplace.memory import gpu_fits, memory_by_device
 from moeplace.placement import Placement
+from moeplace.ranges import first_true
 from moeplace.targets.base import TargetError
 from moeplace.targets.llamacpp_rules import apply, cpu_moe_patterns
 
@@ -43,19 +44,6 @@ def placement_of(plan: Plan, gpu: str, k: int, n: int) -> Placement:
     return apply(plan.model, k, None, cpu_moe_patterns(n), (gpu,))
 
 
-def _bisect(ok: Callable[[int], bool], lo: int, hi: int) -> int | None:
-    """Smallest x in [lo, hi] with ok(x), for ok monotone rising; None if ok(hi) fails."""
-    if not ok(hi):
-        return None
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if ok(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
 def nearest(plan: Plan, expert_layers: bool, label: Callable[[int, int], str]) -> LayerConfig:
     """The fastest-to-find fitting configuration as described in the module docstring. ``expert_layers`` False
     (Ollama) allows only ``n = 0``."""
@@ -74,13 +62,13 @@ def nearest(plan: Plan, expert_layers: bool, label: Callable[[int, int], str]) -
 
     k, n = n_slots, None
     if expert_layers and model.is_moe:
-        n = _bisect(lambda x: fits(placement_of(plan, gpu, n_slots, x)), 0, n_layer)
+        n = first_true(lambda x: fits(placement_of(plan, gpu, n_slots, x)), 0, n_layer)
     elif fits(placement_of(plan, gpu, n_slots, 0)):
         n = 0
     if n is None:
         n = n_layer if expert_layers and model.is_moe else 0
         # fewer GPU layers: the largest k that fits, i.e. the fewest slots x taken off (memory rises with k)
-        x = _bisect(lambda x: fits(placement_of(plan, gpu, n_slots - x, n)), 0, n_slots)
+        x = first_true(lambda x: fits(placement_of(plan, gpu, n_slots - x, n)), 0, n_slots)
         k = 0 if x is None else n_slots - x
     p = placement_of(plan, gpu, k, n)
     return LayerConfig(k, n, n_slots, p, plan.score(p, label(k, n)))

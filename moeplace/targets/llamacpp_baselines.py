@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 from moeplace.model import ModelDescription
 from moeplace.placement import Placement
+from moeplace.ranges import first_true
 from moeplace.targets.llamacpp_rules import Override, apply, cpu_moe_pattern, cpu_moe_patterns
 
 
@@ -33,13 +34,4 @@ def smallest_n_cpu_moe(model: ModelDescription, fits: Callable[[Placement], bool
     def ok(n: int) -> bool:
         return fits(n_cpu_moe_placement(model, n, devices, ngl, tensor_split))
 
-    if not ok(n_layer):
-        return None
-    lo, hi = 0, n_layer  # ok(hi) holds
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if ok(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
+    return first_true(ok, 0, n_layer)
