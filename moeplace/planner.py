@@ -568,7 +568,8 @@ def _gpu_bytes(p: Plan) -> int:
 def choose_config(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
                   pinned: Sequence[str] = (), workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN,
                   pins: Sequence[Pin] = (), profile: ExpertProbs | None = None, solver: str = "dp",
-                  time_limit: float = 10.0, target: Target | None = None) -> ConfigChoice:
+                  time_limit: float = 10.0, target: Target | None = None,
+                  with_baselines: bool = True) -> ConfigChoice:
     """The run configuration chosen with the placement: every setting of :data:`CONFIG_FIELDS` not in ``pinned``
     is chosen for ``workload``, each candidate planned in full (a larger ``-ub`` grows the compute buffers, which
     leaves the solver less VRAM for experts), and the fastest predicted one that fits wins.
@@ -606,10 +607,12 @@ def choose_config(model: ModelDescription, devices: Mapping[str, Device], cfg: R
             try:
                 validate(model, c)
                 p = plan(model, devices, c, workload=workload, margin=margin, pins=pins, profile=profile,
-                         solver=solver, time_limit=time_limit, target=target)
+                         solver=solver, time_limit=time_limit, target=target,
+                 with_baselines=with_baselines)
                 if c.no_mmap and not p.estimate.host.fits:  # pinned memory cannot be paged: keep mmap here
                     p = plan(model, devices, c.with_(no_mmap=False), workload=workload, margin=margin, pins=pins,
-                             profile=profile, solver=solver, time_limit=time_limit, target=target)
+                             profile=profile, solver=solver, time_limit=time_limit, target=target,
+                 with_baselines=with_baselines)
             except MoeplaceError as e:
                 errors.append(str(e))
                 continue
@@ -628,7 +631,8 @@ def choose_config(model: ModelDescription, devices: Mapping[str, Device], cfg: R
         # Pinned memory only pays where experts are copied to a GPU: without a gain, keep llama.cpp's mmap (it
         # loads faster and lets the kernel drop pages).
         mapped = plan(model, devices, winner.cfg.with_(no_mmap=False), workload=workload, margin=margin, pins=pins,
-                      profile=profile, solver=solver, time_limit=time_limit, target=target)
+                      profile=profile, solver=solver, time_limit=time_limit, target=target,
+                 with_baselines=with_baselines)
         if mapped.chosen.fits and mapped.chosen.seconds <= winner.chosen.seconds * (1 + CONFIG_TIE):
             tried[tried.index(winner)] = winner = mapped
     trade = tuple(sorted(tried, key=lambda p: p.chosen.seconds))

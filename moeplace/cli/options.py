@@ -184,6 +184,19 @@ def report_detected() -> None:
         click.echo(line, err=True)
 
 
+# The options whose values choose_config may choose, under RunConfig's field names (the option names are the same).
+_RUN_SETTINGS = ("n_ubatch", "n_batch", "type_k", "type_v", "n_seq_max", "kv_unified")
+
+
+def given_run_settings(mmap_given: bool = False) -> list[str]:
+    """The run settings the user gave on the command line: pinned, the search keeps them."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return []
+    out = [f for f in _RUN_SETTINGS if ctx.get_parameter_source(f) is click.core.ParameterSource.COMMANDLINE]
+    return out + (["no_mmap"] if mmap_given else [])
+
+
 def detected_machine() -> machine.Machine | None:
     """What devices_from detected for the running command (None when the flags described all the hardware)."""
     ctx = click.get_current_context(silent=True)

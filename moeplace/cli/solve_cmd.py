@@ -16,6 +16,7 @@ from moeplace.cli.options import (
     context_options,
     detected_machine,
     devices_from,
+    given_run_settings,
     hardware_options,
     report_detected,
     run_config_from,
@@ -40,17 +41,6 @@ from moeplace.targets.builds import EngineBuild, find_binary, read_build
 from moeplace.targets.files import write_files
 from moeplace.targets.registry import TARGETS, get_target
 from moeplace.whatif import as_quant
-
-# solve's option names for the run settings choose_config may choose (RunConfig's field names).
-_CONFIG_OPTIONS = {"n_ubatch": "n_ubatch", "n_batch": "n_batch", "type_k": "type_k", "type_v": "type_v",
-                   "n_seq_max": "n_seq_max", "kv_unified": "kv_unified"}
-
-
-def _given(ctx: click.Context, mmap_given: bool) -> list[str]:
-    """The run settings the user gave on the command line (pinned: the search keeps them)."""
-    out = [f for opt, f in _CONFIG_OPTIONS.items()
-           if ctx.get_parameter_source(opt) is click.core.ParameterSource.COMMANDLINE]
-    return out + (["no_mmap"] if mmap_given else [])
 
 
 def _config_label(p: Plan) -> list[str]:
@@ -360,7 +350,7 @@ def solve(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | Non
     margin_b = DEFAULT_MARGIN if margin is None else margin
     if mmap is not None:
         cfg = cfg.with_(no_mmap=not mmap)
-    pinned = _given(click.get_current_context(), mmap is not None)
+    pinned = given_run_settings(mmap is not None)
     if target.name != "llama.cpp":  # the run settings searched are llama.cpp's flags; other engines get them as given
         pinned = list(CONFIG_FIELDS)
     if moe_cache is not None:
