@@ -149,8 +149,9 @@ def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ra
         own_bw = ram_bw is None and not unified
         notes = list(found.notes) if own_bw else [n for n in found.notes if "RAM bandwidth" not in n]
         if ram is None and not unified and found.ram_available:
-            host_ram = found.ram_available
-            notes.append(f"planning for the available RAM {format_size(found.ram_available)} of "
+            # rounded down to 256 MiB: what is available moves by the second, a plan should not with it
+            host_ram = found.ram_available // (256 << 20) * (256 << 20)
+            notes.append(f"planning for the available RAM {format_size(host_ram)} of "
                          f"{format_size(found.ram_total)}; give --ram to change it")
         if own_bw:
             host_bw = found.ram_bw.bandwidth / GB
