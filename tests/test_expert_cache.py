@@ -26,7 +26,8 @@ from moeplace.hardware import device_set, host_device, link_bandwidth, parse_gpu
 from moeplace.memory import RunConfig
 from moeplace.model import ModelDescription, load_model
 from moeplace.planner import WORKLOADS
-from moeplace.routing import ModelIdentity, Source, make_profile, save_profile
+from moeplace.routing import ModelIdentity, Source, make_profile
+from moeplace.routing_file import save_profile
 
 
 def lru_hits(ids: np.ndarray, capacity: int) -> float:

@@ -19,14 +19,11 @@ from moeplace.routing import (
     RoutingProfile,
     SkewReport,
     check_profile,
-    default_profile_path,
-    dumps,
     hot_experts,
-    load_profile,
     merge_profiles,
-    save_profile,
     skew_report,
 )
+from moeplace.routing_file import default_profile_path, dumps, load_profile, save_profile
 
 
 class _RunByDefault(click.Group):

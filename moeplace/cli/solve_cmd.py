@@ -34,7 +34,8 @@ from moeplace.placement import HOST
 from moeplace.planner import CONFIG_FIELDS, ConfigChoice, Plan, auto_context, choose_config, parse_pin, parse_workload
 from moeplace.plot import placement_grid, write_grid
 from moeplace.ranges import format_ranges
-from moeplace.routing import check_profile, expert_probs, load_profile
+from moeplace.routing import check_profile, expert_probs
+from moeplace.routing_file import load_profile
 from moeplace.sizes import format_size
 from moeplace.targets.base import Emission, Target
 from moeplace.targets.builds import EngineBuild, find_binary, read_build
