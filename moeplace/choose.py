@@ -8,10 +8,11 @@ workload's predicted time per generated token; those that do not fit follow, sma
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from moeplace.configure import choose_config
 from moeplace.emit.args import RunSettings, build_args
 from moeplace.errors import MoeplaceError
 from moeplace.gguf_file import SPLIT_PATTERN
@@ -19,7 +20,7 @@ from moeplace.hardware import Device
 from moeplace.memory import RunConfig
 from moeplace.model import ModelDescription, describe
 from moeplace.placement import HOST
-from moeplace.planner import Plan, Workload, plan
+from moeplace.planner import Plan, Workload
 from moeplace.remote import (
     HfRef,
     ReadStats,
@@ -31,6 +32,7 @@ from moeplace.remote import (
     read_remote,
 )
 from moeplace.sizes import format_size
+from moeplace.targets.builds import EngineBuild
 
 READ_THREADS = 8
 
@@ -109,19 +111,23 @@ def read_quants(repo: str, quants: list[Quant], listing: list[RepoFile], revisio
         return dict(zip([q.first for q in quants], pool.map(one, quants)))
 
 
-def command_line(p: Plan, n_ubatch: int, n_batch: int) -> str:
-    """The llama-server line of a plan (the model fetched by llama.cpp itself: -hf/-hff or -mu)."""
+def command_line(p: Plan, threads: int | None = None, build: EngineBuild | None = None) -> str:
+    """The llama-server line of a plan (the model fetched by llama.cpp itself: -hf/-hff or -mu), with the run
+    configuration the plan was made for, as ``moeplace solve`` writes it."""
     cfg = p.cfg
     settings = RunSettings(model_path=p.model.paths[0], n_ctx=p.estimate.context.n_ctx,
                            devices=tuple(n for n in p.devices if n != HOST), cache_type_k=cfg.type_k,
-                           cache_type_v=cfg.type_v, flash_attn=cfg.flash_attn, n_ubatch=n_ubatch, n_batch=n_batch,
-                           n_parallel=cfg.n_seq_max, kv_offload=not cfg.no_kv_offload)
-    return build_args(p.model, p.chosen.placement, settings).shell_line("llama-server")
+                           cache_type_v=cfg.type_v, flash_attn=cfg.flash_attn, n_ubatch=cfg.n_ubatch,
+                           n_batch=cfg.n_batch, n_parallel=cfg.n_seq_max, kv_offload=not cfg.no_kv_offload,
+                           kv_unified=cfg.kv_unified, no_mmap=cfg.no_mmap, threads=threads)
+    return build_args(p.model, p.chosen.placement, settings, build).shell_line("llama-server")
 
 
 def rank(repo: str, devices: Mapping[str, Device], config: Callable[[ModelDescription], RunConfig], *,
-         workload: Workload, margin: int, revision: str = "main", stats: ReadStats | None = None) -> list[Choice]:
-    """Every quant of ``repo`` planned for ``devices``; ``config`` gives the run config for a model (it checks
+         workload: Workload, margin: int, revision: str = "main", stats: ReadStats | None = None,
+         pinned: Sequence[str] = (), threads: int | None = None, build: EngineBuild | None = None) -> list[Choice]:
+    """Every quant of ``repo`` planned for ``devices`` with its run configuration chosen as ``moeplace solve``
+    chooses it (``pinned``: the settings the user gave); ``config`` gives the run config for a model (it checks
     the context options against the model). Fitting quants first, fastest first; then the rest, smallest first."""
     listing = list_gguf(repo, revision)
     quants = group_quants(listing)
@@ -136,12 +142,13 @@ def rank(repo: str, devices: Mapping[str, Device], config: Callable[[ModelDescri
             continue
         try:
             cfg = config(md)
-            p = plan(md, devices, cfg, workload=workload, margin=margin, with_baselines=False)
+            p = choose_config(md, devices, cfg, pinned=pinned, workload=workload, margin=margin,
+                              with_baselines=False).plan
         except MoeplaceError as e:
             choices.append(Choice(q, repo, md, None, "", str(e)))
             continue
         host = p.chosen.estimate.host
         problem = ("does not fit the GPUs" if not p.chosen.fits else
                    "" if host.fits else f"RAM short by {format_size(host.paged)}: paged from disk")
-        choices.append(Choice(q, repo, md, p, command_line(p, cfg.n_ubatch, cfg.n_batch), problem))
+        choices.append(Choice(q, repo, md, p, command_line(p, threads, build), problem))
     return sorted(choices, key=lambda c: (not c.fits, c.plan.chosen.seconds if c.fits and c.plan else c.quant.size))

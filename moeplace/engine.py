@@ -147,6 +147,9 @@ def _libs() -> _Libs:
         ("ggml_backend_dev_type", ctypes.c_int, [ctypes.c_void_p]),
         ("ggml_backend_dev_name", ctypes.c_char_p, [ctypes.c_void_p]),
         ("ggml_backend_dev_buffer_type", ctypes.c_void_p, [ctypes.c_void_p]),
+        ("ggml_backend_dev_description", ctypes.c_char_p, [ctypes.c_void_p]),
+        ("ggml_backend_dev_memory", None,
+         [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]),
     ):
         fn = getattr(ggml, name)
         fn.restype, fn.argtypes = res, args
@@ -199,6 +202,31 @@ def gpu_devices() -> tuple[str, ...]:
         dev = libs.ggml.ggml_backend_dev_get(i)
         if libs.ggml.ggml_backend_dev_type(dev) in _GPU_DEVICE_TYPES:
             out.append(libs.ggml.ggml_backend_dev_name(dev).decode())
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class BackendDevice:
+    """One entry of ggml's device list: what ``llama-server --list-devices`` prints."""
+
+    name: str  # CUDA0, ROCm0, Vulkan0, MTL0, CPU
+    description: str  # the device's own name: "NVIDIA GeForce RTX 3090"
+    is_gpu: bool
+    free: int  # bytes, as ggml_backend_dev_memory reports them (what --fit plans with)
+    total: int
+
+
+def backend_devices() -> tuple[BackendDevice, ...]:
+    """Every device of this llama.cpp build in ggml's order, with free and total memory."""
+    libs = _libs()
+    out = []
+    for i in range(libs.ggml.ggml_backend_dev_count()):
+        dev = libs.ggml.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        libs.ggml.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        desc = libs.ggml.ggml_backend_dev_description(dev)
+        out.append(BackendDevice(libs.ggml.ggml_backend_dev_name(dev).decode(), desc.decode() if desc else "",
+                                 libs.ggml.ggml_backend_dev_type(dev) in _GPU_DEVICE_TYPES, free.value, total.value))
     return tuple(out)
 
 

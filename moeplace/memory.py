@@ -96,6 +96,7 @@ class RunConfig:
     swa_full: bool = False
     no_kv_offload: bool = False
     op_offload: bool = True
+    no_mmap: bool = False  # --no-mmap: host weights in pinned buffers (faster op-offload copies), all resident
 
     def with_(self, **changes: object) -> RunConfig:
         """A copy with some fields changed (the CLI's context table varies n_ctx and cache types)."""

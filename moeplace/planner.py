@@ -15,16 +15,8 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-
-try:  # the regex parser moved in Python 3.11; sre_parse still works there but warns
-    import re._constants as _sre  # type: ignore[import-not-found]
-    import re._parser as _sre_parser  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - Python 3.10
-    import sre_constants as _sre  # type: ignore[no-redef]
-    import sre_parse as _sre_parser  # type: ignore[no-redef]
 
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import Device, runtime_overhead
@@ -38,12 +30,12 @@ from moeplace.memory import (
     memory_by_device,
 )
 from moeplace.model import ModelDescription, Role, Tensor
+from moeplace.pins import Pin
 from moeplace.placement import HOST, Placement, default_tensor_device, layer_placement
 from moeplace.sizes import GIB, format_size
 from moeplace.solver import HOST_INDEX, LayerItems, Movable, Problem, Solution, solve, solve_cp_sat
 from moeplace.speed import Estimate, ExpertProbs, LinearCosts, estimate, linear_seconds
 from moeplace.targets.base import BaselineContext, LayerOrder, Target
-from moeplace.targets.llamacpp_rules import check_portable_pattern
 
 
 class PlanError(MoeplaceError):
@@ -82,73 +74,6 @@ def parse_workload(text: str, n_parallel: int = 1) -> Workload:
         raise PlanError(f"workload '{text[:40]}': use chat, long-prompt, batch, or a ratio of prompt to generated "
                         f"tokens such as 8:1 (at most {MAX_PROMPT_RATIO:g}:1)")
     return Workload(text.strip(), ratio, n_parallel)
-
-
-@dataclass(frozen=True)
-class Pin:
-    """``--pin REGEX=DEVICE``: every loaded tensor whose name the regex searches into lives on DEVICE."""
-
-    pattern: str
-    device: str
-
-
-def parse_pin(text: str, devices: Sequence[str]) -> Pin:
-    """Parses ``REGEX=DEVICE`` (the last ``=`` separates them) and checks both."""
-    pattern, sep, device = text.rpartition("=")
-    if not sep or not pattern or not device:
-        raise PlanError(f"--pin '{text}': write REGEX=DEVICE, e.g. --pin 'blk\\.(0|1)\\.ffn_.*_exps=CPU'")
-    if device not in devices:
-        raise PlanError(f"--pin '{text}': unknown device '{device}'; the devices are {', '.join(devices)}")
-    try:
-        re.compile(pattern)
-        check_portable_pattern(pattern)
-    except re.error as e:
-        raise PlanError(f"--pin '{text}': not a valid regular expression ({e})") from None
-    problem = backtracking_risk(pattern)
-    if problem:
-        raise PlanError(f"--pin '{text}': {problem}")
-    return Pin(pattern, device)
-
-
-_REPEATS = tuple(getattr(_sre, n) for n in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT") if hasattr(_sre, n))
-# More adjacent open-ended repeats than this (.*a.*b.*c.*d.*) cost n^k steps on a failing name.
-MAX_OPEN_REPEATS = 4
-
-
-def backtracking_risk(pattern: str) -> str:
-    """Why matching ``pattern`` could take exponential or high-polynomial time, or "" when it cannot.
-
-    Python's ``re`` has no timeout and llama.cpp's std::regex backtracks too (recursively, so it can also run
-    out of stack), so a pin like ``(a+)+`` would hang both. Refused: a repeat inside a repeated group
-    (``(a+)+``, ``(.*x){9}``), an alternation inside one (``(a|ab)*``), and more than
-    :data:`MAX_OPEN_REPEATS` open-ended repeats in all. Tensor-name pins never need these."""
-    tree = _sre_parser.parse(pattern)
-    open_repeats = 0
-    stack: list[tuple[Any, bool]] = [(tree, False)]
-    while stack:
-        items, repeated = stack.pop()
-        for op, av in items:
-            if op in _REPEATS:
-                lo, hi, sub = av
-                if hi != lo:
-                    if repeated:
-                        return ("a repeat inside a repeated group, such as (a+)+, can take exponential time here "
-                                "and in llama.cpp; repeat the group or its content, not both")
-                    open_repeats += hi == _sre.MAXREPEAT
-                stack.append((sub, repeated or hi > 1))
-            elif op is _sre.BRANCH:
-                if repeated:
-                    return ("an alternation inside a repeated group, such as (a|ab)*, can take exponential time here "
-                            "and in llama.cpp; list the alternatives without repeating them")
-                stack.extend((b, repeated) for b in av[1])
-            elif op is _sre.SUBPATTERN:
-                stack.append((av[-1], repeated))
-            elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
-                stack.append((av[1], repeated))
-    if open_repeats > MAX_OPEN_REPEATS:
-        return (f"{open_repeats} open-ended repeats (* or +) can take n^{open_repeats} steps on a name that fails "
-                f"to match; use at most {MAX_OPEN_REPEATS}")
-    return ""
 
 
 @dataclass(frozen=True)
@@ -209,8 +134,8 @@ class Plan:
     def score(self, placement: Placement, name: str, note: str = "") -> Candidate:
         """Another placement scored exactly as the plan was (same settings, workload, profile and margin): what
         an engine that cannot express the plan gets instead."""
-        return _score(self.model, placement, self.cfg, self.devices, self.workload, self.profile, self.margin, name,
-                      note)
+        return score_placement(self.model, placement, self.cfg, self.devices, self.workload, self.profile,
+                               self.margin, name, note)
 
     @property
     def placement(self) -> Placement:
@@ -315,7 +240,7 @@ def _placement_of(model: ModelDescription, problem: Problem, sol: Solution, pinn
 # --- scoring and baselines ------------------------------------------------------------------------------------
 
 
-def _score(model: ModelDescription, placement: Placement, cfg: RunConfig, devices: Mapping[str, Device],
+def score_placement(model: ModelDescription, placement: Placement, cfg: RunConfig, devices: Mapping[str, Device],
            workload: Workload, profile: ExpertProbs | None, margin: int, name: str, note: str = "") -> Candidate:
     est = estimate(model, placement, cfg, devices, profile, batch=workload.batch, margin=margin)
     seconds = (est.decode.seconds / workload.batch
@@ -339,7 +264,7 @@ def baselines(model: ModelDescription, cfg: RunConfig, devices: Mapping[str, Dev
 
     split = tuple(float(devices[g].memory) for g in gpus) if len(gpus) > 1 else None
     ctx = BaselineContext(model, devices, gpus, split, mem, fits)
-    return [_score(model, b.placement, cfg, devices, workload, profile, margin, b.name, b.note)
+    return [score_placement(model, b.placement, cfg, devices, workload, profile, margin, b.name, b.note)
             for b in target.baselines(ctx)]
 
 
@@ -451,7 +376,7 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
         sol = cp
     elapsed = time.perf_counter() - t0
     placement = _placement_of(model, problem, sol, pinned)
-    chosen = _score(model, placement, cfg, devices, workload, profile, margin, "moeplace")
+    chosen = score_placement(model, placement, cfg, devices, workload, profile, margin, "moeplace")
     base = baselines(model, cfg, devices, workload, profile, margin, target) if with_baselines and not pins else []
     # A tie is not a win: the same prediction summed in another order differs in the last bit.
     better = [b for b in base if b.fits and b.seconds < chosen.seconds * (1 - TIE_RTOL)]

@@ -61,6 +61,14 @@ from moeplace.routing import expected_distinct, uniform_probs
 
 ExpertProbs = Mapping[int, np.ndarray]
 
+# Host-to-GPU copies of memory-mapped (pageable) weights run at this fraction of the pinned rate the links' presets
+# state. llama.cpp puts -ot/--cpu-moe tensors in pinned host buffers only with --no-mmap: gpt-oss-20b, experts on
+# the host, -ub 128 (copy-bound): 298 prompt tok/s with mmap against 544 without, 0.55
+# (https://github.com/ggml-org/llama.cpp/pull/20978); a 26K-token prefill on 2x RTX 3090, 166 against 330 tok/s
+# (https://github.com/ggml-org/llama.cpp/pull/28223); +36-56% prompt speed in issue 14990, where copies are only
+# part of the time.
+PAGEABLE_COPY_FACTOR = 0.55
+
 _ROLE_CODE = {role: i for i, role in enumerate(Role)}
 _EMBD, _EXPERT = _ROLE_CODE[Role.TOKEN_EMBD], _ROLE_CODE[Role.ROUTED_EXPERT]
 
@@ -276,6 +284,12 @@ def flops_rates(devices: Sequence[Device]) -> np.ndarray:
     return np.maximum(np.array([d.flops * (1.0 if d.is_host else d.compute_efficiency) for d in devices]), 1.0)
 
 
+def host_copy_bandwidth(device: Device, cfg: RunConfig) -> float:
+    """Bytes/s host weights are copied to ``device`` for op offload: the link's pinned rate with --no-mmap, the
+    pageable rate (:data:`PAGEABLE_COPY_FACTOR`) with llama.cpp's default mmap."""
+    return device.link_bandwidth * (1.0 if cfg.no_mmap else PAGEABLE_COPY_FACTOR)
+
+
 def op_offload_active(cfg: RunConfig, n_ubatch: int, has_gpu: bool) -> bool:
     """Whether host-resident weights are copied to the first GPU for prompt processing (ggml-backend op
     offload: ops of at least OP_OFFLOAD_MIN_BATCH tokens, unless --no-op-offload)."""
@@ -324,7 +338,7 @@ def linear_seconds(model: ModelDescription, cfg: RunConfig, devices: Sequence[De
     gpu = next((i for i, d in enumerate(devices) if not d.is_host), None)
     host = next((i for i, d in enumerate(devices) if d.is_host), None)
     if gpu is not None and host is not None and op_offload_active(cfg, tc.n_ubatch, True):
-        link = devices[gpu].link_bandwidth
+        link = host_copy_bandwidth(devices[gpu], cfg)
         copy = tc.prefill_bytes / link if link else 0.0
         prefill[:, host] = copy + tc.prefill_flops / rate[gpu]
     per_token = decode / batch + prompt_per_generated * prefill / tc.n_ubatch
@@ -636,6 +650,7 @@ class PrefillWork:
     flops: Mapping[int, np.ndarray]  # ubatch size -> weight FLOPs per device (copied host weights on the GPU)
     transfer: Mapping[int, float]  # ubatch size -> bytes copied from the host to the first GPU
     link_device: int  # the GPU host weights are copied to (-1: none)
+    copy_factor: float  # the share of that link's pinned rate the copies reach (pageable with mmap)
     attn_full: np.ndarray  # per device: FLOPs per (token, attended position) of full-attention blocks
     attn_swa: np.ndarray  # the same for sliding-window blocks
     n_swa: int
@@ -682,17 +697,18 @@ def _prefill_work(pr: _Prepared, n_prompt: int | None = None, depth: int = 0) ->
         flops[u] = np.bincount(compute_idx, weights=prefill_flops, minlength=len(names))
     return PrefillWork(names=tuple(names), n_ubatch=n_ubatch, n_tokens=n_prompt, depth=depth, chunks=chunks,
                        read=read, flops=flops, transfer=transfer,
-                       link_device=names.index(gpus[0]) if gpus else -1, attn_full=full, attn_swa=swa,
+                       link_device=names.index(gpus[0]) if gpus else -1,
+                       copy_factor=1.0 if cfg.no_mmap else PAGEABLE_COPY_FACTOR, attn_full=full, attn_swa=swa,
                        n_swa=hp.n_swa)
 
 
 def prefill_from_work(w: PrefillWork, devices: Sequence[Device]) -> PrefillTime:
     """The prompt's time on ``devices``: per ubatch, each device the larger of reading its weights and computing
     its FLOPs (attention over the context before the ubatch included), plus the copy of host weights over the
-    first GPU's link under op offload."""
+    first GPU's link under op offload (at the pageable rate with mmap, :func:`host_copy_bandwidth`)."""
     eff = np.array([d.effective_bandwidth for d in devices])
     rate = flops_rates(devices)
-    link = devices[w.link_device].link_bandwidth if w.link_device >= 0 else 0.0
+    link = devices[w.link_device].link_bandwidth * w.copy_factor if w.link_device >= 0 else 0.0
     per_dev = np.zeros(len(w.names))
     transfer_s = transfer_b = 0.0
     for start, u in w.chunks:

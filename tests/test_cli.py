@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from moeplace.cli import friendly_errors, main
 from moeplace.model import ModelDescription, load_model
-from moeplace.routing import ModelIdentity, Source, make_profile, save_profile
+from moeplace.routing import ModelIdentity, Source, make_profile
+from moeplace.routing_file import save_profile
 from moeplace.testing import SPECS, write_model
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals, FIFOs and /dev")

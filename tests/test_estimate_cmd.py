@@ -65,7 +65,7 @@ def test_deepseek_json(paths: dict[str, Path]) -> None:
 
 
 def test_no_gpu_runs_on_cpu(paths: dict[str, Path]) -> None:
-    code, out = run(str(paths["qwen3-30b-a3b"]), "--ram", "32G", "--ram-bw", "80", "--json")
+    code, out = run(str(paths["qwen3-30b-a3b"]), "--gpu", "none", "--ram", "32G", "--ram-bw", "80", "--json")
     assert code == 0, out
     j = json.loads(out)
     assert set(j["memory"]) == {"CPU"} and j["decode"]["switches"] == 0

@@ -16,7 +16,8 @@ from click.testing import CliRunner, Result
 from moeplace.cli.profile_cmd import profile
 from moeplace.model import ModelDescription, load_model
 from moeplace.plot import DEAD, ratio_colour
-from moeplace.routing import ModelIdentity, Source, load_profile, make_profile, save_profile
+from moeplace.routing import ModelIdentity, Source, make_profile
+from moeplace.routing_file import load_profile, save_profile
 from moeplace.testing import SPECS, write_model
 
 SVG = "{http://www.w3.org/2000/svg}"

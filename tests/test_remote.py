@@ -281,7 +281,8 @@ def test_hub_deepseek_header_costs_under_16_mib(repo: Path, monkeypatch: pytest.
 
 
 def test_hub_solve_emits_hf_flags_and_works_offline_after(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    args = ["solve", "hf://org/DeepSeek-V3-GGUF/DeepSeek-V3-Q8_0.gguf", "--vram", "1G", "--no-scripts"]
+    # --ram fixed: without it the plan is for the RAM available now, which moves between the two runs
+    args = ["solve", "hf://org/DeepSeek-V3-GGUF/DeepSeek-V3-Q8_0.gguf", "--vram", "1G", "--ram", "32G", "--no-scripts"]
     with HubServer({REPO: repo}) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         code, out, err = _run(*args)

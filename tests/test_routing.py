@@ -22,18 +22,16 @@ from moeplace.routing import (
     check_profile,
     coverage,
     distinct_by_layer,
-    dumps,
     expected_distinct,
     expert_probs,
     hot_experts,
-    load_profile,
     make_profile,
     merge_profiles,
     moe_layers,
-    save_profile,
     skew_report,
     uniform_probs,
 )
+from moeplace.routing_file import dumps, load_profile, save_profile
 from moeplace.testing import SPECS, write_model
 
 IDENT = ModelIdentity("qwen3moe", n_layer=4, n_expert=64, n_expert_used=4, fingerprint="f" * 16, name="synthetic")

@@ -177,3 +177,13 @@ def test_cp_sat_reports_its_gap_when_stopped() -> None:
         assert cp.gap == 0.0
     else:
         assert cp.gap == pytest.approx((cp.objective - cp.bound) / cp.objective)
+
+
+def test_cpu_only_problem_has_no_gpu_budget() -> None:
+    """With no GPU every layer runs on the host; the capacity unit must not need a GPU budget to size it
+    (``moeplace solve model.gguf`` with no hardware flags on a CPU-only machine once failed here)."""
+    p = random_problem(3, n_layer=4, n_gpu=0)
+    sol = solve(p)
+    assert sol.unit == MIN_UNIT
+    assert sol.layer_device == (0, 0, 0, 0) and sol.output_device == 0
+    assert all(all(h) for h in sol.on_host)

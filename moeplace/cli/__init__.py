@@ -44,6 +44,9 @@ def friendly_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except MoeplaceError as e:
+            ctx = click.get_current_context(silent=True)
+            if ctx is not None:  # the error is the one line: drop what hardware detection would have reported
+                ctx.meta.pop("moeplace.detected_lines", None)
             click.echo(f"Error: {printable(str(e))}", err=True)  # messages quote names read from files
             sys.exit(2)
         except KeyboardInterrupt:

@@ -16,7 +16,14 @@ from moeplace.calibration import load as load_calibration
 from moeplace.calibration import save as save_calibration
 from moeplace.calibration import to_dict as calibration_dict
 from moeplace.cli import INT32_MAX, friendly_errors, table
-from moeplace.cli.options import HARDWARE_HELP, context_options, devices_from, hardware_options, run_config_from
+from moeplace.cli.options import (
+    HARDWARE_HELP,
+    context_options,
+    devices_from,
+    hardware_options,
+    report_detected,
+    run_config_from,
+)
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import GB
 from moeplace.memory import DEFAULT_MARGIN
@@ -116,6 +123,7 @@ def bench(model: Path, n_plans: int, gpus: tuple[str, ...], backend: str | None,
         old = load_calibration(out_path) if out_path.exists() else Calibration({})
         save_calibration(old.merged(cal), out_path)
 
+    report_detected()
     if as_json:
         doc = {"schema": "moeplace.bench/1", "model": md.name, "path": str(md.paths[0]), "engine": engine.version(),
                "config": vars(cfg), "gpu": on_gpu, "runs": [_run_json(r) for r in runs],

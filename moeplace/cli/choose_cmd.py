@@ -10,12 +10,23 @@ import click
 
 from moeplace.choose import Choice, rank
 from moeplace.cli import friendly_errors, table
-from moeplace.cli.options import HARDWARE_HELP, context_options, devices_from, hardware_options, run_config_from
+from moeplace.cli.options import (
+    HARDWARE_HELP,
+    context_options,
+    detected_machine,
+    devices_from,
+    given_run_settings,
+    hardware_options,
+    report_detected,
+    run_config_from,
+)
+from moeplace.cli.solve_cmd import engine_build
 from moeplace.memory import DEFAULT_MARGIN
 from moeplace.model import ModelDescription
 from moeplace.planner import parse_workload
 from moeplace.remote import HfRef, ReadStats, parse_ref
 from moeplace.sizes import format_size
+from moeplace.targets.registry import get_target
 
 
 def choice_json(c: Choice) -> dict[str, object]:
@@ -73,8 +84,13 @@ def choose(repo: str, gpus: tuple[str, ...], backend: str | None, ram: int | Non
 
     stats = ReadStats()
     start = time.perf_counter()
+    found = detected_machine()
+    # The same run-configuration search, threads and build as 'moeplace solve', so the commands agree.
     choices = rank(ref.repo, devices, config, workload=parse_workload(workload, n_seq_max),
-                   margin=DEFAULT_MARGIN if margin is None else margin, revision=revision, stats=stats)
+                   margin=DEFAULT_MARGIN if margin is None else margin, revision=revision, stats=stats,
+                   pinned=given_run_settings(), threads=found.cores if found is not None else None,
+                   build=engine_build(get_target("llama.cpp"), None))
+    report_detected()
     seconds = time.perf_counter() - start
     if as_json:
         click.echo(json.dumps({"schema": "moeplace.choose/1", "repo": ref.repo, "revision": revision,

@@ -14,7 +14,14 @@ import click
 from click.core import ParameterSource
 
 from moeplace.cli import INT32_MAX, SIZE, FiniteFloat, friendly_errors, table
-from moeplace.cli.options import HARDWARE_HELP, context_options, devices_from, hardware_options, run_config_from
+from moeplace.cli.options import (
+    HARDWARE_HELP,
+    context_options,
+    devices_from,
+    hardware_options,
+    report_detected,
+    run_config_from,
+)
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import Device
 from moeplace.llamacpp import (
@@ -420,6 +427,7 @@ def estimate(ctx: click.Context, words: tuple[str, ...], gpus: tuple[str, ...], 
                            n_prompt=v["n_prompt"])
     e = replace(e, notes=(*notes, *e.notes))
     rows = context_table(md, placement, cfg, devices, table, margin_b)
+    report_detected()
     if as_json:
         doc = estimate_to_json(md, placement, cfg, devices, e, rows, price, api_price)
         click.echo(json.dumps(doc, indent=1, allow_nan=False))

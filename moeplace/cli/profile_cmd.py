@@ -19,14 +19,11 @@ from moeplace.routing import (
     RoutingProfile,
     SkewReport,
     check_profile,
-    default_profile_path,
-    dumps,
     hot_experts,
-    load_profile,
     merge_profiles,
-    save_profile,
     skew_report,
 )
+from moeplace.routing_file import default_profile_path, dumps, load_profile, save_profile
 
 
 class _RunByDefault(click.Group):
@@ -144,9 +141,12 @@ def _save(p: RoutingProfile, out: Path | None, kind: str) -> Path:
                    "logits are computed, so 1 (as llama-imatrix) measures the last MoE layer on every token; 4 "
                    "measures it on a quarter of them for a quarter of the output-matrix cost; 0 only on the "
                    "tokens sampling needs.")
+@click.option("--trace-tokens", type=click.IntRange(min=0), default=4096, show_default=True,
+              help="Keep the order of routing (every layer's expert ids, token by token) for this many tokens: "
+                   "solve --moe-cache-mib simulates an LRU expert cache on it; 0 keeps none.")
 @friendly_errors
 def run(model: Path, prompts_path: Path, generate: int, output: Path | None, n_ctx: int, n_batch: int,
-        threads: int, n_gpu_layers: int, coactivation: bool, logit_every: int) -> None:
+        threads: int, n_gpu_layers: int, coactivation: bool, logit_every: int, trace_tokens: int) -> None:
     """Run prompts through llama.cpp and record the experts every MoE layer selects.
 
     Needs llama-cpp-python (pip install 'moeplace[profile]'). Ctrl-C stops early and keeps what was gathered.
@@ -157,7 +157,8 @@ def run(model: Path, prompts_path: Path, generate: int, output: Path | None, n_c
     prompts = read_prompts(prompts_path)
     load_llama()
     options = RunOptions(generate=generate, n_ctx=n_ctx, n_batch=n_batch, n_threads=threads,
-                         n_gpu_layers=n_gpu_layers, coactivation=coactivation, logit_every=logit_every)
+                         n_gpu_layers=n_gpu_layers, coactivation=coactivation, logit_every=logit_every,
+                         trace_tokens=trace_tokens)
     state: dict[str, Any] = {"bar": None, "last": 0, "t0": time.perf_counter()}
 
     def progress(done: int, expected: int) -> None:

@@ -13,7 +13,8 @@ server, ``--host``/``--port``. Choices, each for a reason:
   append in order, so grouping cannot change llama.cpp's first-match result. The grouping is checked by the
   same verification as the patterns themselves.
 * ``-c``, ``-ctk``/``-ctv``, ``-fa on|off``, ``-ub``, ``-b``, ``-np`` always, explicitly: the memory model's
-  figures hold for these values only (llama-server's own ``-np`` default is automatic).
+  figures hold for these values only (llama-server's own ``-np`` default is automatic). ``-kvu``,
+  ``--no-mmap`` and ``-t`` when the plan chose them.
 * ``--fit off``: llama.cpp's ``--fit`` is on by default and, seeing ``-ngl``/``-ts``/``-ot``, gives up with a
   warning; turning it off says the plan is deliberate. Builds from before ``--fit`` existed reject the flag;
   ``RunSettings(fit_off=False)`` leaves it out for them, and so does a ``build`` whose help has no ``--fit``.
@@ -59,6 +60,9 @@ class RunSettings:
     n_batch: int = 2048
     n_parallel: int = 1
     kv_offload: bool = True
+    kv_unified: bool = False
+    no_mmap: bool = False
+    threads: int | None = None  # -t; None leaves llama.cpp's default (its count of physical cores)
     fit_off: bool = True
     extra_args: tuple[str, ...] = ()
 
@@ -76,6 +80,8 @@ class RunSettings:
                                 f"{self.n_batch}; raise -b or lower -ub")
         if self.n_parallel < 1:
             raise SettingsError(f"-np {self.n_parallel}: give at least 1 parallel sequence")
+        if self.threads is not None and self.threads < 1:
+            raise SettingsError(f"-t {self.threads}: give at least 1 thread")
         check_text(os.fspath(self.model_path), "model path")
         for a in self.extra_args:
             check_text(a, "extra argument")
@@ -124,7 +130,7 @@ def _groups(overrides: Sequence[Override]) -> list[tuple[str, tuple[str, ...]]]:
 
 
 # Flags without which the plan changes meaning; the others are left out where a build lacks them.
-_REQUIRED = frozenset({"-m", "-c", "-ngl", "-ts", "-ot", "--rpc", "-ctk", "-ctv", "-nkvo"})
+_REQUIRED = frozenset({"-m", "-c", "-ngl", "-ts", "-ot", "--rpc", "-ctk", "-ctv", "-nkvo", "-kvu"})
 
 
 def build_args(model: ModelDescription, placement: Placement, settings: RunSettings,
@@ -155,8 +161,17 @@ def build_args(model: ModelDescription, placement: Placement, settings: RunSetti
     argv += ["-ctk", settings.cache_type_k, "-ctv", settings.cache_type_v,
              "-fa", "on" if settings.flash_attn else "off",
              "-ub", str(settings.n_ubatch), "-b", str(settings.n_batch), "-np", str(settings.n_parallel)]
+    if settings.kv_unified:
+        argv.append("-kvu")
     if not settings.kv_offload:
         argv.append("-nkvo")
+    if settings.no_mmap:
+        # Builds that replaced --no-mmap by --load-mode (e.g. 0c1e570, llama-cpp-python 0.3.36's) read the model
+        # into buffers with "none" ("no special loading mode", i.e. neither mmap nor mlock).
+        lm = build is not None and not build.has("--no-mmap") and build.has("--load-mode")
+        argv += ["--load-mode", "none"] if lm else ["--no-mmap"]
+    if settings.threads is not None:
+        argv += ["-t", str(settings.threads)]
     if settings.fit_off:
         argv += ["--fit", "off"]
     argv += list(engine_args)
@@ -183,7 +198,8 @@ def _for_build(argv: list[str], build: EngineBuild) -> list[str]:
     return out
 
 
-_NO_VALUE_FLAGS = frozenset({"-nkvo", "--no-kv-offload", "-cmoe", "--cpu-moe", "-rtr", "-fmoe", "--no-mmap"})
+_NO_VALUE_FLAGS = frozenset({"-nkvo", "--no-kv-offload", "-cmoe", "--cpu-moe", "-rtr", "-fmoe", "--no-mmap",
+                             "-kvu", "--kv-unified", "--mlock"})
 
 
 def parse_ot_args(argv: Sequence[str]) -> tuple[Override, ...]:

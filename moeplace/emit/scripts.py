@@ -234,6 +234,7 @@ def plan_document(model: ModelDescription, placement: Placement, args: LlamaArgs
             "model_path": os.fspath(s.model_path), "n_ctx": s.n_ctx, "devices": list(s.devices),
             "cache_type_k": s.cache_type_k, "cache_type_v": s.cache_type_v, "flash_attn": s.flash_attn,
             "n_ubatch": s.n_ubatch, "n_batch": s.n_batch, "n_parallel": s.n_parallel, "kv_offload": s.kv_offload,
+            "kv_unified": s.kv_unified, "no_mmap": s.no_mmap, "threads": s.threads,
         },
         "llama_cpp": {
             "argv": list(args.argv), "command": args.shell_line(),
