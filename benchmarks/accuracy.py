@@ -300,7 +300,7 @@ def make_case(row: dict[str, Any], models: Models, params: SpeedParams) -> Case:
         type_v = cmd.type_v or (cmd.type_k if md.hparams.kv_lora_rank else None) or "f16"
         cfg = RunConfig(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, type_k=cmd.type_k or "f16",
                         type_v=type_v, flash_attn=resolve_flash_attn(cmd.flash_attn or "auto"),
-                        no_kv_offload=cmd.no_kv_offload,
+                        no_kv_offload=cmd.no_kv_offload, no_mmap=cmd.mmap is False,
                         op_offload=not (cmd.no_op_offload or _repacked(row)))
         try:
             placement = build_placement(md, gpus, cmd.n_gpu_layers, False, 0, cmd.tensor_split,

@@ -816,7 +816,7 @@ def estimate(model: ModelDescription, placement: Placement, cfg: RunConfig,
         notes.extend(f"{d.name}: {n}" for n in d.notes)
         if d.link_assumed and pre.transfer_bytes and d.name == first_gpu:
             notes.append(f"{d.name}: host link assumed {d.link_bandwidth / 1e9:.1f} GB/s effective (the preset's"
-                         " link): prompt speed depends on it; give --link (e.g. pcie4x8)")
+                         " link): prompt speed depends on it; give it (--pcie, or estimate's --link pcie4x8 per GPU)")
     return Estimate(memory=p.memory, fits=p.fits, host=p.host, decode=dec, decode_batch1=dec1, prefill=pre,
                     energy=energy(dec1, devs), context=p.shape, notes=tuple(notes))
 

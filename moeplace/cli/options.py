@@ -159,6 +159,12 @@ def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ra
         if own_bw:
             host_bw = found.ram_bw.bandwidth / GB
         _defer_report([found.line(), *(f"note: {n}" for n in notes)])
+    if found is not None:  # what this machine has, where the options do not say
+        cores = cores or found.cores
+        if numa_nodes == 1:
+            numa_nodes = found.numa_nodes
+        if ram is None and available is None and host_ram is not None:
+            available = host_ram  # already what is available, not the total
     host = host_device(host_ram, host_bw, gpu_devs, threads=threads, cores=cores, numa_nodes=numa_nodes,
                        available=available)
     devices = device_set(gpu_devs, host)
