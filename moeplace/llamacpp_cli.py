@@ -20,6 +20,7 @@ The parser is pure: it returns a :class:`LlamaCommand` and never reads the model
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -29,6 +30,10 @@ from dataclasses import dataclass, field
 from moeplace.errors import MoeplaceError
 from moeplace.memory import CACHE_TYPES
 from moeplace.targets.llamacpp_rules import Override, cpu_moe_pattern, cpu_moe_patterns, parse_override_arg
+
+# --n-cpu-moe N writes N patterns; past the last block they match nothing, so N is clamped to more blocks than any
+# model has (DeepSeek-V3 has 61) rather than writing billions of them.
+MAX_BLOCKS = 4096
 
 
 class CommandLineError(MoeplaceError):
@@ -153,8 +158,8 @@ def _split_ts(flag: str, value: str) -> tuple[float, ...]:
         out = tuple(float(x) for x in re.split(r"[,/;]", value) if x.strip())
     except ValueError:
         raise CommandLineError(f"{flag} '{value}' must be proportions like 3,1") from None
-    if not out or any(x < 0 for x in out):
-        raise CommandLineError(f"{flag} '{value}' must be non-negative proportions like 3,1")
+    if not out or any(not math.isfinite(x) or x < 0 for x in out) or not any(x > 0 for x in out):
+        raise CommandLineError(f"{flag} '{value}' must be non-negative proportions, at least one above zero, like 3,1")
     return out
 
 
@@ -257,7 +262,7 @@ def parse_command(command: str | Sequence[str]) -> LlamaCommand:
         elif flag in ("-ncmoe", "--n-cpu-moe"):
             x = value(flag)
             n = _int(flag, _bench_single(flag, x, notes) if bench else x)
-            (n_cpu_moe_bench if bench else overrides).extend(cpu_moe_patterns(n))
+            (n_cpu_moe_bench if bench else overrides).extend(cpu_moe_patterns(min(n, MAX_BLOCKS)))
         elif flag in ("-ts", "--tensor-split"):
             x = value(flag)
             v["tensor_split"] = _split_ts(flag, _bench_single(flag, x, notes) if bench else x)

@@ -33,7 +33,7 @@ from moeplace.llamacpp import (
     n_cpu_moe_placement,
     parse_override_arg,
 )
-from moeplace.llamacpp_cli import LlamaCommand, looks_like_command, parse_command
+from moeplace.llamacpp_cli import MAX_BLOCKS, LlamaCommand, looks_like_command, parse_command
 from moeplace.memory import (
     DEFAULT_MARGIN,
     RunConfig,
@@ -297,7 +297,8 @@ def ordered_overrides(raw: Sequence[str]) -> list[Override]:
             elif flag in ("--cpu-moe", "-cmoe"):
                 out.append(cpu_moe_pattern())
             else:
-                out.extend(cpu_moe_patterns(int(value)))
+                # blocks past the last match nothing: llama.cpp writes N patterns, so N is clamped first
+                out.extend(cpu_moe_patterns(min(int(value), MAX_BLOCKS)))
         i += 1
     return out
 
@@ -387,12 +388,7 @@ def estimate(ctx: click.Context, words: tuple[str, ...], gpus: tuple[str, ...], 
              links: tuple[str, ...], depth: int, n_prompt: int | None, price: float, api_price: float | None,
              as_json: bool) -> None:
     model, pasted = _split_words(words)
-    split: list[float] | None = None
-    if tensor_split:
-        try:
-            split = [float(x) for x in re.split(r"[,/]", tensor_split)]
-        except ValueError:
-            raise MoeplaceError(f"--tensor-split '{tensor_split}' must be numbers like 3,1") from None
+    split = parse_tensor_split(tensor_split) if tensor_split else None
     v: dict[str, Any] = {"n_ctx": n_ctx, "type_k": type_k, "type_v": type_v, "n_batch": n_batch,
                          "n_ubatch": n_ubatch, "flash_attn": flash_attn, "n_seq_max": n_seq_max,
                          "kv_unified": kv_unified, "swa_full": swa_full, "no_kv_offload": no_kv_offload,
