@@ -6,7 +6,7 @@ import pytest
 
 from moeplace.errors import MoeplaceError
 from moeplace.llamacpp import LLM_FFN_EXPS_REGEX, Override
-from moeplace.llamacpp_cli import CommandLineError, parse_command
+from moeplace.llamacpp_cli import MAX_BLOCKS, CommandLineError, looks_like_command, parse_command
 
 
 def test_server_line() -> None:
@@ -67,3 +67,17 @@ def test_word_list_and_continuations() -> None:
     assert parse_command("llama-server \\\n -m a.gguf \\\n -c 8192").n_ctx == 8192
     with pytest.raises(CommandLineError):
         parse_command("llama-server -m 'unterminated")
+
+
+def test_a_huge_n_cpu_moe_is_clamped_not_expanded() -> None:
+    # llama.cpp writes N patterns; past the last block they match nothing, so a huge N costs nothing to read.
+    c = parse_command("llama-server -m m.gguf --n-cpu-moe 2147483647")
+    assert len(c.overrides) == MAX_BLOCKS
+
+
+def test_model_or_command_is_told_by_the_first_word() -> None:
+    assert looks_like_command("llama-server") and looks_like_command("/opt/llama.cpp/build/bin/llama-bench")
+    assert looks_like_command("CUDA_VISIBLE_DEVICES=0") and looks_like_command("llama-cli.exe")
+    assert not looks_like_command("model.gguf") and not looks_like_command("hf://org/repo/model.gguf")
+    with pytest.raises(CommandLineError, match="at least one above zero"):
+        parse_command("llama-server -m m.gguf -ts 0,0")
