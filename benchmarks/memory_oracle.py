@@ -6,7 +6,7 @@
 Every factory model (tiny ones with data and full-scale header-only ones: qwen3moe, deepseek2/v3 MLA, gpt-oss
 SWA, llama4 chunked attention, glm4moe NextN, qwen3next hybrid, mixtral, dense llama) is loaded in llama.cpp
 (llama-cpp-python, CPU backend, ``no_alloc``: nothing read or allocated) at several contexts, cache types, ubatch
-sizes, flash-attention settings and parallel-sequence layouts, and moeplace.engine.compare_memory puts
+sizes, flash-attention settings and parallel-sequence layouts, and moeplace.oracle.compare_memory puts
 llama.cpp's figures beside moeplace.memory's for the CPU-only placement: weights (the loaded tensors' bytes),
 the KV cache (every cache's printed size and K/V parts, and the exact bytes), and the compute buffer
 (moeplace.memory.compute_bytes, an estimate). Configurations llama.cpp refuses are listed with its reason and
@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from moeplace import engine
+from moeplace import oracle
 from moeplace.errors import MoeplaceError
 from moeplace.memory import RunConfig, validate
 from moeplace.model import ModelDescription, load_model
@@ -54,7 +54,7 @@ def configs(model: ModelDescription, full_scale: bool) -> Iterator[RunConfig]:
 class Row:
     name: str
     cfg: RunConfig
-    comparison: engine.MemoryComparison | None
+    comparison: oracle.MemoryComparison | None
     refused: str | None  # llama.cpp's reason
     ours_refuses: str | None  # moeplace.memory.validate's reason
 
@@ -69,11 +69,11 @@ def measure(name: str, path: Path) -> list[Row]:
         except MoeplaceError as e:
             ours = str(e)
         try:
-            measured = engine.measure_memory(path, cfg)
-        except engine.EngineError as e:
+            measured = oracle.measure_memory(path, cfg)
+        except oracle.EngineError as e:
             rows.append(Row(name, cfg, None, str(e).split(": ", 2)[-1], ours))
             continue
-        rows.append(Row(name, cfg, engine.compare_memory(model, cfg, measured) if ours is None else None, None,
+        rows.append(Row(name, cfg, oracle.compare_memory(model, cfg, measured) if ours is None else None, None,
                         ours))
     return rows
 
@@ -117,10 +117,10 @@ def render(rows: list[Row], version: str) -> str:
     worst = max(compared, key=lambda c: abs(c.compute_error), default=None)
     refused = [r for r in rows if r.refused]
     disagree = [r for r in rows if (r.refused is None) != (r.ours_refuses is None)]
-    tol = (f"at most {engine.COMPUTE_TOLERANCE_MIB:.0f} MiB under llama.cpp's figure; at most "
-           f"{engine.COMPUTE_TOLERANCE_MIB:.0f} MiB plus the estimate's attention-mask term over it")
+    tol = (f"at most {oracle.COMPUTE_TOLERANCE_MIB:.0f} MiB under llama.cpp's figure; at most "
+           f"{oracle.COMPUTE_TOLERANCE_MIB:.0f} MiB plus the estimate's attention-mask term over it")
     under = [c.compute_error / MIB for c in compared if c.compute_error < 0]
-    limit = engine.COMPUTE_TOLERANCE_MIB * MIB
+    limit = oracle.COMPUTE_TOLERANCE_MIB * MIB
     over64 = sum(1 for c in compared if c.compute_error > limit)
     under64 = sum(1 for c in compared if c.compute_error < -limit)
     compute_text = (
@@ -203,8 +203,8 @@ def main() -> int:
     ap.add_argument("--models", default=None, help="comma-separated factory names (default: all)")
     ap.add_argument("--stdout", action="store_true", help="print the table instead of writing the file")
     args = ap.parse_args()
-    if not engine.available():
-        print(f"memory_oracle: {engine.unavailable_reason()}", file=sys.stderr)
+    if not oracle.available():
+        print(f"memory_oracle: {oracle.unavailable_reason()}", file=sys.stderr)
         return 2
     names = args.models.split(",") if args.models else [*TINY, *FULL]
     rows: list[Row] = []
@@ -216,7 +216,7 @@ def main() -> int:
                                                            and r.comparison.compute_within)]
             print(f"{name:22s} {len(got)} configurations, {len(bad)} outside tolerance", file=sys.stderr)
             rows += got
-    text = render(rows, engine.version())
+    text = render(rows, oracle.version())
     if args.stdout:
         print(text)
     else:

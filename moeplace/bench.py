@@ -9,7 +9,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from moeplace import engine
+from moeplace import oracle
 from moeplace.calibration import DecodeSample, Measurement, gpu_bandwidths
 from moeplace.calibration import host_bandwidth as measured_host_bandwidth
 from moeplace.errors import MoeplaceError
@@ -37,7 +37,7 @@ class Run:
     name: str
     placement: Placement
     predicted: Estimate
-    measured: engine.EngineSpeed
+    measured: oracle.EngineSpeed
     ngl: int
     tensor_split: tuple[int, ...] | None
     overrides: tuple[Override, ...]
@@ -85,7 +85,7 @@ def _predict(md: ModelDescription, placement: Placement, cfg: RunConfig, devices
 def run_placement(md: ModelDescription, name: str, placement: Placement, gpus: tuple[str, ...], cfg: RunConfig,
          devices: dict[str, Device], n_prompt: int, n_gen: int, repetitions: int, threads: int | None) -> Run:
     expr = express(md, placement, gpus)
-    measured = engine.measure_speed(md.paths[0], cfg, expr.overrides, n_prompt, n_gen, n_gpu_layers=expr.ngl,
+    measured = oracle.measure_speed(md.paths[0], cfg, expr.overrides, n_prompt, n_gen, n_gpu_layers=expr.ngl,
                                     tensor_split=expr.tensor_split, repetitions=repetitions, n_threads=threads)
     return Run(name, placement, _predict(md, placement, cfg, devices, n_gen), measured, expr.ngl,
                expr.tensor_split, expr.overrides)
@@ -147,7 +147,7 @@ def bench_gpus(md: ModelDescription, devices: dict[str, Device], cfg: RunConfig,
         name: Measurement(bandwidth=bw, label=devices[name].label, measured=utc_now(), where=host_description(),
                           how=(f"moeplace bench: {md.name}, {len(runs)} placements, one efficiency shared by the "
                                f"GPUs, host at {host.effective_bandwidth / GB:.1f} GB/s effective; "
-                               f"{engine.version()}"))
+                               f"{oracle.version()}"))
         for name, bw in gpu_bandwidths([_sample(r) for r in runs], devices).items()}
     notes = ["GPU bandwidths assume the host's effective bandwidth shown; calibrate the host first (moeplace "
              "bench without --gpu) and pass --calibration for a measured one"]
@@ -161,7 +161,7 @@ def bench_cpu(md: ModelDescription, host: Device, cfg: RunConfig, gpus_given: bo
     """A CPU-only build, or no GPU described: everything on the CPU, and the host's bandwidth."""
     notes = []
     if gpus_given:
-        notes.append(f"--gpu given, but this llama.cpp build has no GPU backend ({engine.version()}): ran the "
+        notes.append(f"--gpu given, but this llama.cpp build has no GPU backend ({oracle.version()}): ran the "
                      "CPU-only placement; GPU figures need a GPU build of llama-cpp-python and a GPU")
     else:
         notes.append("CPU only: GPU figures need a GPU build of llama-cpp-python, a GPU and --gpu")
@@ -177,14 +177,14 @@ def run_bench(md: ModelDescription, devices: dict[str, Device], cfg: RunConfig, 
     """Benchmarks ``md`` in llama.cpp: with a GPU build and GPUs described, the plans and baselines (and fitted
     GPU bandwidths); otherwise the CPU-only placement (and the host's bandwidth). Returns the runs, the
     measurements for a calibration file, and notes for the user."""
-    sparse = engine.sparse_files(md.paths)
+    sparse = oracle.sparse_files(md.paths)
     if sparse:
         raise MoeplaceError(f"{sparse[0]} is header-only (a sparse file without its weights): it can be planned "
                             "but not benchmarked; bench a model with real weights")
-    if not engine.available():
-        raise MoeplaceError(f"bench runs the model in llama.cpp, which is not available: {engine.unavailable_reason()}")
+    if not oracle.available():
+        raise MoeplaceError(f"bench runs the model in llama.cpp, which is not available: {oracle.unavailable_reason()}")
     gpu_names = tuple(n for n in devices if n != HOST_NAME)
-    build_gpus = engine.gpu_devices()
+    build_gpus = oracle.gpu_devices()
     if gpu_names and build_gpus:
         return bench_gpus(md, devices, cfg, gpu_names, build_gpus, n_plans, margin, timing)
     return bench_cpu(md, devices[HOST_NAME], cfg, bool(gpu_names), n_plans, timing)

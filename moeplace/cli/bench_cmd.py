@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from moeplace import engine
+from moeplace import oracle
 from moeplace.bench import Run, run_bench
 from moeplace.calibration import Calibration, CalibrationError
 from moeplace.calibration import load as load_calibration
@@ -102,7 +102,7 @@ def bench(model: Path, n_plans: int, gpus: tuple[str, ...], backend: str | None,
     runs, measured, notes = run_bench(md, devices, cfg, n_plans=n_plans,
                                       margin=DEFAULT_MARGIN if margin is None else margin,
                                       timing=(n_prompt, n_gen, repetitions, threads))
-    on_gpu = bool(engine.gpu_devices()) and len(devices) > 1
+    on_gpu = bool(oracle.gpu_devices()) and len(devices) > 1
 
     cal = Calibration(measured)
     if out_path is not None and measured:
@@ -110,13 +110,13 @@ def bench(model: Path, n_plans: int, gpus: tuple[str, ...], backend: str | None,
         save_calibration(old.merged(cal), out_path)
 
     if as_json:
-        doc = {"schema": "moeplace.bench/1", "model": md.name, "path": str(md.paths[0]), "engine": engine.version(),
+        doc = {"schema": "moeplace.bench/1", "model": md.name, "path": str(md.paths[0]), "engine": oracle.version(),
                "config": vars(cfg), "gpu": on_gpu, "runs": [_run_json(r) for r in runs],
                "calibration": calibration_dict(cal) if measured else None,
                "calibration_file": str(out_path) if out_path is not None and measured else None, "notes": notes}
         click.echo(json.dumps(doc, indent=1))
         return
-    out = [f"{md.name} ({md.arch}) in {engine.version()}: context {cfg.n_ctx}, KV {cfg.type_k}/{cfg.type_v}, "
+    out = [f"{md.name} ({md.arch}) in {oracle.version()}: context {cfg.n_ctx}, KV {cfg.type_k}/{cfg.type_v}, "
            f"ubatch {cfg.n_ubatch}, flash attention {'on' if cfg.flash_attn else 'off'}, "
            f"threads {runs[0].measured.n_threads}; pp {n_prompt} tokens, tg {n_gen} tokens, {repetitions} runs each",
            ""]
