@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from moeplace import oracle
 from moeplace import llamacpp as L
+from moeplace import oracle
 from moeplace.model import ModelDescription, Role, load_model
 from moeplace.placement import HOST, Placement
 from moeplace.testing import TINY
