@@ -32,8 +32,9 @@ from moeplace.speed import estimate as estimate_placement
 def build_placement(model: ModelDescription, gpus: Sequence[Device], n_gpu_layers: int | None, cpu_moe: bool,
                     n_cpu_moe: int, tensor_split: Sequence[float] | None = None) -> Placement:
     """The placement llama.cpp makes of ``-ngl``, ``-ts`` and ``--cpu-moe``/``--n-cpu-moe`` (llama.cpp's own rules,
-    :mod:`moeplace.llamacpp`), with the weights a GPU's backend refuses kept on the host. ``n_gpu_layers`` None means all layers, llama.cpp's default with a GPU; without
-    ``-ts`` several GPUs split by memory, as llama.cpp splits by free memory."""
+    :mod:`moeplace.llamacpp`), with the weights a GPU's backend refuses kept on the host. ``n_gpu_layers`` None
+    means all layers, llama.cpp's default with a GPU; without ``-ts`` several GPUs split by memory, as llama.cpp
+    splits by free memory."""
     names = [g.name for g in gpus]
     ngl = -1 if n_gpu_layers is None else n_gpu_layers
     split = tensor_split or ([float(g.memory) for g in gpus] if len(gpus) > 1 else None)
