@@ -437,8 +437,14 @@ def compute_bytes_by_device(model: ModelDescription, placement: Placement, cfg: 
                            for t in model.tensors)
     if host_experts and (not cfg.op_offload or terms.n_ubatch < OP_OFFLOAD_MIN_BATCH):
         out[HOST_NAME] = max(out[HOST_NAME], terms.n_ubatch * terms.layer)
-    out[HOST_NAME] += 4 * model.hparams.n_vocab * cfg.n_seq_max  # llama-context.cpp output_reserve(n_seq_max)
+    out[HOST_NAME] += output_bytes(model, cfg)
     return out
+
+
+def output_bytes(model: ModelDescription, cfg: RunConfig) -> int:
+    """The output buffer llama.cpp reserves for ``n_seq_max`` rows of f32 logits (llama-context.cpp
+    ``output_reserve``), always in host memory (the CPU's or the GPU backend's host buffer type)."""
+    return 4 * model.hparams.n_vocab * cfg.n_seq_max
 
 
 def memory_by_device(model: ModelDescription, placement: Placement, cfg: RunConfig,

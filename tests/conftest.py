@@ -1,4 +1,8 @@
-"""Shared fixtures: factory models are written once per test session and shared by every test module."""
+"""Shared fixtures: factory models are written once per test session and shared by every test module.
+
+Tests marked ``vulkan`` need the second llama.cpp build (Vulkan, in its own virtualenv, built by
+.ci/llama-cpp-vulkan.sh) and a Vulkan device; where either is missing they skip with the one reason
+moeplace.oracle.vulkan gives."""
 
 from __future__ import annotations
 
@@ -22,3 +26,16 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
         return cache[name]
 
     return get
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    marked = [item for item in items if item.get_closest_marker("vulkan")]
+    if not marked:
+        return
+    from moeplace.oracle import vulkan
+
+    reason = vulkan.unavailable_reason()
+    if reason:
+        skip = pytest.mark.skip(reason=f"Vulkan oracle: {reason}")
+        for item in marked:
+            item.add_marker(skip)

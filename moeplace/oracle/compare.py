@@ -3,16 +3,27 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from moeplace.memory import RunConfig, compute_bytes, context_shape, kv_bytes_per_layer
+from moeplace.hardware import Device
+from moeplace.memory import (
+    MemoryBreakdown,
+    RunConfig,
+    compute_bytes,
+    context_shape,
+    kv_bytes_per_layer,
+    memory_by_device,
+    output_bytes,
+)
 from moeplace.memory import kv_bytes as kv_total
 from moeplace.model import ModelDescription
 from moeplace.oracle.memory import EngineMemory
-from moeplace.placement import HOST
+from moeplace.placement import HOST, Placement
 
 MIB = 1 << 20
 
@@ -140,6 +151,82 @@ def compare_memory(model: ModelDescription, cfg: RunConfig, measured: EngineMemo
         caches_ours=_our_caches(model, cfg), caches_llama=_llama_caches(measured),
         compute_ours=compute_bytes(model, cfg), compute_llama=measured.compute_total(),
         compute_mask=_mask_bytes(model, cfg),
-        output_ours=4 * model.hparams.n_vocab * cfg.n_seq_max, output_llama_mib=sum(measured.output_mib.values()),
+        output_ours=output_bytes(model, cfg), output_llama_mib=sum(measured.output_mib.values()),
         engine=measured.engine,
     )
+
+
+# --- per device, on a GPU backend ------------------------------------------------------------------------------
+
+_GPU_BUFFER = re.compile(r"^[A-Za-z]+\d+$")  # Vulkan0, CUDA1: a device's own buffer; CPU*, Vulkan_Host...: host
+
+# The buffers compared per device, in table order.
+BUFFERS = ("weights", "kv", "compute", "output")
+
+
+@dataclass(frozen=True)
+class BufferFigure:
+    """One buffer of one device: moeplace's bytes beside llama.cpp's (None where llama.cpp's are unknown)."""
+
+    device: str  # a GPU's name, or CPU for everything in host memory (CPU, CPU_REPACK, Vulkan_Host...)
+    buffer: str  # one of BUFFERS
+    ours: int
+    llama: float | None
+
+    @property
+    def error(self) -> float | None:
+        return None if self.llama is None else self.ours - self.llama
+
+
+@dataclass(frozen=True)
+class DeviceComparison:
+    """moeplace.memory.memory_by_device against llama.cpp's buffers for one placement on a GPU backend."""
+
+    model: str
+    cfg: RunConfig
+    figures: tuple[BufferFigure, ...]
+    engine: str
+
+    def figure(self, device: str, buffer: str) -> BufferFigure | None:
+        return next((f for f in self.figures if f.device == device and f.buffer == buffer), None)
+
+
+def measured_by_device(measured: EngineMemory) -> dict[str, dict[str, float]]:
+    """llama.cpp's bytes per device (GPU buffers by name, every host buffer type summed as ``CPU``) and buffer."""
+    out: dict[str, dict[str, float]] = {}
+
+    def add(buft: str, what: str, value: float) -> None:
+        dev = buft if _GPU_BUFFER.match(buft) and not buft.startswith(HOST) else HOST
+        slot = out.setdefault(dev, dict.fromkeys(BUFFERS, 0.0))
+        slot[what] += value
+
+    for buft, b in (measured.exact or {}).items():
+        add(buft, "weights", b.model)
+        add(buft, "kv", b.context)
+        add(buft, "compute", b.compute)
+    for buft, mib in measured.output_mib.items():
+        add(buft, "output", mib * MIB)
+    return out
+
+
+def compare_devices(model: ModelDescription, cfg: RunConfig, placement: Placement, devices: Mapping[str, Device],
+                    measured: EngineMemory) -> DeviceComparison:
+    """Every buffer of every device of ``placement``: weights, KV, compute and the output (logits) buffer, which
+    moeplace counts in the host's compute and is split out here. Needs llama.cpp's exact figures
+    (:mod:`moeplace.oracle.stdmap`); without them only the output buffer is compared."""
+    ours = memory_by_device(model, placement, cfg, devices)
+    theirs = measured_by_device(measured) if measured.exact is not None else {}
+    output = output_bytes(model, cfg)
+    figures = []
+    for dev in dict.fromkeys([*ours, *theirs]):
+        b = ours.get(dev, MemoryBreakdown())
+        values = {"weights": b.weights, "kv": b.kv, "compute": b.compute - (output if dev == HOST else 0),
+                  "output": output if dev == HOST else 0}
+        for what in BUFFERS:
+            got: float | None
+            if what == "output":
+                got = sum(measured.output_mib.values()) * MIB if dev == HOST else 0.0
+            else:
+                got = theirs.get(dev, {}).get(what, 0.0) if measured.exact is not None else None
+            figures.append(BufferFigure(dev, what, values[what], got))
+    return DeviceComparison(model.name, cfg, tuple(figures), measured.engine)
