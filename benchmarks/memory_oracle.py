@@ -12,6 +12,13 @@ the KV cache (every cache's printed size and K/V parts, and the exact bytes), an
 (moeplace.memory.compute_bytes, an estimate). Configurations llama.cpp refuses are listed with its reason and
 whether moeplace refuses them too. The output contains no timestamps: regenerating it with the same llama.cpp
 gives the same file.
+
+    python benchmarks/memory_oracle.py --backend vulkan [--models ...] [--stdout]
+
+does the same on llama.cpp's Vulkan backend (the second build, .ci/llama-cpp-vulkan.sh, run through
+moeplace.oracle.vulkan; on a machine without a GPU, Mesa's software device lavapipe) with GPU placements: full
+offload, partial -ngl, --cpu-moe and --n-cpu-moe, ubatch 512/2048/4096, contexts up to 128K, and compares every
+buffer of every device (moeplace.oracle.compare_devices). It rewrites only the Vulkan section of the document.
 """
 
 from __future__ import annotations
@@ -26,8 +33,13 @@ from pathlib import Path
 
 from moeplace import oracle
 from moeplace.errors import MoeplaceError
+from moeplace.hardware import Device, host_device
+from moeplace.llamacpp import Override, apply, cpu_moe_pattern, cpu_moe_patterns
 from moeplace.memory import RunConfig, validate
 from moeplace.model import ModelDescription, load_model
+from moeplace.oracle import vulkan
+from moeplace.oracle.compare import BUFFERS, DeviceComparison
+from moeplace.placement import HOST, Placement, host_fallback
 from moeplace.testing import FULL, TINY, write_model
 
 MIB = 1 << 20
@@ -197,12 +209,181 @@ def render(rows: list[Row], version: str) -> str:
     return "\n".join(out) + "\n"
 
 
+VULKAN_SECTION = "<!-- Vulkan section: benchmarks/memory_oracle.py --backend vulkan -->"
+
+
+@dataclass(frozen=True)
+class GpuCase:
+    """A placement as llama.cpp's options give it, and moeplace's reading of the same options."""
+
+    label: str  # the options, as a user writes them
+    ngl: int
+    overrides: tuple[Override, ...]
+
+
+def gpu_cases(model: ModelDescription) -> list[GpuCase]:
+    n = model.hparams.n_layer
+    out = [GpuCase("-ngl 999", 999, ())]
+    if model.is_moe:
+        out += [GpuCase("-ngl 999 --cpu-moe", 999, (cpu_moe_pattern(),)),
+                GpuCase(f"-ngl 999 --n-cpu-moe {n // 2}", 999, cpu_moe_patterns(n // 2))]
+    out.append(GpuCase(f"-ngl {n // 2}", n // 2, ()))
+    return out
+
+
+def gpu_configs(full_scale: bool) -> list[RunConfig]:
+    """ubatch 512/2048/4096 at 4K, then longer contexts (flash attention off at 32K), 128K on full-scale models."""
+    out = [RunConfig(n_ctx=4096), RunConfig(n_ctx=4096, n_ubatch=2048), RunConfig(n_ctx=8192, n_batch=4096,
+                                                                              n_ubatch=4096),
+           RunConfig(n_ctx=32768, flash_attn=False)]
+    if full_scale:
+        out.append(RunConfig(n_ctx=131072))
+    return out
+
+
+def _gpu(limit: int | None) -> Device:
+    """The Vulkan device as moeplace describes it: its memory is irrelevant here, its largest tensor is not."""
+    return Device(name="Vulkan0", backend="vulkan", label="Vulkan0", memory=1 << 40, bandwidth=1e11,
+                  efficiency=0.6, link_bandwidth=1e10, max_tensor=limit or 0)
+
+
+@dataclass(frozen=True)
+class GpuRow:
+    name: str
+    case: GpuCase
+    cfg: RunConfig
+    comparison: DeviceComparison | None
+    refused: str | None
+
+
+def measure_gpu(name: str, path: Path, limit: int | None) -> list[GpuRow]:
+    model = load_model(path)
+    devices = {"Vulkan0": _gpu(limit), HOST: host_device(1 << 40, 50)}
+    full_scale = name in FULL
+    todo: list[tuple[GpuCase, RunConfig, Placement]] = []
+    for case in gpu_cases(model):
+        placement = host_fallback(model, apply(model, case.ngl, None, case.overrides, ["Vulkan0"]),
+                                  {"Vulkan0": limit or 0})
+        for cfg in gpu_configs(full_scale):
+            try:
+                validate(model, cfg)
+            except MoeplaceError:
+                continue
+            todo.append((case, cfg, placement))
+    got = vulkan.measure_memory_many([
+        vulkan.MemoryRequest(str(path), cfg, case.overrides, case.ngl, no_alloc=full_scale)
+        for case, cfg, _ in todo])
+    rows = []
+    for (case, cfg, placement), m in zip(todo, got):
+        if isinstance(m, oracle.EngineError):
+            rows.append(GpuRow(name, case, cfg, None, str(m)))
+        else:
+            rows.append(GpuRow(name, case, cfg, oracle.compare_devices(model, cfg, placement, devices, m), None))
+    return rows
+
+
+GPU_TOLERANCE = 64 * MIB  # the goal: every buffer within 64 MiB, never under by more
+
+
+def _cell(c: DeviceComparison, device: str, buffer: str) -> str:
+    f = c.figure(device, buffer)
+    if f is None or f.llama is None:
+        return "-"
+    err = f.ours - f.llama
+    mark = " **!**" if abs(err) > GPU_TOLERANCE else ""
+    return f"{f.llama / MIB:,.2f} ({err / MIB:+.2f}){mark}"
+
+
+def render_gpu(rows: list[GpuRow], devices: str, version: str) -> str:
+    compared = [r.comparison for r in rows if r.comparison is not None]
+    lines = [VULKAN_SECTION, "", "## Vulkan0: llama.cpp's Vulkan backend", ""]
+    lines += _wrap(f"llama.cpp: {version}, Vulkan backend, device {devices}. Each model is loaded with the "
+                   "placement in the second column (`-ngl`, `--cpu-moe`, `--n-cpu-moe` as llama.cpp's options; the "
+                   "full-scale header-only models with `no_alloc`, the tiny ones with real allocation), and every "
+                   "buffer llama.cpp reports per device (exact bytes from `llama_get_memory_breakdown`; host means "
+                   "`CPU`, `CPU_REPACK` and `Vulkan_Host` together) is put beside `moeplace.memory.memory_by_device` "
+                   "for the same options read by `moeplace.llamacpp` (with the weights the device refuses kept on "
+                   "the host, `moeplace.placement.host_fallback`). Cells: llama.cpp's MiB (moeplace minus llama.cpp); "
+                   "**!** marks an error beyond 64 MiB. Regenerate with "
+                   "`python benchmarks/memory_oracle.py --backend vulkan`.")
+    lines.append("")
+    keys = [(d, b) for d in ("Vulkan0", HOST) for b in BUFFERS if not (d == "Vulkan0" and b == "output")]
+    for d, b in keys:
+        errs = [f.error for c in compared if (f := c.figure(d, b)) is not None and f.error is not None]
+        if not errs:
+            continue
+        within = sum(1 for e in errs if abs(e) <= GPU_TOLERANCE)
+        lines += _wrap(f"**{d} {b}**: error {min(errs) / MIB:+.2f} .. {max(errs) / MIB:+.2f} MiB; within 64 MiB in "
+                       f"{within} of {len(errs)}; under by more than 64 MiB in "
+                       f"{sum(1 for e in errs if e < -GPU_TOLERANCE)}.", bullet=True)
+    refused = [r for r in rows if r.refused]
+    if refused:
+        lines += _wrap(f"{len(refused)} loads were refused or aborted by llama.cpp (listed at the end).", bullet=True)
+    head = ["model", "placement", "-c", "-ub", "-fa", *(f"{'host' if d == HOST else d} {b}" for d, b in keys)]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * 2 + "---|" + "---:|" * len(keys)]
+    for r in rows:
+        if r.comparison is None:
+            continue
+        cfg = r.cfg
+        cells = [r.name, r.case.label, str(cfg.n_ctx), str(cfg.n_ubatch), "on" if cfg.flash_attn else "off",
+                 *(_cell(r.comparison, d, b) for d, b in keys)]
+        lines.append("| " + " | ".join(cells) + " |")
+    if refused:
+        lines += ["", "| model | placement | -c | -ub | -fa | llama.cpp |", "|---|---|---:|---:|---|---|"]
+        for r in refused:
+            fa = "on" if r.cfg.flash_attn else "off"
+            lines.append(f"| {r.name} | {r.case.label} | {r.cfg.n_ctx} | {r.cfg.n_ubatch} | {fa} | {r.refused} |")
+    return "\n".join(lines) + "\n"
+
+
+def _splice(path: Path, cpu: str | None, gpu: str | None) -> str:
+    """The document with its CPU part and/or its Vulkan section replaced (the other kept as it is)."""
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    old_cpu, _, old_gpu = old.partition(VULKAN_SECTION)
+    old_gpu = VULKAN_SECTION + old_gpu if old_gpu else ""
+    parts = [(cpu if cpu is not None else old_cpu).strip("\n"), (gpu if gpu is not None else old_gpu).strip("\n")]
+    return "\n\n".join(x for x in parts if x) + "\n"
+
+
+def main_vulkan(args: argparse.Namespace) -> int:
+    reason = vulkan.unavailable_reason()
+    if reason:
+        print(f"memory_oracle: {reason}", file=sys.stderr)
+        return 2
+    dev = vulkan.devices()[0]
+    limit = dev.largest_tensor
+    names = args.models.split(",") if args.models else [*TINY, *FULL]
+    rows: list[GpuRow] = []
+    version = "?"
+    with tempfile.TemporaryDirectory() as d:
+        for name in names:
+            path = write_model(name, Path(d) / f"{name}.gguf")[0]
+            got = measure_gpu(name, path, limit)
+            bad = [r for r in got if r.comparison and any(
+                f.error is not None and abs(f.error) > GPU_TOLERANCE for f in r.comparison.figures)]
+            print(f"{name:22s} {len(got)} loads, {len(bad)} with a buffer beyond 64 MiB", file=sys.stderr)
+            rows += got
+            version = next((r.comparison.engine for r in got if r.comparison), version)
+    desc = f"`{dev.description}` (largest tensor {limit / MIB:,.0f} MiB)" if limit else f"`{dev.description}`"
+    text = render_gpu(rows, desc, version)
+    if args.stdout:
+        print(text)
+    else:
+        args.out.write_text(_splice(args.out, None, text), encoding="utf-8")
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "memory-oracle.md", help="the Markdown file")
     ap.add_argument("--models", default=None, help="comma-separated factory names (default: all)")
     ap.add_argument("--stdout", action="store_true", help="print the table instead of writing the file")
+    ap.add_argument("--backend", choices=("cpu", "vulkan"), default="cpu",
+                    help="cpu: the CPU build in this Python; vulkan: the Vulkan build through moeplace.oracle.vulkan")
     args = ap.parse_args()
+    if args.backend == "vulkan":
+        return main_vulkan(args)
     if not oracle.available():
         print(f"memory_oracle: {oracle.unavailable_reason()}", file=sys.stderr)
         return 2
@@ -221,7 +402,7 @@ def main() -> int:
         print(text)
     else:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
+        args.out.write_text(_splice(args.out, text, None), encoding="utf-8")
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -11,7 +11,15 @@ when a function here is called, so the rest of moeplace imports and works withou
   virtualenv, run as a subprocess.
 """
 
-from moeplace.oracle.compare import COMPUTE_TOLERANCE_MIB, CacheFigure, MemoryComparison, compare_memory, mib_text
+from moeplace.oracle.compare import (
+    COMPUTE_TOLERANCE_MIB,
+    CacheFigure,
+    DeviceComparison,
+    MemoryComparison,
+    compare_devices,
+    compare_memory,
+    mib_text,
+)
 from moeplace.oracle.loading import (
     ENGINE_HINT,
     DeviceInfo,
@@ -35,9 +43,36 @@ from moeplace.oracle.speed import EngineSpeed, measure_speed, sparse_files
 from moeplace.oracle.stdmap import BufferBytes
 
 __all__ = [
-    "COMPUTE_TOLERANCE_MIB", "ENGINE_HINT", "BufferBytes", "CacheFigure", "CacheLine", "DeviceInfo", "EngineError",
-    "EngineMemory", "EngineSpeed", "LogSink", "MemoryComparison", "TensorBuffers", "available", "buffer_types",
-    "captured_log", "compare_memory", "device_info", "ggml_base", "gpu_devices", "last_error", "load", "load_llama",
-    "log_lines", "measure_memory", "measure_speed", "mib_text", "sparse_files", "tensor_buffers",
-    "unavailable_reason", "version",
+    "COMPUTE_TOLERANCE_MIB",
+    "ENGINE_HINT",
+    "BufferBytes",
+    "CacheFigure",
+    "CacheLine",
+    "DeviceComparison",
+    "DeviceInfo",
+    "EngineError",
+    "EngineMemory",
+    "EngineSpeed",
+    "LogSink",
+    "MemoryComparison",
+    "TensorBuffers",
+    "available",
+    "buffer_types",
+    "captured_log",
+    "compare_devices",
+    "compare_memory",
+    "device_info",
+    "ggml_base",
+    "gpu_devices",
+    "last_error",
+    "load",
+    "load_llama",
+    "log_lines",
+    "measure_memory",
+    "measure_speed",
+    "mib_text",
+    "sparse_files",
+    "tensor_buffers",
+    "unavailable_reason",
+    "version",
 ]
