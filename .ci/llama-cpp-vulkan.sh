@@ -3,7 +3,7 @@
 # so that moeplace's memory and pattern oracles can run against a GPU backend: llama.cpp's Vulkan backend on
 # whatever Vulkan device the machine has; on a machine without a GPU, Mesa's software device (lavapipe, Debian
 # package mesa-vulkan-drivers). The CPU wheel (.ci/llama-cpp.sh) stays where it is; tests reach this one through
-# a subprocess running "$MOEPLACE_CACHE/venv-vulkan-$version/bin/python" (moeplace/oracle/vulkan.py).
+# a subprocess running "$MOEPLACE_CACHE/venv-vulkan-$version/bin/python" (moeplace/oracle/gpubuild.py).
 #
 # Usage: .ci/llama-cpp-vulkan.sh
 # Never fails the calling chain: where the packages, the build or a device are missing, it writes the one-line
@@ -98,6 +98,6 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wheel" ];
 fi
 
 # 4. A Vulkan device this build can see.
-devices="$(cd "$repo" && PYTHONPATH="$repo" "$venv/bin/python" -m moeplace.oracle.vulkan --devices 2>"$cache/device.log")" \
+devices="$(cd "$repo" && PYTHONPATH="$repo" "$venv/bin/python" -m moeplace.oracle.gpubuild --devices 2>"$cache/device.log")" \
     || unavailable "the Vulkan build sees no device (see $cache/device.log; a GPU-less machine needs mesa-vulkan-drivers)"
 echo "moeplace: Vulkan oracle ready: $devices" >&2

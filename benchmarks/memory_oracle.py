@@ -16,7 +16,7 @@ gives the same file.
     python benchmarks/memory_oracle.py --backend vulkan [--models ...] [--stdout]
 
 does the same on llama.cpp's Vulkan backend (the second build, .ci/llama-cpp-vulkan.sh, run through
-moeplace.oracle.vulkan; on a machine without a GPU, Mesa's software device lavapipe) with GPU placements: full
+moeplace.oracle.gpubuild; on a machine without a GPU, Mesa's software device lavapipe) with GPU placements: full
 offload, partial -ngl, --cpu-moe and --n-cpu-moe, ubatch 512/2048/4096, contexts up to 128K, and compares every
 buffer of every device (moeplace.oracle.compare_devices). It rewrites only the Vulkan section of the document.
 """
@@ -37,7 +37,7 @@ from moeplace.hardware import Device, host_device
 from moeplace.llamacpp import Override, apply, cpu_moe_pattern, cpu_moe_patterns
 from moeplace.memory import RunConfig, validate
 from moeplace.model import ModelDescription, load_model
-from moeplace.oracle import vulkan
+from moeplace.oracle import gpubuild
 from moeplace.oracle.compare import BUFFERS, DeviceComparison
 from moeplace.placement import HOST, Placement, host_fallback
 from moeplace.testing import FULL, TINY, write_model
@@ -270,8 +270,8 @@ def measure_gpu(name: str, path: Path, limit: int | None) -> list[GpuRow]:
             except MoeplaceError:
                 continue
             todo.append((case, cfg, placement))
-    got = vulkan.measure_memory_many([
-        vulkan.MemoryRequest(str(path), cfg, case.overrides, case.ngl, no_alloc=full_scale)
+    got = gpubuild.measure_memory_many([
+        gpubuild.MemoryRequest(str(path), cfg, case.overrides, case.ngl, no_alloc=full_scale)
         for case, cfg, _ in todo])
     rows = []
     for (case, cfg, placement), m in zip(todo, got):
@@ -346,11 +346,11 @@ def _splice(path: Path, cpu: str | None, gpu: str | None) -> str:
 
 
 def main_vulkan(args: argparse.Namespace) -> int:
-    reason = vulkan.unavailable_reason()
+    reason = gpubuild.unavailable_reason()
     if reason:
         print(f"memory_oracle: {reason}", file=sys.stderr)
         return 2
-    dev = vulkan.devices()[0]
+    dev = gpubuild.devices()[0]
     limit = dev.largest_tensor
     names = args.models.split(",") if args.models else [*TINY, *FULL]
     rows: list[GpuRow] = []
@@ -380,7 +380,7 @@ def main() -> int:
     ap.add_argument("--models", default=None, help="comma-separated factory names (default: all)")
     ap.add_argument("--stdout", action="store_true", help="print the table instead of writing the file")
     ap.add_argument("--backend", choices=("cpu", "vulkan"), default="cpu",
-                    help="cpu: the CPU build in this Python; vulkan: the Vulkan build through moeplace.oracle.vulkan")
+                    help="cpu: the CPU build in this Python; vulkan: the Vulkan build through moeplace.oracle.gpubuild")
     args = ap.parse_args()
     if args.backend == "vulkan":
         return main_vulkan(args)

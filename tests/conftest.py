@@ -2,7 +2,7 @@
 
 Tests marked ``vulkan`` need the second llama.cpp build (Vulkan, in its own virtualenv, built by
 .ci/llama-cpp-vulkan.sh) and a Vulkan device; where either is missing they skip with the one reason
-moeplace.oracle.vulkan gives."""
+moeplace.oracle.gpubuild gives."""
 
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     marked = [item for item in items if item.get_closest_marker("vulkan")]
     if not marked:
         return
-    from moeplace.oracle import vulkan
+    from moeplace.oracle import gpubuild
 
-    reason = vulkan.unavailable_reason()
+    reason = gpubuild.unavailable_reason()
     if reason:
         skip = pytest.mark.skip(reason=f"Vulkan oracle: {reason}")
         for item in marked:

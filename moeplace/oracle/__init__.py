@@ -7,7 +7,7 @@ when a function here is called, so the rest of moeplace imports and works withou
 * :mod:`~moeplace.oracle.memory`: the buffers llama.cpp reports, and where each overridden tensor went;
 * :mod:`~moeplace.oracle.speed`: prompt and generation tokens/s timed like llama-bench;
 * :mod:`~moeplace.oracle.compare`: moeplace's memory model beside llama.cpp's figures (benchmarks and tests);
-* :mod:`~moeplace.oracle.vulkan`: the same measurements through a second llama.cpp build (Vulkan) in its own
+* :mod:`~moeplace.oracle.gpubuild`: the same measurements through a second llama.cpp build (Vulkan) in its own
   virtualenv, run as a subprocess.
 """
 

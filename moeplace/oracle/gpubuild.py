@@ -1,9 +1,11 @@
 """The oracle on a GPU backend: the same measurements (:mod:`moeplace.oracle.memory`) made by a second llama.cpp
-build, llama-cpp-python compiled with ``-DGGML_VULKAN=on``, which lives in its own virtualenv so that the CPU
-build keeps serving everything else. ``.ci/llama-cpp-vulkan.sh`` builds and installs it once per machine; on a
-machine without a GPU, Mesa's software Vulkan device (lavapipe) runs it.
+build with a GPU backend, which lives in its own virtualenv so that the CPU build keeps serving everything else.
+By default that is llama-cpp-python compiled with ``-DGGML_VULKAN=on``, which ``.ci/llama-cpp-vulkan.sh`` builds
+and installs once per machine (on a machine without a GPU, Mesa's software Vulkan device lavapipe runs it);
+``MOEPLACE_GPU_PYTHON`` names another build's interpreter (``benchmarks/gpu_oracle.sh`` sets it to a CUDA or
+ROCm build's).
 
-The parent process never loads that build: it runs ``<venv>/bin/python -m moeplace.oracle.vulkan`` with this
+The parent process never loads that build: it runs ``<venv>/bin/python -m moeplace.oracle.gpubuild`` with this
 worktree first on ``PYTHONPATH``, sends requests as JSON lines on stdin and reads one JSON line back per request.
 A request that makes llama.cpp abort (``GGML_ABORT`` kills the process) is answered with the abort message and the
 worker is restarted for the rest.
@@ -37,8 +39,8 @@ def cache_root() -> Path:
 
 
 def python() -> Path:
-    """The Vulkan virtualenv's interpreter (``MOEPLACE_VULKAN_PYTHON`` overrides it)."""
-    override = os.environ.get("MOEPLACE_VULKAN_PYTHON")
+    """The GPU build's interpreter: ``MOEPLACE_GPU_PYTHON``, else the Vulkan virtualenv's."""
+    override = os.environ.get("MOEPLACE_GPU_PYTHON")
     if override:
         return Path(override)
     return cache_root() / f"venv-vulkan-{LLAMA_CPP_VERSION}" / "bin" / "python"
@@ -75,27 +77,27 @@ def _status() -> tuple[tuple[DeviceInfo, ...], str | None]:
     py = python()
     if not py.exists():
         marker = cache_root() / "wheels" / f"llama-cpp-python-{LLAMA_CPP_VERSION}-vulkan" / "UNAVAILABLE"
-        why = marker.read_text().strip() if marker.is_file() else f"no Vulkan build of llama.cpp at {py}"
+        why = marker.read_text().strip() if marker.is_file() else f"no GPU (Vulkan) build of llama.cpp at {py}"
         return (), f"{why}: {BUILD_HINT}"
     try:
-        p = subprocess.run([str(py), "-m", "moeplace.oracle.vulkan", "--devices"], capture_output=True, text=True,
+        p = subprocess.run([str(py), "-m", "moeplace.oracle.gpubuild", "--devices"], capture_output=True, text=True,
                            env=_env(), timeout=120, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return (), f"the Vulkan build at {py} does not start ({e}): {BUILD_HINT}"
+        return (), f"the GPU build at {py} does not start ({e}): {BUILD_HINT}"
     if p.returncode != 0:
         last = (p.stderr.strip().splitlines() or ["no message"])[-1]
-        return (), f"the Vulkan build sees no Vulkan device ({last}); without a GPU install mesa-vulkan-drivers"
+        return (), f"the GPU build at {py} sees no GPU device ({last}); without a GPU install mesa-vulkan-drivers"
     devices = tuple(DeviceInfo(**d) for d in json.loads(p.stdout))
     return devices, None
 
 
 def unavailable_reason() -> str | None:
-    """Why the Vulkan oracle cannot run here (one line naming the fix), None when it can."""
+    """Why the GPU oracle cannot run here (one line naming the fix), None when it can."""
     return _status()[1]
 
 
 def devices() -> tuple[DeviceInfo, ...]:
-    """The Vulkan devices the build sees (empty where it cannot run)."""
+    """The GPU devices the build sees, in llama.cpp's order (empty where it cannot run)."""
     return _status()[0]
 
 
@@ -116,7 +118,7 @@ def _run(requests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     while len(out) < len(requests):
         todo = requests[len(out):]
-        p = subprocess.run([str(python()), "-m", "moeplace.oracle.vulkan"], input="".join(
+        p = subprocess.run([str(python()), "-m", "moeplace.oracle.gpubuild"], input="".join(
             json.dumps(r) + "\n" for r in todo), capture_output=True, text=True, env=_env(), check=False)
         got = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
         out += got
@@ -129,7 +131,7 @@ def _run(requests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def measure_memory_many(requests: Sequence[MemoryRequest]) -> list[EngineMemory | EngineError]:
-    """:func:`moeplace.oracle.measure_memory` on the Vulkan build for each request (one worker for all); a
+    """:func:`moeplace.oracle.measure_memory` on the GPU build for each request (one worker for all); a
     request llama.cpp refused or aborted on gives an :class:`EngineError` in its place."""
     answers = _run([r.as_json("memory") for r in requests])
     return [EngineError(a["error"]) if "error" in a else _memory_from(a["memory"]) for a in answers]
@@ -143,14 +145,14 @@ def measure_memory(request: MemoryRequest) -> EngineMemory:
 
 
 def tensor_buffers(request: MemoryRequest) -> TensorBuffers:
-    """:func:`moeplace.oracle.tensor_buffers` on the Vulkan build (the request's cfg is not used)."""
+    """:func:`moeplace.oracle.tensor_buffers` on the GPU build (the request's cfg is not used)."""
     a = _run([request.as_json("buffers")])[0]
     if "error" in a:
         raise EngineError(a["error"])
     return TensorBuffers(a["buffers"]["overridden"], tuple((int(i), d) for i, d in a["buffers"]["slots"]))
 
 
-# --- the worker's side (runs inside the Vulkan virtualenv) ----------------------------------------------------
+# --- the worker's side (runs inside the GPU build's virtualenv) ----------------------------------------------------
 
 
 def _answer(req: dict[str, Any]) -> dict[str, Any]:
@@ -181,9 +183,9 @@ def main(argv: Sequence[str]) -> int:
     from moeplace import oracle
 
     if "--devices" in argv:
-        found = [asdict(d) for d in oracle.device_info() if d.name.startswith("Vulkan")]
+        found = [asdict(d) for d in oracle.device_info()]
         if not found:
-            print(f"no Vulkan device in this build ({oracle.version()})", file=sys.stderr)
+            print(f"no GPU device in this build ({oracle.version()})", file=sys.stderr)
             return 1
         print(json.dumps(found))
         return 0
