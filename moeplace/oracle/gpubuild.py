@@ -66,29 +66,46 @@ class MemoryRequest:
 # --- the parent's side ---------------------------------------------------------------------------------------
 
 
-def _env() -> dict[str, str]:
+# ggml-vulkan skips a device of type CPU (lavapipe) unless it is named: "If only CPU devices are available, return
+# without devices" (ggml_vk_instance_init), while GGML_VK_VISIBLE_DEVICES lists the devices to use whatever their type.
+_SOFTWARE_DEVICE = {"GGML_VK_VISIBLE_DEVICES": "0"}
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(_REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env.update(extra if extra is not None else _status()[2])
     return env
 
 
+def _ask_devices(py: Path, extra: dict[str, str]) -> tuple[tuple[DeviceInfo, ...], str]:
+    try:
+        p = subprocess.run([str(py), "-m", "moeplace.oracle.gpubuild", "--devices"], capture_output=True, text=True,
+                           env=_env(extra), timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return (), f"does not start ({e})"
+    if p.returncode != 0:
+        return (), (p.stderr.strip().splitlines() or ["no message"])[-1]
+    return tuple(DeviceInfo(**d) for d in json.loads(p.stdout)), ""
+
+
 @cache
-def _status() -> tuple[tuple[DeviceInfo, ...], str | None]:
+def _status() -> tuple[tuple[DeviceInfo, ...], str | None, dict[str, str]]:
+    """The devices, why there are none, and the environment the worker needs (see _SOFTWARE_DEVICE)."""
     py = python()
     if not py.exists():
         marker = cache_root() / "wheels" / f"llama-cpp-python-{LLAMA_CPP_VERSION}-vulkan" / "UNAVAILABLE"
         why = marker.read_text().strip() if marker.is_file() else f"no GPU (Vulkan) build of llama.cpp at {py}"
-        return (), f"{why}: {BUILD_HINT}"
-    try:
-        p = subprocess.run([str(py), "-m", "moeplace.oracle.gpubuild", "--devices"], capture_output=True, text=True,
-                           env=_env(), timeout=120, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return (), f"the GPU build at {py} does not start ({e}): {BUILD_HINT}"
-    if p.returncode != 0:
-        last = (p.stderr.strip().splitlines() or ["no message"])[-1]
-        return (), f"the GPU build at {py} sees no GPU device ({last}); without a GPU install mesa-vulkan-drivers"
-    devices = tuple(DeviceInfo(**d) for d in json.loads(p.stdout))
-    return devices, None
+        return (), f"{why}: {BUILD_HINT}", {}
+    found, why = _ask_devices(py, {})
+    if found:
+        return found, None, {}
+    if "GGML_VK_VISIBLE_DEVICES" not in os.environ:
+        soft, _ = _ask_devices(py, _SOFTWARE_DEVICE)
+        if soft:
+            return soft, None, dict(_SOFTWARE_DEVICE)
+    return (), (f"the GPU build at {py} sees no GPU device ({why}); without a GPU install mesa-vulkan-drivers "
+                "for the software Vulkan device"), {}
 
 
 def unavailable_reason() -> str | None:
