@@ -13,17 +13,19 @@ the KV cache (every cache's printed size and K/V parts, and the exact bytes), an
 whether moeplace refuses them too. The output contains no timestamps: regenerating it with the same llama.cpp
 gives the same file.
 
-    python benchmarks/memory_oracle.py --backend vulkan [--models ...] [--stdout]
+    python benchmarks/memory_oracle.py --backend gpu [--models ...] [--stdout]
 
-does the same on llama.cpp's Vulkan backend (the second build, .ci/llama-cpp-vulkan.sh, run through
-moeplace.oracle.gpubuild; on a machine without a GPU, Mesa's software device lavapipe) with GPU placements: full
-offload, partial -ngl, --cpu-moe and --n-cpu-moe, ubatch 512/2048/4096, contexts up to 128K, and compares every
-buffer of every device (moeplace.oracle.compare_devices). It rewrites only the Vulkan section of the document.
+does the same on a GPU backend: the second build that moeplace.oracle.gpubuild runs (llama.cpp's Vulkan backend
+from .ci/llama-cpp-vulkan.sh, on a machine without a GPU Mesa's software device lavapipe; MOEPLACE_GPU_PYTHON for
+a CUDA or ROCm build, as benchmarks/gpu_oracle.sh sets it) with GPU placements: full offload, partial -ngl,
+--cpu-moe and --n-cpu-moe, ubatch 512/2048/4096, contexts up to 128K, and compares every buffer of every device
+(moeplace.oracle.compare_devices). It rewrites only that device's section of the document.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 import textwrap
@@ -33,7 +35,7 @@ from pathlib import Path
 
 from moeplace import oracle
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import Device, host_device
+from moeplace.hardware import BACKEND_PREFIX, Device, host_device
 from moeplace.llamacpp import Override, apply, cpu_moe_pattern, cpu_moe_patterns
 from moeplace.memory import RunConfig, validate
 from moeplace.model import ModelDescription, load_model
@@ -209,7 +211,8 @@ def render(rows: list[Row], version: str) -> str:
     return "\n".join(out) + "\n"
 
 
-VULKAN_SECTION = "<!-- Vulkan section: benchmarks/memory_oracle.py --backend vulkan -->"
+SECTION = "<!-- section {device}: benchmarks/memory_oracle.py --backend gpu -->"
+_SECTION = re.compile(r"^<!-- section (\S+): .*-->$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,7 @@ class GpuCase:
 
 
 def gpu_cases(model: ModelDescription) -> list[GpuCase]:
+    """Full offload, every routed expert on the host, half of them, and half the layers."""
     n = model.hparams.n_layer
     out = [GpuCase("-ngl 999", 999, ())]
     if model.is_moe:
@@ -241,9 +245,11 @@ def gpu_configs(full_scale: bool) -> list[RunConfig]:
     return out
 
 
-def _gpu(limit: int | None) -> Device:
-    """The Vulkan device as moeplace describes it: its memory is irrelevant here, its largest tensor is not."""
-    return Device(name="Vulkan0", backend="vulkan", label="Vulkan0", memory=1 << 40, bandwidth=1e11,
+def _gpu(name: str, limit: int | None) -> Device:
+    """The build's device as moeplace describes it: its memory is irrelevant here, its largest tensor is not."""
+    prefix = name.rstrip("0123456789")
+    backend = next((b for b, p in BACKEND_PREFIX.items() if p == prefix), "cuda")
+    return Device(name=name, backend=backend, label=name, memory=1 << 40, bandwidth=1e11,
                   efficiency=0.6, link_bandwidth=1e10, max_tensor=limit or 0)
 
 
@@ -256,14 +262,14 @@ class GpuRow:
     refused: str | None
 
 
-def measure_gpu(name: str, path: Path, limit: int | None) -> list[GpuRow]:
+def measure_gpu(name: str, path: Path, gpu: Device) -> list[GpuRow]:
     model = load_model(path)
-    devices = {"Vulkan0": _gpu(limit), HOST: host_device(1 << 40, 50)}
+    devices = {gpu.name: gpu, HOST: host_device(1 << 40, 50)}
     full_scale = name in FULL
     todo: list[tuple[GpuCase, RunConfig, Placement]] = []
     for case in gpu_cases(model):
-        placement = host_fallback(model, apply(model, case.ngl, None, case.overrides, ["Vulkan0"]),
-                                  {"Vulkan0": limit or 0})
+        placement = host_fallback(model, apply(model, case.ngl, None, case.overrides, [gpu.name]),
+                                  {gpu.name: gpu.max_tensor})
         for cfg in gpu_configs(full_scale):
             try:
                 validate(model, cfg)
@@ -294,20 +300,20 @@ def _cell(c: DeviceComparison, device: str, buffer: str) -> str:
     return f"{f.llama / MIB:,.2f} ({err / MIB:+.2f}){mark}"
 
 
-def render_gpu(rows: list[GpuRow], devices: str, version: str) -> str:
+def render_gpu(rows: list[GpuRow], gpu: str, description: str, version: str) -> str:
     compared = [r.comparison for r in rows if r.comparison is not None]
-    lines = [VULKAN_SECTION, "", "## Vulkan0: llama.cpp's Vulkan backend", ""]
-    lines += _wrap(f"llama.cpp: {version}, Vulkan backend, device {devices}. Each model is loaded with the "
+    lines = [SECTION.format(device=gpu), "", f"## {gpu}: llama.cpp's {gpu.rstrip('0123456789')} backend", ""]
+    lines += _wrap(f"llama.cpp: {version}, device {gpu}: {description}. Each model is loaded with the "
                    "placement in the second column (`-ngl`, `--cpu-moe`, `--n-cpu-moe` as llama.cpp's options; the "
                    "full-scale header-only models with `no_alloc`, the tiny ones with real allocation), and every "
                    "buffer llama.cpp reports per device (exact bytes from `llama_get_memory_breakdown`; host means "
-                   "`CPU`, `CPU_REPACK` and `Vulkan_Host` together) is put beside `moeplace.memory.memory_by_device` "
+                   "`CPU`, `CPU_REPACK` and the backend's host buffer such as `Vulkan_Host` together) is put beside `moeplace.memory.memory_by_device` "
                    "for the same options read by `moeplace.llamacpp` (with the weights the device refuses kept on "
                    "the host, `moeplace.placement.host_fallback`). Cells: llama.cpp's MiB (moeplace minus llama.cpp); "
                    "**!** marks an error beyond 64 MiB. Regenerate with "
-                   "`python benchmarks/memory_oracle.py --backend vulkan`.")
+                   "`python benchmarks/memory_oracle.py --backend gpu`.")
     lines.append("")
-    keys = [(d, b) for d in ("Vulkan0", HOST) for b in BUFFERS if not (d == "Vulkan0" and b == "output")]
+    keys = [(d, b) for d in (gpu, HOST) for b in BUFFERS if not (d == gpu and b == "output")]
     for d, b in keys:
         errs = [f.error for c in compared if (f := c.figure(d, b)) is not None and f.error is not None]
         if not errs:
@@ -336,40 +342,46 @@ def render_gpu(rows: list[GpuRow], devices: str, version: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _splice(path: Path, cpu: str | None, gpu: str | None) -> str:
-    """The document with its CPU part and/or its Vulkan section replaced (the other kept as it is)."""
+def _splice(path: Path, cpu: str | None, section: tuple[str, str] | None) -> str:
+    """The document with its CPU part or one device's section replaced, everything else kept as it is."""
     old = path.read_text(encoding="utf-8") if path.exists() else ""
-    old_cpu, _, old_gpu = old.partition(VULKAN_SECTION)
-    old_gpu = VULKAN_SECTION + old_gpu if old_gpu else ""
-    parts = [(cpu if cpu is not None else old_cpu).strip("\n"), (gpu if gpu is not None else old_gpu).strip("\n")]
+    marks = list(_SECTION.finditer(old))
+    head = old[: marks[0].start()] if marks else old
+    sections = {m.group(1): old[m.start(): marks[i + 1].start() if i + 1 < len(marks) else len(old)]
+                for i, m in enumerate(marks)}
+    if section is not None:
+        sections[section[0]] = section[1]
+    parts = [(cpu if cpu is not None else head).strip("\n"), *(s.strip("\n") for s in sections.values())]
     return "\n\n".join(x for x in parts if x) + "\n"
 
 
-def main_vulkan(args: argparse.Namespace) -> int:
+def main_gpu(args: argparse.Namespace) -> int:
     reason = gpubuild.unavailable_reason()
     if reason:
         print(f"memory_oracle: {reason}", file=sys.stderr)
         return 2
     dev = gpubuild.devices()[0]
-    limit = dev.largest_tensor
+    gpu = _gpu(dev.name, dev.largest_tensor)
     names = args.models.split(",") if args.models else [*TINY, *FULL]
     rows: list[GpuRow] = []
     version = "?"
     with tempfile.TemporaryDirectory() as d:
         for name in names:
             path = write_model(name, Path(d) / f"{name}.gguf")[0]
-            got = measure_gpu(name, path, limit)
+            got = measure_gpu(name, path, gpu)
             bad = [r for r in got if r.comparison and any(
                 f.error is not None and abs(f.error) > GPU_TOLERANCE for f in r.comparison.figures)]
             print(f"{name:22s} {len(got)} loads, {len(bad)} with a buffer beyond 64 MiB", file=sys.stderr)
             rows += got
             version = next((r.comparison.engine for r in got if r.comparison), version)
-    desc = f"`{dev.description}` (largest tensor {limit / MIB:,.0f} MiB)" if limit else f"`{dev.description}`"
-    text = render_gpu(rows, desc, version)
+    limit = dev.largest_tensor
+    desc = f"`{dev.description}`" + (f", largest tensor it takes {limit / MIB:,.2f} MiB (asked from the device)"
+                                      if limit else "")
+    text = render_gpu(rows, dev.name, desc, version)
     if args.stdout:
         print(text)
     else:
-        args.out.write_text(_splice(args.out, None, text), encoding="utf-8")
+        args.out.write_text(_splice(args.out, None, (dev.name, text)), encoding="utf-8")
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
@@ -379,11 +391,11 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "memory-oracle.md", help="the Markdown file")
     ap.add_argument("--models", default=None, help="comma-separated factory names (default: all)")
     ap.add_argument("--stdout", action="store_true", help="print the table instead of writing the file")
-    ap.add_argument("--backend", choices=("cpu", "vulkan"), default="cpu",
-                    help="cpu: the CPU build in this Python; vulkan: the Vulkan build through moeplace.oracle.gpubuild")
+    ap.add_argument("--backend", choices=("cpu", "gpu"), default="cpu",
+                    help="cpu: the CPU build in this Python; gpu: the GPU build moeplace.oracle.gpubuild runs")
     args = ap.parse_args()
-    if args.backend == "vulkan":
-        return main_vulkan(args)
+    if args.backend == "gpu":
+        return main_gpu(args)
     if not oracle.available():
         print(f"memory_oracle: {oracle.unavailable_reason()}", file=sys.stderr)
         return 2

@@ -113,6 +113,11 @@ def unavailable_reason() -> str | None:
     return _status()[1]
 
 
+def worker_env() -> dict[str, str]:
+    """Environment variables the build needs to see its device (the software device's selection, or nothing)."""
+    return dict(_status()[2])
+
+
 def devices() -> tuple[DeviceInfo, ...]:
     """The GPU devices the build sees, in llama.cpp's order (empty where it cannot run)."""
     return _status()[0]
