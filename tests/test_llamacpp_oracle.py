@@ -10,7 +10,7 @@ The build here is CPU-only, so every override targets the CPU buffer type and wh
 tensors each pattern selects* under ECMAScript ``std::regex_search`` versus moeplace's Python ``re.search``, and
 the number of layer slots. Skipped where llama_cpp is not importable (run it with the interpreter that has it,
 e.g. ``/tmp/llbuild/bin/python -m pytest tests/test_llamacpp_oracle.py``). The loading and log parsing are
-moeplace.engine's (:func:`moeplace.oracle.tensor_buffers`)."""
+moeplace.oracle.s (:func:`moeplace.oracle.tensor_buffers`)."""
 
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 
 from moeplace import llamacpp as L
-from moeplace import oracle
 from moeplace.model import ModelDescription, Role, load_model
+from moeplace.oracle import ENGINE_HINT, tensor_buffers
 from moeplace.placement import HOST, Placement
 from moeplace.testing import TINY
 
-pytest.importorskip("llama_cpp", reason=oracle.ENGINE_HINT)
+pytest.importorskip("llama_cpp", reason=ENGINE_HINT)
 pytestmark = pytest.mark.llama
 
 _HOST_BUFFERS = re.compile(r"^(CPU\w*|\w+_Host)$")  # CPU, CPU_REPACK (extra buffer types), CUDA_Host...
@@ -39,7 +39,7 @@ class Oracle:
 
     def load(self, path: Path, patterns: Sequence[str], ngl: int = 0) -> tuple[dict[str, str], list[int]]:
         """``({tensor: buffer llama.cpp logged}, [layer slot indices])`` for a no_alloc load."""
-        got = oracle.tensor_buffers(path, [L.Override(p, HOST) for p in patterns], n_gpu_layers=ngl)
+        got = tensor_buffers(path, [L.Override(p, HOST) for p in patterns], n_gpu_layers=ngl)
         return dict(got.overridden), [i for i, _ in got.slots]
 
 

@@ -67,7 +67,7 @@ def test_counts_are_consistent(llama: object, model_dir: Path, name: str) -> Non
     assert result.prompt_tokens > 3 * 10 and not result.interrupted
     assert_consistent(model, result, result.prompt_tokens + result.generated_tokens)
     assert result.profile.source.kind == "live"
-    assert result.profile.source.oracle.startswith("llama-cpp-python")
+    assert result.profile.source.engine.startswith("llama-cpp-python")
     assert result.profile.source.generated_tokens == result.generated_tokens
 
 
