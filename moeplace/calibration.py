@@ -36,6 +36,7 @@ from typing import Any
 
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import GB, Device
+from moeplace.outfiles import encode_text, write_file
 from moeplace.speed import GPU_COMPUTE_EFFICIENCY
 
 SCHEMA = "moeplace.calibration/1"
@@ -161,12 +162,7 @@ def dumps(cal: Calibration) -> str:
 
 def save(cal: Calibration, path: str | os.PathLike[str]) -> Path:
     """Writes the file (whole: through a temporary file beside it, so a crash never leaves half of one)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(dumps(cal), encoding="utf-8")
-    os.replace(tmp, p)
-    return p
+    return write_file(path, encode_text(dumps(cal)))
 
 
 def apply_one(device: Device, m: Measurement) -> Device:

@@ -8,6 +8,7 @@ A placement map can reuse :class:`Grid` with its own colours and legend.
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 import os
@@ -20,6 +21,7 @@ import numpy as np
 
 from moeplace.errors import MoeplaceError
 from moeplace.model import ModelDescription, Role, Tensor
+from moeplace.outfiles import encode_text, write_file
 from moeplace.placement import HOST, Placement
 from moeplace.routing import RoutingProfile
 
@@ -158,8 +160,8 @@ def _rgb(colour: str) -> tuple[float, float, float]:
     return tuple(int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5))  # type: ignore[return-value]
 
 
-def render_png(grid: Grid, path: Path) -> None:
-    """The grid as a PNG through matplotlib."""
+def render_png(grid: Grid, name: str = "picture.png") -> bytes:
+    """The grid as PNG bytes through matplotlib."""
     try:
         import matplotlib
 
@@ -168,7 +170,7 @@ def render_png(grid: Grid, path: Path) -> None:
         from matplotlib.patches import Patch
     except ImportError:
         raise PlotError("PNG output needs matplotlib (pip install matplotlib); SVG needs nothing: "
-                        f"write {path.with_suffix('.svg').name}") from None
+                        f"write {Path(name).with_suffix('.svg').name}") from None
     rows, cols = grid.shape
     image = np.array([[_rgb(c) for c in row] for row in grid.colours])
     fig, ax = plt.subplots(figsize=(min(16, 2 + cols * 0.12 + 1), min(12, 2 + rows * 0.12 + 1)), dpi=120)
@@ -181,8 +183,10 @@ def render_png(grid: Grid, path: Path) -> None:
     ax.legend(handles=[Patch(facecolor=c, edgecolor="#999", label=label) for c, label in grid.legend],
               loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(grid.legend), fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    return buf.getvalue()
 
 
 def write_grid(grid: Grid, path: str | os.PathLike[str]) -> Path:
@@ -191,12 +195,7 @@ def write_grid(grid: Grid, path: str | os.PathLike[str]) -> Path:
     suffix = p.suffix.lower()
     if suffix not in (".svg", ".png"):
         raise PlotError(f"{p.name}: write the picture as .svg or .png")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".svg":
-        p.write_text(render_svg(grid), encoding="utf-8")
-    else:
-        render_png(grid, p)
-    return p
+    return write_file(p, encode_text(render_svg(grid)) if suffix == ".svg" else render_png(grid, p.name))
 
 
 def plot_profile(profile: RoutingProfile, path: str | os.PathLike[str]) -> Path:

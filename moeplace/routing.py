@@ -26,6 +26,7 @@ import numpy as np
 
 from moeplace.errors import MoeplaceError
 from moeplace.model import ModelDescription
+from moeplace.outfiles import encode_text, write_file
 from moeplace.ranges import format_ranges
 
 FORMAT = "moeplace-routing-profile"
@@ -519,12 +520,7 @@ def dumps(profile: RoutingProfile) -> str:
 
 def save_profile(profile: RoutingProfile, path: str | os.PathLike[str]) -> Path:
     """Writes the profile (creating the folder); returns the path written."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(dumps(profile))
-    tmp.replace(p)  # never leave a half-written profile behind
-    return p
+    return write_file(path, encode_text(dumps(profile)))  # whole or not at all
 
 
 def _get(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], origin: str, where: str = "") -> Any:

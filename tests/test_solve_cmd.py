@@ -110,3 +110,101 @@ def test_cp_sat_cross_check(model_path: Callable[[str], Path]) -> None:
                          "--solver", "cp-sat", "--time-limit", "20")
     assert code == 0, err
     assert "CP-SAT: proven optimal" in out
+
+
+# --- -o DIR never loses anything ------------------------------------------------------------------------------
+
+SCRIPT_SET = ["cli.ps1", "cli.sh", "llama-swap.yaml", "plan.json", "server.ps1", "server.sh"]
+
+
+def test_out_dir_keeps_everything_that_was_there(model_path: Callable[[str], Path], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    project = tmp_path / "project"
+    (project / ".git").mkdir(parents=True)
+    (project / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (project / "src.py").write_text("print('mine')\n")
+    model = project / "model.gguf"
+    shutil.copy(model_path("qwen3moe-tiny"), model)
+    monkeypatch.chdir(project)
+    for out in (".", str(project), "."):  # twice into the same folder: the second run replaces its own files
+        code, _, err = run("solve", "model.gguf", "--vram", "1G", "-o", out, "--map", "map.svg")
+        assert code == 0, err
+    assert (project / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
+    assert (project / "src.py").read_text() == "print('mine')\n"
+    assert model.read_bytes() == model_path("qwen3moe-tiny").read_bytes()
+    assert sorted(p.name for p in project.iterdir()) == sorted([".git", "src.py", "model.gguf", "map.svg",
+                                                                *SCRIPT_SET])
+
+
+def test_map_inside_the_out_dir_survives(model_path: Callable[[str], Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, _, err = run("solve", str(model_path("qwen3moe-tiny")), "--vram", "1G", "--map", str(out / "map.svg"),
+                       "-o", str(out))
+    assert code == 0, err
+    assert (out / "map.svg").read_text().startswith("<svg")
+
+
+def test_symlinked_out_dir_keeps_its_target(model_path: Callable[[str], Path], tmp_path: Path) -> None:
+    target = tmp_path / "real"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep")
+    (tmp_path / "link").symlink_to(target)
+    code, _, err = run("solve", str(model_path("qwen3moe-tiny")), "--vram", "1G", "-o", str(tmp_path / "link"))
+    assert code == 0, err
+    assert (target / "notes.txt").read_text() == "keep"
+    assert (target / "plan.json").is_file()
+
+
+@pytest.mark.parametrize("case", ["empty", "file", "foreign", "under-file"])
+def test_bad_out_dir_is_one_line_and_writes_nothing(case: str, model_path: Callable[[str], Path], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f").write_text("data")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "server.sh").write_text("#!/bin/sh\necho my own server script\n")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    out = {"empty": "", "file": "f", "foreign": "d", "under-file": "f/sub"}[case]
+    code, stdout, err = run("solve", str(model_path("qwen3moe-tiny")), "--vram", "1G", "-o", out)
+    assert code == 2
+    assert err.startswith("Error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err + stdout
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_scripts_use_an_absolute_model_path(model_path: Callable[[str], Path], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    shutil.copy(model_path("qwen3moe-tiny"), tmp_path / "m.gguf")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run("solve", "m.gguf", "--vram", "1G", "-o", "out")
+    assert code == 0, err
+    absolute = str(tmp_path / "m.gguf")
+    doc = json.loads((tmp_path / "out" / "plan.json").read_text())
+    assert doc["settings"]["model_path"] == absolute and doc["model"]["paths"] == [absolute]
+    for f in ("server.sh", "cli.sh", "server.ps1", "llama-swap.yaml"):
+        assert absolute in (tmp_path / "out" / f).read_text(encoding="utf-8-sig"), f
+
+
+def test_powershell_has_bom_and_crlf_shell_has_lf(model_path: Callable[[str], Path], tmp_path: Path) -> None:
+    code, _, err = run("solve", str(model_path("qwen3moe-tiny")), "--vram", "1G", "-o", str(tmp_path))
+    assert code == 0, err
+    for f in ("server.ps1", "cli.ps1"):
+        data = (tmp_path / f).read_bytes()
+        assert data.startswith(b"\xef\xbb\xbf")
+        assert data.count(b"\n") == data.count(b"\r\n") > 3
+    for f in ("server.sh", "cli.sh", "llama-swap.yaml", "plan.json"):
+        data = (tmp_path / f).read_bytes()
+        assert b"\r" not in data and not data.startswith(b"\xef\xbb\xbf")
+
+
+def test_concurrent_runs_into_one_folder(model_path: Callable[[str], Path], tmp_path: Path) -> None:
+    import sys
+
+    out = tmp_path / "same"
+    cmd = [sys.executable, "-m", "moeplace.cli", "solve", str(model_path("qwen3moe-tiny")), "--vram", "1G",
+           "-o", str(out)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(3)]
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errs
+    assert sorted(p.name for p in out.iterdir()) == SCRIPT_SET  # no temporary file left behind
+    json.loads((out / "plan.json").read_text())

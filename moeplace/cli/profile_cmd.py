@@ -12,6 +12,7 @@ import click
 from moeplace.cli import friendly_errors, table
 from moeplace.errors import MoeplaceError
 from moeplace.model import load_model
+from moeplace.outfiles import encode_text, write_file
 from moeplace.routing import (
     DEFAULT_BATCHES,
     RoutingProfile,
@@ -267,8 +268,7 @@ def export(profile_path: Path, fmt: str, cache: int | None, output: Path | None)
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text)
+        write_file(output, encode_text(text))
         served = f"; a cache of {cache} per layer serves {data['served']:.1%} of routes" if cache else ""
         click.echo(f"wrote {output}{served}")
 

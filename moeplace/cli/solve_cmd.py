@@ -16,6 +16,7 @@ from moeplace.emit.scripts import plan_document, prediction, write_script_set
 from moeplace.hardware import HOST_NAME
 from moeplace.memory import DEFAULT_MARGIN
 from moeplace.model import load_model
+from moeplace.outfiles import output_path
 from moeplace.planner import Plan, auto_context, parse_pin, parse_workload, plan
 from moeplace.plot import placement_grid, write_grid
 from moeplace.ranges import format_ranges
@@ -142,10 +143,12 @@ Examples:
               help="Seconds CP-SAT may search.")
 @click.option("--explain", is_flag=True, help="Show why each block's experts went where they did.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (schema moeplace.plan/1).")
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Folder for the launch scripts (default: moeplace-<model>/ in the current folder).")
+@click.option("-o", "--out", "out_dir", default=None, metavar="DIR",
+              help="Folder for the launch scripts (default: moeplace-<model>/ in the current folder); created if "
+                   "missing. Only moeplace's own six files are written there: a same-named file moeplace did not "
+                   "write stops the run, and nothing else in the folder is touched.")
 @click.option("--no-scripts", is_flag=True, help="Print the plan only; write no files.")
-@click.option("--map", "map_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--map", "map_path", default=None, metavar="FILE",
               help="Draw where every block's tensors live (.svg, or .png with matplotlib).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="llama-server address in the scripts.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
@@ -156,7 +159,7 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
           n_ubatch: int, flash_attn: str, n_seq_max: int, kv_unified: bool, swa_full: bool, no_kv_offload: bool,
           no_op_offload: bool, workload: str, pins: tuple[str, ...], profile_path: Path | None, solver: str,
           time_limit: float, explain: bool,
-          as_json: bool, out_dir: Path | None, no_scripts: bool, map_path: Path | None, host: str, port: int) -> None:
+          as_json: bool, out_dir: str | None, no_scripts: bool, map_path: str | None, host: str, port: int) -> None:
     md = load_model(model)
     devices = devices_from(gpus, backend, ram, ram_bw, calibration)
     if len(devices) == 1:
@@ -185,16 +188,17 @@ def solve(model: Path, gpus: tuple[str, ...], backend: str | None, ram: int | No
         chosen = plan(md, devices, cfg, workload=wl, margin=margin_b, pins=pin_list, profile=profile, solver=solver,
                       time_limit=time_limit)
     gpu_names = tuple(n for n in devices if n != HOST_NAME)
-    settings = RunSettings(model_path=md.paths[0], n_ctx=chosen.estimate.context.n_ctx, devices=gpu_names,
+    # Absolute, so the scripts, llama-swap entry and plan.json work from any folder.
+    settings = RunSettings(model_path=md.paths[0].absolute(), n_ctx=chosen.estimate.context.n_ctx, devices=gpu_names,
                            cache_type_k=type_k, cache_type_v=type_v, flash_attn=chosen.cfg.flash_attn,
                            n_ubatch=n_ubatch, n_batch=n_batch, n_parallel=n_seq_max, kv_offload=not no_kv_offload)
     args = build_args(md, chosen.placement, settings)
-    if map_path is not None:
-        write_grid(placement_grid(md, chosen.placement), map_path)
     script_dir = None
     if not no_scripts:
-        default_dir = Path("moeplace-" + re.sub(r"[^A-Za-z0-9._-]+", "-", md.name).strip("-."))
-        script_dir = write_script_set(out_dir or default_dir, chosen, args, host, port)
+        default_dir = "moeplace-" + re.sub(r"[^A-Za-z0-9._-]+", "-", md.name).strip("-.")
+        script_dir = write_script_set(default_dir if out_dir is None else out_dir, chosen, args, host, port)
+    if map_path is not None:
+        write_grid(placement_grid(md, chosen.placement), output_path(map_path, "--map"))
     if as_json:
         doc = plan_document(md, chosen.placement, args, prediction(chosen))
         if trade:

@@ -25,14 +25,13 @@ import json
 import os
 import re
 import shlex
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from moeplace.emit.args import LlamaArgs, SettingsError
 from moeplace.model import ModelDescription
+from moeplace.outfiles import OutFile, encode_text, write_file, write_set
 from moeplace.placement import HOST, Placement
 from moeplace.planner import Plan
 
@@ -235,7 +234,7 @@ def plan_document(model: ModelDescription, placement: Placement, args: LlamaArgs
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "model": {
-            "name": model.name, "arch": model.arch, "paths": [os.fspath(p) for p in model.paths],
+            "name": model.name, "arch": model.arch, "paths": [os.fspath(Path(p).absolute()) for p in model.paths],
             "fingerprint": model.fingerprint(), "n_layer": model.hparams.n_layer, "file_type": model.file_type,
         },
         "settings": {
@@ -268,12 +267,17 @@ def plan_json(doc: Mapping[str, Any]) -> str:
 
 
 def write_text(path: str | os.PathLike[str], text: str, executable: bool = False) -> Path:
-    """Writes a script or document as UTF-8 with LF line endings; ``executable`` sets the owner's x bit."""
-    p = Path(path)
-    p.write_text(text, encoding="utf-8", newline="\n")
-    if executable:
-        p.chmod(p.stat().st_mode | 0o100)
-    return p
+    """Writes one script or document whole, with the encoding and line endings its reader needs
+    (:func:`file_bytes`); ``executable`` adds x where the umask gives r."""
+    return write_file(path, file_bytes(Path(path).name, text), executable=executable)
+
+
+def file_bytes(name: str, text: str) -> bytes:
+    """A file's bytes, explicitly: PowerShell scripts as UTF-8 with a BOM and CRLF (Windows PowerShell 5.1 reads
+    a BOM-less file in the ANSI code page, where some UTF-8 bytes turn into quote characters), everything else
+    as UTF-8 with LF."""
+    ps1 = name.lower().endswith(".ps1")
+    return encode_text(text, crlf=ps1, bom=ps1)
 
 
 # --- a plan's whole set of files ----------------------------------------------------------------------------
@@ -304,11 +308,13 @@ def prediction(p: Plan) -> dict[str, Any]:
     }
 
 
-def write_script_set(directory: Path, p: Plan, args: LlamaArgs, host: str = "127.0.0.1", port: int = 8080) -> Path:
-    """Writes every launch script and the plan into ``directory`` all at once: they are built in a temporary
-    folder beside it and moved into place, so an error never leaves half a set."""
+def write_script_set(directory: str | os.PathLike[str], p: Plan, args: LlamaArgs, host: str = "127.0.0.1",
+                     port: int = 8080) -> Path:
+    """Writes every launch script and the plan into ``directory`` (created if missing) as one set: files of
+    these names that moeplace wrote before are replaced, nothing else in the folder is touched, and a file of
+    the same name that moeplace did not write stops the run with nothing written (:mod:`moeplace.outfiles`)."""
     name, model_id = p.model.name, model_id_for(p.model)
-    files = {
+    texts = {
         "server.sh": (sh_script(args, server=True, host=host, port=port, model_name=name), True),
         "cli.sh": (sh_script(args, program="llama-cli", server=False, model_name=name), True),
         "server.ps1": (powershell_script(args, server=True, host=host, port=port, model_name=name), False),
@@ -316,18 +322,5 @@ def write_script_set(directory: Path, p: Plan, args: LlamaArgs, host: str = "127
         "llama-swap.yaml": (llama_swap_entry(args, model_id), False),
         "plan.json": (plan_json(plan_document(p.model, p.placement, args, prediction(p))), False),
     }
-    directory = directory.resolve()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        for fname, (text, executable) in files.items():
-            (tmp / fname).write_text(text)
-            if executable:
-                os.chmod(tmp / fname, 0o755)
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+    files = {fname: OutFile(file_bytes(fname, text), executable) for fname, (text, executable) in texts.items()}
+    return write_set(directory, files).resolve()
