@@ -88,12 +88,14 @@ EOF
     mv "$tmp"/wheel/llama_cpp_python-*.whl "$cache"/
 fi
 
-# 3. Its own virtualenv: the wheel and moeplace's dependencies (the tests put the worktree first on PYTHONPATH).
+# 3. Its own virtualenv: the wheel and moeplace's dependencies (the tests put the worktree first on PYTHONPATH),
+# rebuilt when the wheel or pyproject.toml (the dependencies) change.
 wheel="$(ls "$cache"/llama_cpp_python-*.whl | head -1)"
-stamp="$venv/.moeplace-wheel"
-if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wheel" ]; then
+stamp="$venv/.moeplace-stamp"
+want="$wheel $(sha256sum "$repo/pyproject.toml" | cut -d' ' -f1)"
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     rm -rf "$venv"
-    { python3 -m venv "$venv" && "$venv/bin/pip" install -q "$wheel" "$repo" && echo "$wheel" > "$stamp"; } \
+    { python3 -m venv "$venv" && "$venv/bin/pip" install -q "$wheel" "$repo" && echo "$want" > "$stamp"; } \
         >"$cache/venv.log" 2>&1 || unavailable "could not install the Vulkan wheel into $venv (see $cache/venv.log)"
 fi
 
