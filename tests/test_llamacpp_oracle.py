@@ -34,7 +34,7 @@ _HOST_BUFFERS = re.compile(r"^(CPU\w*|\w+_Host)$")  # CPU, CPU_REPACK (extra buf
 
 
 class Oracle:
-    """Loads a model with given overrides (every pattern to the CPU buffer type) through moeplace.engine and
+    """Loads a model with given overrides (every pattern to the CPU buffer type) through moeplace.oracle and
     reports what llama.cpp logged."""
 
     def load(self, path: Path, patterns: Sequence[str], ngl: int = 0) -> tuple[dict[str, str], list[int]]:
