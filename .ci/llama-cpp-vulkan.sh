@@ -10,6 +10,9 @@
 # reason to "$cache/UNAVAILABLE", which the `vulkan` tests print as their skip reason, and exits 0.
 # Set MOEPLACE_VULKAN=0 to skip it entirely (the tests then skip saying so).
 #
+# -DLLAVA_BUILD=OFF (llama-cpp-python's switch for the multimodal library, which the oracle never loads) saves
+# about a third of the compile.
+#
 # The patch step: llama.cpp's ggml-vulkan.cpp (as bundled in llama-cpp-python 0.3.36) chains a
 # vk::LayerSettingsCreateInfoEXT (VK_EXT_layer_settings, Vulkan headers >= 1.3.261) into its instance creation to
 # switch on best-practice validation. Debian 12 ships headers 1.3.239, where those types do not exist. The patch
@@ -82,7 +85,7 @@ path.write_text(text[:start] + guarded + text[end:])
 print(f"patched {path}")
 EOF
     CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
-    CMAKE_ARGS="-DGGML_VULKAN=on -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+    CMAKE_ARGS="-DGGML_VULKAN=on -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAVA_BUILD=OFF" \
         python3 -m pip wheel --no-deps --no-cache-dir -w "$tmp/wheel" "$src" >>"$cache/build.log" 2>&1 \
         || unavailable "the Vulkan build of llama-cpp-python $version failed (see $cache/build.log)"
     mv "$tmp"/wheel/llama_cpp_python-*.whl "$cache"/
