@@ -10,8 +10,8 @@
 # reason to "$cache/UNAVAILABLE", which the `vulkan` tests print as their skip reason, and exits 0.
 # Set MOEPLACE_VULKAN=0 to skip it entirely (the tests then skip saying so).
 #
-# -DLLAVA_BUILD=OFF (llama-cpp-python's switch for the multimodal library, which the oracle never loads) saves
-# about a third of the compile.
+# -DLLAVA_BUILD=OFF (llama-cpp-python's switch for the multimodal library, which the oracle never loads) skips
+# compiling tools/mtmd (dozens of files; the saving was not timed).
 #
 # The patch step: llama.cpp's ggml-vulkan.cpp (as bundled in llama-cpp-python 0.3.36) chains a
 # vk::LayerSettingsCreateInfoEXT (VK_EXT_layer_settings, Vulkan headers >= 1.3.261) into its instance creation to
