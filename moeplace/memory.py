@@ -421,23 +421,113 @@ def kv_bytes_by_device(model: ModelDescription, placement: Placement, cfg: RunCo
 
 
 def compute_bytes_by_device(model: ModelDescription, placement: Placement, cfg: RunConfig,
-                            host_experts: bool | None = None, used: Sequence[str] | None = None
-                            ) -> dict[str, int]:
+                            host_experts: bool | None = None, used: Sequence[str] | None = None,
+                            devices: Mapping[str, Device] | None = None) -> dict[str, int]:
     """Compute buffers per device (an estimate; see :func:`compute_terms`). A device that runs blocks gets the
     largest block phase, the one that runs the output layer the logits phase; the host always holds the graph
     inputs (token embeddings are looked up there) and the output buffer llama.cpp reserves for
     ``n_seq_max`` logits rows; with routed experts on the host it computes them for the whole ubatch when op
-    offload cannot move them (``--no-op-offload`` or a ubatch below 32 tokens)."""
+    offload cannot move them (``--no-op-offload`` or a ubatch below 32 tokens). Vulkan devices follow their own,
+    measured rules (:func:`_vulkan_compute`); CUDA, ROCm, SYCL and Metal keep these stated ones."""
     terms = compute_terms(model, cfg)
+    gpus = [d for d in (devices or {}).values() if not d.is_host and d.name in placement.devices()]
+    if gpus and all(g.backend == "vulkan" for g in gpus):
+        return _vulkan_compute(model, placement, cfg, terms, gpus)
     runners = set(placement.layer_devices)
-    devices = set(placement.devices() if used is None else used) | {HOST_NAME}
-    out = {d: terms.bytes(runs_layers=d in runners, runs_output=d == placement.output_device) for d in devices}
+    devs = set(placement.devices() if used is None else used) | {HOST_NAME}
+    out = {d: terms.bytes(runs_layers=d in runners, runs_output=d == placement.output_device) for d in devs}
     if host_experts is None:
         host_experts = any(t.role is Role.ROUTED_EXPERT and placement.tensor_devices.get(t.name) == HOST_NAME
                            for t in model.tensors)
     if host_experts and (not cfg.op_offload or terms.n_ubatch < OP_OFFLOAD_MIN_BATCH):
         out[HOST_NAME] = max(out[HOST_NAME], terms.n_ubatch * terms.layer)
     out[HOST_NAME] += output_bytes(model, cfg)
+    return out
+
+
+# Vulkan's compute buffers, fitted to moeplace's Vulkan oracle (llama-cpp-python 0.3.36's Vulkan backend on Mesa's
+# lavapipe; benchmarks/memory_oracle.py --backend gpu, docs/memory-oracle.md). Bytes per ubatch token, in units of
+# n_embd (E):
+VK_FFN_E = 48  # the FFN phase of a block on the device: 12 W + 48 E + mask (the CPU's is 12 W + 16 E + mask)
+VK_COPY_E = 64  # activations live beside an op-offload weight copy (qwen3-30b: 172 MiB = 108 MiB copy + 64 E x 512)
+VK_SPLIT_MASKS = 2.5  # masks live beside that copy when layers run on both the host and the device (fitted, 4K-128K)
+
+
+def _vulkan_compute(model: ModelDescription, placement: Placement, cfg: RunConfig, terms: ComputeTerms,
+                    gpus: Sequence[Device]) -> dict[str, int]:
+    """Compute buffers under llama.cpp's Vulkan backend, from ggml-backend's scheduling rules (ggml-backend.cpp
+    ``ggml_backend_sched_backend_id_from_cur``) with the sizes fitted to the Vulkan oracle:
+
+    * an op runs where its weight is; with the weight in host memory and a ubatch of at least 32 tokens it is
+      offloaded to the first GPU (op offload) if that device accepts it, and the weight is copied into that
+      GPU's compute buffer: the buffer holds the largest such copy beside ``VK_COPY_E`` E per token;
+    * a device accepts no tensor, weight or activation, larger than its ``max_tensor`` (Vulkan's
+      ``maxStorageBufferRange``; ggml_backend_vk_device_supports_op): such ops run on the host. Hence the logits
+      run on the host when ``output.weight`` is too large for the device (lavapipe), and without flash attention
+      the attention of a long context (its f32 score matrix) runs on the host;
+    * the host's compute buffer (``Vulkan_Host``, pinned host memory) holds the inputs, the logits phase where the
+      logits run there, the attention phase where attention runs there, and, added to those, the routed-expert
+      activations of host experts that cannot be offloaded (too large, or a ubatch below 32);
+    * the output (logits) buffer is in host memory (``output_reserve``), as on every backend."""
+    hp = model.hparams
+    shape = context_shape(model, cfg)
+    ub, E = shape.n_ubatch, hp.n_embd
+    first = gpus[0]
+    limit = {g.name: g.max_tensor for g in gpus}
+    offload = cfg.op_offload and ub >= OP_OFFLOAD_MIN_BATCH
+
+    def accepts(dev: str, nbytes: int) -> bool:
+        return not limit.get(dev) or nbytes <= limit[dev]
+
+    n_kv = shape.n_ctx_seq + (shape.swa_cells if hp.n_swa and any(hp.swa_layers) else 0)
+    mask = (2 if cfg.flash_attn else 4) * n_kv
+    scores = 0 if cfg.flash_attn else 4 * hp.n_head * n_kv * ub  # one layer's f32 KQ, all heads
+    # Where the logits run: with the output weight, or offloaded to the first GPU.
+    out_w = next((t for t in model.loaded_tensors if t.role is Role.OUTPUT), None)
+    out_dev = placement.tensor_devices.get(out_w.name, HOST_NAME) if out_w else placement.output_device
+    if out_dev == HOST_NAME and out_w is not None and offload and accepts(first.name, out_w.nbytes):
+        out_dev = first.name
+    logits = 4 * hp.n_vocab + 8 * E
+    # The routed experts' per-expert outputs, f32 [E, n_used, ub]: a device that cannot hold them (lavapipe at
+    # -ub 4096) leaves the experts' combination to the host, and its FFN phase is the CPU's.
+    combine = 4 * E * hp.n_expert_used * ub if hp.n_expert else 0
+    split_ffn = any(not accepts(g.name, combine) for g in gpus if g.name in placement.layer_devices)
+    ffn = 12 * _ffn_width(model) + (16 if split_ffn else VK_FFN_E) * E
+    out: dict[str, int] = {}
+    host_weights = [t for t in model.loaded_tensors if placement.tensor_devices.get(t.name) == HOST_NAME
+                    and t.role is not Role.TOKEN_EMBD and t.block is not None]
+    for g in gpus:
+        runs = g.name in placement.layer_devices
+        attn_here = runs and accepts(g.name, scores)
+        act = ub * (ffn + (mask if attn_here else 0)) if runs else 0
+        if attn_here and scores:
+            act = max(act, scores)
+        if g.name == out_dev:
+            act = max(act, ub * logits)
+        copies = [t.nbytes for t in host_weights if accepts(g.name, t.nbytes)] if offload and g is first else []
+        if out_w is not None and g is first and out_dev == g.name and placement.tensor_devices.get(out_w.name) \
+                == HOST_NAME:
+            copies.append(out_w.nbytes)
+        if copies:
+            masks = VK_SPLIT_MASKS if HOST_NAME in placement.layer_devices else 1.0
+            act = max(act, max(copies) + ub * (VK_COPY_E * E + int(masks * mask if attn_here else 0)))
+        out[g.name] = act
+    host = ub * terms.inputs
+    if out_dev == HOST_NAME:
+        host = max(host, ub * logits)
+    host_layers = HOST_NAME in placement.layer_devices
+    if host_layers:  # without flash attention two f32 score matrices are live there (measured: 4,176 MiB at 32K)
+        host = max(host, ub * terms.layer + scores)
+    elif scores and any(not accepts(g.name, scores) for g in gpus if g.name in placement.layer_devices):
+        host = max(host, ub * (int(4 * (3 * E + 2.5 * hp.n_head * hp.head_dim_k)) + mask) + scores)
+    stuck = [t for t in host_weights if t.role is Role.ROUTED_EXPERT
+             and not (offload and accepts(first.name, t.nbytes))]
+    if stuck:
+        expert_ff = hp.n_ff_exp or hp.n_ff
+        host += ub * 4 * hp.n_expert_used * (expert_ff + E)
+    if split_ffn:
+        host += ub * VK_FFN_E * E
+    out[HOST_NAME] = host + output_bytes(model, cfg)
     return out
 
 
@@ -460,7 +550,7 @@ def memory_by_device(model: ModelDescription, placement: Placement, cfg: RunConf
     weights = weight_bytes_by_device(model, placement) if weights is None else weights
     used = _used_devices(placement, weights)
     kv = kv_bytes_by_device(model, placement, cfg, kv_layers)
-    compute = compute_bytes_by_device(model, placement, cfg, host_experts, used)
+    compute = compute_bytes_by_device(model, placement, cfg, host_experts, used, devs)
     names = dict.fromkeys([*used, HOST_NAME])
     cat = catalog()
     return {
