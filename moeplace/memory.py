@@ -481,7 +481,10 @@ def _vulkan_compute(model: ModelDescription, placement: Placement, cfg: RunConfi
 
     n_kv = shape.n_ctx_seq + (shape.swa_cells if hp.n_swa and any(hp.swa_layers) else 0)
     mask = (2 if cfg.flash_attn else 4) * n_kv
-    scores = 0 if cfg.flash_attn else 4 * hp.n_head * n_kv * ub  # one layer's f32 KQ, all heads
+    # Without flash attention one layer's f32 KQ (all heads) per kind of layer: full attention, and the window's
+    # on sliding-window/chunked layers; each runs on the device only if the device takes it.
+    kinds = [shape.n_ctx_seq] + ([shape.swa_cells] if hp.n_swa and any(hp.swa_layers) else [])
+    kind_scores = [] if cfg.flash_attn else [4 * hp.n_head * cells * ub for cells in kinds]
     # Where the logits run: with the output weight, or offloaded to the first GPU.
     out_w = next((t for t in model.loaded_tensors if t.role is Role.OUTPUT), None)
     out_dev = placement.tensor_devices.get(out_w.name, HOST_NAME) if out_w else placement.output_device
@@ -498,10 +501,11 @@ def _vulkan_compute(model: ModelDescription, placement: Placement, cfg: RunConfi
                     and t.role is not Role.TOKEN_EMBD and t.block is not None]
     for g in gpus:
         runs = g.name in placement.layer_devices
-        attn_here = runs and accepts(g.name, scores)
+        taken = [s for s in kind_scores if accepts(g.name, s)]
+        attn_here = runs and (not kind_scores or bool(taken))
         act = ub * (ffn + (mask if attn_here else 0)) if runs else 0
-        if attn_here and scores:
-            act = max(act, scores)
+        if runs and taken:
+            act = max(act, max(taken) + ub * mask)
         if g.name == out_dev:
             act = max(act, ub * logits)
         copies = [t.nbytes for t in host_weights if accepts(g.name, t.nbytes)] if offload and g is first else []
@@ -516,10 +520,12 @@ def _vulkan_compute(model: ModelDescription, placement: Placement, cfg: RunConfi
     if out_dev == HOST_NAME:
         host = max(host, ub * logits)
     host_layers = HOST_NAME in placement.layer_devices
-    if host_layers:  # without flash attention two f32 score matrices are live there (measured: 4,176 MiB at 32K)
-        host = max(host, ub * terms.layer + scores)
-    elif scores and any(not accepts(g.name, scores) for g in gpus if g.name in placement.layer_devices):
-        host = max(host, ub * (int(4 * (3 * E + 2.5 * hp.n_head * hp.head_dim_k)) + mask) + scores)
+    refused = max((s for g in gpus if g.name in placement.layer_devices for s in kind_scores
+                    if not accepts(g.name, s)), default=0)  # attention the devices leave to the host
+    if host_layers:  # its own layers' attention, and beside it the score matrix the devices refused
+        host = max(host, ub * terms.layer + refused)
+    elif refused:
+        host = max(host, ub * (int(4 * (3 * E + 2.5 * hp.n_head * hp.head_dim_k)) + mask) + refused)
     stuck = [t for t in host_weights if t.role is Role.ROUTED_EXPERT
              and not (offload and accepts(first.name, t.nbytes))]
     if stuck:
