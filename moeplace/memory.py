@@ -450,6 +450,7 @@ def compute_bytes_by_device(model: ModelDescription, placement: Placement, cfg: 
 # n_embd (E):
 VK_FFN_E = 48  # the FFN phase of a block on the device: 12 W + 48 E + mask (the CPU's is 12 W + 16 E + mask)
 VK_COPY_E = 64  # activations live beside an op-offload weight copy (qwen3-30b: 172 MiB = 108 MiB copy + 64 E x 512)
+VK_SPLIT_REST_E = 32  # a block without expert FFN on the device when the experts' outputs are left to the host
 VK_SPLIT_MASKS = 2.5  # masks live beside that copy when layers run on both the host and the device (fitted, 4K-128K)
 
 
@@ -503,7 +504,15 @@ def _vulkan_compute(model: ModelDescription, placement: Placement, cfg: RunConfi
         runs = g.name in placement.layer_devices
         taken = [s for s in kind_scores if accepts(g.name, s)]
         attn_here = runs and (not kind_scores or bool(taken))
-        act = ub * (ffn + (mask if attn_here else 0)) if runs else 0
+        # A device none of whose layers' routed experts it holds or may be sent (every one too large for it)
+        # runs no expert FFN: its largest phase is then the rest of the block (qwen3-235b on lavapipe: 48 E).
+        experts = [t for t in model.loaded_tensors if t.role is Role.ROUTED_EXPERT and t.block is not None
+                   and placement.layer_devices[t.block] == g.name]
+        ffn_here = not hp.n_expert or any(
+            accepts(g.name, t.nbytes) and (placement.tensor_devices.get(t.name) == g.name or offload)
+            for t in experts)
+        phase = ffn if ffn_here else (VK_SPLIT_REST_E if split_ffn else VK_FFN_E) * E
+        act = ub * (phase + (mask if attn_here else 0)) if runs else 0
         if runs and taken:
             act = max(act, max(taken) + ub * mask)
         if g.name == out_dev:
@@ -528,7 +537,10 @@ def _vulkan_compute(model: ModelDescription, placement: Placement, cfg: RunConfi
         host = max(host, ub * (int(4 * (3 * E + 2.5 * hp.n_head * hp.head_dim_k)) + mask) + refused)
     stuck = [t for t in host_weights if t.role is Role.ROUTED_EXPERT
              and not (offload and accepts(first.name, t.nbytes))]
-    if stuck:
+    host_experts = [t for t in host_weights if t.role is Role.ROUTED_EXPERT]
+    if stuck and len(stuck) == len(host_experts):  # the whole expert FFN runs on the host: the CPU's FFN phase
+        host = max(host, ub * (12 * _ffn_width(model) + 16 * E + mask))
+    elif stuck:  # only some expert matrices stay (qwen3-30b's Q6_K ffn_down_exps on lavapipe): their in- and outputs
         expert_ff = hp.n_ff_exp or hp.n_ff
         host += ub * 4 * hp.n_expert_used * (expert_ff + E)
     if split_ffn:
