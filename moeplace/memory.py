@@ -537,8 +537,10 @@ def _vulkan_compute(model: ModelDescription, placement: Placement, cfg: RunConfi
         host = max(host, ub * (int(4 * (3 * E + 2.5 * hp.n_head * hp.head_dim_k)) + mask) + refused)
     stuck = [t for t in host_weights if t.role is Role.ROUTED_EXPERT
              and not (offload and accepts(first.name, t.nbytes))]
-    host_experts = [t for t in host_weights if t.role is Role.ROUTED_EXPERT]
-    if stuck and len(stuck) == len(host_experts):  # the whole expert FFN runs on the host: the CPU's FFN phase
+    stuck_names = {t.name for t in stuck}
+    whole = {t.block for t in stuck} - {t.block for t in model.loaded_tensors
+                                        if t.role is Role.ROUTED_EXPERT and t.name not in stuck_names}
+    if whole:  # a layer's whole expert FFN runs on the host: the CPU's FFN phase
         host = max(host, ub * (12 * _ffn_width(model) + 16 * E + mask))
     elif stuck:  # only some expert matrices stay (qwen3-30b's Q6_K ffn_down_exps on lavapipe): their in- and outputs
         expert_ff = hp.n_ff_exp or hp.n_ff
