@@ -326,6 +326,21 @@ def render_gpu(rows: list[GpuRow], gpu: str, description: str, version: str) -> 
     refused = [r for r in rows if r.refused]
     if refused:
         lines += _wrap(f"{len(refused)} loads were refused or aborted by llama.cpp (listed at the end).", bullet=True)
+    gpu_under = min((f.error for c in compared if (f := c.figure(gpu, "compute")) is not None and f.error is not None),
+                    default=0.0)
+    lines += [""] + _wrap(
+        "What is measured and what is not. Measured here: every figure in this table (weights and KV per device "
+        "by moeplace's exact rules; compute by `moeplace.memory`'s Vulkan rules, `_vulkan_compute`, fitted to this "
+        "table). The software device accepts no tensor over 128 MiB, weights or activations, so at large ubatches "
+        "and on models with large expert matrices (deepseek-v3, qwen3-235b, gpt-oss, mixtral) ops leave the device "
+        "for the host in ways a real driver (4 GiB) rarely forces; the rules model the weight limit, the "
+        "expert-output limit and the score-matrix limit, and the rows marked **!** show where they still miss. "
+        "Not measured: any real GPU driver (benchmarks/gpu_oracle.sh is prepared for one), CUDA/ROCm/SYCL/Metal "
+        "compute buffers (their stated rule: the CPU-fitted phases split by device, with the host computing "
+        "routed experts when op offload cannot move them; sources ggml-backend.cpp's scheduler and llama.cpp PRs "
+        "13386, 15346, 18535), and driver overhead (the presets' `_overhead_mib`, a stated assumption). The largest "
+        f"underestimate of {gpu}'s compute buffer here is {gpu_under / MIB:+.1f} MiB; the default `--margin` of "
+        "256 MiB per GPU covers it.")
     head = ["model", "placement", "-c", "-ub", "-fa", *(f"{'host' if d == HOST else d} {b}" for d, b in keys)]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * 2 + "---|" + "---:|" * len(keys)]
     for r in rows:
