@@ -328,7 +328,8 @@ def render_gpu(rows: list[GpuRow], gpu: str, description: str, version: str) -> 
         lines += _wrap(f"{len(refused)} loads were refused or aborted by llama.cpp (listed at the end).", bullet=True)
     gpu_under = min((f.error for c in compared if (f := c.figure(gpu, "compute")) is not None and f.error is not None),
                     default=0.0)
-    lines += [""] + _wrap(
+    covers = "covers it" if gpu_under >= -256 * MIB else "does not cover it"
+    lines += ["", *_wrap(
         "What is measured and what is not. Measured here: every figure in this table (weights and KV per device "
         "by moeplace's exact rules; compute by `moeplace.memory`'s Vulkan rules, `_vulkan_compute`, fitted to this "
         "table). The software device accepts no tensor over 128 MiB, weights or activations, so at large ubatches "
@@ -340,7 +341,7 @@ def render_gpu(rows: list[GpuRow], gpu: str, description: str, version: str) -> 
         "routed experts when op offload cannot move them; sources ggml-backend.cpp's scheduler and llama.cpp PRs "
         "13386, 15346, 18535), and driver overhead (the presets' `_overhead_mib`, a stated assumption). The largest "
         f"underestimate of {gpu}'s compute buffer here is {gpu_under / MIB:+.1f} MiB; the default `--margin` of "
-        "256 MiB per GPU covers it.")
+        f"256 MiB per GPU {covers}.")]
     head = ["model", "placement", "-c", "-ub", "-fa", *(f"{'host' if d == HOST else d} {b}" for d, b in keys)]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * 2 + "---|" + "---:|" * len(keys)]
     for r in rows:
