@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from moeplace.cli.estimate_cmd import build_placement
-from moeplace.hardware import GIB, device_set, host_device, parse_gpus
+from moeplace.hardware import device_set, host_device, parse_gpus
 from moeplace.memory import RunConfig, memory_by_device
 from moeplace.model import load_model
+from moeplace.sizes import GIB
 from moeplace.speed import TensorTable, estimate, routing_matrix, tensor_costs
 from moeplace.testing import write_model
 

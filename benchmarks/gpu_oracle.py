@@ -32,12 +32,12 @@ from moeplace.memory import RunConfig, gpu_fits, memory_by_device
 from moeplace.model import load_model
 from moeplace.placement import Placement
 from moeplace.planner import plan
-from moeplace.sizes import format_size, parse_size
+from moeplace.sizes import GIB, format_size, parse_size
 from moeplace.speed import estimate
 from moeplace.testing import FULL, TINY, write_model
 
 ROOT = Path(__file__).resolve().parent.parent
-GIB = 1 << 30
+
 SECTION = "<!-- gpu_oracle.py: {device} -->"
 
 

@@ -42,9 +42,9 @@ from moeplace.model import ModelDescription, load_model
 from moeplace.oracle import gpubuild
 from moeplace.oracle.compare import BUFFERS, DeviceComparison
 from moeplace.placement import HOST, Placement, host_fallback
+from moeplace.sizes import MIB
 from moeplace.testing import FULL, TINY, write_model
 
-MIB = 1 << 20
 ROOT = Path(__file__).resolve().parent.parent
 
 

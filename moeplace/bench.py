@@ -13,11 +13,11 @@ from moeplace import oracle
 from moeplace.calibration import DecodeSample, Measurement, gpu_bandwidths
 from moeplace.calibration import host_bandwidth as measured_host_bandwidth
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import GB, HOST_NAME, Device
+from moeplace.hardware import GB, Device
 from moeplace.llamacpp import Override, express
 from moeplace.memory import RunConfig
 from moeplace.model import ModelDescription
-from moeplace.placement import Placement, all_on
+from moeplace.placement import HOST, Placement, all_on
 from moeplace.planner import PlanError, plan
 from moeplace.routing import utc_now
 from moeplace.sizes import format_size
@@ -140,7 +140,7 @@ def bench_gpus(md: ModelDescription, devices: dict[str, Device], cfg: RunConfig,
     if missing:
         raise MoeplaceError(f"--gpu describes {', '.join(missing)} but this llama.cpp build sees "
                             f"{', '.join(build_gpus)}: describe the GPUs llama.cpp sees, in its order")
-    host = devices[HOST_NAME]
+    host = devices[HOST]
     runs = [run_placement(md, name, placement, gpu_names, cfg, devices, *timing)
             for name, placement in candidates(md, devices, cfg, n_plans, margin)]
     measured = {
@@ -167,9 +167,9 @@ def bench_cpu(md: ModelDescription, host: Device, cfg: RunConfig, gpus_given: bo
         notes.append("CPU only: GPU figures need a GPU build of llama-cpp-python, a GPU and --gpu")
     if n_plans > 1:
         notes.append("--plans applies to GPU placements; the CPU-only placement was run once")
-    run = run_placement(md, "CPU only (-ngl 0)", all_on(md, HOST_NAME), (), cfg, {HOST_NAME: host}, *timing)
+    run = run_placement(md, "CPU only (-ngl 0)", all_on(md, HOST), (), cfg, {HOST: host}, *timing)
     m = _cpu_calibration(md, cfg, run, host)
-    return [run], {HOST_NAME: m}, [*notes, *m.notes]
+    return [run], {HOST: m}, [*notes, *m.notes]
 
 
 def run_bench(md: ModelDescription, devices: dict[str, Device], cfg: RunConfig, *, n_plans: int = 1,
@@ -183,8 +183,8 @@ def run_bench(md: ModelDescription, devices: dict[str, Device], cfg: RunConfig, 
                             "but not benchmarked; bench a model with real weights")
     if not oracle.available():
         raise MoeplaceError(f"bench runs the model in llama.cpp, which is not available: {oracle.unavailable_reason()}")
-    gpu_names = tuple(n for n in devices if n != HOST_NAME)
+    gpu_names = tuple(n for n in devices if n != HOST)
     build_gpus = oracle.gpu_devices()
     if gpu_names and build_gpus:
         return bench_gpus(md, devices, cfg, gpu_names, build_gpus, n_plans, margin, timing)
-    return bench_cpu(md, devices[HOST_NAME], cfg, bool(gpu_names), n_plans, timing)
+    return bench_cpu(md, devices[HOST], cfg, bool(gpu_names), n_plans, timing)

@@ -36,10 +36,15 @@ from typing import Any
 
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import GB, Device
+from moeplace.infiles import parse_json, read_text
 from moeplace.outfiles import encode_text, write_file
 from moeplace.speed import GPU_COMPUTE_EFFICIENCY
 
 SCHEMA = "moeplace.calibration/1"
+
+
+# A calibration names a few devices; megabytes of it are not one.
+MAX_CALIBRATION_BYTES = 1 << 20
 
 
 class CalibrationError(MoeplaceError):
@@ -71,10 +76,14 @@ class Calibration:
 
 
 def _positive(value: Any, what: str, origin: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise CalibrationError(f"{origin}: {what} must be a positive number of the measured rate, got {value!r}; "
-                               "re-run moeplace bench to write the file again")
-    return float(value)
+    try:
+        x = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an integer past float range
+        x = math.inf
+    if not math.isfinite(x) or x <= 0:
+        raise CalibrationError(f"{origin}: {what} must be a positive number of the measured rate, got "
+                               f"{str(value)[:40]}; re-run moeplace bench to write the file again")
+    return x
 
 
 def _text(value: Any, what: str, origin: str) -> str:
@@ -136,28 +145,20 @@ def to_dict(cal: Calibration) -> dict[str, Any]:
 
 def loads(text: str, origin: str = "calibration") -> Calibration:
     """Parses a calibration document."""
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CalibrationError(f"{origin}: not valid JSON (line {e.lineno}: {e.msg}); re-run moeplace bench "
-                               "to write it again") from None
+    doc = parse_json(text, origin, CalibrationError, "re-run moeplace bench to write it again")
     return from_dict(doc, origin)
 
 
 def load(path: str | os.PathLike[str]) -> Calibration:
     """Reads a calibration file."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CalibrationError(f"{p}: no such calibration file (moeplace bench -o {p} writes one)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise CalibrationError(f"{p}: cannot read it ({e})") from None
-    return loads(text, str(p))
+    if not p.exists() and not p.is_symlink():
+        raise CalibrationError(f"{p}: no such calibration file (moeplace bench -o {p} writes one)")
+    return loads(read_text(p, "calibration", CalibrationError, limit=MAX_CALIBRATION_BYTES), str(p))
 
 
 def dumps(cal: Calibration) -> str:
-    return json.dumps(to_dict(cal), indent=1) + "\n"
+    return json.dumps(to_dict(cal), indent=1, allow_nan=False) + "\n"
 
 
 def save(cal: Calibration, path: str | os.PathLike[str]) -> Path:

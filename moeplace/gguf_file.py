@@ -5,6 +5,11 @@ vocabulary; moeplace needs the header only, so this reader walks the same format
 ``mmap`` and keeps large arrays as :class:`ArrayInfo` stubs (type and length, no items). Tensor data is never
 read. Every count, length and offset is checked before it is trusted, with the same rules llama.cpp's own
 loader (``ggml/src/gguf.cpp``) applies, so a file this reader accepts is one llama.cpp would accept too.
+
+A shard is a local path (read through ``mmap``) or a :class:`ByteSource`, which holds the first bytes of a
+file whose total size it knows (a remote file read with HTTP range requests: ``moeplace.remote``). The parser
+is the same for both: when it needs bytes beyond what a source holds, it asks the source for more and parses
+again from the start, so the bounds checks against the file's size stay exactly those of the local case.
 """
 
 from __future__ import annotations
@@ -14,15 +19,16 @@ import mmap
 import os
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, Keys
 
 from moeplace.errors import MoeplaceError
+from moeplace.infiles import check_regular, printable
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -72,6 +78,27 @@ _U64 = struct.Struct("<Q")
 _I64 = struct.Struct("<q")
 
 
+class ByteSource(Protocol):
+    """The front of a file that is not on disk. ``name`` is what messages call it; ``size`` is the whole file's
+    size; ``grow(n)`` makes at least the first ``min(n, size)`` bytes available and returns everything held so
+    far; ``keep(n)`` says the header is the first ``n`` bytes (a source may cache them)."""
+
+    name: str
+    size: int
+
+    def grow(self, n: int) -> bytes | bytearray | memoryview: ...
+
+    def keep(self, n: int) -> None: ...
+
+
+class _NeedMore(Exception):
+    """The parser reached the end of the bytes a source holds, before the end of the file."""
+
+    def __init__(self, end: int) -> None:
+        super().__init__(end)
+        self.end = end
+
+
 class GGUFError(MoeplaceError):
     """A GGUF file that cannot be read: the message names the file and the problem, on one line.
 
@@ -79,7 +106,7 @@ class GGUFError(MoeplaceError):
     one printable line."""
 
     def __init__(self, message: str) -> None:
-        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in message)
+        text = printable(message)
         # A corrupt key can be megabytes long; the message must stay readable.
         super().__init__(text if len(text) <= 400 else text[:300] + " … " + text[-90:])
 
@@ -115,7 +142,7 @@ class TensorInfo:
 class GGUFFile:
     """Metadata and tensor infos of a model, merged over its shards (metadata comes from the first)."""
 
-    paths: tuple[Path, ...]
+    paths: tuple[Path | RemoteName, ...]  # RemoteName: a shard read over the network
     version: int
     alignment: int
     metadata: Mapping[str, Any]
@@ -134,11 +161,13 @@ def tensor_nbytes(shape: tuple[int, ...], ggml_type: GGMLQuantizationType) -> in
 
 
 class _Cursor:
-    """Bounds-checked little-endian reads over one shard's bytes."""
+    """Bounds-checked little-endian reads over one shard's bytes: ``size`` is the file's size, ``limit`` how many
+    of its bytes ``buf`` holds (all of them for a local file)."""
 
-    def __init__(self, buf: Any, size: int, path: Path) -> None:
+    def __init__(self, buf: Any, size: int, path: Path | str, limit: int | None = None) -> None:
         self.buf = buf
         self.size = size
+        self.limit = size if limit is None else limit
         self.pos = 0
         self.path = path
 
@@ -146,9 +175,11 @@ class _Cursor:
         return GGUFError(f"{self.path}: {problem}")
 
     def need(self, n: int, what: str) -> None:
-        if n > self.size - self.pos:
-            raise self.fail(f"file is truncated: {what} needs {n} bytes at offset {self.pos}, "
-                            f"but the file ends at {self.size}")
+        if n > self.limit - self.pos:
+            if n > self.size - self.pos:
+                raise self.fail(f"file is truncated: {what} needs {n} bytes at offset {self.pos}, "
+                                f"but the file ends at {self.size}")
+            raise _NeedMore(self.pos + n)
 
     def unpack(self, st: struct.Struct, what: str) -> Any:
         self.need(st.size, what)
@@ -167,7 +198,19 @@ class _Cursor:
         return raw.decode("utf-8", errors="replace")
 
     def skip_strings(self, count: int, what: str) -> None:
-        buf, pos, size, unpack = self.buf, self.pos, self.size, _U64.unpack_from
+        # Fast path: no bounds check per string. unpack_from refuses to read past the buffer, and a final
+        # position past the limit is caught below; either way the checked walk then finds the exact problem.
+        buf, pos, size, unpack = self.buf, self.pos, self.limit, _U64.unpack_from
+        if len(buf) == size:
+            try:
+                for _ in range(count):
+                    pos += 8 + unpack(buf, pos)[0]
+            except (struct.error, OverflowError):  # OverflowError: a corrupt length beyond any offset
+                pos = size + 1
+            if pos <= size:
+                self.pos = pos
+                return
+            pos = self.pos
         for _ in range(count):
             if pos + 8 > size:
                 self.pos = pos
@@ -211,8 +254,42 @@ def _read_value(cur: _Cursor, vtype: int, key: str) -> Any:
     return cur.unpack(st, f"value of key '{key}'")
 
 
-def _read_shard(path: Path, shard: int) -> tuple[int, int, dict[str, Any], list[TensorInfo], int]:
+# How much of a remote shard to ask for first: the first shard holds the vocabulary (5 MB for DeepSeek-V3),
+# the others only their tensor infos (~8 KB). The read then doubles until the header is whole, so it never
+# fetches more than twice the header.
+FIRST_READ = 1 << 20
+LATER_READ = 1 << 16
+
+
+def _read_source(src: ByteSource, shard: int) -> tuple[int, int, dict[str, Any], list[TensorInfo], int]:
+    if src.size < 4:
+        raise GGUFError(f"{src.name}: not a GGUF file (only {src.size} bytes)")
+    want = FIRST_READ if shard == 0 else LATER_READ
+    held = -1
+    while True:
+        buf = src.grow(want)
+        if len(buf) <= held:
+            raise GGUFError(f"{src.name}: the header goes past the {held} bytes this source holds "
+                            "(a cached copy that is cut short?)")
+        cur = _Cursor(buf, src.size, src.name, limit=len(buf))
+        try:
+            result = _parse(cur, shard)
+        except _NeedMore as e:
+            want, held = max(e.end, 2 * len(buf)), len(buf)
+            continue
+        src.keep(_data_start(cur.pos, result[1], len(result[3])))
+        return result
+
+
+def _data_start(header_end: int, alignment: int, n_tensors: int) -> int:
+    return -(-header_end // alignment) * alignment if n_tensors else header_end
+
+
+def _read_shard(path: Path | ByteSource, shard: int) -> tuple[int, int, dict[str, Any], list[TensorInfo], int]:
     """Parses one file; returns (version, alignment, metadata, tensors, file size)."""
+    if not isinstance(path, Path):
+        return _read_source(path, shard)
+    check_regular(path, "GGUF model", GGUFError)
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
@@ -220,16 +297,14 @@ def _read_shard(path: Path, shard: int) -> tuple[int, int, dict[str, Any], list[
                 raise GGUFError(f"{path}: not a GGUF file (only {size} bytes)")
             with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 return _parse(_Cursor(mm, size, path), shard)
-    except FileNotFoundError:
-        raise GGUFError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise GGUFError(f"{path}: is a directory, not a GGUF file") from None
-    except PermissionError:
+    except PermissionError:  # check_regular has refused a missing file, a directory, a FIFO and a device
         raise GGUFError(f"{path}: permission denied") from None
 
 
 def _parse(cur: _Cursor, shard: int) -> tuple[int, int, dict[str, Any], list[TensorInfo], int]:
     magic = bytes(cur.buf[0:4])
+    if len(magic) < 4:
+        cur.need(4, "magic")
     if magic != GGUF_MAGIC:
         raise cur.fail(f"not a GGUF file (starts with {magic!r}, expected b'GGUF')")
     cur.pos = 4
@@ -292,7 +367,7 @@ def _parse(cur: _Cursor, shard: int) -> tuple[int, int, dict[str, Any], list[Ten
         offset = cur.unpack(_U64, f"offset of tensor '{name}'")
         raw.append((name, shape, ggml_type, tensor_nbytes(shape, ggml_type), offset))
 
-    data_start = -(-cur.pos // alignment) * alignment if n_tensors else cur.pos
+    data_start = _data_start(cur.pos, alignment, n_tensors)
     tensors: list[TensorInfo] = []
     expected = 0
     for name, shape, ggml_type, nbytes, offset in raw:
@@ -310,15 +385,40 @@ def _parse(cur: _Cursor, shard: int) -> tuple[int, int, dict[str, Any], list[Ten
     return version, alignment, metadata, tensors, cur.size
 
 
+def shard_names(name: str, count: int, where: object = None) -> list[str]:
+    """File names of every shard of a split model, given its first shard's file name (llama.cpp's naming);
+    ``where`` is what an error calls the first shard (default: its name)."""
+    m = SPLIT_PATTERN.match(name)
+    if m is None:
+        raise GGUFError(f"{where or name}: metadata says the model is split into {count} files, but the name does "
+                        "not follow llama.cpp's '<name>-00001-of-0000N.gguf' pattern, so the other shards cannot "
+                        "be found: rename the shards as gguf-split wrote them")
+    return [f"{m.group('prefix')}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
+
+
 def shard_paths(path: Path, count: int) -> list[Path]:
     """Paths of every shard of a split model, given its first shard (llama.cpp's naming)."""
-    m = SPLIT_PATTERN.match(path.name)
-    if m is None:
-        raise GGUFError(f"{path}: metadata says the model is split into {count} files, but the name does not "
-                        "follow llama.cpp's '<name>-00001-of-0000N.gguf' pattern, so the other shards cannot be "
-                        "found: rename the shards as gguf-split wrote them")
-    prefix = m.group("prefix")
-    return [path.with_name(f"{prefix}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    return [path.with_name(n) for n in shard_names(path.name, count, path)]
+
+
+class RemoteName(str):
+    """The address of a shard that is not on disk (a URL or an ``hf://`` reference), with the file name that
+    :class:`~pathlib.Path` would give, and the llama.cpp arguments that fetch the model (``-mu``, ``-hf``)."""
+
+    llama_args: tuple[str, ...] = ()
+
+    def __new__(cls, address: str, llama_args: tuple[str, ...] = ()) -> RemoteName:
+        self = super().__new__(cls, address)
+        self.llama_args = llama_args
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.rsplit("/", 1)[-1]
+
+    def absolute(self) -> RemoteName:
+        """An address needs no working folder (Path.absolute's place in the emitters)."""
+        return self
 
 
 def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
@@ -327,38 +427,52 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFFile:
     Raises :class:`GGUFError` with a one-line message for anything malformed or missing.
     """
     first = Path(path)
+
+    def shard(i: int, count: int) -> tuple[Path, Path]:
+        p = shard_paths(first, count)[i]
+        if not p.exists():
+            raise GGUFError(f"{first}: shard {i + 1} of {count} is missing: expected {p}")
+        return p, p
+
+    return read_shards(first, first, shard)
+
+
+def read_shards(name: Path | RemoteName, first: Path | ByteSource,
+                shard: Callable[[int, int], tuple[Path | RemoteName, Path | ByteSource]]) -> GGUFFile:
+    """Reads a model from its first shard, named ``name``; ``shard(i, count)`` gives the name and the bytes
+    of shard ``i`` (0-based) of ``count``, for a local or a remote model alike."""
     version, alignment, metadata, tensors, size = _read_shard(first, 0)
     count = metadata.get(Keys.Split.LLM_KV_SPLIT_COUNT, 1)
     number = metadata.get(Keys.Split.LLM_KV_SPLIT_NO, 0)
     if not isinstance(count, int) or count < 1 or count > 99999:
-        raise GGUFError(f"{first}: split.count {count!r} is not a valid shard count")
+        raise GGUFError(f"{name}: split.count {count!r} is not a valid shard count")
     if number != 0:
-        m = SPLIT_PATTERN.match(first.name)
+        m = SPLIT_PATTERN.match(name.name)
         hint = f" ({m.group('prefix')}-00001-of-{count:05d}.gguf)" if m else ""
-        raise GGUFError(f"{first}: this is shard {number + 1} of {count}; pass the first shard{hint}")
+        raise GGUFError(f"{name}: this is shard {number + 1} of {count}; pass the first shard{hint}")
     if count == 1:
-        return GGUFFile((first,), version, alignment, metadata, tuple(tensors), (size,))
+        return GGUFFile((name,), version, alignment, metadata, tuple(tensors), (size,))
 
-    paths = shard_paths(first, count)
+    names: list[Path | RemoteName] = [name]
     all_tensors = list(tensors)
     sizes = [size]
-    names = {t.name for t in tensors}
-    for i, p in enumerate(paths[1:], start=1):
-        if not p.exists():
-            raise GGUFError(f"{first}: shard {i + 1} of {count} is missing: expected {p}")
-        _, _, shard_meta, shard_tensors, shard_size = _read_shard(p, i)
+    seen = {t.name for t in tensors}
+    for i in range(1, count):
+        p, src = shard(i, count)
+        _, _, shard_meta, shard_tensors, shard_size = _read_shard(src, i)
         if shard_meta.get(Keys.Split.LLM_KV_SPLIT_NO) != i or shard_meta.get(Keys.Split.LLM_KV_SPLIT_COUNT) != count:
             raise GGUFError(f"{p}: split keys say shard {shard_meta.get(Keys.Split.LLM_KV_SPLIT_NO)!r} of "
                             f"{shard_meta.get(Keys.Split.LLM_KV_SPLIT_COUNT)!r}, expected shard {i} of {count}: "
                             "shards from different models are mixed")
         for t in shard_tensors:
-            if t.name in names:
+            if t.name in seen:
                 raise GGUFError(f"{p}: tensor '{t.name}' appears in more than one shard")
-            names.add(t.name)
+            seen.add(t.name)
+        names.append(p)
         all_tensors.extend(shard_tensors)
         sizes.append(shard_size)
     declared = metadata.get(Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT)
     if declared is not None and declared != len(all_tensors):
-        raise GGUFError(f"{first}: split.tensors.count says {declared} tensors but the {count} shards hold "
+        raise GGUFError(f"{name}: split.tensors.count says {declared} tensors but the {count} shards hold "
                         f"{len(all_tensors)}")
-    return GGUFFile(tuple(paths), version, alignment, metadata, tuple(all_tensors), tuple(sizes))
+    return GGUFFile(tuple(names), version, alignment, metadata, tuple(all_tensors), tuple(sizes))

@@ -5,15 +5,15 @@ A :class:`Device` carries the llama.cpp buffer name a placement uses (``CUDA0``,
 llama.cpp reaches while decoding (``efficiency``; calibration replaces the literature default), board power,
 and the bandwidth of its link to the host.
 
-Presets live in ``profiles/hardware/*.json`` (the documented, cited source). The package ships byte-identical
-copies as ``moeplace/data/hardware-<name>.json`` so that they load with :mod:`importlib.resources` after
-``pip install .`` too; a test checks the copies have not drifted. Package data was chosen over reading
-``profiles/`` at run time because an installed package has no repository next to it.
+Presets live in ``moeplace/data/hardware-<name>.json``, each device with the source it was taken from, and load
+with :mod:`importlib.resources`, so an installed package has them with no repository next to it. They are the
+only copy; ``profiles/`` in the repository is for users' routing profiles.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,17 +23,16 @@ from importlib import resources
 from typing import Any
 
 from moeplace.errors import MoeplaceError
-from moeplace.sizes import format_size, parse_size
+from moeplace.placement import HOST
+from moeplace.sizes import GIB, format_size, parse_size
 
 GB = 1e9  # bandwidths are quoted in decimal GB/s, as vendors do
-GIB = 1 << 30
 
 # llama.cpp buffer-name prefixes per backend (ggml-cuda, ggml-vulkan, ggml-sycl, ggml-metal device names; HIP
 # builds name their devices ROCm<n>).
 BACKEND_PREFIX: dict[str, str] = {
     "cuda": "CUDA", "rocm": "ROCm", "vulkan": "Vulkan", "sycl": "SYCL", "metal": "MTL", "musa": "MUSA",
 }
-HOST_NAME = "CPU"
 
 
 class HardwareError(MoeplaceError):
@@ -69,7 +68,7 @@ class Device:
 
     @property
     def is_host(self) -> bool:
-        return self.name == HOST_NAME
+        return self.name == HOST
 
     @property
     def effective_bandwidth(self) -> float:
@@ -144,7 +143,7 @@ def _norm(name: str) -> str:
 
 
 def preset_files() -> dict[str, str]:
-    """The shipped preset files, name -> JSON text (``hardware-gpus.json`` is ``profiles/hardware/gpus.json``)."""
+    """The shipped preset files, name -> JSON text (``moeplace/data/hardware-gpus.json`` is ``gpus.json``)."""
     out = {}
     for entry in resources.files("moeplace").joinpath("data").iterdir():
         m = re.fullmatch(r"hardware-(.+\.json)", entry.name)
@@ -216,10 +215,24 @@ def link_bandwidth(spec: str, cat: Catalog | None = None) -> float:
 
 # --- parsing user specs --------------------------------------------------------------------------------------
 
-_SIZE_AT_BW = re.compile(r"^(?P<size>[\d.]+\s*[A-Za-z]+)\s*(?:@\s*(?P<bw>[\d.]+)\s*(?:gb/?s|g)?)?$", re.IGNORECASE)
+_SIZE_AT_BW = re.compile(r"^(?P<size>[\d.]+\s*[A-Za-z]+)\s*(?:@\s*(?P<bw>\d+(?:\.\d+)?)\s*(?:gb/?s|g)?)?$",
+                         re.IGNORECASE)
 _RPC = re.compile(r"^rpc:(?P<host>[^=\s]+:\d+)=(?P<spec>.+)$", re.IGNORECASE)
 _BACKEND_ITEM = re.compile(r"^(?P<backend>[a-z]+):(?P<spec>.+)$", re.IGNORECASE)
-_DDR = re.compile(r"^(?P<gen>l?pddr\d+x?|ddr\d)-(?P<mts>\d+)(?:x(?P<ch>\d+))?$", re.IGNORECASE)
+_DDR = re.compile(r"^(?P<gen>lpddr[45]x?|ddr[345])-(?P<mts>\d+)(?:x(?P<ch>\d+))?$", re.IGNORECASE)
+# Sane ranges for user figures: the fastest memory shipping (HBM3e) is under 10 TB/s; DDR runs from DDR3-800 to
+# overclocked DDR5 near 10000 MT/s; servers have up to 24 channels per socket pair.
+MAX_BANDWIDTH_GBS = 100_000.0
+DDR_MTS_RANGE = (400, 20_000)
+MAX_CHANNELS = 64
+
+
+def check_bandwidth(gbs: float, what: str) -> float:
+    """A bandwidth in GB/s the user wrote, as bytes/s: finite, positive and below any real memory's."""
+    if not math.isfinite(gbs) or not 0 < gbs <= MAX_BANDWIDTH_GBS:
+        raise HardwareError(f"{what} {gbs:g} GB/s is not a real bandwidth: give a positive figure up to "
+                            f"{MAX_BANDWIDTH_GBS:g} GB/s")
+    return gbs * GB
 
 
 def _check_backend(backend: str) -> str:
@@ -263,10 +276,12 @@ def _gpu_from_item(item: str, backend: str | None, cat: Catalog) -> tuple[str, D
             raise HardwareError(f"unknown GPU '{item}'{hint}: give a preset name (moeplace lists them with "
                                 "--list-gpus), SIZE@GB/s like 24G@936, or a size like 24G")
         size = parse_size(m.group("size"))
+        if size <= 0:
+            raise HardwareError(f"GPU '{item.strip()}' has no memory: give its size, like 24G")
         b = _check_backend(backend) if backend else "cuda"
         gen = cat.generic
         if m.group("bw"):
-            bw = float(m.group("bw")) * GB
+            bw = check_bandwidth(float(m.group("bw")), f"GPU '{item.strip()[:40]}':")
             label = f"GPU {format_size(size)} @ {float(m.group('bw')):g} GB/s"
         else:
             bw = float(gen.get("bandwidth_gbs", 448)) * GB
@@ -317,7 +332,7 @@ def ram_bandwidth(text: str | float, cat: Catalog | None = None) -> float:
     channel when ``xN`` is left out) or a platform name (``epyc-9004``)."""
     cat = cat or catalog()
     if isinstance(text, int | float):
-        return float(text) * GB
+        return check_bandwidth(float(text), "RAM bandwidth")
     s = text.strip().lower().removesuffix("gb/s").strip()
     if s in cat.platforms:
         s = cat.platforms[s]["ram"].lower()
@@ -326,15 +341,17 @@ def ram_bandwidth(text: str | float, cat: Catalog | None = None) -> float:
     except ValueError:
         pass
     else:
-        if value <= 0:
-            raise HardwareError(f"RAM bandwidth must be positive, got '{text}'")
-        return value * GB
+        return check_bandwidth(value, "RAM bandwidth")
     m = _DDR.match(s)
     if not m:
         raise HardwareError(f"unknown RAM bandwidth '{text}': give GB/s (80), a DDR spec like ddr5-6000x2 "
                             f"(MT/s x channels), or a platform: {', '.join(cat.platforms)}")
     channels = int(m.group("ch") or 1)
-    return int(m.group("mts")) * 1e6 * 8 * channels
+    mts = int(m.group("mts"))
+    if not DDR_MTS_RANGE[0] <= mts <= DDR_MTS_RANGE[1] or not 1 <= channels <= MAX_CHANNELS:
+        raise HardwareError(f"RAM '{text}': {mts} MT/s x {channels} channel(s) is not a real memory system "
+                            f"(MT/s {DDR_MTS_RANGE[0]}..{DDR_MTS_RANGE[1]}, channels 1..{MAX_CHANNELS})")
+    return mts * 1e6 * 8 * channels
 
 
 def system_ram_bytes() -> int:
@@ -371,7 +388,7 @@ def host_device(ram: int | None = None, ram_bw: str | float | None = None, gpus:
     else:
         bw = ram_bandwidth(ram_bw, cat)
     return Device(
-        name=HOST_NAME, backend="cpu", label="system RAM" + (" (unified)" if unified else ""), memory=int(ram),
+        name=HOST, backend="cpu", label="system RAM" + (" (unified)" if unified else ""), memory=int(ram),
         bandwidth=bw, efficiency=cat.efficiency.get("cpu", 0.65), power=cat.cpu_power, link_bandwidth=0.0,
         unified=unified is not None, flops=cat.cpu_flops, idle_power=0.15 * cat.cpu_power, notes=tuple(notes),
     )

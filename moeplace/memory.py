@@ -35,11 +35,10 @@ from dataclasses import dataclass, field, replace
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, Keys
 
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import HOST_NAME, Device, catalog, runtime_overhead
+from moeplace.hardware import Device, catalog, runtime_overhead
 from moeplace.model import ModelDescription, Role
-from moeplace.placement import Placement
-
-MIB = 1 << 20
+from moeplace.placement import HOST, Placement
+from moeplace.sizes import MIB
 
 # The cache types llama.cpp's -ctk/-ctv accept (common/arg.cpp, kv_cache_types), in its order.
 CACHE_TYPES: dict[str, GGMLQuantizationType] = {
@@ -53,7 +52,7 @@ CACHE_TYPES: dict[str, GGMLQuantizationType] = {
     "q5_0": GGMLQuantizationType.Q5_0,
     "q5_1": GGMLQuantizationType.Q5_1,
 }
-_UNQUANTIZED = frozenset({"f32", "f16", "bf16"})
+UNQUANTIZED_CACHE_TYPES = frozenset({"f32", "f16", "bf16"})
 
 KV_PAD = 256  # llama-context.cpp pads n_ctx (and n_ctx_seq) to 256; llama-kv-cache-iswa.cpp pads SWA cells to 256
 
@@ -97,6 +96,7 @@ class RunConfig:
     swa_full: bool = False
     no_kv_offload: bool = False
     op_offload: bool = True
+    no_mmap: bool = False  # --no-mmap: host weights in pinned buffers (faster op-offload copies), all resident
 
     def with_(self, **changes: object) -> RunConfig:
         """A copy with some fields changed (the CLI's context table varies n_ctx and cache types)."""
@@ -125,6 +125,21 @@ def is_mla(model: ModelDescription) -> bool:
         md.get(Keys.Attention.VALUE_LENGTH_MLA.format(arch=arch)))
 
 
+def cache_type_refusal(model: ModelDescription, type_k: str, type_v: str, flash_attn: bool) -> str:
+    """Why llama.cpp refuses to create a context with these cache types (src/llama-context.cpp,
+    llama_init_from_model), or "" when it accepts them. The one copy of these rules: :func:`validate` and the
+    argument builder (:func:`moeplace.emit.args.build_args`) both ask it."""
+    # The non-FA attention multiplies by V directly, which needs an unquantized V cache.
+    if type_v not in UNQUANTIZED_CACHE_TYPES and not flash_attn:
+        return (f"-ctv {type_v} needs flash attention: llama.cpp refuses a quantized V cache with -fa off; add -fa "
+                "on or use -ctv f16")
+    if is_mla(model) and type_k != type_v:
+        # Measured with llama-cpp-python 0.3.36: V is a view of K for MLA, so the types must agree.
+        return (f"{model.arch} (MLA) needs the same K and V cache types; got -ctk {type_k} -ctv {type_v}: pass "
+                "the same type to both")
+    return ""
+
+
 def validate(model: ModelDescription, cfg: RunConfig) -> None:
     """Raises :class:`MemoryConfigError` for a configuration llama.cpp refuses to create a context with."""
     for what, t in (("-ctk/--cache-type-k", cfg.type_k), ("-ctv/--cache-type-v", cfg.type_v)):
@@ -132,10 +147,9 @@ def validate(model: ModelDescription, cfg: RunConfig) -> None:
             raise MemoryConfigError(f"{what} '{t}' is not a llama.cpp cache type: use one of {', '.join(CACHE_TYPES)}")
     if cfg.n_ctx < 0 or cfg.n_batch < 1 or cfg.n_ubatch < 1 or cfg.n_seq_max < 1:
         raise MemoryConfigError("context, batch and ubatch sizes and --parallel must be positive")
-    # llama-context.cpp: the non-FA attention multiplies by V directly, which needs an unquantized V cache.
-    if cfg.type_v not in _UNQUANTIZED and not cfg.flash_attn:
-        raise MemoryConfigError(f"a quantized V cache ({cfg.type_v}) requires flash attention: add -fa on "
-                                "or use -ctv f16")
+    refusal = cache_type_refusal(model, cfg.type_k, cfg.type_v, cfg.flash_attn)
+    if refusal:
+        raise MemoryConfigError(refusal)
     # llama-context.cpp (llama_init_from_model): with flash attention a quantized cache stores whole blocks per
     # head, so every layer's head size must be a multiple of the type's block size.
     k, v, k_swa, v_swa = _head_dims(model)
@@ -143,14 +157,10 @@ def validate(model: ModelDescription, cfg: RunConfig) -> None:
     for flag, t, dims in (("-ctk", cfg.type_k, {k, k_swa} if windowed else {k}),
                           ("-ctv", cfg.type_v, {v, v_swa} if windowed else {v})):
         block = GGML_QUANT_SIZES[CACHE_TYPES[t]][0]
-        if cfg.flash_attn and t not in _UNQUANTIZED and any(d % block for d in dims):
+        if cfg.flash_attn and t not in UNQUANTIZED_CACHE_TYPES and any(d % block for d in dims):
             raise MemoryConfigError(f"{flag} {t} stores blocks of {block} values, which do not divide this model's "
                                     f"head size {sorted(dims)}: llama.cpp refuses it; use f16 or a type whose block "
                                     "divides the head size")
-    if is_mla(model) and cfg.type_k != cfg.type_v:
-        # Measured with llama-cpp-python 0.3.36: V is a view of K for MLA, so the types must agree.
-        raise MemoryConfigError(f"{model.arch} (MLA) needs the same K and V cache types; got -ctk {cfg.type_k} "
-                                f"-ctv {cfg.type_v}: pass the same type to both")
 
 
 @dataclass(frozen=True)
@@ -415,7 +425,7 @@ def kv_bytes_by_device(model: ModelDescription, placement: Placement, cfg: RunCo
     out: dict[str, int] = {}
     for x in layers if layers is not None else kv_bytes_per_layer(model, cfg):
         if x.total:
-            dev = HOST_NAME if cfg.no_kv_offload else placement.layer_devices[x.layer]
+            dev = HOST if cfg.no_kv_offload else placement.layer_devices[x.layer]
             out[dev] = out.get(dev, 0) + x.total
     return out
 
@@ -434,14 +444,14 @@ def compute_bytes_by_device(model: ModelDescription, placement: Placement, cfg: 
     if gpus and all(g.backend == "vulkan" for g in gpus):
         return _vulkan_compute(model, placement, cfg, terms, gpus)
     runners = set(placement.layer_devices)
-    devs = set(placement.devices() if used is None else used) | {HOST_NAME}
+    devs = set(placement.devices() if used is None else used) | {HOST}
     out = {d: terms.bytes(runs_layers=d in runners, runs_output=d == placement.output_device) for d in devs}
     if host_experts is None:
-        host_experts = any(t.role is Role.ROUTED_EXPERT and placement.tensor_devices.get(t.name) == HOST_NAME
+        host_experts = any(t.role is Role.ROUTED_EXPERT and placement.tensor_devices.get(t.name) == HOST
                            for t in model.tensors)
     if host_experts and (not cfg.op_offload or terms.n_ubatch < OP_OFFLOAD_MIN_BATCH):
-        out[HOST_NAME] = max(out[HOST_NAME], terms.n_ubatch * terms.layer)
-    out[HOST_NAME] += output_bytes(model, cfg)
+        out[HOST] = max(out[HOST], terms.n_ubatch * terms.layer)
+    out[HOST] += output_bytes(model, cfg)
     return out
 
 
@@ -488,8 +498,8 @@ def _vulkan_compute(model: ModelDescription, placement: Placement, cfg: RunConfi
     kind_scores = [] if cfg.flash_attn else [4 * hp.n_head * cells * ub for cells in kinds]
     # Where the logits run: with the output weight, or offloaded to the first GPU.
     out_w = next((t for t in model.loaded_tensors if t.role is Role.OUTPUT), None)
-    out_dev = placement.tensor_devices.get(out_w.name, HOST_NAME) if out_w else placement.output_device
-    if out_dev == HOST_NAME and out_w is not None and offload and accepts(first.name, out_w.nbytes):
+    out_dev = placement.tensor_devices.get(out_w.name, HOST) if out_w else placement.output_device
+    if out_dev == HOST and out_w is not None and offload and accepts(first.name, out_w.nbytes):
         out_dev = first.name
     logits = 4 * hp.n_vocab + 8 * E
     # The routed experts' per-expert outputs, f32 [E, n_used, ub]: a device that cannot hold them (lavapipe at
@@ -498,7 +508,7 @@ def _vulkan_compute(model: ModelDescription, placement: Placement, cfg: RunConfi
     split_ffn = any(not accepts(g.name, combine) for g in gpus if g.name in placement.layer_devices)
     ffn = 12 * _ffn_width(model) + (16 if split_ffn else VK_FFN_E) * E
     out: dict[str, int] = {}
-    host_weights = [t for t in model.loaded_tensors if placement.tensor_devices.get(t.name) == HOST_NAME
+    host_weights = [t for t in model.loaded_tensors if placement.tensor_devices.get(t.name) == HOST
                     and t.role is not Role.TOKEN_EMBD and t.block is not None]
     for g in gpus:
         runs = g.name in placement.layer_devices
@@ -519,16 +529,16 @@ def _vulkan_compute(model: ModelDescription, placement: Placement, cfg: RunConfi
             act = max(act, ub * logits)
         copies = [t.nbytes for t in host_weights if accepts(g.name, t.nbytes)] if offload and g is first else []
         if out_w is not None and g is first and out_dev == g.name and placement.tensor_devices.get(out_w.name) \
-                == HOST_NAME:
+                == HOST:
             copies.append(out_w.nbytes)
         if copies:
-            masks = VK_SPLIT_MASKS if HOST_NAME in placement.layer_devices else 1.0
+            masks = VK_SPLIT_MASKS if HOST in placement.layer_devices else 1.0
             act = max(act, max(copies) + ub * (VK_COPY_E * E + int(masks * mask if attn_here else 0)))
         out[g.name] = act
     host = ub * terms.inputs
-    if out_dev == HOST_NAME:
+    if out_dev == HOST:
         host = max(host, ub * logits)
-    host_layers = HOST_NAME in placement.layer_devices
+    host_layers = HOST in placement.layer_devices
     refused = max((s for g in gpus if g.name in placement.layer_devices for s in kind_scores
                     if not accepts(g.name, s)), default=0)  # attention the devices leave to the host
     if host_layers:  # its own layers' attention, and beside it the score matrix the devices refused
@@ -547,7 +557,7 @@ def _vulkan_compute(model: ModelDescription, placement: Placement, cfg: RunConfi
         host += ub * 4 * hp.n_expert_used * (expert_ff + E)
     if split_ffn:
         host += ub * VK_FFN_E * E
-    out[HOST_NAME] = host + output_bytes(model, cfg)
+    out[HOST] = host + output_bytes(model, cfg)
     return out
 
 
@@ -571,7 +581,7 @@ def memory_by_device(model: ModelDescription, placement: Placement, cfg: RunConf
     used = _used_devices(placement, weights)
     kv = kv_bytes_by_device(model, placement, cfg, kv_layers)
     compute = compute_bytes_by_device(model, placement, cfg, host_experts, used, devs)
-    names = dict.fromkeys([*used, HOST_NAME])
+    names = dict.fromkeys([*used, HOST])
     cat = catalog()
     return {
         d: MemoryBreakdown(weights.get(d, 0), kv.get(d, 0), compute.get(d, 0),
@@ -622,19 +632,19 @@ def gpu_fits(breakdown: Mapping[str, MemoryBreakdown], devices: Mapping[str, Dev
              margin: int = DEFAULT_MARGIN) -> dict[str, Fit]:
     """Each GPU's total against its memory less ``margin``."""
     return {name: Fit(name, b.total, devices[name].memory, margin)
-            for name, b in breakdown.items() if name != HOST_NAME and name in devices}
+            for name, b in breakdown.items() if name != HOST and name in devices}
 
 
 def host_check(breakdown: Mapping[str, MemoryBreakdown], devices: Mapping[str, Device]) -> HostCheck:
     """Host RAM against what the host holds. With unified memory (Apple) the GPUs' use comes out of the same
     pool. Weights on the host are memory-mapped (llama.cpp's default), so what does not fit is not an
     out-of-memory error but pages read again from disk on every token that touches them."""
-    host = devices[HOST_NAME]
-    hb = breakdown.get(HOST_NAME, MemoryBreakdown())
+    host = devices[HOST]
+    hb = breakdown.get(HOST, MemoryBreakdown())
     needed = hb.total
     notes = []
     if host.unified:
-        shared = sum(b.total for n, b in breakdown.items() if n != HOST_NAME and devices.get(n) and devices[n].unified)
+        shared = sum(b.total for n, b in breakdown.items() if n != HOST and devices.get(n) and devices[n].unified)
         needed += shared
         notes.append("unified memory: GPU buffers come out of the same pool")
     over = needed - host.memory

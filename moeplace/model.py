@@ -25,7 +25,8 @@ from typing import Any
 from gguf import MODEL_TENSOR, TENSOR_NAMES, GGMLQuantizationType, Keys, LlamaFileType
 
 from moeplace.errors import MoeplaceError
-from moeplace.gguf_file import ArrayInfo, GGUFFile, read_gguf
+from moeplace.gguf_file import ArrayInfo, GGUFFile
+from moeplace.infiles import printable
 
 
 class ModelError(MoeplaceError):
@@ -89,6 +90,11 @@ def _templates() -> tuple[dict[str, MODEL_TENSOR], dict[str, MODEL_TENSOR]]:
             top.setdefault(template, kind)
     return per_block, top
 
+
+# llama.cpp's own ceilings (src/llama-hparams.h: LLAMA_MAX_LAYERS 512, LLAMA_MAX_EXPERTS 512 "Qwen3 Next"): a
+# model past them does not load, so a profile claiming more is refused before anything is allocated for it.
+LLAMA_MAX_LAYERS = 512
+LLAMA_MAX_EXPERTS = 512
 
 _BLOCK_NAME = re.compile(r"^blk\.(\d+)\.(.+)$")
 
@@ -454,7 +460,8 @@ def describe(gf: GGUFFile) -> ModelDescription:
         ft_name = None
     name = md.get(Keys.General.NAME)
     return ModelDescription(
-        name=name if isinstance(name, str) and name else path.name.removesuffix(".gguf"),
+        # Printed and written into scripts: a name carrying terminal escape sequences is shown escaped.
+        name=printable(name if isinstance(name, str) and name else path.name.removesuffix(".gguf")),
         paths=gf.paths,
         file_size=gf.total_size,
         file_type=ft_name,
@@ -466,5 +473,9 @@ def describe(gf: GGUFFile) -> ModelDescription:
 
 
 def load_model(path: str | os.PathLike[str]) -> ModelDescription:
-    """Reads a GGUF model (the first shard of a split one) and describes it. Never reads tensor data."""
-    return describe(read_gguf(path))
+    """Reads a GGUF model (the first shard of a split one) and describes it. Never reads tensor data.
+
+    ``path`` may also be a URL or a Hugging Face reference (moeplace.remote): then only the header is fetched."""
+    from moeplace.remote import read_model_file
+
+    return describe(read_model_file(path))

@@ -134,7 +134,7 @@ def _folder_lock(directory: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _is_ours(path: Path) -> bool:
+def written_by_moeplace(path: Path) -> bool:
     with path.open("rb") as f:
         head = f.read(_SNIFF)
     return any(m in head for m in MARKERS)
@@ -175,7 +175,7 @@ def write_file(path: str | os.PathLike[str], data: bytes, *, executable: bool = 
 
 
 def write_set(directory: str | os.PathLike[str], files: Mapping[str, OutFile],
-              owned: Callable[[Path], bool] = _is_ours) -> Path:
+              owned: Callable[[Path], bool] = written_by_moeplace) -> Path:
     """Writes ``files`` (plain names) into ``directory``, creating it. Existing files of those names are
     replaced only if ``owned`` says moeplace wrote them; nothing else in the folder is touched. Either every file
     is replaced or none is."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from moeplace.model import ModelDescription, Role, Tensor
 
-HOST = "CPU"
+HOST = "CPU"  # llama.cpp's host buffer name: the one name moeplace uses for host memory and the host device
 
 # llama-arch.cpp LLM_TENSOR_INFOS: these kinds are REPEATING tensors created with the bid of layer 0 (llama and
 # phi3 create them for every layer, TENSOR_DUPLICATED after the first), so they land in layer 0's buffer.

@@ -10,36 +10,43 @@ fixes the tensors the user pinned, and afterwards scores the plan and every base
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+try:  # the regex parser moved in Python 3.11; sre_parse still works there but warns
+    import re._constants as _sre  # type: ignore[import-not-found]
+    import re._parser as _sre_parser  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - Python 3.10
+    import sre_constants as _sre  # type: ignore[no-redef]
+    import sre_parse as _sre_parser  # type: ignore[no-redef]
+
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import HOST_NAME, Device, runtime_overhead
-from moeplace.llamacpp import (
-    check_portable_pattern,
-    cpu_moe_placement,
-    fit_placement,
-    n_cpu_moe_placement,
-    smallest_n_cpu_moe,
-)
+from moeplace.hardware import Device, runtime_overhead
 from moeplace.memory import (
     DEFAULT_MARGIN,
+    MIB,
     RunConfig,
     compute_terms,
     context_ladder,
+    context_shape,
     gpu_fits,
     kv_bytes_per_layer,
     memory_by_device,
+    validate,
 )
 from moeplace.model import ModelDescription, Role, Tensor
-from moeplace.placement import Placement, default_tensor_device, host_fallback, layer_placement
-from moeplace.sizes import format_size
+from moeplace.placement import HOST, Placement, default_tensor_device, host_fallback, layer_placement
+from moeplace.sizes import GIB, format_size
 from moeplace.solver import HOST_INDEX, LayerItems, Movable, Problem, Solution, solve, solve_cp_sat
-from moeplace.speed import Estimate, ExpertProbs, LinearCosts, estimate, linear_seconds
+from moeplace.speed import PAGEABLE_COPY_FACTOR, Estimate, ExpertProbs, LinearCosts, estimate, linear_seconds
+from moeplace.targets.base import BaselineContext, LayerOrder, Target
+from moeplace.targets.llamacpp_rules import check_portable_pattern
 
 
 class PlanError(MoeplaceError):
@@ -63,16 +70,21 @@ WORKLOADS = {
 }
 
 
+# Prompt tokens per generated token beyond which the generation term no longer matters to the objective.
+MAX_PROMPT_RATIO = 1e6
+
+
 def parse_workload(text: str, n_parallel: int = 1) -> Workload:
     """``chat``, ``long-prompt``, ``batch`` or a ratio ``PROMPT:GENERATED`` of tokens, e.g. ``8:1``."""
     if text in WORKLOADS:
         w = WORKLOADS[text]
         return Workload(w.name, w.prompt_per_generated, max(w.batch, n_parallel) if text == "batch" else n_parallel)
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*", text)
-    if not m or float(m.group(2)) == 0:
-        raise PlanError(f"workload '{text}': use chat, long-prompt, batch, or a ratio of prompt to generated "
-                        "tokens such as 8:1")
-    return Workload(text.strip(), float(m.group(1)) / float(m.group(2)), n_parallel)
+    ratio = float(m.group(1)) / float(m.group(2)) if m and float(m.group(2)) > 0 else math.nan
+    if not 0 <= ratio <= MAX_PROMPT_RATIO:  # also NaN and a 400-digit (infinite) ratio
+        raise PlanError(f"workload '{text[:40]}': use chat, long-prompt, batch, or a ratio of prompt to generated "
+                        f"tokens such as 8:1 (at most {MAX_PROMPT_RATIO:g}:1)")
+    return Workload(text.strip(), ratio, n_parallel)
 
 
 @dataclass(frozen=True)
@@ -95,7 +107,51 @@ def parse_pin(text: str, devices: Sequence[str]) -> Pin:
         check_portable_pattern(pattern)
     except re.error as e:
         raise PlanError(f"--pin '{text}': not a valid regular expression ({e})") from None
+    problem = backtracking_risk(pattern)
+    if problem:
+        raise PlanError(f"--pin '{text}': {problem}")
     return Pin(pattern, device)
+
+
+_REPEATS = tuple(getattr(_sre, n) for n in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT") if hasattr(_sre, n))
+# More adjacent open-ended repeats than this (.*a.*b.*c.*d.*) cost n^k steps on a failing name.
+MAX_OPEN_REPEATS = 4
+
+
+def backtracking_risk(pattern: str) -> str:
+    """Why matching ``pattern`` could take exponential or high-polynomial time, or "" when it cannot.
+
+    Python's ``re`` has no timeout and llama.cpp's std::regex backtracks too (recursively, so it can also run
+    out of stack), so a pin like ``(a+)+`` would hang both. Refused: a repeat inside a repeated group
+    (``(a+)+``, ``(.*x){9}``), an alternation inside one (``(a|ab)*``), and more than
+    :data:`MAX_OPEN_REPEATS` open-ended repeats in all. Tensor-name pins never need these."""
+    tree = _sre_parser.parse(pattern)
+    open_repeats = 0
+    stack: list[tuple[Any, bool]] = [(tree, False)]
+    while stack:
+        items, repeated = stack.pop()
+        for op, av in items:
+            if op in _REPEATS:
+                lo, hi, sub = av
+                if hi != lo:
+                    if repeated:
+                        return ("a repeat inside a repeated group, such as (a+)+, can take exponential time here "
+                                "and in llama.cpp; repeat the group or its content, not both")
+                    open_repeats += hi == _sre.MAXREPEAT
+                stack.append((sub, repeated or hi > 1))
+            elif op is _sre.BRANCH:
+                if repeated:
+                    return ("an alternation inside a repeated group, such as (a|ab)*, can take exponential time here "
+                            "and in llama.cpp; list the alternatives without repeating them")
+                stack.extend((b, repeated) for b in av[1])
+            elif op is _sre.SUBPATTERN:
+                stack.append((av[-1], repeated))
+            elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
+                stack.append((av[1], repeated))
+    if open_repeats > MAX_OPEN_REPEATS:
+        return (f"{open_repeats} open-ended repeats (* or +) can take n^{open_repeats} steps on a name that fails "
+                f"to match; use at most {MAX_OPEN_REPEATS}")
+    return ""
 
 
 @dataclass(frozen=True)
@@ -150,6 +206,14 @@ class Plan:
     reasons: tuple[LayerReason, ...]
     pins: tuple[Pin, ...] = ()
     warnings: tuple[str, ...] = field(default=())
+    profile: ExpertProbs | None = None
+    fallback: str = ""  # the baseline whose placement replaced the solver's ("" when the solver's stands)
+
+    def score(self, placement: Placement, name: str, note: str = "") -> Candidate:
+        """Another placement scored exactly as the plan was (same settings, workload, profile and margin): what
+        an engine that cannot express the plan gets instead."""
+        return _score(self.model, placement, self.cfg, self.devices, self.workload, self.profile, self.margin, name,
+                      note)
 
     @property
     def placement(self) -> Placement:
@@ -195,7 +259,7 @@ def _pin_oversized(model: ModelDescription, gpus: Sequence[Device], pinned: dict
             raise PlanError(f"--pin sends {t.name} ({format_size(t.nbytes)}) to {dev}, whose backend takes tensors "
                             f"of at most {format_size(limits[dev])}: llama.cpp would abort; pin it to CPU")
         if dev is None:
-            pinned[t.name] = HOST_NAME
+            pinned[t.name] = HOST
 
 
 def gpu_budgets(model: ModelDescription, cfg: RunConfig, gpus: Sequence[Device], margin: int) -> dict[str, int]:
@@ -206,7 +270,7 @@ def gpu_budgets(model: ModelDescription, cfg: RunConfig, gpus: Sequence[Device],
 
 
 def build_problem(model: ModelDescription, devs: Sequence[Device], cfg: RunConfig, costs: LinearCosts,
-                  budgets: Mapping[str, int], pinned: Mapping[str, str]) -> Problem:
+                  budgets: Mapping[str, int], pinned: Mapping[str, str], batch: int = 1) -> Problem:
     """The solver's view of the model: per block, the core that runs where the block runs (weights and KV) and
     the routed-expert groups that may stay or go to the host; the output slot; GPU capacities net of pins
     (negative where the pins alone overfill a GPU)."""
@@ -218,13 +282,13 @@ def build_problem(model: ModelDescription, devs: Sequence[Device], cfg: RunConfi
     output: list[Tensor] = []
     for t in model.loaded_tensors:
         if t.name in pinned:
-            if pinned[t.name] != HOST_NAME:
+            if pinned[t.name] != HOST:
                 capacity[col[pinned[t.name]]] -= t.nbytes
         elif t.block is not None:
             by_block[t.block].append(t)
         elif t.role in (Role.OUTPUT, Role.OUTPUT_NORM):
             output.append(t)
-        elif default_tensor_device(t, (names[1],) if len(names) > 1 else (HOST_NAME,), HOST_NAME) != HOST_NAME:
+        elif default_tensor_device(t, (names[1],) if len(names) > 1 else (HOST,), HOST) != HOST:
             by_block[0].append(t)  # rope_freqs and its kind live with layer 0
     layers = []
     for il in range(model.hparams.n_layer):
@@ -247,8 +311,13 @@ def build_problem(model: ModelDescription, devs: Sequence[Device], cfg: RunConfi
                                  (True,) * len(names)))
     out_time = sum((costs.seconds[costs.index[t.name]] for t in output), np.zeros(len(names)))
     gpus = [d for d in devs if not d.is_host]
-    switch = max((d.link_latency for d in gpus), default=0.0) + (
-        2 * 4.0 * model.hparams.n_embd / min(d.link_bandwidth for d in gpus) if gpus else 0.0)
+    # Per generated token, as the estimate counts a switch (speed._switch_seconds): one decode step of ``batch``
+    # sequences pays the latency once and moves every sequence's hidden state, so per token that is the latency
+    # over the batch plus one hidden state over the link. The hops the solver chooses are host <-> GPU (a split
+    # layer, the host end has no link); a unified-memory GPU (Apple) has no link at all (link_bandwidth 0).
+    links = [d.link_bandwidth for d in gpus if d.link_bandwidth > 0]
+    switch = max((d.link_latency for d in gpus), default=0.0) / batch + (4.0 * model.hparams.n_embd / min(links)
+                                                                         if links else 0.0)
     return Problem(tuple(names), tuple(capacity), tuple(layers), sum(t.nbytes for t in output),
                    tuple(float(x) for x in out_time), switch)
 
@@ -259,7 +328,7 @@ def _placement_of(model: ModelDescription, problem: Problem, sol: Solution, pinn
     overrides = dict(pinned)
     for il, host in enumerate(sol.on_host):
         for mv, h in zip(problem.layers[il].movables, host):
-            target = HOST_NAME if h else layer_devs[il]
+            target = HOST if h else layer_devs[il]
             for n in mv.names:
                 overrides[n] = target
     return layer_placement(model, layer_devs, names[sol.output_device], overrides)
@@ -279,13 +348,11 @@ def _score(model: ModelDescription, placement: Placement, cfg: RunConfig, device
 
 
 def baselines(model: ModelDescription, cfg: RunConfig, devices: Mapping[str, Device], workload: Workload,
-              profile: ExpertProbs | None, margin: int) -> list[Candidate]:
-    """What llama.cpp's own options give on the same hardware: the smallest ``--n-cpu-moe`` that fits,
-    ``--cpu-moe``, and ``--fit`` (its 1 GiB margin, host RAM unlimited)."""
-    gpus = [n for n, d in devices.items() if not d.is_host]
-    if not gpus:
-        return []
-    split = [devices[g].memory for g in gpus] if len(gpus) > 1 else None
+              profile: ExpertProbs | None, margin: int, target: Target | None = None) -> list[Candidate]:
+    """What the engine's own options give on the same hardware (for llama.cpp: the smallest ``--n-cpu-moe`` that
+    fits, ``--cpu-moe``, and ``--fit``), each scored with the full estimate."""
+    target = target or _default_target()
+    gpus = tuple(n for n, d in devices.items() if not d.is_host)
 
     def mem(p: Placement) -> dict[str, int]:
         return {d: b.total for d, b in memory_by_device(model, p, cfg, devices).items()}
@@ -293,20 +360,16 @@ def baselines(model: ModelDescription, cfg: RunConfig, devices: Mapping[str, Dev
     def fits(p: Placement) -> bool:
         return all(f.fits for f in gpu_fits(memory_by_device(model, p, cfg, devices), devices, margin).values())
 
-    out = []
-    if model.is_moe:
-        n = smallest_n_cpu_moe(model, fits, gpus, -1, split)
-        if n is not None:
-            out.append(_score(model, n_cpu_moe_placement(model, n, gpus, -1, split), cfg, devices, workload,
-                              profile, margin, f"--n-cpu-moe {n}", "smallest N that fits"))
-        out.append(_score(model, cpu_moe_placement(model, gpus, -1, split), cfg, devices, workload, profile,
-                          margin, "--cpu-moe", "every routed expert on the host"))
-    fr = fit_placement(model, gpus, {g: devices[g].memory for g in gpus}, mem)
-    note = "llama.cpp --fit (1 GiB margin)"
-    if fr.over_target:
-        note += f"; overfills {', '.join(fr.over_target)} (fit.cpp re-checks only the device it converts)"
-    out.append(_score(model, fr.placement, cfg, devices, workload, profile, margin, "--fit", note))
-    return out
+    split = tuple(float(devices[g].memory) for g in gpus) if len(gpus) > 1 else None
+    ctx = BaselineContext(model, devices, gpus, split, mem, fits)
+    return [_score(model, b.placement, cfg, devices, workload, profile, margin, b.name, b.note)
+            for b in target.baselines(ctx)]
+
+
+def _default_target() -> Target:
+    from moeplace.targets.registry import get_target  # the registry's modules import the emitters, which import us
+
+    return get_target("llama.cpp")
 
 
 # --- explanations ---------------------------------------------------------------------------------------------
@@ -319,7 +382,7 @@ def _reasons(problem: Problem, sol: Solution) -> tuple[LayerReason, ...]:
     gains = []
     for il, layer in enumerate(problem.layers):
         gpu = sol.layer_device[il] if sol.layer_device[il] != HOST_INDEX else min(1, len(names) - 1)
-        gains.append([(m.time[HOST_INDEX] - m.time[gpu]) / max(m.nbytes, 1) * (1 << 30) for m in layer.movables])
+        gains.append([(m.time[HOST_INDEX] - m.time[gpu]) / max(m.nbytes, 1) * GIB for m in layer.movables])
     kept = [g for il, row in enumerate(gains) for g, h in zip(row, sol.on_host[il])
             if not h and sol.layer_device[il] != HOST_INDEX]
     floor = min(kept, default=0.0)
@@ -356,18 +419,24 @@ def _reasons(problem: Problem, sol: Solution) -> tuple[LayerReason, ...]:
 
 def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
          workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN, pins: Sequence[Pin] = (),
-         profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0) -> Plan:
+         profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0,
+         target: Target | None = None, with_baselines: bool = True) -> Plan:
     """The placement with the best predicted time per token that fits every GPU, with baselines and reasons.
 
     ``devices`` maps llama.cpp buffer names to devices: the host ``CPU`` and the GPUs in llama.cpp's order.
     ``solver`` "dp" (exact dynamic programme, the default) or "cp-sat" (OR-Tools, started from the DP's answer,
-    stopped after ``time_limit`` seconds with its gap reported)."""
+    stopped after ``time_limit`` seconds with its gap reported). ``with_baselines=False`` skips llama.cpp's own
+    placements (most of the time on a large model) for callers that rank many models (moeplace.choose)."""
     if solver not in ("dp", "cp-sat"):
         raise PlanError(f"solver '{solver}': use dp or cp-sat")
-    if HOST_NAME not in devices:
+    target = target or _default_target()
+    if target.layer_order is not LayerOrder.CONTIGUOUS_RUNS:  # the only layout the dynamic programme is exact for
+        raise PlanError(f"{target.name} lays out layers as '{target.layer_order.value}', which the solver does "
+                        "not model")
+    if HOST not in devices:
         raise PlanError("the devices must include the host CPU")
-    gpus = [d for n, d in devices.items() if n != HOST_NAME]
-    devs = [devices[HOST_NAME], *gpus]
+    gpus = [d for n, d in devices.items() if n != HOST]
+    devs = [devices[HOST], *gpus]
     budgets = gpu_budgets(model, cfg, gpus, margin)
     if gpus and all(b <= 0 for b in budgets.values()):
         need = min(g.memory - b for g, b in zip(gpus, budgets.values()))
@@ -382,22 +451,38 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
             warnings.append(f"--pin {p.pattern}={p.device} matches no tensor of this model")
     costs = linear_seconds(model, cfg, devs, profile, batch=workload.batch,
                            prompt_per_generated=workload.prompt_per_generated)
-    problem = build_problem(model, devs, cfg, costs, budgets, pinned)
+    problem = build_problem(model, devs, cfg, costs, budgets, pinned, workload.batch)
     over_pins = [n for n, cap in zip(problem.devices[1:], problem.capacity[1:]) if budgets[n] > 0 and cap < 0]
     if over_pins:
         raise PlanError(f"the tensors pinned to {', '.join(over_pins)} do not fit its budget: pin fewer")
     t0 = time.perf_counter()
-    sol = dp = solve(problem)
-    cp = solve_cp_sat(problem, time_limit=time_limit, hint=dp) if solver == "cp-sat" else None
+    try:
+        sol = dp = solve(problem)
+    except ValueError:  # the budgets were checked above; what is left is that no layer order fits them at all
+        raise PlanError("no placement fits the GPU budgets with these pins and this context: pin fewer tensors, "
+                        "give more VRAM, or lower -c") from None
+    cp, cp_note = None, ""
+    if solver == "cp-sat":
+        cp_limit = time_limit - (time.perf_counter() - t0)  # the DP's time counts against the budget too
+        if cp_limit < MIN_CP_SAT_SECONDS:
+            cp_note = "CP-SAT not run: the --time-limit of the whole run was spent"
+        else:
+            try:
+                cp = solve_cp_sat(problem, time_limit=cp_limit, hint=dp)
+            except ValueError as e:  # stopped before it found a placement: the DP's answer stands
+                cp_note = f"CP-SAT: {e}"
     if cp is not None and cp.objective < dp.objective:
         sol = cp
     elapsed = time.perf_counter() - t0
     placement = _placement_of(model, problem, sol, pinned)
     chosen = _score(model, placement, cfg, devices, workload, profile, margin, "moeplace")
-    base = baselines(model, cfg, devices, workload, profile, margin) if not pins else []
-    better = [b for b in base if b.fits and b.seconds < chosen.seconds]
+    base = baselines(model, cfg, devices, workload, profile, margin, target) if with_baselines and not pins else []
+    # A tie is not a win: the same prediction summed in another order differs in the last bit.
+    better = [b for b in base if b.fits and b.seconds < chosen.seconds * (1 - TIE_RTOL)]
+    fallback = ""
     if better:
         best = min(better, key=lambda b: b.seconds)
+        fallback = best.name
         chosen = Candidate("moeplace", best.placement, best.estimate, best.seconds, best.fits,
                            f"the full estimate ranks the {best.name} placement above the solver's (the solver's "
                            "objective is its linear part), so the plan uses that placement")
@@ -408,7 +493,7 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
             warnings.append(f"the estimate puts {', '.join(over)} over budget by the rounding of the solver; "
                             "raise --margin")
         if not chosen.estimate.host.possible:
-            raise PlanError(f"the model does not fit in VRAM plus {format_size(devices[HOST_NAME].memory)} of RAM "
+            raise PlanError(f"the model does not fit in VRAM plus {format_size(devices[HOST].memory)} of RAM "
                             "even with the host's weights paged from disk: give --ram, or use a smaller quant")
     if not chosen.estimate.host.fits:
         warnings.append(f"host RAM short by {format_size(chosen.estimate.host.paged)}: that much of the model "
@@ -424,12 +509,20 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     optimality = (f"optimal for the linear model (exact dynamic programme over {len(problem.layers)} layers, "
                   f"{dp.states} states, sizes rounded up to {format_size(dp.unit)})")
     if cp is not None:
-        found = "proven optimal" if cp.proven else f"stopped at {time_limit:g} s, {100 * cp.gap:.2f}% from its bound"
+        found = "proven optimal" if cp.proven else f"stopped at {cp_limit:.3g} s, {100 * cp.gap:.2f}% from its bound"
         used = "its placement is used" if sol is cp else "the dynamic programme's answer is as good and is used"
         optimality += f"; CP-SAT: {found}, {used}"
+    elif cp_note:
+        optimality += f"; {cp_note}"
     return Plan(model, devices, cfg, workload, margin, chosen, tuple(base), budgets, sol, elapsed, optimality,
-                _reasons(problem, sol), tuple(pins), tuple(warnings))
+                _reasons(problem, sol), tuple(pins), tuple(warnings), profile, fallback)
 
+
+# Relative difference in predicted seconds below which two placements are the same prediction.
+TIE_RTOL = 1e-9
+
+# Below this many seconds CP-SAT cannot even load a model: it is skipped and the DP's answer stands.
+MIN_CP_SAT_SECONDS = 0.05
 
 # Decode speed a longer context may cost before -c auto stops growing it.
 AUTO_CONTEXT_LOSS = 0.10
@@ -437,15 +530,18 @@ AUTO_CONTEXT_LOSS = 0.10
 
 def auto_context(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
                  workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN, pins: Sequence[Pin] = (),
-                 profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0
-                 ) -> tuple[Plan, list[Plan]]:
+                 profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0,
+                 target: Target | None = None) -> tuple[Plan, list[Plan]]:
     """Plans every context of :func:`context_ladder` and picks the largest whose predicted decode speed is within
-    :data:`AUTO_CONTEXT_LOSS` of the smallest context's; returns it and the whole trade for display."""
+    :data:`AUTO_CONTEXT_LOSS` of the smallest context's; returns it and the whole trade for display.
+    ``time_limit`` is CP-SAT's budget for the whole ladder, not per context."""
     trade: list[Plan] = []
+    deadline = time.perf_counter() + time_limit
     for n_ctx in context_ladder(model.hparams.n_ctx_train):
         try:
             trade.append(plan(model, devices, cfg.with_(n_ctx=n_ctx), workload=workload, margin=margin, pins=pins,
-                              profile=profile, solver=solver, time_limit=time_limit))
+                              profile=profile, solver=solver, time_limit=deadline - time.perf_counter(),
+                              target=target))
         except PlanError:
             break
     if not trade:
@@ -454,3 +550,167 @@ def auto_context(model: ModelDescription, devices: Mapping[str, Device], cfg: Ru
     best = max((p for p in trade if p.chosen.fits and p.chosen.decode_tps >= floor),
                key=lambda p: p.cfg.n_ctx, default=trade[0])
     return best, trade
+
+
+# --- the run configuration -------------------------------------------------------------------------------------
+
+# Physical batch sizes tried when -ub is not given: llama.cpp's default 512, and powers of two around it. Below 32
+# tokens op offload stops; above 8192 the compute buffer (logits of every token) outgrows a desktop GPU's memory.
+UBATCH_LADDER = (256, 512, 1024, 2048, 4096, 8192)
+# A quantized KV cache costs accuracy the speed model does not see: moeplace picks q8_0 over f16 only when it is
+# predicted at least this much faster for the workload.
+KV_QUANT_MIN_GAIN = 0.10
+# Configurations within this much of the fastest are ties, settled for the one nearest llama.cpp's defaults.
+CONFIG_TIE = 0.01
+# Settings the search may choose, under RunConfig's field names (the CLI passes those the user gave as pinned).
+CONFIG_FIELDS = ("n_ubatch", "n_batch", "type_k", "type_v", "n_seq_max", "kv_unified", "no_mmap")
+
+
+@dataclass(frozen=True)
+class ConfigChoice:
+    """The plan of the chosen run configuration, every configuration tried (fastest first), and why it won."""
+
+    plan: Plan
+    trade: tuple[Plan, ...]
+    why: tuple[str, ...]
+    pinned: frozenset[str]
+
+
+def _distance_from_defaults(cfg: RunConfig) -> tuple[int, int]:
+    default = RunConfig()
+    return (int(cfg.type_k != default.type_k or cfg.type_v != default.type_v),
+            abs(cfg.n_ubatch.bit_length() - default.n_ubatch.bit_length()))
+
+
+def _gpu_bytes(p: Plan) -> int:
+    return sum(b.total for n, b in p.estimate.memory.items() if n != HOST)
+
+
+def choose_config(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
+                  pinned: Sequence[str] = (), workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN,
+                  pins: Sequence[Pin] = (), profile: ExpertProbs | None = None, solver: str = "dp",
+                  time_limit: float = 10.0, target: Target | None = None,
+                  with_baselines: bool = True) -> ConfigChoice:
+    """The run configuration chosen with the placement: every setting of :data:`CONFIG_FIELDS` not in ``pinned``
+    is chosen for ``workload``, each candidate planned in full (a larger ``-ub`` grows the compute buffers, which
+    leaves the solver less VRAM for experts), and the fastest predicted one that fits wins.
+
+    * ``-ub``/``-b``: each of :data:`UBATCH_LADDER` up to the context; ``-b`` at least ``-ub``;
+    * ``-ctk/-ctv``: f16, or q8_0 when it is :data:`KV_QUANT_MIN_GAIN` faster;
+    * ``-np``/``-kvu``: a batch workload's sequences get one slot each, sharing one KV buffer;
+    * ``--no-mmap``: host weights in pinned memory (faster op-offload copies) wherever the host's share fits in
+      RAM without paging, and there is a GPU to copy to."""
+    fixed = frozenset(pinned)
+    unknown = fixed - set(CONFIG_FIELDS)
+    if unknown:
+        raise PlanError(f"unknown run settings {', '.join(sorted(unknown))}: use {', '.join(CONFIG_FIELDS)}")
+    has_gpu = any(not d.is_host for d in devices.values())
+    base = cfg
+    if workload.batch > 1 and "n_seq_max" not in fixed:
+        base = base.with_(n_seq_max=workload.batch, kv_unified=True if "kv_unified" not in fixed else base.kv_unified)
+    if "no_mmap" not in fixed:
+        base = base.with_(no_mmap=has_gpu and model.is_moe)
+    n_ctx = context_shape(model, base).n_ctx
+    if "n_ubatch" in fixed:
+        ubs = [base.n_ubatch]
+    else:
+        limit = base.n_batch if "n_batch" in fixed else max(n_ctx, UBATCH_LADDER[0])
+        ubs = [u for u in UBATCH_LADDER if u <= limit] or [min(base.n_ubatch, limit)]
+    kvs = [(base.type_k, base.type_v)]
+    if not fixed & {"type_k", "type_v"}:
+        kvs = [("f16", "f16"), ("q8_0", "q8_0")]
+    tried: list[Plan] = []
+    errors: list[str] = []
+    for ub in ubs:
+        for tk, tv in kvs:
+            c = base.with_(n_ubatch=ub, n_batch=base.n_batch if "n_batch" in fixed else max(RunConfig().n_batch, ub),
+                           type_k=tk, type_v=tv)
+            try:
+                validate(model, c)
+                p = plan(model, devices, c, workload=workload, margin=margin, pins=pins, profile=profile,
+                         solver=solver, time_limit=time_limit, target=target,
+                 with_baselines=with_baselines)
+                if c.no_mmap and not p.estimate.host.fits:  # pinned memory cannot be paged: keep mmap here
+                    p = plan(model, devices, c.with_(no_mmap=False), workload=workload, margin=margin, pins=pins,
+                             profile=profile, solver=solver, time_limit=time_limit, target=target,
+                 with_baselines=with_baselines)
+            except MoeplaceError as e:
+                errors.append(str(e))
+                continue
+            tried.append(p)
+    if not tried:
+        raise PlanError(errors[0] if errors else "no run configuration could be planned")
+    fitting = [p for p in tried if p.chosen.fits] or tried
+    f16 = [p for p in fitting if p.cfg.type_k in ("f16", "bf16", "f32") and p.cfg.type_v in ("f16", "bf16", "f32")]
+    best_f16 = min((p.chosen.seconds for p in f16), default=float("inf"))
+    eligible = [p for p in fitting if p in f16 or "type_k" in fixed or "type_v" in fixed
+                or p.chosen.seconds <= best_f16 * (1 - KV_QUANT_MIN_GAIN)] or fitting
+    fastest = min(p.chosen.seconds for p in eligible)
+    winner = min((p for p in eligible if p.chosen.seconds <= fastest * (1 + CONFIG_TIE)),
+                 key=lambda p: (_distance_from_defaults(p.cfg), p.chosen.seconds))
+    if winner.cfg.no_mmap and "no_mmap" not in fixed:
+        # Pinned memory only pays where experts are copied to a GPU: without a gain, keep llama.cpp's mmap (it
+        # loads faster and lets the kernel drop pages).
+        mapped = plan(model, devices, winner.cfg.with_(no_mmap=False), workload=workload, margin=margin, pins=pins,
+                      profile=profile, solver=solver, time_limit=time_limit, target=target,
+                 with_baselines=with_baselines)
+        if mapped.chosen.fits and mapped.chosen.seconds <= winner.chosen.seconds * (1 + CONFIG_TIE):
+            tried[tried.index(winner)] = winner = mapped
+    trade = tuple(sorted(tried, key=lambda p: p.chosen.seconds))
+    return ConfigChoice(winner, trade, tuple(_why(model, devices, winner, tried, workload, fixed, best_f16,
+                                                  margin, profile)), fixed)
+
+
+def _why(model: ModelDescription, devices: Mapping[str, Device], win: Plan, tried: Sequence[Plan],
+         workload: Workload, fixed: frozenset[str], best_f16: float, margin: int,
+         profile: ExpertProbs | None) -> list[str]:
+    """Why the winner won, in the speed model's own terms, against llama.cpp's defaults (-ub 512, f16 KV)."""
+    out = []
+    c = win.cfg
+    ref = next((p for p in tried if p.cfg.n_ubatch == RunConfig().n_ubatch and p.cfg.type_k == c.type_k
+                and p.cfg.type_v == c.type_v), None)
+    per = f"{workload.prompt_per_generated:g} prompt tokens per generated token ({workload.name})"
+    if "n_ubatch" not in fixed and ref is not None and ref is not win:
+        a, b = ref.estimate.prefill, win.estimate.prefill
+        gpu = next((n for n, d in devices.items() if not d.is_host), None)
+        line = (f"-ub {c.n_ubatch}: prompt {b.tokens_per_second:.0f} tok/s against {a.tokens_per_second:.0f} at -ub "
+                f"{ref.cfg.n_ubatch}")
+        if gpu and a.transfer_bytes and b.transfer_bytes:
+            line += (f" (experts in RAM are copied to {gpu} once per ubatch: {a.transfer_bytes / a.n_ubatch / MIB:.1f} "
+                     f"MiB per prompt token at -ub {a.n_ubatch}, {b.transfer_bytes / b.n_ubatch / MIB:.1f} at "
+                     f"-ub {b.n_ubatch})")
+        cb = {n: x.compute for n, x in win.estimate.memory.items() if n != HOST}
+        ca = {n: x.compute for n, x in ref.estimate.memory.items() if n != HOST}
+        line += (f"; decode {win.chosen.decode_tps:.2f} tok/s against {ref.chosen.decode_tps:.2f}")
+        if gpu and gpu in cb and gpu in ca:
+            line += (f" ({gpu}'s compute buffer {format_size(cb[gpu])} instead of {format_size(ca[gpu])} leaves that "
+                     "much less room for experts)")
+        line += (f"; for {per} that is {win.chosen.seconds * 1e3:.1f} ms per generated token against "
+                 f"{ref.chosen.seconds * 1e3:.1f}")
+        out.append(line)
+    elif "n_ubatch" not in fixed and len({p.cfg.n_ubatch for p in tried}) > 1:
+        out.append(f"-ub {c.n_ubatch} (llama.cpp's default): no other ubatch is more than {CONFIG_TIE:.0%} faster "
+                   f"for {per}")
+    if not fixed & {"type_k", "type_v"}:
+        if c.type_k == "q8_0":
+            out.append(f"-ctk/-ctv q8_0: {100 * (1 - win.chosen.seconds / best_f16):.0f}% faster than the best f16 "
+                       f"cache (it takes a quantized cache only above {KV_QUANT_MIN_GAIN:.0%})")
+        else:
+            q8 = min((p.chosen.seconds for p in tried if p.cfg.type_k == "q8_0"), default=None)
+            if q8 is not None:
+                out.append(f"-ctk/-ctv f16: q8_0 would be {100 * (1 - q8 / win.chosen.seconds):.1f}% faster, below "
+                           f"the {KV_QUANT_MIN_GAIN:.0%} that would pay for its accuracy cost")
+    if "n_seq_max" not in fixed and c.n_seq_max > 1:
+        out.append(f"-np {c.n_seq_max} -kvu: the {workload.name} workload decodes {workload.batch} sequences "
+                   "together, one slot each, sharing one KV buffer")
+    if "no_mmap" not in fixed and c.no_mmap:
+        mm = _score(model, win.placement, c.with_(no_mmap=False), devices, workload, profile, margin, "mmap")
+        host_w = format_size(win.estimate.memory[HOST].weights)
+        out.append(f"--no-mmap: the host's {host_w} of weights fit in RAM, so they go to pinned memory and are "
+                   f"copied to the GPU {1 / PAGEABLE_COPY_FACTOR:.1f}x faster: "
+                   f"prompt {win.chosen.prefill_tps:.0f} tok/s against {mm.prefill_tps:.0f} with mmap")
+    elif "no_mmap" not in fixed and any(not d.is_host for d in devices.values()) and model.is_moe:
+        why = ("pinned memory would not speed it up (no experts are copied from RAM to a GPU)" if win.estimate.host.fits
+               else "the host's share does not fit in RAM without paging, and pinned memory cannot be paged")
+        out.append(f"mmap kept (llama.cpp's default): {why}")
+    return out

@@ -193,6 +193,8 @@ def write_grid(grid: Grid, path: str | os.PathLike[str]) -> Path:
     """Writes ``path`` as SVG or PNG by its suffix."""
     p = Path(path)
     suffix = p.suffix.lower()
+    if not p.name:  # '' (an unset variable), '.' or '/'
+        raise PlotError("empty path given for the picture: name a .svg or .png file")
     if suffix not in (".svg", ".png"):
         raise PlotError(f"{p.name}: write the picture as .svg or .png")
     return write_file(p, encode_text(render_svg(grid)) if suffix == ".svg" else render_png(grid, p.name))

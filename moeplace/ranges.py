@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 def runs(values: Iterable[int]) -> list[tuple[int, int]]:
@@ -19,3 +19,17 @@ def runs(values: Iterable[int]) -> list[tuple[int, int]]:
 def format_ranges(values: Iterable[int], sep: str = ",") -> str:
     """``[1, 2, 3, 7]`` -> ``'1-3,7'``; ``'none'`` when empty."""
     return sep.join(str(a) if a == b else f"{a}-{b}" for a, b in runs(values)) or "none"
+
+
+def first_true(ok: Callable[[int], bool], lo: int, hi: int) -> int | None:
+    """The smallest ``x`` in ``[lo, hi]`` with ``ok(x)``, for ``ok`` false then true as ``x`` rises (bisection,
+    about log2(hi - lo) calls); None where not even ``ok(hi)`` holds."""
+    if not ok(hi):
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

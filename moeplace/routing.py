@@ -12,13 +12,10 @@ profile measured on another network is refused with a message instead of silentl
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -26,11 +23,8 @@ import numpy as np
 
 from moeplace.errors import MoeplaceError
 from moeplace.model import ModelDescription
-from moeplace.outfiles import encode_text, write_file
 from moeplace.ranges import format_ranges
 
-FORMAT = "moeplace-routing-profile"
-FORMAT_VERSION = 1
 HOT_FORMAT = "moeplace-hot-experts"
 HOT_FORMAT_VERSION = 1
 
@@ -95,6 +89,10 @@ class RoutingProfile:
     counts: Mapping[int, np.ndarray]  # layer -> [n_expert] selections
     tokens: Mapping[int, float]  # layer -> tokens that went through the layer's router
     coactivation: Mapping[int, np.ndarray] | None = field(default=None, repr=False)  # layer -> [n, n] pairs
+    # layer -> [tokens, n_expert_used] expert ids in the order the tokens were evaluated: the order of routing,
+    # which an LRU expert cache's hit rate depends on (counts alone cannot tell it). Optional; may cover fewer
+    # tokens (and layers) than the counts.
+    trace: Mapping[int, np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -108,7 +106,7 @@ def _fail(origin: str, problem: str, fix: str = "") -> ProfileError:
 
 def make_profile(model: ModelIdentity, source: Source, counts: Mapping[int, Any],
                  tokens: Mapping[int, float] | None = None, coactivation: Mapping[int, Any] | None = None,
-                 *, origin: str = "") -> RoutingProfile:
+                 *, origin: str = "", trace: Mapping[int, Any] | None = None) -> RoutingProfile:
     """Validates and freezes a profile. ``tokens`` defaults to ``sum(counts) / n_expert_used`` per layer.
 
     Raises :class:`ProfileError` for negative, NaN or infinite counts, a wrong expert count, a layer outside
@@ -130,7 +128,7 @@ def make_profile(model: ModelIdentity, source: Source, counts: Mapping[int, Any]
         layer = int(layer)
         try:
             arr = np.array(raw, dtype=np.float64)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise _fail(origin, f"layer {layer}: counts are not numbers", fix) from None
         if arr.shape != (model.n_expert,):
             raise _fail(origin, f"layer {layer}: {arr.size} counts for a model with {model.n_expert} experts", fix)
@@ -140,7 +138,7 @@ def make_profile(model: ModelIdentity, source: Source, counts: Mapping[int, Any]
             raise _fail(origin, f"layer {layer}: negative count {arr.min():g} for expert {int(arr.argmin())}", fix)
         total = float(arr.sum())
         t = total / k if tokens is None or layer not in tokens else tokens[layer]
-        if not isinstance(t, int | float | np.integer | np.floating) or not math.isfinite(t) or t < 0:
+        if not isinstance(t, int | float | np.integer | np.floating) or not finite(t) or t < 0:
             raise _fail(origin, f"layer {layer}: token count {t!r} is not a non-negative number", fix)
         t = float(t)
         if total <= 0 or t <= 0:
@@ -162,7 +160,7 @@ def make_profile(model: ModelIdentity, source: Source, counts: Mapping[int, Any]
                 raise _fail(origin, f"co-activation counts for layer {layer}, which has no expert counts", fix)
             try:
                 m = np.array(raw, dtype=np.float64)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise _fail(origin, f"layer {layer}: co-activation counts are not numbers", fix) from None
             n = model.n_expert
             if m.shape != (n, n) or not np.isfinite(m).all() or (m < 0).any() or not np.allclose(m, m.T):
@@ -170,8 +168,30 @@ def make_profile(model: ModelIdentity, source: Source, counts: Mapping[int, Any]
                                     "non-negative numbers", fix)
             m.flags.writeable = False
             co[int(layer)] = m
+    tr: dict[int, np.ndarray] | None = None
+    if trace:
+        tr = {}
+        for layer, raw in sorted(trace.items()):
+            layer = int(layer)
+            if layer not in frozen:
+                raise _fail(origin, f"a routing trace for layer {layer}, which has no expert counts", fix)
+            ids = np.asarray(raw)
+            if ids.ndim != 2 or ids.shape[1] != k or not np.issubdtype(ids.dtype, np.integer):
+                raise _fail(origin, f"layer {layer}: the routing trace must hold {k} expert ids per token", fix)
+            if ids.shape[0] > toks[layer] * (1 + _SUM_RTOL):
+                raise _fail(origin, f"layer {layer}: the routing trace has {ids.shape[0]} tokens, the counts only "
+                                    f"{toks[layer]:g}", fix)
+            if ids.size and (ids.min() < 0 or ids.max() >= model.n_expert):
+                raise _fail(origin, f"layer {layer}: the routing trace names an expert outside 0..{model.n_expert - 1}",
+                            fix)
+            srt = np.sort(ids, axis=1)
+            if ids.size and (srt[:, 1:] == srt[:, :-1]).any():
+                raise _fail(origin, f"layer {layer}: the routing trace picks an expert twice for one token", fix)
+            ids = ids.astype(np.uint16)
+            ids.flags.writeable = False
+            tr[layer] = ids
     return RoutingProfile(model, source, MappingProxyType(frozen), MappingProxyType(toks),
-                          None if co is None else MappingProxyType(co))
+                          None if co is None else MappingProxyType(co), None if tr is None else MappingProxyType(tr))
 
 
 # --- what the plan reads -----------------------------------------------------------------------------------
@@ -183,22 +203,27 @@ def expert_probs(profile: RoutingProfile) -> dict[int, np.ndarray]:
     return {layer: np.minimum(profile.counts[layer] / profile.tokens[layer], 1.0) for layer in profile.layers}
 
 
-def expected_distinct(p: np.ndarray, batch: float) -> float:
+def expected_distinct(p: np.ndarray, batch: float) -> Any:
     """Expected number of distinct experts a batch of ``batch`` independent tokens selects:
-    ``sum_e 1 - (1 - p_e)^batch``."""
+    ``sum_e 1 - (1 - p_e)^batch``, computed as ``-expm1(batch log1p(-p))`` so that rare experts at large
+    batches keep their precision. ``p`` holds one layer's per-token probabilities (a float comes back) or one
+    row per layer (an array of one figure per row comes back). The one copy of this formula: the speed model's
+    batched decode and prefill and the profile reports all use it."""
     p = np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0)
     if batch <= 0:
-        return 0.0
-    with np.errstate(divide="ignore"):  # p = 1 gives log1p(-1) = -inf, and expm1(-inf) = -1 is right
-        return float(np.sum(-np.expm1(batch * np.log1p(-p))))
+        d = np.zeros(p.shape[:-1])
+    else:
+        with np.errstate(divide="ignore"):  # p = 1 gives log1p(-1) = -inf, and expm1(-inf) = -1 is right
+            d = np.sum(-np.expm1(batch * np.log1p(-p)), axis=-1)
+    return float(d) if d.ndim == 0 else d
 
 
 def uniform_probs(n_expert: int, n_expert_used: int) -> np.ndarray:
-    """What every expert gets when routing is uniform: ``n_expert_used / n_expert``."""
-    return np.full(n_expert, n_expert_used / n_expert)
+    """Per-token routing probability of each expert with uniform routing: ``n_expert_used / n_expert``."""
+    return np.full(n_expert, n_expert_used / n_expert, dtype=np.float64)
 
 
-def distinct_experts(profile: RoutingProfile, batch: float) -> dict[int, float]:
+def distinct_by_layer(profile: RoutingProfile, batch: float) -> dict[int, float]:
     """Per MoE layer, the expected number of distinct experts a batch of ``batch`` tokens touches."""
     return {layer: expected_distinct(p, batch) for layer, p in expert_probs(profile).items()}
 
@@ -409,6 +434,8 @@ def merge_profiles(profiles: Sequence[RoutingProfile], weights: Sequence[float] 
                   for p, w in zip(profiles, weights or [None] * len(profiles)))
     notes = () if with_co or all(p.coactivation is None for p in profiles) else (
         "co-activation counts dropped: not every merged profile had them",)
+    if any(p.trace for p in profiles):
+        notes += ("routing traces dropped: merged counts have no single order of routing",)
     source = Source(kind="merge", tokens=sum(p.source.tokens for p in profiles), created=utc_now(), merged_from=parts,
                     datasets=tuple(d for p in profiles for d in p.source.datasets), notes=notes)
     return make_profile(first, source, counts, tokens, co if with_co else None)
@@ -451,7 +478,7 @@ def hot_experts(profile: RoutingProfile, cache: int | None = None) -> dict[str, 
     return {
         "format": HOT_FORMAT,
         "format_version": HOT_FORMAT_VERSION,
-        "model": _identity_json(profile.model),
+        "model": identity_to_json(profile.model),
         "source": {"kind": profile.source.kind, "tokens": profile.source.tokens},
         "cache_per_layer": cache,
         "served": None if cache is None else round(float(cov[cache]), 6),
@@ -461,163 +488,18 @@ def hot_experts(profile: RoutingProfile, cache: int | None = None) -> dict[str, 
     }
 
 
-# --- file format -------------------------------------------------------------------------------------------
-
-
 def utc_now() -> str:
     """The current time for a profile's ``created`` field."""
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
-def _identity_json(m: ModelIdentity) -> dict[str, Any]:
+def finite(x: float) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def identity_to_json(m: ModelIdentity) -> dict[str, Any]:
     return {"name": m.name, "arch": m.arch, "n_layer": m.n_layer, "n_expert": m.n_expert,
             "n_expert_used": m.n_expert_used, "fingerprint": m.fingerprint}
-
-
-def _num(x: float) -> int | float:
-    """Integral counts as ints (small files, exact); others as floats."""
-    return int(x) if float(x).is_integer() and abs(x) < 2**53 else float(x)
-
-
-def _source_json(s: Source) -> dict[str, Any]:
-    out: dict[str, Any] = {"kind": s.kind, "tokens": _num(s.tokens)}
-    for name in ("created", "engine", "file", "prompts", "prompts_sha256", "prompt_count", "generated_per_prompt",
-                 "generated_tokens", "chunk_count", "chunk_size", "interrupted"):
-        v = getattr(s, name)
-        if v:
-            out[name] = v
-    for name in ("datasets", "notes"):
-        if getattr(s, name):
-            out[name] = list(getattr(s, name))
-    if s.merged_from:
-        out["merged_from"] = [dict(p) for p in s.merged_from]
-    return out
-
-
-def profile_to_json(profile: RoutingProfile) -> dict[str, Any]:
-    """The file's content as plain data."""
-    layers = []
-    for layer in profile.layers:
-        entry: dict[str, Any] = {"layer": layer, "tokens": _num(profile.tokens[layer]),
-                                 "counts": [_num(x) for x in profile.counts[layer]]}
-        if profile.coactivation is not None:
-            m = profile.coactivation[layer]
-            iu = np.triu_indices(profile.model.n_expert, k=1)
-            entry["coactivation_upper"] = [_num(x) for x in m[iu]]
-        layers.append(entry)
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "model": _identity_json(profile.model),
-            "source": _source_json(profile.source), "layers": layers}
-
-
-def dumps(profile: RoutingProfile) -> str:
-    """JSON text with one line per layer: readable, diffable, and small."""
-    data = profile_to_json(profile)
-    layers = data.pop("layers")
-    head = json.dumps(data, indent=2)[:-2]  # drop the closing "\n}"
-    body = ",\n    ".join(json.dumps(e, separators=(",", ":")) for e in layers)
-    return f'{head},\n  "layers": [\n    {body}\n  ]\n}}\n'
-
-
-def save_profile(profile: RoutingProfile, path: str | os.PathLike[str]) -> Path:
-    """Writes the profile (creating the folder); returns the path written."""
-    return write_file(path, encode_text(dumps(profile)))  # whole or not at all
-
-
-def _get(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], origin: str, where: str = "") -> Any:
-    fix = "re-create the profile with 'moeplace profile run' or 'moeplace profile import'"
-    if not isinstance(d, Mapping) or key not in d:
-        raise _fail(origin, f"missing field '{where}{key}' (a truncated or hand-edited file?)", fix)
-    v = d[key]
-    if not isinstance(v, kind) or isinstance(v, bool):
-        raise _fail(origin, f"field '{where}{key}' has the wrong type ({type(v).__name__})", fix)
-    return v
-
-
-def profile_from_json(data: Any, origin: str = "") -> RoutingProfile:
-    """Parses and validates the file's content; every problem is one :class:`ProfileError` line."""
-    fix = "re-create the profile with 'moeplace profile run' or 'moeplace profile import'"
-    if not isinstance(data, Mapping):
-        raise _fail(origin, "not a moeplace routing profile (the JSON is not an object)", fix)
-    if data.get("format") != FORMAT:
-        raise _fail(origin, f"not a moeplace routing profile (format {data.get('format')!r}, expected {FORMAT!r})",
-                    "pass a file written by 'moeplace profile run/import/merge'")
-    version = _get(data, "format_version", int, origin)
-    if version > FORMAT_VERSION:
-        raise _fail(origin, f"profile format_version {version} is newer than this moeplace reads "
-                            f"({FORMAT_VERSION})", "upgrade moeplace")
-    if version < 1:
-        raise _fail(origin, f"invalid format_version {version}", fix)
-    m = _get(data, "model", dict, origin)
-    ident = ModelIdentity(
-        arch=_get(m, "arch", str, origin, "model."), n_layer=_get(m, "n_layer", int, origin, "model."),
-        n_expert=_get(m, "n_expert", int, origin, "model."),
-        n_expert_used=_get(m, "n_expert_used", int, origin, "model."),
-        fingerprint=_get(m, "fingerprint", str, origin, "model."), name=str(m.get("name", "")),
-    )
-    s = _get(data, "source", dict, origin)
-    num = (int, float)
-    source = Source(
-        kind=_get(s, "kind", str, origin, "source."), tokens=float(_get(s, "tokens", num, origin, "source.")),
-        created=str(s.get("created", "")), engine=str(s.get("engine", "")), file=str(s.get("file", "")),
-        prompts=str(s.get("prompts", "")), prompts_sha256=str(s.get("prompts_sha256", "")),
-        prompt_count=int(s.get("prompt_count", 0)), generated_per_prompt=int(s.get("generated_per_prompt", 0)),
-        generated_tokens=int(s.get("generated_tokens", 0)),
-        datasets=tuple(str(x) for x in s.get("datasets", ())), chunk_count=int(s.get("chunk_count", 0)),
-        chunk_size=int(s.get("chunk_size", 0)), interrupted=bool(s.get("interrupted", False)),
-        merged_from=tuple(dict(x) for x in s.get("merged_from", ()) if isinstance(x, Mapping)),
-        notes=tuple(str(x) for x in s.get("notes", ())),
-    )
-    layers = _get(data, "layers", list, origin)
-    counts: dict[int, Any] = {}
-    tokens: dict[int, float] = {}
-    co: dict[int, Any] = {}
-    iu = np.triu_indices(ident.n_expert, k=1) if ident.n_expert > 0 else None
-    for i, entry in enumerate(layers):
-        where = f"layers[{i}]."
-        layer = _get(entry, "layer", int, origin, where)
-        if layer in counts:
-            raise _fail(origin, f"layer {layer} appears twice", fix)
-        counts[layer] = _get(entry, "counts", list, origin, where)
-        tokens[layer] = _get(entry, "tokens", num, origin, where)
-        if "coactivation_upper" in entry:
-            upper = np.array(_get(entry, "coactivation_upper", list, origin, where), dtype=np.float64)
-            n = ident.n_expert
-            if iu is None or upper.shape != (n * (n - 1) // 2,):
-                raise _fail(origin, f"layer {layer}: coactivation_upper needs {n * (n - 1) // 2} numbers, "
-                                    f"has {upper.size}", fix)
-            full = np.zeros((n, n))
-            full[iu] = upper
-            co[layer] = full + full.T
-    if co and len(co) != len(counts):
-        raise _fail(origin, "co-activation counts are present for some layers only", fix)
-    return make_profile(ident, source, counts, tokens, co or None, origin=origin)
-
-
-def load_profile(path: str | os.PathLike[str]) -> RoutingProfile:
-    """Reads a profile file. Raises :class:`ProfileError` with one line naming the problem and the fix."""
-    p = Path(path)
-    fix = "re-create it with 'moeplace profile run' or 'moeplace profile import'"
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise _fail(str(p), "no such profile file", "check the path (profiles live under profiles/ by default)") \
-            from None
-    except IsADirectoryError:
-        raise _fail(str(p), "is a directory, not a profile file") from None
-    except UnicodeDecodeError:
-        raise _fail(str(p), "not a moeplace routing profile (binary content)",
-                    "pass the JSON file written by 'moeplace profile run/import'") from None
-    if not text.strip():
-        raise _fail(str(p), "the profile file is empty", fix)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise _fail(str(p), f"not valid JSON at line {e.lineno} column {e.colno} ({e.msg}): the file is truncated "
-                            "or not a profile", fix) from None
-    return profile_from_json(data, str(p))
-
-
-def default_profile_path(identity: ModelIdentity, kind: str, root: str | os.PathLike[str] = "profiles") -> Path:
-    """Where a profile goes without ``-o``: ``profiles/<model>-<kind>.json``."""
-    stem = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in (identity.name or identity.arch))
-    return Path(root) / f"{stem}-{kind}.json"

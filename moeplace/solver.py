@@ -23,8 +23,10 @@ two against each other on instances small enough for CP-SAT to prove optimality.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from itertools import product
+from typing import Any
 
 import numpy as np
 
@@ -104,7 +106,7 @@ def _options(layer: LayerItems, device: int,
 
 def _unit(problem: Problem) -> int:
     """Bytes per capacity unit: at most MAX_STATES units for the largest GPU budget, never below MIN_UNIT."""
-    return max(MIN_UNIT, math.ceil(max(*problem.capacity[1:], 1) / (MAX_STATES - 1)))
+    return max(MIN_UNIT, math.ceil(max((*problem.capacity[1:], 1)) / (MAX_STATES - 1)))  # (1,): no GPU
 
 
 def solve(problem: Problem) -> Solution:
@@ -205,6 +207,38 @@ def _bytes_used(problem: Problem, layer_device: list[int] | tuple[int, ...], out
     return tuple(used)
 
 
+def _solve_interruptibly(solver: Any, model: Any) -> Any:
+    """Runs CP-SAT so that Ctrl-C stops the run instead of ending the search early with a plan.
+
+    OR-Tools catches SIGINT itself by default (``catch_sigint_signal``) and then *returns* its best solution, so
+    an interrupted ``solve`` would carry on and write scripts. Here the solver leaves SIGINT to Python and runs
+    in a worker thread; the main thread waits where Python can deliver KeyboardInterrupt, stops the search
+    (``stop_search`` is thread-safe) and re-raises, so the command exits 130."""
+    solver.parameters.catch_sigint_signal = False
+    result: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(solver.solve(model))
+        except BaseException as e:  # handed to the main thread
+            errors.append(e)
+
+    worker = threading.Thread(target=run, name="cp-sat", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.05)
+    except KeyboardInterrupt:
+        while worker.is_alive():  # the search may not have started yet when the first stop is sent
+            solver.stop_search()
+            worker.join(0.05)
+        raise
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
 def solve_cp_sat(problem: Problem, *, time_limit: float = 10.0, workers: int = 2, hint: Solution | None = None
                  ) -> Solution:
     """The same problem stated directly for OR-Tools CP-SAT: one-hot layer devices in non-decreasing device order
@@ -212,7 +246,7 @@ def solve_cp_sat(problem: Problem, *, time_limit: float = 10.0, workers: int = 2
     per split layer. Sizes are rounded up per item to the DP's unit, times to nanoseconds. It proves optimality
     on small models; on large ones it stops at ``time_limit`` and reports its bound (``Solution.gap``).
     ``hint`` (e.g. the DP's solution) starts the search from a known placement."""
-    from ortools.sat.python import cp_model
+    from ortools.sat.python import cp_model  # imported here: OR-Tools takes a second to load
 
     scale = 1e9
     n_dev, n = len(problem.devices), len(problem.layers)
@@ -277,7 +311,7 @@ def solve_cp_sat(problem: Problem, *, time_limit: float = 10.0, workers: int = 2
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = workers
     solver.parameters.max_time_in_seconds = time_limit
-    status = solver.solve(m)
+    status = _solve_interruptibly(solver, m)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise ValueError("no placement fits the budgets" if status == cp_model.INFEASIBLE
                          else f"CP-SAT found no placement within {time_limit:g} s")

@@ -30,7 +30,7 @@ from operator import itemgetter
 import numpy as np
 
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import HOST_NAME, Device, catalog
+from moeplace.hardware import Device, catalog
 from moeplace.memory import (
     DEFAULT_MARGIN,
     OP_OFFLOAD_MIN_BATCH,
@@ -47,7 +47,8 @@ from moeplace.memory import (
     memory_by_device,
 )
 from moeplace.model import ModelDescription, Role
-from moeplace.placement import Placement
+from moeplace.placement import HOST, Placement
+from moeplace.routing import expected_distinct, uniform_probs
 
 ExpertProbs = Mapping[int, np.ndarray]
 
@@ -55,6 +56,14 @@ ExpertProbs = Mapping[int, np.ndarray]
 # (order of magnitude: MMQ/dequantise+GEMM on quantized weights). The CPU figure in the presets is already a
 # sustained one.
 GPU_COMPUTE_EFFICIENCY = 0.4
+
+# Host-to-GPU copies of memory-mapped (pageable) weights run at this fraction of the pinned rate the links' presets
+# state. llama.cpp puts -ot/--cpu-moe tensors in pinned host buffers only with --no-mmap: gpt-oss-20b, experts on
+# the host, -ub 128 (copy-bound): 298 prompt tok/s with mmap against 544 without, 0.55
+# (https://github.com/ggml-org/llama.cpp/pull/20978); a 26K-token prefill on 2x RTX 3090, 166 against 330 tok/s
+# (https://github.com/ggml-org/llama.cpp/pull/28223); +36-56% prompt speed in issue 14990, where copies are only
+# part of the time.
+PAGEABLE_COPY_FACTOR = 0.55
 
 _ROLE_CODE = {role: i for i, role in enumerate(Role)}
 _EMBD, _EXPERT = _ROLE_CODE[Role.TOKEN_EMBD], _ROLE_CODE[Role.ROUTED_EXPERT]
@@ -65,11 +74,6 @@ class SpeedError(MoeplaceError):
 
 
 # --- routing -------------------------------------------------------------------------------------------------
-
-
-def uniform_probs(n_expert: int, n_expert_used: int) -> np.ndarray:
-    """Per-token routing probability of each expert with uniform routing: ``n_expert_used / n_expert``."""
-    return np.full(n_expert, n_expert_used / n_expert, dtype=np.float64)
 
 
 def normalise_probs(counts: np.ndarray, n_expert: int, n_expert_used: int) -> np.ndarray:
@@ -85,11 +89,6 @@ def normalise_probs(counts: np.ndarray, n_expert: int, n_expert_used: int) -> np
     if total <= 0 or np.all(a == a[0]):
         return uniform_probs(n_expert, n_expert_used)
     return np.minimum(a * (n_expert_used / total), 1.0)
-
-
-def distinct_experts(p: np.ndarray, tokens: float) -> float:
-    """Expected number of distinct experts ``tokens`` independent tokens touch: ``sum_e 1 - (1 - p_e)^tokens``."""
-    return float(np.sum(1.0 - np.power(1.0 - p, tokens)))
 
 
 # --- per-model tables ----------------------------------------------------------------------------------------
@@ -184,9 +183,7 @@ def _resolve_routing(model: ModelDescription, table: TensorTable, profile: Exper
 
 def distinct_by_block(routing: np.ndarray, tokens: float) -> np.ndarray:
     """Expected distinct experts ``tokens`` tokens touch in each block (0 for blocks without experts)."""
-    if routing.size == 0:
-        return np.zeros(routing.shape[0])
-    return np.sum(1.0 - np.power(1.0 - routing, tokens), axis=1)
+    return np.asarray(expected_distinct(routing, tokens)).reshape(routing.shape[0])
 
 
 # --- linearisation -------------------------------------------------------------------------------------------
@@ -231,6 +228,12 @@ def flops_rates(devices: Sequence[Device]) -> np.ndarray:
     """FLOP/s each device sustains in prompt processing: the host's preset figure is already a sustained one, a
     GPU's peak is scaled by :data:`GPU_COMPUTE_EFFICIENCY`."""
     return np.maximum(np.array([d.flops * (1.0 if d.is_host else GPU_COMPUTE_EFFICIENCY) for d in devices]), 1.0)
+
+
+def host_copy_bandwidth(device: Device, cfg: RunConfig) -> float:
+    """Bytes/s host weights are copied to ``device`` for op offload: the link's pinned rate with --no-mmap, the
+    pageable rate (:data:`PAGEABLE_COPY_FACTOR`) with llama.cpp's default mmap."""
+    return device.link_bandwidth * (1.0 if cfg.no_mmap else PAGEABLE_COPY_FACTOR)
 
 
 def op_offload_active(cfg: RunConfig, n_ubatch: int, has_gpu: bool) -> bool:
@@ -279,7 +282,7 @@ def linear_seconds(model: ModelDescription, cfg: RunConfig, devices: Sequence[De
     gpu = next((i for i, d in enumerate(devices) if not d.is_host), None)
     host = next((i for i, d in enumerate(devices) if d.is_host), None)
     if gpu is not None and host is not None and op_offload_active(cfg, tc.n_ubatch, True):
-        link = devices[gpu].link_bandwidth
+        link = host_copy_bandwidth(devices[gpu], cfg)
         copy = tc.prefill_bytes / link if link else 0.0
         prefill[:, host] = copy + tc.prefill_flops / rate[gpu]
     per_token = decode / batch + prompt_per_generated * prefill / tc.n_ubatch
@@ -432,7 +435,7 @@ def _prepare(model: ModelDescription, placement: Placement, cfg: RunConfig,
     for i, n in enumerate(names):
         idx[placed == n] = i
     unknown = {str(d) for d in placed[idx < 0]} | {
-        d for d in (*placement.layer_devices, placement.output_device, HOST_NAME) if d not in devs}
+        d for d in (*placement.layer_devices, placement.output_device, HOST) if d not in devs}
     if unknown:
         raise SpeedError(f"the placement uses {', '.join(sorted(unknown))} but no such device was given: list "
                          "every device it uses, the host CPU included")
@@ -453,7 +456,7 @@ def _switch_sequence(pr: _Prepared) -> np.ndarray:
     key = np.concatenate(keys)
     dev = np.concatenate(devs)
     order = np.lexsort((dev, key))
-    seq = np.concatenate(([pos[HOST_NAME]], dev[order], [pos[pr.placement.output_device]]))
+    seq = np.concatenate(([pos[HOST]], dev[order], [pos[pr.placement.output_device]]))
     keep = np.ones(len(seq), dtype=bool)
     keep[1:] = seq[1:] != seq[:-1]
     return seq[keep]
@@ -479,7 +482,7 @@ def _decode(pr: _Prepared, batch: int, n_past: int | None, paged_fraction: float
     shape = context_shape(model, cfg)
     pos = shape.n_ctx_seq if n_past is None else max(0, min(n_past, shape.n_ctx_seq))
     kv_layer = (kv_read_bytes_per_layer(model, cfg, pos) if kv_layers is None else kv_layers) * batch
-    host = names.index(HOST_NAME)
+    host = names.index(HOST)
     kv_idx = np.array([host if cfg.no_kv_offload else names.index(d) for d in pr.placement.layer_devices],
                       dtype=np.int64)
     kv_bytes = np.bincount(kv_idx, weights=kv_layer, minlength=len(names))
@@ -512,7 +515,7 @@ def _prefill(pr: _Prepared) -> PrefillTime:
     ub = context_shape(model, cfg).n_ubatch
     prefill_bytes, prefill_flops = _prefill_costs(table, pr.routing, ub, model.hparams.n_expert_used)
     gpus = [n for n in names if not devs[n].is_host]
-    host_i = names.index(HOST_NAME)
+    host_i = names.index(HOST)
     offload = op_offload_active(cfg, ub, bool(gpus))
     flops_rate = flops_rates(list(devs.values()))
 
@@ -530,7 +533,7 @@ def _prefill(pr: _Prepared) -> PrefillTime:
         target = names.index(gpus[0])
         moved = (idx == host_i) & ~table.is_embd
         transfer_bytes = float(np.sum(prefill_bytes[moved]))
-        link = devs[gpus[0]].link_bandwidth
+        link = host_copy_bandwidth(devs[gpus[0]], cfg)
         transfer_s = transfer_bytes / link if link else 0.0
         compute_idx = np.where(moved, target, idx)
         read = np.bincount(idx[~moved], weights=prefill_bytes[~moved], minlength=len(names))
@@ -581,11 +584,11 @@ def estimate(model: ModelDescription, placement: Placement, cfg: RunConfig,
     :data:`memory.DEFAULT_MARGIN`). In a loop, build the :class:`TensorTable` once and pass a matrix from
     :func:`routing_matrix` as the profile."""
     devs = _devices(devices)
-    if HOST_NAME not in devs:
+    if HOST not in devs:
         raise SpeedError("the devices must include the host (CPU): build it with hardware.host_device")
     pr = _prepare(model, placement, cfg, devs, profile, table)
     weights = np.bincount(pr.idx, weights=pr.table.nbytes, minlength=len(pr.names))
-    host_experts = bool(np.any((pr.idx == pr.names.index(HOST_NAME)) & (pr.table.role == _EXPERT)))
+    host_experts = bool(np.any((pr.idx == pr.names.index(HOST)) & (pr.table.role == _EXPERT)))
     layers = kv_bytes_per_layer(model, cfg)
     mem = memory_by_device(model, placement, cfg, devs,
                            weights={n: int(weights[i]) for i, n in enumerate(pr.names) if weights[i]},

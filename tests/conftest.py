@@ -11,7 +11,24 @@ from pathlib import Path
 
 import pytest
 
+from moeplace import oracle
+from moeplace.oracle import gpubuild
 from moeplace.testing import write_model
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The one skip rule for tests that need a real llama.cpp: mark them ``@pytest.mark.llama`` (or a module
+    ``pytestmark``) and nothing else; where llama-cpp-python cannot be imported they are skipped with the oracle's
+    own one-line reason, which names the fix. ``@pytest.mark.vulkan`` likewise for the second (GPU) build."""
+    for marker, what, why in (("llama", "needs llama.cpp", oracle.unavailable_reason),
+                              ("vulkan", "Vulkan oracle", gpubuild.unavailable_reason)):
+        marked = [item for item in items if item.get_closest_marker(marker)]
+        reason = why() if marked else None
+        if reason is None:
+            continue
+        skip = pytest.mark.skip(reason=f"{what}: {reason}")
+        for item in marked:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -27,15 +44,3 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
 
     return get
 
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    marked = [item for item in items if item.get_closest_marker("vulkan")]
-    if not marked:
-        return
-    from moeplace.oracle import gpubuild
-
-    reason = gpubuild.unavailable_reason()
-    if reason:
-        skip = pytest.mark.skip(reason=f"Vulkan oracle: {reason}")
-        for item in marked:
-            item.add_marker(skip)

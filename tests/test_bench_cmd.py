@@ -23,7 +23,6 @@ from moeplace.memory import RunConfig
 from moeplace.model import load_model
 from moeplace.speed import decode_time
 
-needs_llama = pytest.mark.skipif(not oracle.available(), reason=f"{oracle.unavailable_reason()}")
 QUICK = ["-p", "32", "-n", "8", "-r", "1", "-t", "1", "-c", "512", "--ram-bw", "50"]
 
 
@@ -33,7 +32,6 @@ def run(*args: str) -> tuple[int, str, str]:
 
 
 @pytest.mark.llama
-@needs_llama
 def test_bench_writes_a_calibration_that_predicts_what_was_measured(model_path: Callable[[str], Path],
                                                                      tmp_path: Path) -> None:
     model = str(model_path("qwen3moe-tiny"))
@@ -62,7 +60,6 @@ def test_bench_writes_a_calibration_that_predicts_what_was_measured(model_path: 
 
 
 @pytest.mark.llama
-@needs_llama
 def test_bench_with_gpus_on_a_cpu_build_says_so(model_path: Callable[[str], Path]) -> None:
     if oracle.gpu_devices():
         pytest.skip("this llama.cpp build has a GPU backend")
@@ -74,7 +71,6 @@ def test_bench_with_gpus_on_a_cpu_build_says_so(model_path: Callable[[str], Path
 
 
 @pytest.mark.llama
-@needs_llama
 def test_bench_will_not_overwrite_a_file_that_is_not_a_calibration(model_path: Callable[[str], Path],
                                                                    tmp_path: Path) -> None:
     precious = tmp_path / "notes.json"

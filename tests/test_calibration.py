@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from moeplace import calibration as C
 from moeplace.cli.estimate_cmd import estimate as estimate_cmd
 from moeplace.cli.solve_cmd import solve as solve_cmd
-from moeplace.hardware import GB, GIB, device_set, host_device, parse_gpus
+from moeplace.hardware import GB, device_set, host_device, parse_gpus
+from moeplace.sizes import GIB
 from moeplace.speed import GPU_COMPUTE_EFFICIENCY
 
 CPU_ONLY = C.Calibration({"CPU": C.Measurement(bandwidth=20e9, label="system RAM", measured="2025-01-01T00:00:00+00:00",
@@ -46,6 +47,11 @@ def test_round_trip(tmp_path: Path) -> None:
     ('{"schema": "moeplace.calibration/1", "devices": {"CPU": {"bandwidth": 1e9, "flops": 0}}}', "flops"),
     ('{"schema": "moeplace.calibration/1", "devices": {"CPU": {"bandwidth": 1e9, "notes": "x"}}}', "notes"),
     ('{"schema": "moeplace.calibration/1", "devices": {"CPU": {"bandwidth": 1e9, "how": 3}}}', "how must be text"),
+    ('{"schema": "moeplace.calibration/1", "devices": {"CPU": {"bandwidth": Infinity}}}', "Infinity"),
+    ('{"schema": "moeplace.calibration/1", "devices": {"CPU": {"bandwidth": NaN}}}', "NaN"),
+    ('{"schema": "moeplace.calibration/1", "devices": {"CPU": {"bandwidth": 1' + "0" * 400 + '}}}', "positive"),
+    ('{"schema": "moeplace.calibration/1", "x": ' + "[" * 5000 + "]" * 5000 + "}", "nested too deeply"),
+    ('{"schema": "moeplace.calibration/1", "pad": "' + "x" * (2 << 20) + '"}', "limit"),
 ])
 def test_malformed_files_give_one_line(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "cal.json"

@@ -13,7 +13,8 @@ from moeplace import llamacpp as L
 from moeplace.emit import RunSettings, SettingsError, build_args
 from moeplace.emit.args import parse_ot_args
 from moeplace.model import ModelDescription, Role, load_model
-from moeplace.placement import HOST, Placement
+from moeplace.placement import HOST, Placement, layer_placement
+from moeplace.targets.builds import EngineBuild
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +126,23 @@ def test_refuses_an_inexpressible_plan(models: dict[str, ModelDescription]) -> N
 def test_parse_ot_args_skips_values_and_switches() -> None:
     argv = ["-m", "-ot", "-nkvo", "-ot", r"a=CPU,b=CUDA0", "--override-tensor", "c=CUDA1"]
     assert parse_ot_args(argv) == (L.Override("a", "CPU"), L.Override("b", "CUDA0"), L.Override("c", "CUDA1"))
+
+
+def test_run_configuration_flags(model_path: Callable[[str], Path]) -> None:
+    m = load_model(model_path("qwen3moe-tiny"))
+    s = RunSettings(model_path="m.gguf", n_ctx=4096, devices=("CUDA0",), n_parallel=4, kv_unified=True, no_mmap=True,
+                    threads=8)
+    args = build_args(m, layer_placement(m, ("CUDA0",) * m.hparams.n_layer, "CUDA0"), s)
+    argv = list(args.argv)
+    assert argv[argv.index("-np") + 1] == "4" and "-kvu" in argv and "--no-mmap" in argv
+    assert argv[argv.index("-t") + 1] == "8"
+    assert parse_ot_args(argv) == args.expression.overrides  # the new switches take no value
+    with pytest.raises(SettingsError, match="-t 0"):
+        RunSettings(model_path="m.gguf", n_ctx=4096, threads=0).check()
+    flags = frozenset(a for a in argv if a.startswith("-"))
+    newer = EngineBuild("llama.cpp", "test", (flags - {"--no-mmap"}) | {"--load-mode"}, "stated")
+    argv = list(build_args(m, layer_placement(m, ("CUDA0",) * m.hparams.n_layer, "CUDA0"), s, newer).argv)
+    assert "--no-mmap" not in argv and argv[argv.index("--load-mode") + 1] == "none"
+    with pytest.raises(SettingsError, match="-kvu"):  # the plan's KV memory assumes one shared buffer
+        build_args(m, layer_placement(m, ("CUDA0",) * m.hparams.n_layer, "CUDA0"), s,
+                   EngineBuild("llama.cpp", "old", flags - {"-kvu"}, "stated"))

@@ -10,10 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from moeplace.cli.estimate_cmd import build_placement, estimate
-from moeplace.hardware import GIB, parse_gpus
+from moeplace.hardware import parse_gpus
 from moeplace.memory import RunConfig, kv_bytes
 from moeplace.model import Role, load_model
 from moeplace.placement import HOST
+from moeplace.sizes import GIB
 from moeplace.testing import SPECS, write_model
 
 
@@ -62,7 +63,7 @@ def test_deepseek_json(paths: dict[str, Path]) -> None:
 
 
 def test_no_gpu_runs_on_cpu(paths: dict[str, Path]) -> None:
-    code, out = run(str(paths["qwen3-30b-a3b"]), "--ram", "32G", "--ram-bw", "80", "--json")
+    code, out = run(str(paths["qwen3-30b-a3b"]), "--gpu", "none", "--ram", "32G", "--ram-bw", "80", "--json")
     assert code == 0, out
     j = json.loads(out)
     assert set(j["memory"]) == {"CPU"} and j["decode"]["switches"] == 0

@@ -211,3 +211,34 @@ def test_arbitrary_bytes_after_magic(tmp_path: Path, tail: bytes) -> None:
     path.write_bytes(b"GGUF" + struct.pack("<I", 3) + tail)
     with contextlib.suppress(GGUFError):
         read_gguf(path)
+
+
+def _long_string_array(tmp_path: Path) -> tuple[bytes, int]:
+    """A GGUF whose metadata holds 5000 strings (a stub array, read by the fast skip); returns the bytes and the
+    offset of the array's first string length."""
+    w = gguf.GGUFWriter(tmp_path / "long.gguf", "llama")
+    w.add_array("test.long", [f"s{i}" for i in range(5000)])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    data = (tmp_path / "long.gguf").read_bytes()
+    key = b"test.long"
+    first = data.index(key) + len(key) + 4 + 4 + 8  # key, value type, item type, count
+    return data, first
+
+
+def test_long_string_array_is_a_stub_and_its_damage_is_found(tmp_path: Path) -> None:
+    data, first = _long_string_array(tmp_path)
+    assert read_gguf(_write(tmp_path, data, "ok.gguf")).metadata["test.long"] == ArrayInfo(
+        gguf.GGUFValueType.STRING, 5000)
+    for cut in (first + 3, first + 20_000):
+        with pytest.raises(GGUFError, match=r"file is truncated: array of key 'test.long' needs \d+ bytes at offset"):
+            read_gguf(_write(tmp_path, data[:cut], "cut.gguf"))
+    at = first
+    for _ in range(100):  # the 101st string's length
+        at += 8 + struct.unpack_from("<Q", data, at)[0]
+    for length in (1 << 40, (1 << 64) - 1):  # a corrupt length: past the file, and past any offset
+        bad = bytearray(data)
+        bad[at:at + 8] = struct.pack("<Q", length)
+        with pytest.raises(GGUFError, match=r"file is truncated: array of key 'test\.long'"):
+            read_gguf(_write(tmp_path, bytes(bad), "corrupt.gguf"))

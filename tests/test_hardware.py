@@ -23,20 +23,18 @@ from moeplace.hardware import (
     runtime_overhead,
 )
 
-PROFILES = Path(__file__).resolve().parent.parent / "profiles" / "hardware"
+PRESETS = preset_files()  # the one copy: moeplace/data/hardware-*.json, package data
 
 
-def test_shipped_presets_are_the_profiles_files() -> None:
-    # The package ships copies so that an installed moeplace has them; they must not drift from the source.
-    shipped = preset_files()
-    sources = {p.name: p.read_text(encoding="utf-8") for p in PROFILES.glob("*.json")}
-    assert sources, "profiles/hardware/*.json is missing"
-    assert shipped == sources
+def test_the_preset_files_ship_with_the_package() -> None:
+    assert set(PRESETS) == {"apple.json", "gpus.json", "links.json", "memory.json"}
+    assert not (Path(__file__).resolve().parent.parent / "profiles" / "hardware").exists(), \
+        "profiles/ is for users' routing profiles; the presets live in moeplace/data only"
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in PROFILES.glob("*.json")))
+@pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_device_preset_cites_a_source(name: str) -> None:
-    data = json.loads((PROFILES / name).read_text())
+    data = json.loads(PRESETS[name])
     for key, spec in data.get("devices", {}).items():
         assert spec.get("source"), f"{name}: {key} has no source"
         assert spec["bandwidth_gbs"] > 0 and spec["memory_gib"] > 0 and spec["power_w"] > 0
@@ -163,3 +161,33 @@ def test_calibration_replaces_efficiency() -> None:
     assert isinstance(d, Device) and d.effective_bandwidth == pytest.approx(1008e9 * 0.82)
     with pytest.raises(MoeplaceError):
         d.with_efficiency(0)
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ("24G@1.2.3", "unknown GPU"),
+    ("24G@0", "not a real bandwidth"),
+    ("24G@" + "9" * 400, "not a real bandwidth"),
+    ("24G@200000", "not a real bandwidth"),
+    ("0G@500", "has no memory"),
+    ("9" * 400 + "G", "larger than any machine"),
+])
+def test_gpu_figures_are_checked(spec: str, message: str) -> None:
+    with pytest.raises(MoeplaceError, match=message):
+        parse_gpus([spec])
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("nan", "not a real bandwidth"), ("inf", "not a real bandwidth"), ("1e999", "not a real bandwidth"),
+    ("0", "not a real bandwidth"), ("-80", "not a real bandwidth"), ("ddr9-6000x2", "unknown RAM bandwidth"),
+    ("ddr5-0", "not a real memory system"), ("ddr5-6000x0", "not a real memory system"),
+    ("ddr5-6000x999", "not a real memory system"), ("ddr5-99999", "not a real memory system"),
+])
+def test_ram_figures_are_checked(text: str, message: str) -> None:
+    with pytest.raises(MoeplaceError, match=message):
+        ram_bandwidth(text)
+
+
+def test_real_ram_figures_pass() -> None:
+    assert ram_bandwidth("ddr5-6000x2") == 6000e6 * 8 * 2
+    assert ram_bandwidth("lpddr5x-8533x8") == 8533e6 * 8 * 8
+    assert ram_bandwidth("80") == 80 * GB

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from moeplace import llamacpp as L
 from moeplace.model import ModelDescription, Role, load_model
 from moeplace.placement import HOST, Placement
+from moeplace.sizes import GIB, MIB
 from moeplace.testing import TINY
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -399,13 +400,13 @@ def weights_on(m: ModelDescription, p: Placement) -> dict[str, int]:
         out[dev] = out.get(dev, 0) + size[name]
     for dev in set(p.layer_devices) | {p.output_device}:
         if dev != HOST:
-            out[dev] = out.get(dev, 0) + 64 * L.MIB
+            out[dev] = out.get(dev, 0) + 64 * MIB
     return out
 
 
 def test_smallest_n_cpu_moe_is_minimal(models: dict[str, ModelDescription]) -> None:
     m = models["qwen3-30b-a3b"]
-    budget = 12 * L.GIB
+    budget = 12 * GIB
 
     def fits(p: Placement) -> bool:
         return weights_on(m, p).get("CUDA0", 0) <= budget
@@ -423,7 +424,7 @@ def fit_with(m: ModelDescription, free: dict[str, int]) -> L.FitResult:
 
 def test_fit_keeps_the_default_when_everything_fits(models: dict[str, ModelDescription]) -> None:
     m = models["qwen3-30b-a3b"]
-    r = fit_with(m, {"CUDA0": 80 * L.GIB})
+    r = fit_with(m, {"CUDA0": 80 * GIB})
     assert not r.changed and r.ngl == -1 and r.overrides == ()
     assert set(r.placement.tensor_devices.values()) == {HOST, "CUDA0"}
 
@@ -434,16 +435,16 @@ def test_fit_keeps_the_default_when_everything_fits(models: dict[str, ModelDescr
 def test_fit_respects_the_margin_and_reproduces_its_arguments(models: dict[str, ModelDescription], name: str,
                                                               free_gib: list[int]) -> None:
     m = models[name]
-    free = {f"CUDA{i}": g * L.GIB for i, g in enumerate(free_gib)}
+    free = {f"CUDA{i}": g * GIB for i, g in enumerate(free_gib)}
     r = fit_with(m, free)
     assert r.changed and r.over_target == ()
     use = weights_on(m, r.placement)
     assert use == r.use
     for d, f in free.items():
-        assert f - use.get(d, 0) >= 1024 * L.MIB, (d, use.get(d), f)
+        assert f - use.get(d, 0) >= 1024 * MIB, (d, use.get(d), f)
     assert L.apply(m, r.ngl, r.tensor_split, r.overrides, list(free)) == r.placement
     gpu_bytes = sum(v for d, v in use.items() if d != HOST)
-    assert gpu_bytes > 0.5 * sum(free.values()) - len(free) * L.GIB  # fills, not merely fits
+    assert gpu_bytes > 0.5 * sum(free.values()) - len(free) * GIB  # fills, not merely fits
     if not m.is_moe:
         assert r.overrides == ()  # dense models: whole layers only
 
@@ -453,7 +454,7 @@ def test_fit_quirk_last_device_full_slot_with_leading_dense_blocks(models: dict[
     # DeepSeek's dense block 0; converting layers for CUDA0 shifts the run so the full slot lands on an expert
     # block, and fit.cpp never re-checks CUDA1. The reproduction must show the same overcommit.
     m = models["deepseek-v3"]
-    free = {"CUDA0": 24 * L.GIB, "CUDA1": 12 * L.GIB}
+    free = {"CUDA0": 24 * GIB, "CUDA1": 12 * GIB}
     r = fit_with(m, free)
     assert r.over_target == ("CUDA1",)
     first_cuda1 = r.placement.layer_devices.index("CUDA1")
@@ -466,7 +467,7 @@ def test_fit_fills_more_with_more_memory(models: dict[str, ModelDescription]) ->
     m = models["deepseek-v3"]
     on_gpu = []
     for g in (16, 24, 48, 96):
-        r = fit_with(m, {"CUDA0": g * L.GIB})
+        r = fit_with(m, {"CUDA0": g * GIB})
         on_gpu.append(weights_on(m, r.placement).get("CUDA0", 0))
     assert on_gpu == sorted(on_gpu) and on_gpu[0] < on_gpu[-1]
 
@@ -483,6 +484,6 @@ def test_fit_overflows_a_boundary_layer_to_the_next_gpu(models: dict[str, ModelD
     m = models["qwen3-30b-a3b"]
     seen = set()
     for g0 in range(6, 20):
-        r = fit_with(m, {"CUDA0": g0 * L.GIB, "CUDA1": 8 * L.GIB})
+        r = fit_with(m, {"CUDA0": g0 * GIB, "CUDA1": 8 * GIB})
         seen |= {o.buffer for o in r.overrides}
     assert "CUDA1" in seen and HOST in seen

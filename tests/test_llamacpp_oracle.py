@@ -23,11 +23,10 @@ import pytest
 
 from moeplace import llamacpp as L
 from moeplace.model import ModelDescription, Role, load_model
-from moeplace.oracle import ENGINE_HINT, tensor_buffers
+from moeplace.oracle import tensor_buffers
 from moeplace.placement import HOST, Placement
 from moeplace.testing import TINY
 
-pytest.importorskip("llama_cpp", reason=ENGINE_HINT)
 pytestmark = pytest.mark.llama
 
 _HOST_BUFFERS = re.compile(r"^(CPU\w*|\w+_Host)$")  # CPU, CPU_REPACK (extra buffer types), CUDA_Host...

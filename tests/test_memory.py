@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import GIB, device_set, host_device, parse_gpus
+from moeplace.hardware import device_set, host_device, parse_gpus
 from moeplace.memory import (
     CACHE_TYPES,
     MemoryBreakdown,
@@ -28,6 +28,7 @@ from moeplace.memory import (
 )
 from moeplace.model import ModelDescription, Role, load_model
 from moeplace.placement import all_on, layer_placement
+from moeplace.sizes import GIB
 from moeplace.testing import SPECS, write_model
 
 MODELS = ("qwen3moe-tiny", "mixtral-tiny", "llama-tiny", "deepseek2-tiny", "gpt-oss-tiny", "llama4-tiny",
@@ -381,7 +382,6 @@ def test_kv_matches_llama_cpp(models: dict[str, ModelDescription], name: str, n_
     import subprocess
     import sys
 
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install .[profile])")
     p = subprocess.run([sys.executable, "-c", _PROBE, str(models[name].paths[0]), str(n_ctx), str(n_seq)],
                        capture_output=True, text=True, timeout=300)
     assert "CTX_OK True" in p.stderr, p.stderr[-2000:]

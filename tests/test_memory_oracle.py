@@ -18,7 +18,6 @@ from moeplace import oracle
 from moeplace.memory import MemoryConfigError, RunConfig, validate
 from moeplace.model import load_model
 
-pytest.importorskip("llama_cpp", reason=oracle.ENGINE_HINT)
 pytestmark = pytest.mark.llama
 
 TENSOR_ALIGNMENT = 32  # ggml-backend's CPU buffer alignment: each tensor's size is padded to it

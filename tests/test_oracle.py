@@ -70,7 +70,6 @@ def test_mib_text_rounds_like_llama_cpp() -> None:
 
 
 @pytest.mark.llama
-@pytest.mark.skipif(not oracle.available(), reason=f"{oracle.unavailable_reason()}")
 @pytest.mark.parametrize("name", ["qwen3moe-tiny", "gpt-oss-tiny"])
 def test_measure_memory_reads_every_buffer(model_path: Callable[[str], Path], name: str) -> None:
     path = model_path(name)
@@ -89,7 +88,6 @@ def test_measure_memory_reads_every_buffer(model_path: Callable[[str], Path], na
 
 
 @pytest.mark.llama
-@pytest.mark.skipif(not oracle.available(), reason=f"{oracle.unavailable_reason()}")
 def test_exact_figures_match_a_real_allocation(model_path: Callable[[str], Path]) -> None:
     """The no_alloc breakdown (read from llama_get_memory_breakdown's std::map) equals the buffers a real load
     allocates and prints, so the map is read right."""
@@ -106,14 +104,12 @@ def test_exact_figures_match_a_real_allocation(model_path: Callable[[str], Path]
 
 
 @pytest.mark.llama
-@pytest.mark.skipif(not oracle.available(), reason=f"{oracle.unavailable_reason()}")
 def test_a_refusal_carries_llama_cpp_s_reason(model_path: Callable[[str], Path]) -> None:
     with pytest.raises(oracle.EngineError, match="does not divide n_embd_head_k"):
         oracle.measure_memory(model_path("gpt-oss-tiny"), RunConfig(type_k="q8_0", type_v="q8_0"))
 
 
 @pytest.mark.llama
-@pytest.mark.skipif(not oracle.available(), reason=f"{oracle.unavailable_reason()}")
 def test_tensor_buffers_reports_overrides_and_layer_slots(model_path: Callable[[str], Path]) -> None:
     path = model_path("qwen3moe-tiny")
     model = load_model(path)
@@ -124,7 +120,6 @@ def test_tensor_buffers_reports_overrides_and_layer_slots(model_path: Callable[[
 
 
 @pytest.mark.llama
-@pytest.mark.skipif(not oracle.available(), reason=f"{oracle.unavailable_reason()}")
 def test_buffer_types_of_this_build(model_path: Callable[[str], Path]) -> None:
     bufts = oracle.buffer_types()
     assert "CPU" in bufts
@@ -135,7 +130,6 @@ def test_buffer_types_of_this_build(model_path: Callable[[str], Path]) -> None:
 
 
 @pytest.mark.llama
-@pytest.mark.skipif(not oracle.available(), reason=f"{oracle.unavailable_reason()}")
 def test_measure_speed_on_a_tiny_model(model_path: Callable[[str], Path]) -> None:
     got = oracle.measure_speed(model_path("mixtral-tiny"), RunConfig(n_ctx=512), n_prompt=64, n_gen=8,
                                repetitions=2, n_threads=1)
@@ -145,7 +139,6 @@ def test_measure_speed_on_a_tiny_model(model_path: Callable[[str], Path]) -> Non
 
 
 @pytest.mark.llama
-@pytest.mark.skipif(not oracle.available(), reason=f"{oracle.unavailable_reason()}")
 def test_measure_speed_refuses_what_it_cannot_measure(model_path: Callable[[str], Path]) -> None:
     with pytest.raises(oracle.EngineError, match="header-only"):
         oracle.measure_speed(model_path("qwen3-30b-a3b"), RunConfig(), n_prompt=8, n_gen=8)

@@ -25,10 +25,11 @@ from moeplace.model import Role, load_model
 from moeplace.oracle import gpubuild
 from moeplace.placement import HOST, Placement, host_fallback
 from moeplace.planner import plan
+from moeplace.sizes import MIB
 
 pytestmark = pytest.mark.vulkan
 
-MIB = 1 << 20
+
 TOLERANCE = 64 * MIB
 _HOST_BUFFER = re.compile(r"^(CPU\w*|\w+_Host)$")
 

@@ -12,11 +12,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from moeplace.emit.args import RunSettings, build_args, parse_ot_args
-from moeplace.hardware import HOST_NAME, device_set, host_device, parse_gpus
+from moeplace.hardware import device_set, host_device, parse_gpus
 from moeplace.llamacpp import apply
 from moeplace.memory import RunConfig
 from moeplace.model import Role, load_model
-from moeplace.planner import WORKLOADS, PlanError, auto_context, parse_pin, parse_workload, plan
+from moeplace.placement import HOST
+from moeplace.planner import (
+    KV_QUANT_MIN_GAIN,
+    WORKLOADS,
+    ConfigChoice,
+    PlanError,
+    auto_context,
+    choose_config,
+    parse_pin,
+    parse_workload,
+    plan,
+)
 
 MODELS = ["qwen3-30b-a3b", "qwen3-235b-a22b", "deepseek-v3", "gpt-oss-20b", "gpt-oss-120b", "mixtral-8x7b",
           "glm-4.5-air", "qwen3-next-80b-a3b", "llama-3-8b"]
@@ -31,23 +42,27 @@ def devices(specs: list[str], ram: str = "512G") -> dict:
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_every_architecture_and_budget(model_path: Callable[[str], Path], name: str) -> None:
+@pytest.mark.parametrize("workload", ["chat", "batch"])
+def test_every_architecture_and_budget(model_path: Callable[[str], Path], name: str, workload: str) -> None:
     m = load_model(model_path(name))
     for specs in HARDWARE:
         devs = devices(specs)
-        p = plan(m, devs, RunConfig(n_ctx=8192))
+        p = plan(m, devs, RunConfig(n_ctx=8192), workload=parse_workload(workload))
         e = p.estimate
         # every GPU within its memory less the margin, per the full memory model
         for gpu, fit in e.fits.items():
             assert fit.free >= 0, (name, specs, gpu, fit)
         assert p.chosen.fits
-        # never predicted slower than what llama.cpp's own options give, where they fit
+        # The solver's own placement is the plan: the planner did not have to swap in a baseline (it would, if the
+        # full estimate ranked one higher, which would make the next assertion hold by construction).
+        assert p.fallback == "", (name, specs, workload, p.warnings)
+        # ... and it is never predicted slower than what llama.cpp's own options give, where they fit
         for b in p.baselines:
             if b.fits:
                 assert p.chosen.seconds <= b.seconds * (1 + 1e-9), (name, specs, b.name)
         assert p.optimality.startswith("optimal")
         # the emitted arguments reproduce the plan under llama.cpp's rules (parsed back, applied afresh)
-        gpus = tuple(n for n in devs if n != HOST_NAME)
+        gpus = tuple(n for n in devs if n != HOST)
         args = build_args(m, p.placement, RunSettings(m.paths[0], 8192, gpus))
         argv = list(args.argv)
         ngl = int(argv[argv.index("-ngl") + 1])
@@ -84,7 +99,7 @@ def test_skewed_profile_moves_skewed_layers_to_ram_first(model_path: Callable[[s
 
     def host_blocks(p) -> set[int]:
         return {t.block for t in m.tensors if t.role is Role.ROUTED_EXPERT
-                and p.placement.tensor_devices[t.name] == HOST_NAME}
+                and p.placement.tensor_devices[t.name] == HOST}
 
     hb = host_blocks(with_profile)
     assert hb and hb <= skewed  # only skewed layers' experts go to RAM
@@ -99,8 +114,8 @@ def test_pins_are_honoured(model_path: Callable[[str], Path]) -> None:
     p = plan(m, devs, RunConfig(), pins=pins)
     for t in m.loaded_tensors:
         if t.role is Role.ROUTED_EXPERT and t.block is not None and t.block >= 40:
-            assert p.placement.tensor_devices[t.name] == HOST_NAME
-    assert p.placement.tensor_devices["output.weight"] == HOST_NAME
+            assert p.placement.tensor_devices[t.name] == HOST
+    assert p.placement.tensor_devices["output.weight"] == HOST
     # the room the pins freed goes to other layers' experts
     assert any(p.placement.tensor_devices[t.name] == "CUDA0" for t in m.tensors
                if t.role is Role.ROUTED_EXPERT and t.block is not None and t.block < 40)
@@ -115,7 +130,7 @@ def test_no_tensor_larger_than_a_vulkan_device_takes_is_planned_there(model_path
     big = {t.name for t in m.loaded_tensors if t.nbytes > limit}
     assert limit == 128 << 20 and any("ffn_down_exps" in n for n in big) and "output.weight" in big
     p = plan(m, soft, RunConfig())
-    assert all(p.placement.tensor_devices[n] == HOST_NAME for n in big)
+    assert all(p.placement.tensor_devices[n] == HOST for n in big)
     assert any(d == "Vulkan0" for d in p.placement.tensor_devices.values())
     real = device_set(parse_gpus(["vulkan:rtx3090"]), host_device(64 << 30, "ddr5-6000x2"))
     assert any(plan(m, real, RunConfig()).placement.tensor_devices[n] == "Vulkan0" for n in big)
@@ -141,7 +156,7 @@ def test_budget_too_small_names_the_minimum(model_path: Callable[[str], Path]) -
 def test_small_gpu_runs_some_layers_on_the_host(model_path: Callable[[str], Path]) -> None:
     m = load_model(model_path("deepseek-v3"))
     p = plan(m, devices(["8G"]), RunConfig(n_ctx=8192))
-    assert HOST_NAME in p.placement.layer_devices and "CUDA0" in p.placement.layer_devices
+    assert HOST in p.placement.layer_devices and "CUDA0" in p.placement.layer_devices
     assert any("run entirely on the host" in w for w in p.warnings)
 
 
@@ -173,22 +188,110 @@ def test_deterministic(model_path: Callable[[str], Path]) -> None:
 @given(name=st.sampled_from(["qwen3-30b-a3b", "gpt-oss-20b", "glm-4.5-air", "deepseek-v3", "mixtral-8x7b",
                              "qwen3moe-tiny", "gpt-oss-tiny", "deepseek2-tiny"]),
        vram=st.lists(st.integers(min_value=4, max_value=48), min_size=1, max_size=3),
-       n_ctx=st.sampled_from([2048, 8192, 32768]))
+       n_ctx=st.sampled_from([2048, 8192, 32768]), workload=st.sampled_from(["chat", "batch", "long-prompt", "8:1"]))
 def test_property_emitted_patterns_reproduce_random_plans(model_path: Callable[[str], Path], name: str,
-                                                          vram: list[int], n_ctx: int) -> None:
+                                                          vram: list[int], n_ctx: int, workload: str) -> None:
     """Random models and budgets: the arguments emitted for the plan, parsed back and applied with llama.cpp's
     semantics (regex search, first match wins, -ngl/-ts for the rest), give exactly the planned placement."""
     m = load_model(model_path(name))
     devs = devices([f"{g}G" for g in vram])
     cfg = RunConfig(n_ctx=n_ctx)
     try:
-        p = plan(m, devs, cfg)
+        p = plan(m, devs, cfg, workload=parse_workload(workload))
     except PlanError:
         return  # a budget too small for anything is refused, with its own message
-    gpus = tuple(n for n in devs if n != HOST_NAME)
+    assert p.fallback == "", p.warnings  # the solver's own placement, not a baseline swapped in
+    gpus = tuple(n for n in devs if n != HOST)
     argv = list(build_args(m, p.placement, RunSettings(m.paths[0], n_ctx, gpus)).argv)
     ngl = int(argv[argv.index("-ngl") + 1])
     ts = [float(x) for x in argv[argv.index("-ts") + 1].split(",")] if "-ts" in argv else None
     assert apply(m, ngl, ts, parse_ot_args(argv), gpus) == p.placement
     for fit in p.estimate.fits.values():
         assert fit.free >= 0
+
+
+def test_time_limit_is_the_whole_runs(model_path: Callable[[str], Path]) -> None:
+    """-c auto with CP-SAT: the contexts share one --time-limit (they each had their own: five contexts, five
+    times the limit). CP-SAT does not prove this size optimal within seconds, so each run uses what it is given."""
+    m = load_model(model_path("qwen3-30b-a3b"))
+    limit = 2.0
+    _, trade = auto_context(m, devices(["12G"], "32G"), RunConfig(), solver="cp-sat", time_limit=limit)
+    assert len(trade) >= 3
+    assert sum(p.solve_seconds for p in trade) < limit + 0.5 * len(trade)  # CP-SAT's share plus the DP's runs
+    assert "CP-SAT not run" in trade[-1].optimality
+
+
+# --- the run configuration ---------------------------------------------------------------------------------------
+
+
+def one_3090(ram: str = "64G") -> dict:
+    from moeplace.sizes import parse_size
+
+    gpus = parse_gpus(["rtx3090"])
+    return device_set(gpus, host_device(parse_size(ram), "ddr5-6000x2", gpus))
+
+
+def test_long_prompt_chooses_a_large_ubatch_for_the_reason_the_cost_model_gives(
+        model_path: Callable[[str], Path]) -> None:
+    """gpt-oss-120b on one 24 GB GPU: experts in RAM are copied over PCIe once per ubatch, so a long-prompt
+    workload pays for a larger compute buffer with fewer copies per token. Without op offload nothing is copied,
+    and the same search keeps a small ubatch: the choice comes from the cost terms, not from a rule about names."""
+    m = load_model(model_path("gpt-oss-120b"))
+    devs = one_3090()
+    cfg = RunConfig(n_ctx=32768)
+    long = choose_config(m, devs, cfg, workload=WORKLOADS["long-prompt"])
+    assert long.plan.cfg.n_ubatch >= 2048 and long.plan.cfg.n_batch >= long.plan.cfg.n_ubatch
+    by_ub = {p.cfg.n_ubatch: p for p in long.trade if p.cfg.type_k == long.plan.cfg.type_k}
+    small, big = by_ub[512], by_ub[long.plan.cfg.n_ubatch]
+    per_token = [p.estimate.prefill.transfer_bytes / p.estimate.prefill.n_ubatch for p in (small, big)]
+    assert per_token[1] < per_token[0] / 2  # the copies are amortised over more tokens
+    assert big.chosen.prefill_tps > 2 * small.chosen.prefill_tps
+    assert big.estimate.memory["CUDA0"].compute > small.estimate.memory["CUDA0"].compute  # and that costs VRAM
+    assert big.chosen.decode_tps < small.chosen.decode_tps
+    assert any(w.startswith(f"-ub {long.plan.cfg.n_ubatch}: prompt") and "copied to CUDA0" in w for w in long.why)
+    assert all(p.chosen.fits for p in long.trade)
+    no_copy = choose_config(m, devs, cfg.with_(op_offload=False), workload=WORKLOADS["long-prompt"])
+    assert no_copy.plan.cfg.n_ubatch <= 1024
+    assert not no_copy.plan.cfg.no_mmap  # nothing is copied, so pinned memory would not help
+    assert_kv_rule(long)
+    chat = choose_config(m, devs, cfg, workload=WORKLOADS["chat"])
+    assert chat.plan.cfg.n_ubatch <= long.plan.cfg.n_ubatch
+
+
+def test_pinned_settings_are_kept(model_path: Callable[[str], Path]) -> None:
+    m = load_model(model_path("gpt-oss-120b"))
+    c = choose_config(m, one_3090(), RunConfig(n_ctx=32768, n_ubatch=512, type_k="f16", type_v="f16"),
+                      pinned=["n_ubatch", "type_k", "type_v", "no_mmap"], workload=WORKLOADS["long-prompt"])
+    assert len(c.trade) == 1 and c.plan.cfg.n_ubatch == 512 and not c.plan.cfg.no_mmap
+    with pytest.raises(PlanError, match="unknown run settings"):
+        choose_config(m, one_3090(), RunConfig(), pinned=["n_threads"])
+
+
+def assert_kv_rule(c: ConfigChoice) -> None:
+    """q8_0 only when it is KV_QUANT_MIN_GAIN faster than the best f16 cache."""
+    f16 = min(p.chosen.seconds for p in c.trade if p.cfg.type_k == "f16")
+    if c.plan.cfg.type_k == "q8_0":
+        assert c.plan.chosen.seconds <= f16 * (1 - KV_QUANT_MIN_GAIN)
+    else:
+        assert all(p.chosen.seconds > f16 * (1 - KV_QUANT_MIN_GAIN) for p in c.trade)
+
+
+def test_batch_workload_plans_the_slots_it_launches(model_path: Callable[[str], Path]) -> None:
+    m = load_model(model_path("qwen3-30b-a3b"))
+    c = choose_config(m, one_3090(), RunConfig(n_ctx=32768), workload=WORKLOADS["batch"])
+    assert_kv_rule(c)
+    assert c.plan.cfg.n_seq_max == WORKLOADS["batch"].batch and c.plan.cfg.kv_unified
+    assert c.plan.estimate.decode.batch == WORKLOADS["batch"].batch
+    kept = choose_config(m, one_3090(), RunConfig(n_ctx=32768, n_seq_max=2), pinned=["n_seq_max"],
+                         workload=parse_workload("batch", 2))
+    assert kept.plan.cfg.n_seq_max == 2
+
+
+def test_no_mmap_only_where_the_host_share_fits(model_path: Callable[[str], Path]) -> None:
+    m = load_model(model_path("gpt-oss-120b"))
+    fixed = ["n_ubatch", "type_k", "type_v"]
+    roomy = choose_config(m, one_3090("64G"), RunConfig(n_ctx=8192), pinned=fixed, workload=WORKLOADS["chat"])
+    assert roomy.plan.cfg.no_mmap and roomy.plan.estimate.host.fits
+    short = choose_config(m, one_3090("32G"), RunConfig(n_ctx=8192), pinned=fixed, workload=WORKLOADS["chat"])
+    assert not short.plan.cfg.no_mmap and not short.plan.estimate.host.fits
+    assert any("cannot be paged" in w for w in short.why)

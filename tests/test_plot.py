@@ -9,9 +9,9 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from moeplace.cli import main
-from moeplace.hardware import HOST_NAME
 from moeplace.llamacpp import n_cpu_moe_placement
 from moeplace.model import load_model
+from moeplace.placement import HOST
 from moeplace.plot import HOST_COLOUR, placement_grid, render_svg
 
 
@@ -38,7 +38,7 @@ def test_solve_draws_the_map(model_path: Callable[[str], Path], tmp_path: Path) 
     assert r.exit_code == 0, r.stderr
     svg = out.read_text()
     ET.fromstring(svg)
-    assert "CUDA0" in svg and f"{HOST_NAME} (RAM)" in svg and "ffn_down_exps" in svg
+    assert "CUDA0" in svg and f"{HOST} (RAM)" in svg and "ffn_down_exps" in svg
     bad = CliRunner().invoke(main, ["solve", str(model_path("qwen3-30b-a3b")), "--vram", "12G", "--no-scripts",
                                     "--map", str(tmp_path / "map.gif")])
     assert bad.exit_code == 2 and "write the picture as .svg or .png" in bad.stderr

@@ -16,7 +16,8 @@ from click.testing import CliRunner, Result
 from moeplace.cli.profile_cmd import profile
 from moeplace.model import ModelDescription, load_model
 from moeplace.plot import DEAD, ratio_colour
-from moeplace.routing import ModelIdentity, Source, load_profile, make_profile, save_profile
+from moeplace.routing import ModelIdentity, Source, make_profile
+from moeplace.routing_file import load_profile, save_profile
 from moeplace.testing import SPECS, write_model
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -206,7 +207,6 @@ def test_run_without_engine_is_explained(files: dict[str, Path], tmp_path: Path,
 @pytest.mark.parametrize("how", [["run"], []])
 def test_run_live(files: dict[str, Path], tmp_path: Path, how: list[str]) -> None:
     """'profile run MODEL' and the design card's 'profile MODEL --prompts P' do the same."""
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     (tmp_path / "p.txt").write_text("hello world the model\n\nexpert layer token\n")
     out = tmp_path / "live.json"
     r = cli(*how, files["model"], "--prompts", tmp_path / "p.txt", "--generate", "3", "--threads", "1", "-o", out)

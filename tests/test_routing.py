@@ -21,19 +21,17 @@ from moeplace.routing import (
     Source,
     check_profile,
     coverage,
-    distinct_experts,
-    dumps,
+    distinct_by_layer,
     expected_distinct,
     expert_probs,
     hot_experts,
-    load_profile,
     make_profile,
     merge_profiles,
     moe_layers,
-    save_profile,
     skew_report,
     uniform_probs,
 )
+from moeplace.routing_file import dumps, load_profile, save_profile
 from moeplace.testing import SPECS, write_model
 
 IDENT = ModelIdentity("qwen3moe", n_layer=4, n_expert=64, n_expert_used=4, fingerprint="f" * 16, name="synthetic")
@@ -114,7 +112,7 @@ def test_skewed_profile_touches_fewer_experts_than_uniform_as_the_formula_says()
     skewed = zipf(n, k, 1.5)
     prof = from_probs({0: skewed, 1: uniform_probs(n, k)}, 100_000)
     for b in (8, 32, 512):
-        d = distinct_experts(prof, b)
+        d = distinct_by_layer(prof, b)
         uniform = n * (1 - (1 - k / n) ** b)
         assert d[1] == pytest.approx(uniform)
         # Monte Carlo: tokens whose experts are chosen independently with p_e; count distinct experts.
@@ -124,7 +122,7 @@ def test_skewed_profile_touches_fewer_experts_than_uniform_as_the_formula_says()
         assert d[0] == pytest.approx(simulated, rel=0.02)
         assert d[0] < uniform - 1  # a real difference, not rounding
     # At batch 1 every token touches exactly k experts, skewed or not.
-    assert distinct_experts(prof, 1)[0] == pytest.approx(k)
+    assert distinct_by_layer(prof, 1)[0] == pytest.approx(k)
 
 
 def test_only_k_experts_ever_chosen_means_k_distinct_at_any_batch() -> None:
@@ -230,6 +228,18 @@ def good_text() -> str:
     (lambda t: re.sub(r'"counts":\[[0-9.]+', '"counts":[NaN', t, count=1), "NaN"),
     (lambda t: t.replace('"layer":1,', '"layer":0,'), "layer 0 appears twice"),
     (lambda t: t.replace('"layer":1,', '"layer":11,'), "outside the model's 4 layers"),
+    # strict JSON, types checked field by field, limits before allocation (issue 14)
+    (lambda t: re.sub(r'"counts":\[[0-9.]+', '"counts":[Infinity', t, count=1), "Infinity is not a JSON number"),
+    (lambda t: re.sub(r'"counts":\[[0-9.]+', '"counts":[1' + "0" * 400, t, count=1), "not numbers"),
+    (lambda t: t.replace('"n_expert": 64', '"n_expert": 20000'), "claims 20000 experts"),
+    (lambda t: t.replace('"n_layer": 4', '"n_layer": 100000'), "llama.cpp loads at most"),
+    (lambda t: t.replace('"kind": "synthetic"', '"kind": "synthetic", "prompt_count": "many"'),
+     "field 'source.prompt_count' has the wrong type"),
+    (lambda t: t.replace('"kind": "synthetic"', '"kind": "synthetic", "notes": [1, 2]'), "list of strings"),
+    (lambda t: t.replace('"kind": "synthetic"', '"kind": "synthetic", "interrupted": 1'), "wrong type"),
+    (lambda t: t.replace('"kind": "synthetic"', '"kind": "synthetic", "x": ' + "[" * 5000 + "]" * 5000),
+     "nested too deeply"),
+    (lambda t: t.replace('"name": ', '"name": 5, "nam": '), "field 'model.name' has the wrong type"),
 ])
 def test_broken_files_are_refused_in_one_line(tmp_path: Path, good_text: str, edit, needle: str) -> None:
     text = edit(good_text)
@@ -398,3 +408,22 @@ def test_any_valid_profile_survives_the_file(tmp_path_factory: pytest.TempPathFa
         for il in p.layers:
             assert np.array_equal(back.counts[il], p.counts[il])
             assert back.tokens[il] == p.tokens[il]
+
+
+def test_a_profile_claiming_20000_experts_is_refused_before_allocating(tmp_path: Path, good_text: str) -> None:
+    """The co-activation matrix of 20,000 experts is 3.2 GB of float64: the claim is checked first."""
+    import time
+    import tracemalloc
+
+    doc = json.loads(good_text)
+    doc["model"]["n_expert"] = 20_000
+    doc["layers"][0]["coactivation_upper"] = [1, 2, 3]
+    path = _write(tmp_path, json.dumps(doc))
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.raises(ProfileError, match="claims 20000 experts"):
+        load_profile(path)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert time.perf_counter() - t0 < 2.0
+    assert peak < 64 << 20

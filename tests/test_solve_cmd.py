@@ -208,3 +208,33 @@ def test_concurrent_runs_into_one_folder(model_path: Callable[[str], Path], tmp_
     assert [p.returncode for p in procs] == [0, 0, 0], errs
     assert sorted(p.name for p in out.iterdir()) == SCRIPT_SET  # no temporary file left behind
     json.loads((out / "plan.json").read_text())
+
+
+def test_long_prompt_run_configuration(model_path: Callable[[str], Path]) -> None:
+    """gpt-oss-120b on one 24 GB GPU for long prompts: a large ubatch, pinned memory, and the trade that says why;
+    a flag the user gives is kept."""
+    base = ["solve", str(model_path("gpt-oss-120b")), "--gpu", "rtx3090", "--ram", "64G", "--ram-bw", "ddr5-6000x2",
+            "-c", "32768", "--workload", "long-prompt", "--no-scripts"]
+    code, out, err = run(*base, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    argv = doc["llama_cpp"]["argv"]
+    ub = int(argv[argv.index("-ub") + 1])
+    assert ub >= 2048 and int(argv[argv.index("-b") + 1]) >= ub
+    # pinned host memory: the stated default build spells --no-mmap as --load-mode none
+    assert "--no-mmap" in argv or argv[argv.index("--load-mode") + 1] == "none"
+    assert doc["settings"]["n_ubatch"] == ub
+    rows = {(r["n_ubatch"], r["type_k"]): r for r in doc["config_trade"]}
+    assert rows[(ub, "f16")]["prompt_tokens_per_second"] > rows[(512, "f16")]["prompt_tokens_per_second"]
+    assert any(w.startswith(f"-ub {ub}: prompt") for w in doc["config_why"])
+    code, out, err = run(*base, "-ub", "512")
+    assert code == 0, err
+    assert "-ub 512 -b 2048" in out and "given on the command line, kept: n_ubatch" in out
+    assert "Run configuration trade" in out
+
+
+def test_batch_workload_launches_its_slots(model_path: Callable[[str], Path]) -> None:
+    code, out, err = run("solve", str(model_path("qwen3-30b-a3b")), "--vram", "12G", "--ram", "32G", "--ram-bw", "80",
+                         "--workload", "batch", "-ub", "512", "--no-scripts")
+    assert code == 0, err
+    assert "decode batch 8" in out and " -np 8 -kvu " in out

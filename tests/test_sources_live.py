@@ -28,8 +28,9 @@ PROMPTS = PromptSet("test", "-", (
 
 @pytest.fixture(scope="module")
 def llama() -> object:
-    return pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install "
-                                                   "'moeplace[profile]' or .ci/llama-cpp.sh)")
+    import llama_cpp  # only tests marked llama take this fixture: conftest skips them where it is missing
+
+    return llama_cpp
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_last_layer_sees_only_tokens_with_logits(llama: object, model_dir: Path)
     """Why the profiler requests all logits by default: llama.cpp's last block routes only the output tokens."""
     model = tiny(model_dir, "qwen3moe-tiny")
     last = max(moe_layers(model))
-    r = capture(model, PROMPTS, RunOptions(n_ctx=256, n_batch=64, n_threads=1, logit_every=0))
+    r = capture(model, PROMPTS, RunOptions(n_ctx=256, n_batch=64, n_threads=1, logit_every=0, trace_tokens=0))
     assert r.profile.tokens[min(moe_layers(model))] == r.prompt_tokens
     from llama_cpp import Llama
 
@@ -223,3 +224,24 @@ def test_bad_prompt_paths(tmp_path: Path) -> None:
     (tmp_path / "x.jsonl").write_text('{"other": 1}\n')
     with pytest.raises(LiveError, match=r"x\.jsonl:1"):
         read_prompts(tmp_path / "x.jsonl")
+
+
+@pytest.mark.llama
+def test_trace_keeps_the_order_of_routing(llama: object, model_dir: Path) -> None:
+    """The trace is the counts in token order: every layer's ids, token by token, adding up to the counts when it
+    covers every token; capped, it keeps the first tokens of every layer alike; a layer that routed only part
+    of a batch (logit_every > 1 on the last block) has no aligned order and is left out, with a note."""
+    model = tiny(model_dir, "qwen3moe-tiny")
+    full = capture(model, PROMPTS, RunOptions(generate=3, n_ctx=256, n_batch=16, n_threads=1)).profile
+    assert full.trace is not None and set(full.trace) == set(full.layers)
+    for layer, ids in full.trace.items():
+        assert ids.shape == (full.tokens[layer], model.hparams.n_expert_used)
+        assert (np.bincount(ids.ravel(), minlength=model.hparams.n_expert) == full.counts[layer]).all()
+    capped = capture(model, PROMPTS, RunOptions(generate=3, n_ctx=256, n_batch=16, n_threads=1,
+                                                trace_tokens=20)).profile
+    assert all((capped.trace[il] == full.trace[il][:20]).all() for il in full.layers)
+    sparse = capture(model, PROMPTS, RunOptions(n_ctx=256, n_batch=64, n_threads=1, logit_every=4)).profile
+    last = max(sparse.layers)
+    assert last not in sparse.trace and any("routing trace left out" in n for n in sparse.source.notes)
+    none = capture(model, PROMPTS, RunOptions(n_ctx=256, n_batch=64, n_threads=1, trace_tokens=0)).profile
+    assert none.trace is None

@@ -9,15 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moeplace.hardware import GIB, Device, catalog, device_set, host_device, parse_gpus
+from moeplace.hardware import Device, catalog, device_set, host_device, parse_gpus
 from moeplace.memory import RunConfig, kv_bytes_per_layer
 from moeplace.model import ModelDescription, Role, load_model, tensor_bytes_per_token
 from moeplace.placement import all_on, layer_placement
+from moeplace.routing import expected_distinct
+from moeplace.sizes import GIB
 from moeplace.speed import (
     SpeedError,
     TensorTable,
     decode_time,
-    distinct_experts,
+    distinct_by_block,
     energy,
     estimate,
     normalise_probs,
@@ -146,9 +148,13 @@ def test_more_gpu_layers_is_faster_with_real_costs(models: dict[str, ModelDescri
 
 def test_distinct_experts_formula() -> None:
     p = np.array([1.0, 0.5, 0.5, 0.0])
-    assert distinct_experts(p, 1) == pytest.approx(2.0)
-    assert distinct_experts(p, 2) == pytest.approx(1 + 2 * (1 - 0.25))
-    assert distinct_experts(p, 1000) == pytest.approx(3.0)
+    assert expected_distinct(p, 1) == pytest.approx(2.0)
+    assert expected_distinct(p, 2) == pytest.approx(1 + 2 * (1 - 0.25))
+    assert expected_distinct(p, 1000) == pytest.approx(3.0)
+    # the speed model's per-block form is the same formula, row by row
+    rows = distinct_by_block(np.array([p, p / 2]), 2)
+    assert rows == pytest.approx([expected_distinct(p, 2), expected_distinct(p / 2, 2)])
+    assert distinct_by_block(np.zeros((3, 0)), 8).tolist() == [0.0, 0.0, 0.0]  # blocks without experts
 
 
 @pytest.mark.parametrize("batch", [1, 4, 64])

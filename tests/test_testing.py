@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from moeplace import testing as factory
-from moeplace.testing import FULL, ROLES, SPECS, TINY, expected, write_all, write_model
+from moeplace.testing import FULL, ROLES, SPECS, TINY, expected, write_all, write_model, writer
 
 # Full-scale header-only files are a few MB of metadata each; anything beyond that means data got written.
 HEADER_BUDGET = 64 << 20
@@ -223,9 +223,9 @@ def test_write_all_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_shards_are_contiguous_and_never_empty(sizes: list[int], n: int) -> None:
     if n > len(sizes):
         with pytest.raises(ValueError):
-            factory._shard_of(sizes, n)
+            writer._shard_of(sizes, n)
         return
-    shard = factory._shard_of(sizes, n)
+    shard = writer._shard_of(sizes, n)
     assert shard[0] == 0 and shard[-1] == n - 1
     assert all(b - a in (0, 1) for a, b in itertools.pairwise(shard))
 
@@ -233,7 +233,7 @@ def test_shards_are_contiguous_and_never_empty(sizes: list[int], n: int) -> None
 @pytest.mark.llama
 @pytest.mark.parametrize("name", TINY)
 def test_tiny_runs_in_llama_cpp(name: str, tmp_path: Path) -> None:
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (.ci/llama-cpp.sh)")
+    import llama_cpp
     (path,) = write_model(name, tmp_path / f"{name}.gguf")
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=2, logits_all=True, verbose=False)
     tokens = llm.tokenize(b"Hello world, the expert layer.")
@@ -251,7 +251,7 @@ def test_tiny_runs_in_llama_cpp(name: str, tmp_path: Path) -> None:
     ([0.0, -1.5, 3.25], gguf.GGUFValueType.FLOAT32),
 ])
 def test_bulk_array_packing_matches_gguf(values: list[object], item_type: gguf.GGUFValueType) -> None:
-    fast, stock = factory._Writer(None, "llama"), gguf.GGUFWriter(None, "llama")
+    fast, stock = writer._Writer(None, "llama"), gguf.GGUFWriter(None, "llama")
     for add_vtype in (True, False):
         want = stock._pack_val(values, gguf.GGUFValueType.ARRAY, add_vtype, sub_type=item_type)
         assert fast._pack_val(values, gguf.GGUFValueType.ARRAY, add_vtype, sub_type=item_type) == want

@@ -15,8 +15,15 @@ from moeplace.calibration import Calibration, CalibrationError
 from moeplace.calibration import load as load_calibration
 from moeplace.calibration import save as save_calibration
 from moeplace.calibration import to_dict as calibration_dict
-from moeplace.cli import friendly_errors, table
-from moeplace.cli.options import HARDWARE_HELP, context_options, devices_from, hardware_options, run_config_from
+from moeplace.cli import INT32_MAX, friendly_errors, table
+from moeplace.cli.options import (
+    HARDWARE_HELP,
+    context_options,
+    devices_from,
+    hardware_options,
+    report_detected,
+    run_config_from,
+)
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import GB
 from moeplace.memory import DEFAULT_MARGIN
@@ -72,13 +79,13 @@ Examples:
               help="How many plans to run (GPU builds), besides the baselines.")
 @hardware_options
 @context_options()
-@click.option("-p", "--n-prompt", "n_prompt", type=click.IntRange(min=1), default=512, show_default=True,
+@click.option("-p", "--n-prompt", "n_prompt", type=click.IntRange(min=1, max=INT32_MAX), default=512, show_default=True,
               help="Prompt tokens per pp run.")
-@click.option("-n", "--n-gen", "n_gen", type=click.IntRange(min=1), default=128, show_default=True,
+@click.option("-n", "--n-gen", "n_gen", type=click.IntRange(min=1, max=INT32_MAX), default=128, show_default=True,
               help="Generated tokens per tg run.")
 @click.option("-r", "--repetitions", type=click.IntRange(1, 100), default=3, show_default=True,
               help="Runs of each test (after one warm-up).")
-@click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
+@click.option("-t", "--threads", type=click.IntRange(min=1, max=INT32_MAX), default=None,
               help="CPU threads (default: every core).")
 @click.option("-o", "--out", "out_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Write (or update) the calibration file.")
@@ -109,12 +116,13 @@ def bench(model: Path, n_plans: int, gpus: tuple[str, ...], backend: str | None,
         old = load_calibration(out_path) if out_path.exists() else Calibration({})
         save_calibration(old.merged(cal), out_path)
 
+    report_detected()
     if as_json:
         doc = {"schema": "moeplace.bench/1", "model": md.name, "path": str(md.paths[0]), "engine": oracle.version(),
                "config": vars(cfg), "gpu": on_gpu, "runs": [_run_json(r) for r in runs],
                "calibration": calibration_dict(cal) if measured else None,
                "calibration_file": str(out_path) if out_path is not None and measured else None, "notes": notes}
-        click.echo(json.dumps(doc, indent=1))
+        click.echo(json.dumps(doc, indent=1, allow_nan=False))
         return
     out = [f"{md.name} ({md.arch}) in {oracle.version()}: context {cfg.n_ctx}, KV {cfg.type_k}/{cfg.type_v}, "
            f"ubatch {cfg.n_ubatch}, flash attention {'on' if cfg.flash_attn else 'off'}, "

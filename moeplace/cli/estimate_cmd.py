@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,8 +11,15 @@ from typing import Any
 
 import click
 
-from moeplace.cli import friendly_errors, table
-from moeplace.cli.options import HARDWARE_HELP, context_options, devices_from, hardware_options, run_config_from
+from moeplace.cli import INT32_MAX, FiniteFloat, friendly_errors, table
+from moeplace.cli.options import (
+    HARDWARE_HELP,
+    context_options,
+    devices_from,
+    hardware_options,
+    report_detected,
+    run_config_from,
+)
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import Device
 from moeplace.llamacpp import cpu_moe_placement, n_cpu_moe_placement
@@ -27,6 +35,18 @@ from moeplace.placement import HOST, Placement, host_fallback
 from moeplace.sizes import format_size
 from moeplace.speed import Estimate, TensorTable
 from moeplace.speed import estimate as estimate_placement
+
+
+def parse_tensor_split(text: str) -> list[float]:
+    """``-ts 3,1`` (or ``3/1``): finite non-negative proportions, not all zero."""
+    try:
+        split = [float(x) for x in re.split(r"[,/]", text)]
+    except ValueError:
+        raise MoeplaceError(f"--tensor-split '{text}' must be numbers like 3,1") from None
+    if not all(math.isfinite(x) and x >= 0 for x in split) or not any(x > 0 for x in split):
+        raise MoeplaceError(f"--tensor-split '{text}': give non-negative proportions, at least one above zero, "
+                            "like 3,1")
+    return split
 
 
 def build_placement(model: ModelDescription, gpus: Sequence[Device], n_gpu_layers: int | None, cpu_moe: bool,
@@ -218,19 +238,20 @@ Examples:
 
 
 @click.command("estimate", help=_HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("model")
 @hardware_options
 @context_options()
-@click.option("-ngl", "--n-gpu-layers", "--gpu-layers", "n_gpu_layers", type=int, default=None,
+@click.option("-ngl", "--n-gpu-layers", "--gpu-layers", "n_gpu_layers", type=click.IntRange(-INT32_MAX, INT32_MAX),
+              default=None,
               help="Layer slots on GPU (default: all when a GPU is given).")
 @click.option("-ts", "--tensor-split", default=None, metavar="N,N,...",
               help="Proportions of layers per GPU (default: by GPU memory).")
-@click.option("--n-cpu-moe", "-ncmoe", type=click.IntRange(min=0), default=0,
-              help="Keep routed experts of blocks 0..N-1 in RAM.")
+@click.option("--n-cpu-moe", "-ncmoe", type=click.IntRange(min=0, max=INT32_MAX), default=0,
+              help="Keep routed experts of blocks 0..N-1 in RAM (N past the last block means all).")
 @click.option("--cpu-moe", "-cmoe", is_flag=True, help="Keep all routed experts in RAM.")
-@click.option("--price", type=click.FloatRange(min=0), default=0.16, show_default=True,
+@click.option("--price", type=FiniteFloat(min=0), default=0.16, show_default=True,
               help="Electricity price per kWh.")
-@click.option("--api-price", type=click.FloatRange(min=0), default=None,
+@click.option("--api-price", type=FiniteFloat(min=0), default=None,
               help="An API's price per million output tokens, to compare with.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @friendly_errors
@@ -245,19 +266,18 @@ def estimate(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | 
     cfg = run_config_from(md, devices, n_ctx=n_ctx, type_k=type_k, type_v=type_v, n_batch=n_batch,
                           n_ubatch=n_ubatch, flash_attn=flash_attn, n_seq_max=n_seq_max, kv_unified=kv_unified,
                           swa_full=swa_full, no_kv_offload=no_kv_offload, no_op_offload=no_op_offload)
-    split = None
-    if tensor_split:
-        try:
-            split = [float(x) for x in re.split(r"[,/]", tensor_split)]
-        except ValueError:
-            raise MoeplaceError(f"--tensor-split '{tensor_split}' must be numbers like 3,1") from None
+    split = parse_tensor_split(tensor_split) if tensor_split else None
+    # Blocks past the last are no blocks: llama.cpp's --n-cpu-moe N writes N patterns, so N is clamped first.
+    n_cpu_moe = min(n_cpu_moe, md.hparams.n_layer)
     placement = build_placement(md, gpu_devs, n_gpu_layers, cpu_moe, n_cpu_moe, split)
     margin_b = DEFAULT_MARGIN if margin is None else margin
     table = TensorTable.build(md)
     e = estimate_placement(md, placement, cfg, devices, table=table, margin=margin_b)
     rows = context_table(md, placement, cfg, devices, table, margin_b)
+    report_detected()
     if as_json:
-        click.echo(json.dumps(estimate_to_json(md, placement, cfg, devices, e, rows, price, api_price), indent=1))
+        doc = estimate_to_json(md, placement, cfg, devices, e, rows, price, api_price)
+        click.echo(json.dumps(doc, indent=1, allow_nan=False))
         return
     click.echo("\n".join(render(md, placement, cfg, devices, e, rows, price, api_price, margin_b)))
 

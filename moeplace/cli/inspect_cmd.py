@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import click
 
 from moeplace.cli import friendly_errors, table
+from moeplace.infiles import printable
 from moeplace.model import load_model
 from moeplace.sizes import format_size
 from moeplace.summary import summarize, tensor_rows
@@ -78,35 +78,38 @@ def render(s: dict[str, Any]) -> list[str]:
 
 
 @click.command()
-@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("model")
 @click.option("--tensors", "show_tensors", is_flag=True, help="List every tensor: role, type, shape, bytes.")
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON for scripts.")
 @friendly_errors
-def inspect(model: Path, show_tensors: bool, as_json: bool) -> None:
+def inspect(model: str, show_tensors: bool, as_json: bool) -> None:
     """Show what is in a GGUF model: experts, shared experts, attention, sizes and quant types.
 
     MODEL is a .gguf file, or the first shard of a split model (name-00001-of-0000N.gguf); the other
     shards are found beside it. Only the header is read, so this takes well under a second even for
-    a 400 GB model.
+    a 400 GB model. MODEL may also be an http(s):// URL, hf://owner/repo/path/file.gguf or
+    owner/repo[:QUANT] (as llama.cpp's -hf takes it): only the header is fetched, with range requests,
+    and kept in ~/.cache/moeplace/headers.
 
     \b
     Examples:
       moeplace inspect Qwen3-30B-A3B-Q4_K_M.gguf
       moeplace inspect DeepSeek-V3-Q4_K_M-00001-of-00009.gguf --tensors
       moeplace inspect model.gguf --json | jq .bytes_by_role
+      moeplace inspect unsloth/DeepSeek-V3-0324-GGUF:Q2_K_XL
     """
     m = load_model(model)
     s = summarize(m)
     if as_json:
         if show_tensors:
             s["tensors"] = tensor_rows(m)
-        click.echo(json.dumps(s, indent=2))
+        click.echo(json.dumps(s, indent=2, allow_nan=False))
         return
     for line in render(s):
         click.echo(line)
     if show_tensors:
         click.echo("")
-        rows = [[t["name"], t["role"], t["type"], "x".join(map(str, t["shape"])), format_size(t["bytes"])]
+        rows = [[printable(t["name"]), t["role"], t["type"], "x".join(map(str, t["shape"])), format_size(t["bytes"])]
                 for t in tensor_rows(m)]
         for line in table(["tensor", "role", "type", "shape", "bytes"], rows, {4}):
             click.echo(line)

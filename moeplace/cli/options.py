@@ -4,16 +4,18 @@ them (short forms too), and the functions that turn them into devices and a RunC
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
+from moeplace import machine
 from moeplace.calibration import apply as apply_calibration
 from moeplace.calibration import load as load_calibration
-from moeplace.cli import SIZE
+from moeplace.cli import INT32_MAX, POSITIVE_SIZE, SIZE
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import Device, catalog, device_set, host_device, parse_gpus
+from moeplace.hardware import GB, Device, catalog, device_set, host_device, link_bandwidth, parse_gpus
 from moeplace.memory import CACHE_TYPES, DEFAULT_MARGIN, RunConfig, resolve_flash_attn, validate
 from moeplace.model import ModelDescription
 from moeplace.sizes import format_size
@@ -33,6 +35,11 @@ def _list_presets(ctx: click.Context, _param: click.Parameter, value: bool) -> N
     ctx.exit(0)
 
 
+def _remember(ctx: click.Context, param: click.Parameter, value: object) -> None:
+    """Keeps an option the commands do not take as an argument in ctx.meta (only devices_from reads it)."""
+    ctx.meta[f"moeplace.{param.name}"] = value
+
+
 def _stack(*decorators: Decorator) -> Decorator:
     def apply(f: Callable[..., Any]) -> Callable[..., Any]:
         for d in reversed(decorators):
@@ -42,21 +49,33 @@ def _stack(*decorators: Decorator) -> Decorator:
 
 
 HARDWARE_HELP = """\b
-Hardware: --gpu/--vram takes a preset (--list-gpus), SIZE@GB/s (24G@936) or a size (24G); repeat it or
-separate with commas for several GPUs (CUDA0, CUDA1, ... in llama.cpp's order). --ram is the RAM size
-(default: this machine's), --ram-bw its bandwidth (GB/s, ddr5-6000x2 = 2 channels of DDR5-6000, or a
-platform name); --calibration FILE uses the bandwidths moeplace bench measured. Sizes: 24G or 24GiB =
-24 x 2^30 bytes; 24GB = 24 x 10^9 bytes."""
+Hardware: what is not given is detected on this machine (GPUs through llama.cpp's device list, NVML,
+rocm-smi, sysctl or vulkaninfo, planned against their FREE memory as llama.cpp --fit does; available RAM;
+RAM speed from the DMI memory table, or timed with --measure) and printed in one 'detected:' line.
+--gpu/--vram takes a preset (--list-gpus), SIZE@GB/s (24G@936) or a size (24G), used as given; repeat it
+or separate with commas for several GPUs (CUDA0, CUDA1, ... in llama.cpp's order); --gpu none plans for
+the CPU alone. --ram is the RAM size, --ram-bw its bandwidth (GB/s, ddr5-6000x2 = 2 channels of
+DDR5-6000, or a platform name); --calibration FILE uses the bandwidths moeplace bench measured. Sizes:
+24G or 24GiB = 24 x 2^30 bytes; 24GB = 24 x 10^9 bytes."""
 
 hardware_options = _stack(
     click.option("--gpu", "--vram", "gpus", multiple=True, metavar="SPEC",
-                 help="A GPU: preset name, SIZE@GB/s or SIZE; repeat or comma-separate for several."),
+                 help="A GPU: preset name, SIZE@GB/s or SIZE; repeat or comma-separate for several; 'none' for "
+                      "no GPU (default: the GPUs detected here, at their free memory)."),
     click.option("--backend", type=click.Choice(["cuda", "rocm", "vulkan", "sycl", "metal", "musa"]), default=None,
                  help="llama.cpp backend of the GPUs (buffer names CUDA0, ROCm0, Vulkan0, SYCL0, MTL0); "
                       "default: the preset's own, CUDA for sizes."),
-    click.option("--ram", type=SIZE, default=None, help="System RAM (default: this machine's)."),
+    click.option("--ram", type=POSITIVE_SIZE, default=None,
+                 help="System RAM (default: this machine's available RAM)."),
     click.option("--ram-bw", default=None, metavar="GB/s|DDR|PLATFORM",
-                 help="RAM bandwidth: 80, ddr5-6000x2, epyc-9004... (default: dual-channel DDR4-3200, stated)."),
+                 help="RAM bandwidth: 80, ddr5-6000x2, epyc-9004... (default: from this machine's DMI memory "
+                      "table, else --measure's figure, else dual-channel DDR4-3200, stated)."),
+    click.option("--pcie", default=None, expose_value=False, callback=_remember, metavar="GEN xLANES",
+                 help="The GPUs' host link, e.g. 4.0x4 for a card in an x4 slot or behind a riser (default: the "
+                      "preset's, or what was detected); prompt copies and expert-cache misses cross it."),
+    click.option("--measure", is_flag=True, expose_value=False, callback=_remember,
+                 help="Time a few seconds of memory copies for the RAM bandwidth when the DMI table is not "
+                      "readable."),
     click.option("--margin", type=SIZE, default=None,
                  help=f"Memory kept free on each GPU (default {format_size(DEFAULT_MARGIN)}, from the measured "
                       "error of the compute-buffer estimate)."),
@@ -67,7 +86,8 @@ hardware_options = _stack(
 )
 
 
-_TOKENS = click.IntRange(min=0)
+_TOKENS = click.IntRange(min=0, max=INT32_MAX)
+_COUNT = click.IntRange(min=1, max=INT32_MAX)
 
 
 def context_options(ctx_help: str = "Context size in tokens (0 = the model's trained context).",
@@ -80,14 +100,14 @@ def context_options(ctx_help: str = "Context size in tokens (0 = the model's tra
                      show_default=True, help="KV cache type for K."),
         click.option("-ctv", "--cache-type-v", "type_v", type=click.Choice(list(CACHE_TYPES)), default="f16",
                      show_default=True, help="KV cache type for V (quantized V needs flash attention)."),
-        click.option("-b", "--batch-size", "n_batch", type=click.IntRange(min=1), default=2048, show_default=True,
+        click.option("-b", "--batch-size", "n_batch", type=_COUNT, default=2048, show_default=True,
                      help="Logical batch size."),
-        click.option("-ub", "--ubatch-size", "n_ubatch", type=click.IntRange(min=1), default=512,
+        click.option("-ub", "--ubatch-size", "n_ubatch", type=_COUNT, default=512,
                      show_default=True, help="Physical batch size: prompt tokens per graph; sizes the compute "
                                              "buffers."),
         click.option("-fa", "--flash-attn", "flash_attn", type=click.Choice(["on", "off", "auto"]), default="auto",
                      show_default=True, help="Flash attention."),
-        click.option("-np", "--parallel", "n_seq_max", type=click.IntRange(min=1), default=1, show_default=True,
+        click.option("-np", "--parallel", "n_seq_max", type=_COUNT, default=1, show_default=True,
                      help="Parallel sequences (slots); decode is also estimated at this batch."),
         click.option("-kvu", "--kv-unified", is_flag=True, help="One KV buffer shared by all sequences."),
         click.option("--swa-full", is_flag=True, help="Full-size cache for sliding-window layers."),
@@ -100,10 +120,88 @@ def context_options(ctx_help: str = "Context size in tokens (0 = the model's tra
 def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ram_bw: str | None,
                  calibration: Path | None = None) -> dict[str, Device]:
     """The host and the GPUs the options describe, keyed by llama.cpp buffer name, with the measured bandwidths
-    of a calibration file applied."""
-    gpu_devs = parse_gpus(gpus, backend)
-    devices = device_set(gpu_devs, host_device(ram, ram_bw, gpu_devs))
+    of a calibration file applied. What the options leave out is detected on this machine (moeplace.machine),
+    and the 'detected:' line and its assumptions go to stderr; a flag always wins over detection."""
+    no_gpu = [g.strip().lower() for g in gpus] == ["none"]
+    found = None
+    if not gpus or ram is None or ram_bw is None:
+        ctx = click.get_current_context(silent=True)
+        measure = bool(ctx and ctx.meta.get("moeplace.measure"))
+        found = machine.detect(gpus=not gpus, measure=measure and ram_bw is None)
+        if ctx is not None:
+            ctx.meta["moeplace.machine"] = found
+    if no_gpu:
+        gpu_devs: tuple[Device, ...] = ()
+    elif gpus:
+        gpu_devs = parse_gpus(gpus, backend)
+    else:
+        assert found is not None
+        gpu_devs = machine.gpu_devices(found, backend)
+    ctx = click.get_current_context(silent=True)
+    pcie = ctx.meta.get("moeplace.pcie") if ctx is not None else None
+    if pcie:
+        link = link_bandwidth(pcie)
+        gpu_devs = tuple(g if g.unified or g.backend == "rpc" else replace(g, link_bandwidth=link) for g in gpu_devs)
+    host_ram: int | None = ram
+    host_bw: str | float | None = ram_bw
+    unified = any(g.unified for g in gpu_devs)  # Apple: the host is the GPU's pool, at the GPU's bandwidth
+    if found is not None:
+        own_bw = ram_bw is None and not unified
+        notes = list(found.notes) if own_bw else [n for n in found.notes if "RAM bandwidth" not in n]
+        if ram is None and not unified and found.ram_available:
+            # rounded down to 256 MiB: what is available moves by the second, a plan should not with it
+            host_ram = found.ram_available // (256 << 20) * (256 << 20)
+            notes.append(f"planning for the available RAM {format_size(host_ram)} of "
+                         f"{format_size(found.ram_total)}; give --ram to change it")
+        if own_bw:
+            host_bw = found.ram_bw.bandwidth / GB
+        _defer_report([found.line(), *(f"note: {n}" for n in notes)])
+    host = host_device(host_ram, host_bw, gpu_devs)
+    devices = device_set(gpu_devs, host)
     return devices if calibration is None else apply_calibration(devices, load_calibration(calibration))
+
+
+_PENDING = "moeplace.detected_lines"
+
+
+def _defer_report(lines: list[str]) -> None:
+    """What was detected goes to stderr once the command has something to show (report_detected), or when it
+    ends; a command that fails with an error prints only its one-line error (friendly_errors drops these)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        for line in lines:
+            click.echo(line, err=True)
+        return
+    ctx.meta[_PENDING] = lines
+    ctx.call_on_close(report_detected)
+
+
+def report_detected() -> None:
+    """Prints the 'detected:' line and its notes to stderr, once."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return
+    for line in ctx.meta.pop(_PENDING, []):
+        click.echo(line, err=True)
+
+
+# The options whose values choose_config may choose, under RunConfig's field names (the option names are the same).
+_RUN_SETTINGS = ("n_ubatch", "n_batch", "type_k", "type_v", "n_seq_max", "kv_unified")
+
+
+def given_run_settings(mmap_given: bool = False) -> list[str]:
+    """The run settings the user gave on the command line: pinned, the search keeps them."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return []
+    out = [f for f in _RUN_SETTINGS if ctx.get_parameter_source(f) is click.core.ParameterSource.COMMANDLINE]
+    return out + (["no_mmap"] if mmap_given else [])
+
+
+def detected_machine() -> machine.Machine | None:
+    """What devices_from detected for the running command (None when the flags described all the hardware)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get("moeplace.machine") if ctx is not None else None
 
 
 def run_config_from(model: ModelDescription, devices: dict[str, Device], *, n_ctx: int, type_k: str, type_v: str,
@@ -113,6 +211,11 @@ def run_config_from(model: ModelDescription, devices: dict[str, Device], *, n_ct
     if n_ubatch > n_batch:
         raise MoeplaceError(f"-ub {n_ubatch} exceeds -b {n_batch}: llama.cpp would lower -ub to {n_batch}; "
                             "raise -b or lower -ub")
+    trained = model.hparams.n_ctx_train
+    if trained and n_ctx > trained:
+        click.echo(f"warning: -c {n_ctx} is beyond the {trained} tokens {model.name} was trained on: "
+                   "llama.cpp runs it, but quality past the trained length is not assured (RoPE scaling may "
+                   "be needed)", err=True)
     cfg = RunConfig(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, n_seq_max=n_seq_max, kv_unified=kv_unified,
                     type_k=type_k, type_v=type_v, flash_attn=resolve_flash_attn(flash_attn, devices),
                     swa_full=swa_full, no_kv_offload=no_kv_offload, op_offload=not no_op_offload)

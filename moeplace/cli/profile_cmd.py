@@ -9,8 +9,9 @@ from typing import Any
 
 import click
 
-from moeplace.cli import friendly_errors, table
+from moeplace.cli import INT32_MAX, friendly_errors, table
 from moeplace.errors import MoeplaceError
+from moeplace.infiles import check_regular
 from moeplace.model import load_model
 from moeplace.outfiles import encode_text, write_file
 from moeplace.routing import (
@@ -18,14 +19,11 @@ from moeplace.routing import (
     RoutingProfile,
     SkewReport,
     check_profile,
-    default_profile_path,
-    dumps,
     hot_experts,
-    load_profile,
     merge_profiles,
-    save_profile,
     skew_report,
 )
+from moeplace.routing_file import default_profile_path, dumps, load_profile, save_profile
 
 
 class _RunByDefault(click.Group):
@@ -126,26 +124,29 @@ def _save(p: RoutingProfile, out: Path | None, kind: str) -> Path:
 @click.option("--prompts", "prompts_path", required=True, type=click.Path(path_type=Path),
               help="A text file (prompts separated by blank lines, or one per line), a .jsonl file, or a "
                    "directory of them.")
-@click.option("--generate", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--generate", type=click.IntRange(min=0, max=INT32_MAX), default=0, show_default=True,
               help="Tokens to generate (greedy) after each prompt: routing during generation differs.")
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
               help="Profile file to write [default: profiles/<model>-live.json].")
-@click.option("--ctx", "n_ctx", type=click.IntRange(min=8), default=2048, show_default=True,
+@click.option("--ctx", "n_ctx", type=click.IntRange(min=8, max=INT32_MAX), default=2048, show_default=True,
               help="Context size; longer prompts are evaluated in pieces.")
-@click.option("--batch", "n_batch", type=click.IntRange(min=1), default=512, show_default=True,
+@click.option("--batch", "n_batch", type=click.IntRange(min=1, max=INT32_MAX), default=512, show_default=True,
               help="Batch (and micro-batch) size.")
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads [default: all].")
-@click.option("--ngl", "n_gpu_layers", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--threads", type=click.IntRange(min=0, max=INT32_MAX), default=0, help="CPU threads [default: all].")
+@click.option("--ngl", "n_gpu_layers", type=click.IntRange(min=0, max=INT32_MAX), default=0, show_default=True,
               help="Layers llama.cpp puts on the GPU while profiling (a GPU build only).")
 @click.option("--coactivation", is_flag=True, help="Also count which experts are chosen together.")
-@click.option("--logit-every", type=click.IntRange(min=0), default=1, show_default=True,
+@click.option("--logit-every", type=click.IntRange(min=0, max=INT32_MAX), default=1, show_default=True,
               help="Compute logits for every N-th prompt token. llama.cpp's last block routes only tokens whose "
                    "logits are computed, so 1 (as llama-imatrix) measures the last MoE layer on every token; 4 "
                    "measures it on a quarter of them for a quarter of the output-matrix cost; 0 only on the "
                    "tokens sampling needs.")
+@click.option("--trace-tokens", type=click.IntRange(min=0), default=4096, show_default=True,
+              help="Keep the order of routing (every layer's expert ids, token by token) for this many tokens: "
+                   "solve --moe-cache-mib simulates an LRU expert cache on it; 0 keeps none.")
 @friendly_errors
 def run(model: Path, prompts_path: Path, generate: int, output: Path | None, n_ctx: int, n_batch: int,
-        threads: int, n_gpu_layers: int, coactivation: bool, logit_every: int) -> None:
+        threads: int, n_gpu_layers: int, coactivation: bool, logit_every: int, trace_tokens: int) -> None:
     """Run prompts through llama.cpp and record the experts every MoE layer selects.
 
     Needs llama-cpp-python (pip install 'moeplace[profile]'). Ctrl-C stops early and keeps what was gathered.
@@ -156,7 +157,8 @@ def run(model: Path, prompts_path: Path, generate: int, output: Path | None, n_c
     prompts = read_prompts(prompts_path)
     load_llama()
     options = RunOptions(generate=generate, n_ctx=n_ctx, n_batch=n_batch, n_threads=threads,
-                         n_gpu_layers=n_gpu_layers, coactivation=coactivation, logit_every=logit_every)
+                         n_gpu_layers=n_gpu_layers, coactivation=coactivation, logit_every=logit_every,
+                         trace_tokens=trace_tokens)
     state: dict[str, Any] = {"bar": None, "last": 0, "t0": time.perf_counter()}
 
     def progress(done: int, expected: int) -> None:
@@ -197,8 +199,10 @@ def import_(source: Path, model_path: Path, output: Path | None) -> None:
     from moeplace.sources.trace import import_trace
 
     model = load_model(model_path)
+    check_regular(source, "imatrix or trace")
     try:
-        head = source.open("rb").read(4096)
+        with source.open("rb") as fh:
+            head = fh.read(4096)
     except OSError as e:
         raise MoeplaceError(f"{source}: cannot read ({e.strerror})") from None
     if head[:4] == b"GGUF" or source.suffix.lower() == ".dat" or looks_like_legacy_dat(head):
@@ -223,7 +227,7 @@ def show(profile_path: Path, model_path: Path | None, as_json: bool) -> None:
         check_profile(p, load_model(model_path), origin=str(profile_path))
     r = skew_report(p, DEFAULT_BATCHES)
     if as_json:
-        click.echo(json.dumps(show_json(p, r), indent=2))
+        click.echo(json.dumps(show_json(p, r), indent=2, allow_nan=False))
     else:
         _echo_lines(render_show(p, r))
 
@@ -264,7 +268,7 @@ def merge(profiles: tuple[Path, ...], weights: list[float] | None, output: Path)
 def export(profile_path: Path, fmt: str, cache: int | None, output: Path | None) -> None:
     """Write the hottest experts per layer for engines that cache or pin individual experts."""
     data = hot_experts(load_profile(profile_path), cache)
-    text = json.dumps(data, indent=1) + "\n"
+    text = json.dumps(data, indent=1, allow_nan=False) + "\n"
     if output is None:
         click.echo(text, nl=False)
     else:

@@ -13,10 +13,13 @@ server, ``--host``/``--port``. Choices, each for a reason:
   append in order, so grouping cannot change llama.cpp's first-match result. The grouping is checked by the
   same verification as the patterns themselves.
 * ``-c``, ``-ctk``/``-ctv``, ``-fa on|off``, ``-ub``, ``-b``, ``-np`` always, explicitly: the memory model's
-  figures hold for these values only (llama-server's own ``-np`` default is automatic).
+  figures hold for these values only (llama-server's own ``-np`` default is automatic). ``-kvu``,
+  ``--no-mmap`` and ``-t`` when the plan chose them.
 * ``--fit off``: llama.cpp's ``--fit`` is on by default and, seeing ``-ngl``/``-ts``/``-ot``, gives up with a
   warning; turning it off says the plan is deliberate. Builds from before ``--fit`` existed reject the flag;
-  ``RunSettings(fit_off=False)`` leaves it out for them.
+  ``RunSettings(fit_off=False)`` leaves it out for them, and so does a ``build`` whose help has no ``--fit``.
+* Version awareness: given an :class:`~moeplace.targets.builds.EngineBuild`, optional flags the build lacks are
+  left out and a flag the plan needs (``-ot``, ``-ts``) that it lacks is an error naming the flag.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from moeplace.errors import MoeplaceError
-from moeplace.llamacpp import Expression, Override, express, parse_override_arg, rpc_endpoint
-from moeplace.memory import CACHE_TYPES
+from moeplace.gguf_file import RemoteName
+from moeplace.memory import CACHE_TYPES, cache_type_refusal
 from moeplace.model import ModelDescription
 from moeplace.placement import Placement
-
-_UNQUANTIZED = ("f32", "f16", "bf16")
+from moeplace.targets.builds import EngineBuild
+from moeplace.targets.llamacpp_rules import MAINLINE, LayerRules, Override, parse_override_arg, rpc_endpoint
+from moeplace.targets.patterns import Expression, express
 
 
 class SettingsError(MoeplaceError):
@@ -56,6 +60,9 @@ class RunSettings:
     n_batch: int = 2048
     n_parallel: int = 1
     kv_offload: bool = True
+    kv_unified: bool = False
+    no_mmap: bool = False
+    threads: int | None = None  # -t; None leaves llama.cpp's default (its count of physical cores)
     fit_off: bool = True
     extra_args: tuple[str, ...] = ()
 
@@ -73,14 +80,17 @@ class RunSettings:
                                 f"{self.n_batch}; raise -b or lower -ub")
         if self.n_parallel < 1:
             raise SettingsError(f"-np {self.n_parallel}: give at least 1 parallel sequence")
-        _check_text(os.fspath(self.model_path), "model path")
+        if self.threads is not None and self.threads < 1:
+            raise SettingsError(f"-t {self.threads}: give at least 1 thread")
+        check_text(os.fspath(self.model_path), "model path")
         for a in self.extra_args:
-            _check_text(a, "extra argument")
+            check_text(a, "extra argument")
         return self
 
 
-def _check_text(text: str, what: str) -> str:
-    """Text that can be an argv element and be written into a UTF-8 script."""
+def check_text(text: str, what: str = "argument") -> str:
+    """Text that can be an argv element and be written into a UTF-8 script (the one copy of this check: the
+    script writers ask it for every word they write)."""
     if "\0" in text:
         raise SettingsError(f"{what} {text!r} contains a NUL character, which no command line can carry")
     try:
@@ -119,20 +129,27 @@ def _groups(overrides: Sequence[Override]) -> list[tuple[str, tuple[str, ...]]]:
     return [(b, tuple(ps)) for b, ps in groups.items()]
 
 
-def build_args(model: ModelDescription, placement: Placement, settings: RunSettings) -> LlamaArgs:
+# Flags without which the plan changes meaning; the others are left out where a build lacks them.
+_REQUIRED = frozenset({"-m", "-c", "-ngl", "-ts", "-ot", "--rpc", "-ctk", "-ctv", "-nkvo", "-kvu"})
+
+
+def build_args(model: ModelDescription, placement: Placement, settings: RunSettings,
+               build: EngineBuild | None = None, rules: LayerRules = MAINLINE,
+               engine_args: tuple[str, ...] = ()) -> LlamaArgs:
     """The llama.cpp arguments that run ``model`` with ``placement`` and ``settings``. The layer and tensor part
-    is verified (see :func:`moeplace.llamacpp.express`): a plan the arguments would not reproduce exactly is
-    refused with an error, never emitted."""
+    is verified (see :func:`moeplace.targets.patterns.express`) under ``rules`` (mainline llama.cpp's, or a
+    fork's): a plan the arguments would not reproduce exactly is refused with an error, never emitted.
+    ``engine_args`` (an engine's own flags with their values) go before the user's extra arguments; with a
+    ``build``, only flags it lists are written."""
     settings.check()
-    # src/llama-context.cpp (llama_init_from_model) refuses these combinations at start-up.
-    if settings.cache_type_v not in _UNQUANTIZED and not settings.flash_attn:
-        raise SettingsError(f"-ctv {settings.cache_type_v} needs flash attention: llama.cpp refuses a quantized V "
-                            "cache with -fa off; turn flash attention on or use -ctv f16")
-    if model.hparams.mla and settings.cache_type_k != settings.cache_type_v:
-        raise SettingsError(f"{model.arch} (MLA) needs the same K and V cache types, not -ctk "
-                            f"{settings.cache_type_k} -ctv {settings.cache_type_v}")
-    expr = express(model, placement, settings.devices)
-    argv: list[str] = ["-m", os.fspath(settings.model_path), "-c", str(settings.n_ctx), "-ngl", str(expr.ngl)]
+    refusal = cache_type_refusal(model, settings.cache_type_k, settings.cache_type_v, settings.flash_attn)
+    if refusal:
+        raise SettingsError(refusal)
+    expr = express(model, placement, settings.devices, rules)
+    # A remote model is fetched by llama.cpp itself (-mu URL, or -hf repo -hff file), every shard with it.
+    source = settings.model_path
+    model_flags = list(source.llama_args) if isinstance(source, RemoteName) else ["-m", os.fspath(source)]
+    argv: list[str] = [*model_flags, "-c", str(settings.n_ctx), "-ngl", str(expr.ngl)]
     if len(expr.devices) > 1 and expr.ngl > 0:
         assert expr.tensor_split is not None
         argv += ["-ts", ",".join(str(n) for n in expr.tensor_split)]
@@ -144,15 +161,45 @@ def build_args(model: ModelDescription, placement: Placement, settings: RunSetti
     argv += ["-ctk", settings.cache_type_k, "-ctv", settings.cache_type_v,
              "-fa", "on" if settings.flash_attn else "off",
              "-ub", str(settings.n_ubatch), "-b", str(settings.n_batch), "-np", str(settings.n_parallel)]
+    if settings.kv_unified:
+        argv.append("-kvu")
     if not settings.kv_offload:
         argv.append("-nkvo")
+    if settings.no_mmap:
+        # Builds that replaced --no-mmap by --load-mode (e.g. 0c1e570, llama-cpp-python 0.3.36's) read the model
+        # into buffers with "none" ("no special loading mode", i.e. neither mmap nor mlock).
+        lm = build is not None and not build.has("--no-mmap") and build.has("--load-mode")
+        argv += ["--load-mode", "none"] if lm else ["--no-mmap"]
+    if settings.threads is not None:
+        argv += ["-t", str(settings.threads)]
     if settings.fit_off:
         argv += ["--fit", "off"]
+    argv += list(engine_args)
+    if build is not None:
+        argv = _for_build(argv, build)
     argv += list(settings.extra_args)
     return LlamaArgs(tuple(argv), expr, settings)
 
 
-_NO_VALUE_FLAGS = frozenset({"-nkvo", "--no-kv-offload", "-cmoe", "--cpu-moe"})
+def _for_build(argv: list[str], build: EngineBuild) -> list[str]:
+    """Drops optional flags ``build`` lacks (with their value); raises for a required one. Every flag written
+    here takes one value except the switches in ``_NO_VALUE_FLAGS``."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        flag = argv[i]
+        n = 1 if flag in _NO_VALUE_FLAGS else 2
+        if build.has(flag):
+            out += argv[i:i + n]
+        elif flag in _REQUIRED:
+            raise SettingsError(f"{build.describe()} has no {flag}, which this plan needs: use a newer build "
+                                "(--engine-bin PATH)")
+        i += n
+    return out
+
+
+_NO_VALUE_FLAGS = frozenset({"-nkvo", "--no-kv-offload", "-cmoe", "--cpu-moe", "-rtr", "-fmoe", "--no-mmap",
+                             "-kvu", "--kv-unified", "--mlock"})
 
 
 def parse_ot_args(argv: Sequence[str]) -> tuple[Override, ...]:

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from moeplace.emit.args import LlamaArgs, SettingsError
+from moeplace.emit.args import LlamaArgs, SettingsError, check_text
 from moeplace.model import ModelDescription
 from moeplace.outfiles import OutFile, encode_text, write_file, write_set
 from moeplace.placement import HOST, Placement
@@ -47,14 +47,7 @@ def _comment(text: str) -> str:
 
 
 def _check(argv: Sequence[str]) -> list[str]:
-    for a in argv:
-        if "\0" in a:
-            raise SettingsError(f"argument {a!r} contains a NUL character, which no command line can carry")
-        try:
-            a.encode("utf-8")
-        except UnicodeEncodeError:
-            raise SettingsError(f"argument {a!r} is not valid UTF-8: rename the file") from None
-    return list(argv)
+    return [check_text(a) for a in argv]
 
 
 def _server_args(args: LlamaArgs, server: bool, host: str, port: int) -> list[str]:
@@ -241,6 +234,7 @@ def plan_document(model: ModelDescription, placement: Placement, args: LlamaArgs
             "model_path": os.fspath(s.model_path), "n_ctx": s.n_ctx, "devices": list(s.devices),
             "cache_type_k": s.cache_type_k, "cache_type_v": s.cache_type_v, "flash_attn": s.flash_attn,
             "n_ubatch": s.n_ubatch, "n_batch": s.n_batch, "n_parallel": s.n_parallel, "kv_offload": s.kv_offload,
+            "kv_unified": s.kv_unified, "no_mmap": s.no_mmap, "threads": s.threads,
         },
         "llama_cpp": {
             "argv": list(args.argv), "command": args.shell_line(),

@@ -22,10 +22,12 @@ from moeplace.oracle.compare import (
 )
 from moeplace.oracle.loading import (
     ENGINE_HINT,
+    BackendDevice,
     DeviceInfo,
     EngineError,
     LogSink,
     available,
+    backend_devices,
     buffer_types,
     captured_log,
     device_info,
@@ -45,6 +47,7 @@ from moeplace.oracle.stdmap import BufferBytes
 __all__ = [
     "COMPUTE_TOLERANCE_MIB",
     "ENGINE_HINT",
+    "BackendDevice",
     "BufferBytes",
     "CacheFigure",
     "CacheLine",
@@ -57,6 +60,7 @@ __all__ = [
     "MemoryComparison",
     "TensorBuffers",
     "available",
+    "backend_devices",
     "buffer_types",
     "captured_log",
     "compare_devices",

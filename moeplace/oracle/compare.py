@@ -24,8 +24,7 @@ from moeplace.memory import kv_bytes as kv_total
 from moeplace.model import ModelDescription
 from moeplace.oracle.memory import EngineMemory
 from moeplace.placement import HOST, Placement
-
-MIB = 1 << 20
+from moeplace.sizes import MIB
 
 # The compute-buffer estimate's documented tolerance against llama.cpp's CPU compute buffer, held over the
 # oracle's grid (docs/memory-oracle.md) and by tests/test_memory_oracle.py. An underestimate (the side that can

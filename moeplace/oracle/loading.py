@@ -233,20 +233,38 @@ def _largest_tensor(libs: _Libs, dev: int, limit: int = 1 << 40) -> int | None:
         base.ggml_free(ctx)
 
 
+@dataclass(frozen=True)
+class BackendDevice:
+    """One entry of ggml's device list: what ``llama-server --list-devices`` prints."""
+
+    name: str  # CUDA0, ROCm0, Vulkan0, MTL0, CPU
+    description: str  # the device's own name: "NVIDIA GeForce RTX 3090"
+    is_gpu: bool
+    free: int  # bytes, as ggml_backend_dev_memory reports them (what --fit plans with)
+    total: int
+
+
+def _devices(libs: _Libs) -> Iterator[tuple[int, BackendDevice]]:
+    for i in range(libs.ggml.ggml_backend_dev_count()):
+        dev = libs.ggml.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        libs.ggml.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        desc = libs.ggml.ggml_backend_dev_description(dev)
+        yield dev, BackendDevice(libs.ggml.ggml_backend_dev_name(dev).decode(), desc.decode(errors="replace")
+                                 if desc else "", libs.ggml.ggml_backend_dev_type(dev) in _GPU_DEVICE_TYPES,
+                                 int(free.value), int(total.value))
+
+
+def backend_devices() -> tuple[BackendDevice, ...]:
+    """Every device of this llama.cpp build in ggml's order, with free and total memory."""
+    return tuple(d for _, d in _devices(_libs()))
+
+
 def device_info() -> tuple[DeviceInfo, ...]:
     """Every GPU device of this build with its memory and the largest weight it takes."""
     libs = _libs()
-    out = []
-    for i in range(libs.ggml.ggml_backend_dev_count()):
-        dev = libs.ggml.ggml_backend_dev_get(i)
-        if libs.ggml.ggml_backend_dev_type(dev) not in _GPU_DEVICE_TYPES:
-            continue
-        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
-        libs.ggml.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-        out.append(DeviceInfo(libs.ggml.ggml_backend_dev_name(dev).decode(),
-                              (libs.ggml.ggml_backend_dev_description(dev) or b"").decode(errors="replace"),
-                              int(total.value), int(free.value), _largest_tensor(libs, dev)))
-    return tuple(out)
+    return tuple(DeviceInfo(d.name, d.description, d.total, d.free, _largest_tensor(libs, dev))
+                 for dev, d in _devices(libs) if d.is_gpu)
 
 
 # --- log capture ---------------------------------------------------------------------------------------------

@@ -18,8 +18,7 @@ from moeplace.llamacpp import Override
 from moeplace.memory import RunConfig
 from moeplace.oracle.loading import captured_log, load, load_llama, log_lines, version
 from moeplace.oracle.stdmap import BufferBytes, read_breakdown
-
-MIB = 1 << 20
+from moeplace.sizes import MIB
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from gguf import GGMLQuantizationType, Keys
 
 from moeplace.errors import MoeplaceError
 from moeplace.gguf_file import GGUF_MAGIC, read_gguf
+from moeplace.infiles import check_regular
 from moeplace.model import ModelDescription
 from moeplace.routing import ModelIdentity, RoutingProfile, Source, make_profile, moe_layers, utc_now
 
@@ -59,6 +60,7 @@ def import_imatrix(path: str | os.PathLike[str], model: ModelDescription) -> Rou
     Refuses legacy ``.dat`` files (and GGUFs converted from them), files for another model, and model files.
     """
     p = Path(path)
+    check_regular(p, "imatrix", ImatrixError)
     try:
         with open(p, "rb") as fh:
             head = fh.read(4096)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from moeplace.errors import MoeplaceError
+from moeplace.infiles import check_regular
 from moeplace.model import ModelDescription
 from moeplace.routing import ModelIdentity, RoutingProfile, Source, make_profile, moe_layers, utc_now
 
@@ -40,10 +41,7 @@ class TraceError(MoeplaceError):
 
 def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     """Non-empty, non-comment rows with their 1-based line numbers."""
-    if not path.exists():
-        raise TraceError(f"{path}: no such file")
-    if path.is_dir():
-        raise TraceError(f"{path}: is a directory, not a trace CSV")
+    check_regular(path, "trace CSV", TraceError)
     with open(path, newline="", encoding="utf-8") as fh:
         try:
             reader = csv.reader(fh)
