@@ -323,8 +323,9 @@ def compute_terms(model: ModelDescription, cfg: RunConfig) -> ComputeTerms:
     at the default ubatch 512 (the +24% is the mask term on Llama/Qwen3 shapes at 64K, which those graphs free
     before the logits). Over the wider grid of benchmarks/memory_oracle.py (docs/memory-oracle.md, contexts up to
     128K) it is -45 .. +128 MiB: never more than 64 MiB under, and more than that over only at 128K, where the same
-    mask term reaches +48%. The split between
-    devices (:func:`memory_by_device`) is a rule, not a measurement: no GPU build was available to fit it."""
+    mask term reaches +48%. The split between devices (:func:`compute_bytes_by_device`) is measured for Vulkan
+    only (:func:`_vulkan_compute`, fitted to the Vulkan oracle on the software device); for CUDA, ROCm, SYCL and
+    Metal it is a stated rule, not a measurement."""
     hp = model.hparams
     shape = context_shape(model, cfg)
     n_kv = shape.n_ctx_seq + (shape.swa_cells if hp.n_swa and any(hp.swa_layers) else 0)
