@@ -461,8 +461,7 @@ def compute_bytes_by_device(model: ModelDescription, placement: Placement, cfg: 
 # n_embd (E):
 VK_FFN_E = 48  # the FFN phase of a block on the device: 12 W + 48 E + mask (the CPU's is 12 W + 16 E + mask)
 VK_COPY_E = 64  # activations live beside an op-offload weight copy (qwen3-30b: 172 MiB = 108 MiB copy + 64 E x 512)
-VK_SPLIT_REST_E = 32  # a block without expert FFN on the device when the experts' outputs are left to the host
-VK_SPLIT_MASKS = 2.5  # masks live beside that copy when layers run on both the host and the device (fitted, 4K-128K)
+VK_SPLIT_MASKS = 3.0  # masks live beside that copy when layers run on both the host and the device (fitted, 4K-128K)
 
 
 def _vulkan_compute(model: ModelDescription, placement: Placement, cfg: RunConfig, terms: ComputeTerms,
@@ -522,7 +521,7 @@ def _vulkan_compute(model: ModelDescription, placement: Placement, cfg: RunConfi
         ffn_here = not hp.n_expert or any(
             accepts(g.name, t.nbytes) and (placement.tensor_devices.get(t.name) == g.name or offload)
             for t in experts)
-        phase = ffn if ffn_here else (VK_SPLIT_REST_E if split_ffn else VK_FFN_E) * E
+        phase = ffn if ffn_here else VK_FFN_E * E  # 27-64 E measured (qwen3-235b, glm-4.5-air, qwen3-next)
         act = ub * (phase + (mask if attn_here else 0)) if runs else 0
         if runs and taken:
             act = max(act, max(taken) + ub * mask)
