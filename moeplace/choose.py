@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from moeplace.configure import choose_config
 from moeplace.emit.args import RunSettings, build_args
 from moeplace.errors import MoeplaceError
 from moeplace.gguf_file import SPLIT_PATTERN
@@ -19,7 +20,7 @@ from moeplace.hardware import Device
 from moeplace.memory import RunConfig
 from moeplace.model import ModelDescription, describe
 from moeplace.placement import HOST
-from moeplace.planner import Plan, Workload, choose_config
+from moeplace.planner import Plan, Workload
 from moeplace.remote import (
     HfRef,
     ReadStats,

@@ -39,8 +39,9 @@ from moeplace.errors import MoeplaceError
 from moeplace.hardware import Device
 from moeplace.memory import MIB, RunConfig
 from moeplace.model import ModelDescription, Role
+from moeplace.pins import Pin
 from moeplace.placement import HOST
-from moeplace.planner import Pin, Plan, PlanError, Workload, plan
+from moeplace.planner import Plan, PlanError, Workload, plan
 from moeplace.speed import ExpertProbs, host_copy_bandwidth, routing_matrix
 from moeplace.targets.base import Target
 

@@ -15,38 +15,27 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-
-try:  # the regex parser moved in Python 3.11; sre_parse still works there but warns
-    import re._constants as _sre  # type: ignore[import-not-found]
-    import re._parser as _sre_parser  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - Python 3.10
-    import sre_constants as _sre  # type: ignore[no-redef]
-    import sre_parse as _sre_parser  # type: ignore[no-redef]
 
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import Device, runtime_overhead
 from moeplace.memory import (
     DEFAULT_MARGIN,
-    MIB,
     RunConfig,
     compute_terms,
     context_ladder,
-    context_shape,
     gpu_fits,
     kv_bytes_per_layer,
     memory_by_device,
-    validate,
 )
 from moeplace.model import ModelDescription, Role, Tensor
+from moeplace.pins import Pin
 from moeplace.placement import HOST, Placement, default_tensor_device, host_fallback, layer_placement
 from moeplace.sizes import GIB, format_size
 from moeplace.solver import HOST_INDEX, LayerItems, Movable, Problem, Solution, solve, solve_cp_sat
-from moeplace.speed import PAGEABLE_COPY_FACTOR, Estimate, ExpertProbs, LinearCosts, estimate, linear_seconds
+from moeplace.speed import Estimate, ExpertProbs, LinearCosts, estimate, linear_seconds
 from moeplace.targets.base import BaselineContext, LayerOrder, Target
-from moeplace.targets.llamacpp_rules import check_portable_pattern
 
 
 class PlanError(MoeplaceError):
@@ -85,73 +74,6 @@ def parse_workload(text: str, n_parallel: int = 1) -> Workload:
         raise PlanError(f"workload '{text[:40]}': use chat, long-prompt, batch, or a ratio of prompt to generated "
                         f"tokens such as 8:1 (at most {MAX_PROMPT_RATIO:g}:1)")
     return Workload(text.strip(), ratio, n_parallel)
-
-
-@dataclass(frozen=True)
-class Pin:
-    """``--pin REGEX=DEVICE``: every loaded tensor whose name the regex searches into lives on DEVICE."""
-
-    pattern: str
-    device: str
-
-
-def parse_pin(text: str, devices: Sequence[str]) -> Pin:
-    """Parses ``REGEX=DEVICE`` (the last ``=`` separates them) and checks both."""
-    pattern, sep, device = text.rpartition("=")
-    if not sep or not pattern or not device:
-        raise PlanError(f"--pin '{text}': write REGEX=DEVICE, e.g. --pin 'blk\\.(0|1)\\.ffn_.*_exps=CPU'")
-    if device not in devices:
-        raise PlanError(f"--pin '{text}': unknown device '{device}'; the devices are {', '.join(devices)}")
-    try:
-        re.compile(pattern)
-        check_portable_pattern(pattern)
-    except re.error as e:
-        raise PlanError(f"--pin '{text}': not a valid regular expression ({e})") from None
-    problem = backtracking_risk(pattern)
-    if problem:
-        raise PlanError(f"--pin '{text}': {problem}")
-    return Pin(pattern, device)
-
-
-_REPEATS = tuple(getattr(_sre, n) for n in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT") if hasattr(_sre, n))
-# More adjacent open-ended repeats than this (.*a.*b.*c.*d.*) cost n^k steps on a failing name.
-MAX_OPEN_REPEATS = 4
-
-
-def backtracking_risk(pattern: str) -> str:
-    """Why matching ``pattern`` could take exponential or high-polynomial time, or "" when it cannot.
-
-    Python's ``re`` has no timeout and llama.cpp's std::regex backtracks too (recursively, so it can also run
-    out of stack), so a pin like ``(a+)+`` would hang both. Refused: a repeat inside a repeated group
-    (``(a+)+``, ``(.*x){9}``), an alternation inside one (``(a|ab)*``), and more than
-    :data:`MAX_OPEN_REPEATS` open-ended repeats in all. Tensor-name pins never need these."""
-    tree = _sre_parser.parse(pattern)
-    open_repeats = 0
-    stack: list[tuple[Any, bool]] = [(tree, False)]
-    while stack:
-        items, repeated = stack.pop()
-        for op, av in items:
-            if op in _REPEATS:
-                lo, hi, sub = av
-                if hi != lo:
-                    if repeated:
-                        return ("a repeat inside a repeated group, such as (a+)+, can take exponential time here "
-                                "and in llama.cpp; repeat the group or its content, not both")
-                    open_repeats += hi == _sre.MAXREPEAT
-                stack.append((sub, repeated or hi > 1))
-            elif op is _sre.BRANCH:
-                if repeated:
-                    return ("an alternation inside a repeated group, such as (a|ab)*, can take exponential time here "
-                            "and in llama.cpp; list the alternatives without repeating them")
-                stack.extend((b, repeated) for b in av[1])
-            elif op is _sre.SUBPATTERN:
-                stack.append((av[-1], repeated))
-            elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
-                stack.append((av[1], repeated))
-    if open_repeats > MAX_OPEN_REPEATS:
-        return (f"{open_repeats} open-ended repeats (* or +) can take n^{open_repeats} steps on a name that fails "
-                f"to match; use at most {MAX_OPEN_REPEATS}")
-    return ""
 
 
 @dataclass(frozen=True)
@@ -212,8 +134,8 @@ class Plan:
     def score(self, placement: Placement, name: str, note: str = "") -> Candidate:
         """Another placement scored exactly as the plan was (same settings, workload, profile and margin): what
         an engine that cannot express the plan gets instead."""
-        return _score(self.model, placement, self.cfg, self.devices, self.workload, self.profile, self.margin, name,
-                      note)
+        return score_placement(self.model, placement, self.cfg, self.devices, self.workload, self.profile,
+                               self.margin, name, note)
 
     @property
     def placement(self) -> Placement:
@@ -337,7 +259,7 @@ def _placement_of(model: ModelDescription, problem: Problem, sol: Solution, pinn
 # --- scoring and baselines ------------------------------------------------------------------------------------
 
 
-def _score(model: ModelDescription, placement: Placement, cfg: RunConfig, devices: Mapping[str, Device],
+def score_placement(model: ModelDescription, placement: Placement, cfg: RunConfig, devices: Mapping[str, Device],
            workload: Workload, profile: ExpertProbs | None, margin: int, name: str, note: str = "") -> Candidate:
     placement = host_fallback(model, placement, {n: d.max_tensor for n, d in devices.items()})
     est = estimate(model, placement, cfg, devices, profile, batch=workload.batch, margin=margin)
@@ -362,7 +284,7 @@ def baselines(model: ModelDescription, cfg: RunConfig, devices: Mapping[str, Dev
 
     split = tuple(float(devices[g].memory) for g in gpus) if len(gpus) > 1 else None
     ctx = BaselineContext(model, devices, gpus, split, mem, fits)
-    return [_score(model, b.placement, cfg, devices, workload, profile, margin, b.name, b.note)
+    return [score_placement(model, b.placement, cfg, devices, workload, profile, margin, b.name, b.note)
             for b in target.baselines(ctx)]
 
 
@@ -475,7 +397,7 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
         sol = cp
     elapsed = time.perf_counter() - t0
     placement = _placement_of(model, problem, sol, pinned)
-    chosen = _score(model, placement, cfg, devices, workload, profile, margin, "moeplace")
+    chosen = score_placement(model, placement, cfg, devices, workload, profile, margin, "moeplace")
     base = baselines(model, cfg, devices, workload, profile, margin, target) if with_baselines and not pins else []
     # A tie is not a win: the same prediction summed in another order differs in the last bit.
     better = [b for b in base if b.fits and b.seconds < chosen.seconds * (1 - TIE_RTOL)]
@@ -550,167 +472,3 @@ def auto_context(model: ModelDescription, devices: Mapping[str, Device], cfg: Ru
     best = max((p for p in trade if p.chosen.fits and p.chosen.decode_tps >= floor),
                key=lambda p: p.cfg.n_ctx, default=trade[0])
     return best, trade
-
-
-# --- the run configuration -------------------------------------------------------------------------------------
-
-# Physical batch sizes tried when -ub is not given: llama.cpp's default 512, and powers of two around it. Below 32
-# tokens op offload stops; above 8192 the compute buffer (logits of every token) outgrows a desktop GPU's memory.
-UBATCH_LADDER = (256, 512, 1024, 2048, 4096, 8192)
-# A quantized KV cache costs accuracy the speed model does not see: moeplace picks q8_0 over f16 only when it is
-# predicted at least this much faster for the workload.
-KV_QUANT_MIN_GAIN = 0.10
-# Configurations within this much of the fastest are ties, settled for the one nearest llama.cpp's defaults.
-CONFIG_TIE = 0.01
-# Settings the search may choose, under RunConfig's field names (the CLI passes those the user gave as pinned).
-CONFIG_FIELDS = ("n_ubatch", "n_batch", "type_k", "type_v", "n_seq_max", "kv_unified", "no_mmap")
-
-
-@dataclass(frozen=True)
-class ConfigChoice:
-    """The plan of the chosen run configuration, every configuration tried (fastest first), and why it won."""
-
-    plan: Plan
-    trade: tuple[Plan, ...]
-    why: tuple[str, ...]
-    pinned: frozenset[str]
-
-
-def _distance_from_defaults(cfg: RunConfig) -> tuple[int, int]:
-    default = RunConfig()
-    return (int(cfg.type_k != default.type_k or cfg.type_v != default.type_v),
-            abs(cfg.n_ubatch.bit_length() - default.n_ubatch.bit_length()))
-
-
-def _gpu_bytes(p: Plan) -> int:
-    return sum(b.total for n, b in p.estimate.memory.items() if n != HOST)
-
-
-def choose_config(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
-                  pinned: Sequence[str] = (), workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN,
-                  pins: Sequence[Pin] = (), profile: ExpertProbs | None = None, solver: str = "dp",
-                  time_limit: float = 10.0, target: Target | None = None,
-                  with_baselines: bool = True) -> ConfigChoice:
-    """The run configuration chosen with the placement: every setting of :data:`CONFIG_FIELDS` not in ``pinned``
-    is chosen for ``workload``, each candidate planned in full (a larger ``-ub`` grows the compute buffers, which
-    leaves the solver less VRAM for experts), and the fastest predicted one that fits wins.
-
-    * ``-ub``/``-b``: each of :data:`UBATCH_LADDER` up to the context; ``-b`` at least ``-ub``;
-    * ``-ctk/-ctv``: f16, or q8_0 when it is :data:`KV_QUANT_MIN_GAIN` faster;
-    * ``-np``/``-kvu``: a batch workload's sequences get one slot each, sharing one KV buffer;
-    * ``--no-mmap``: host weights in pinned memory (faster op-offload copies) wherever the host's share fits in
-      RAM without paging, and there is a GPU to copy to."""
-    fixed = frozenset(pinned)
-    unknown = fixed - set(CONFIG_FIELDS)
-    if unknown:
-        raise PlanError(f"unknown run settings {', '.join(sorted(unknown))}: use {', '.join(CONFIG_FIELDS)}")
-    has_gpu = any(not d.is_host for d in devices.values())
-    base = cfg
-    if workload.batch > 1 and "n_seq_max" not in fixed:
-        base = base.with_(n_seq_max=workload.batch, kv_unified=True if "kv_unified" not in fixed else base.kv_unified)
-    if "no_mmap" not in fixed:
-        base = base.with_(no_mmap=has_gpu and model.is_moe)
-    n_ctx = context_shape(model, base).n_ctx
-    if "n_ubatch" in fixed:
-        ubs = [base.n_ubatch]
-    else:
-        limit = base.n_batch if "n_batch" in fixed else max(n_ctx, UBATCH_LADDER[0])
-        ubs = [u for u in UBATCH_LADDER if u <= limit] or [min(base.n_ubatch, limit)]
-    kvs = [(base.type_k, base.type_v)]
-    if not fixed & {"type_k", "type_v"}:
-        kvs = [("f16", "f16"), ("q8_0", "q8_0")]
-    tried: list[Plan] = []
-    errors: list[str] = []
-    for ub in ubs:
-        for tk, tv in kvs:
-            c = base.with_(n_ubatch=ub, n_batch=base.n_batch if "n_batch" in fixed else max(RunConfig().n_batch, ub),
-                           type_k=tk, type_v=tv)
-            try:
-                validate(model, c)
-                p = plan(model, devices, c, workload=workload, margin=margin, pins=pins, profile=profile,
-                         solver=solver, time_limit=time_limit, target=target,
-                 with_baselines=with_baselines)
-                if c.no_mmap and not p.estimate.host.fits:  # pinned memory cannot be paged: keep mmap here
-                    p = plan(model, devices, c.with_(no_mmap=False), workload=workload, margin=margin, pins=pins,
-                             profile=profile, solver=solver, time_limit=time_limit, target=target,
-                 with_baselines=with_baselines)
-            except MoeplaceError as e:
-                errors.append(str(e))
-                continue
-            tried.append(p)
-    if not tried:
-        raise PlanError(errors[0] if errors else "no run configuration could be planned")
-    fitting = [p for p in tried if p.chosen.fits] or tried
-    f16 = [p for p in fitting if p.cfg.type_k in ("f16", "bf16", "f32") and p.cfg.type_v in ("f16", "bf16", "f32")]
-    best_f16 = min((p.chosen.seconds for p in f16), default=float("inf"))
-    eligible = [p for p in fitting if p in f16 or "type_k" in fixed or "type_v" in fixed
-                or p.chosen.seconds <= best_f16 * (1 - KV_QUANT_MIN_GAIN)] or fitting
-    fastest = min(p.chosen.seconds for p in eligible)
-    winner = min((p for p in eligible if p.chosen.seconds <= fastest * (1 + CONFIG_TIE)),
-                 key=lambda p: (_distance_from_defaults(p.cfg), p.chosen.seconds))
-    if winner.cfg.no_mmap and "no_mmap" not in fixed:
-        # Pinned memory only pays where experts are copied to a GPU: without a gain, keep llama.cpp's mmap (it
-        # loads faster and lets the kernel drop pages).
-        mapped = plan(model, devices, winner.cfg.with_(no_mmap=False), workload=workload, margin=margin, pins=pins,
-                      profile=profile, solver=solver, time_limit=time_limit, target=target,
-                 with_baselines=with_baselines)
-        if mapped.chosen.fits and mapped.chosen.seconds <= winner.chosen.seconds * (1 + CONFIG_TIE):
-            tried[tried.index(winner)] = winner = mapped
-    trade = tuple(sorted(tried, key=lambda p: p.chosen.seconds))
-    return ConfigChoice(winner, trade, tuple(_why(model, devices, winner, tried, workload, fixed, best_f16,
-                                                  margin, profile)), fixed)
-
-
-def _why(model: ModelDescription, devices: Mapping[str, Device], win: Plan, tried: Sequence[Plan],
-         workload: Workload, fixed: frozenset[str], best_f16: float, margin: int,
-         profile: ExpertProbs | None) -> list[str]:
-    """Why the winner won, in the speed model's own terms, against llama.cpp's defaults (-ub 512, f16 KV)."""
-    out = []
-    c = win.cfg
-    ref = next((p for p in tried if p.cfg.n_ubatch == RunConfig().n_ubatch and p.cfg.type_k == c.type_k
-                and p.cfg.type_v == c.type_v), None)
-    per = f"{workload.prompt_per_generated:g} prompt tokens per generated token ({workload.name})"
-    if "n_ubatch" not in fixed and ref is not None and ref is not win:
-        a, b = ref.estimate.prefill, win.estimate.prefill
-        gpu = next((n for n, d in devices.items() if not d.is_host), None)
-        line = (f"-ub {c.n_ubatch}: prompt {b.tokens_per_second:.0f} tok/s against {a.tokens_per_second:.0f} at -ub "
-                f"{ref.cfg.n_ubatch}")
-        if gpu and a.transfer_bytes and b.transfer_bytes:
-            line += (f" (experts in RAM are copied to {gpu} once per ubatch: {a.transfer_bytes / a.n_ubatch / MIB:.1f} "
-                     f"MiB per prompt token at -ub {a.n_ubatch}, {b.transfer_bytes / b.n_ubatch / MIB:.1f} at "
-                     f"-ub {b.n_ubatch})")
-        cb = {n: x.compute for n, x in win.estimate.memory.items() if n != HOST}
-        ca = {n: x.compute for n, x in ref.estimate.memory.items() if n != HOST}
-        line += (f"; decode {win.chosen.decode_tps:.2f} tok/s against {ref.chosen.decode_tps:.2f}")
-        if gpu and gpu in cb and gpu in ca:
-            line += (f" ({gpu}'s compute buffer {format_size(cb[gpu])} instead of {format_size(ca[gpu])} leaves that "
-                     "much less room for experts)")
-        line += (f"; for {per} that is {win.chosen.seconds * 1e3:.1f} ms per generated token against "
-                 f"{ref.chosen.seconds * 1e3:.1f}")
-        out.append(line)
-    elif "n_ubatch" not in fixed and len({p.cfg.n_ubatch for p in tried}) > 1:
-        out.append(f"-ub {c.n_ubatch} (llama.cpp's default): no other ubatch is more than {CONFIG_TIE:.0%} faster "
-                   f"for {per}")
-    if not fixed & {"type_k", "type_v"}:
-        if c.type_k == "q8_0":
-            out.append(f"-ctk/-ctv q8_0: {100 * (1 - win.chosen.seconds / best_f16):.0f}% faster than the best f16 "
-                       f"cache (it takes a quantized cache only above {KV_QUANT_MIN_GAIN:.0%})")
-        else:
-            q8 = min((p.chosen.seconds for p in tried if p.cfg.type_k == "q8_0"), default=None)
-            if q8 is not None:
-                out.append(f"-ctk/-ctv f16: q8_0 would be {100 * (1 - q8 / win.chosen.seconds):.1f}% faster, below "
-                           f"the {KV_QUANT_MIN_GAIN:.0%} that would pay for its accuracy cost")
-    if "n_seq_max" not in fixed and c.n_seq_max > 1:
-        out.append(f"-np {c.n_seq_max} -kvu: the {workload.name} workload decodes {workload.batch} sequences "
-                   "together, one slot each, sharing one KV buffer")
-    if "no_mmap" not in fixed and c.no_mmap:
-        mm = _score(model, win.placement, c.with_(no_mmap=False), devices, workload, profile, margin, "mmap")
-        host_w = format_size(win.estimate.memory[HOST].weights)
-        out.append(f"--no-mmap: the host's {host_w} of weights fit in RAM, so they go to pinned memory and are "
-                   f"copied to the GPU {1 / PAGEABLE_COPY_FACTOR:.1f}x faster: "
-                   f"prompt {win.chosen.prefill_tps:.0f} tok/s against {mm.prefill_tps:.0f} with mmap")
-    elif "no_mmap" not in fixed and any(not d.is_host for d in devices.values()) and model.is_moe:
-        why = ("pinned memory would not speed it up (no experts are copied from RAM to a GPU)" if win.estimate.host.fits
-               else "the host's share does not fit in RAM without paging, and pinned memory cannot be paged")
-        out.append(f"mmap kept (llama.cpp's default): {why}")
-    return out

@@ -16,18 +16,9 @@ from moeplace.hardware import device_set, host_device, parse_gpus
 from moeplace.llamacpp import apply
 from moeplace.memory import RunConfig
 from moeplace.model import Role, load_model
+from moeplace.pins import parse_pin
 from moeplace.placement import HOST
-from moeplace.planner import (
-    KV_QUANT_MIN_GAIN,
-    WORKLOADS,
-    ConfigChoice,
-    PlanError,
-    auto_context,
-    choose_config,
-    parse_pin,
-    parse_workload,
-    plan,
-)
+from moeplace.planner import WORKLOADS, PlanError, auto_context, parse_workload, plan
 
 MODELS = ["qwen3-30b-a3b", "qwen3-235b-a22b", "deepseek-v3", "gpt-oss-20b", "gpt-oss-120b", "mixtral-8x7b",
           "glm-4.5-air", "qwen3-next-80b-a3b", "llama-3-8b"]
@@ -138,15 +129,6 @@ def test_no_tensor_larger_than_a_vulkan_device_takes_is_planned_there(model_path
         plan(m, soft, RunConfig(), pins=[parse_pin(r"blk\.0\.ffn_down_exps=Vulkan0", list(soft))])
 
 
-def test_bad_pins() -> None:
-    with pytest.raises(PlanError, match="unknown device 'CUDA7'"):
-        parse_pin("exps=CUDA7", ["CPU", "CUDA0"])
-    with pytest.raises(PlanError, match="REGEX=DEVICE"):
-        parse_pin("no-equals-sign", ["CPU"])
-    with pytest.raises(PlanError, match="not a valid regular expression"):
-        parse_pin("blk.(=CPU", ["CPU"])
-
-
 def test_budget_too_small_names_the_minimum(model_path: Callable[[str], Path]) -> None:
     m = load_model(model_path("deepseek-v3"))
     with pytest.raises(PlanError, match=r"no GPU has room for any layer: .* need [0-9.]+ [MG]iB"):
@@ -222,76 +204,3 @@ def test_time_limit_is_the_whole_runs(model_path: Callable[[str], Path]) -> None
 
 
 # --- the run configuration ---------------------------------------------------------------------------------------
-
-
-def one_3090(ram: str = "64G") -> dict:
-    from moeplace.sizes import parse_size
-
-    gpus = parse_gpus(["rtx3090"])
-    return device_set(gpus, host_device(parse_size(ram), "ddr5-6000x2", gpus))
-
-
-def test_long_prompt_chooses_a_large_ubatch_for_the_reason_the_cost_model_gives(
-        model_path: Callable[[str], Path]) -> None:
-    """gpt-oss-120b on one 24 GB GPU: experts in RAM are copied over PCIe once per ubatch, so a long-prompt
-    workload pays for a larger compute buffer with fewer copies per token. Without op offload nothing is copied,
-    and the same search keeps a small ubatch: the choice comes from the cost terms, not from a rule about names."""
-    m = load_model(model_path("gpt-oss-120b"))
-    devs = one_3090()
-    cfg = RunConfig(n_ctx=32768)
-    long = choose_config(m, devs, cfg, workload=WORKLOADS["long-prompt"])
-    assert long.plan.cfg.n_ubatch >= 2048 and long.plan.cfg.n_batch >= long.plan.cfg.n_ubatch
-    by_ub = {p.cfg.n_ubatch: p for p in long.trade if p.cfg.type_k == long.plan.cfg.type_k}
-    small, big = by_ub[512], by_ub[long.plan.cfg.n_ubatch]
-    per_token = [p.estimate.prefill.transfer_bytes / p.estimate.prefill.n_ubatch for p in (small, big)]
-    assert per_token[1] < per_token[0] / 2  # the copies are amortised over more tokens
-    assert big.chosen.prefill_tps > 2 * small.chosen.prefill_tps
-    assert big.estimate.memory["CUDA0"].compute > small.estimate.memory["CUDA0"].compute  # and that costs VRAM
-    assert big.chosen.decode_tps < small.chosen.decode_tps
-    assert any(w.startswith(f"-ub {long.plan.cfg.n_ubatch}: prompt") and "copied to CUDA0" in w for w in long.why)
-    assert all(p.chosen.fits for p in long.trade)
-    no_copy = choose_config(m, devs, cfg.with_(op_offload=False), workload=WORKLOADS["long-prompt"])
-    assert no_copy.plan.cfg.n_ubatch <= 1024
-    assert not no_copy.plan.cfg.no_mmap  # nothing is copied, so pinned memory would not help
-    assert_kv_rule(long)
-    chat = choose_config(m, devs, cfg, workload=WORKLOADS["chat"])
-    assert chat.plan.cfg.n_ubatch <= long.plan.cfg.n_ubatch
-
-
-def test_pinned_settings_are_kept(model_path: Callable[[str], Path]) -> None:
-    m = load_model(model_path("gpt-oss-120b"))
-    c = choose_config(m, one_3090(), RunConfig(n_ctx=32768, n_ubatch=512, type_k="f16", type_v="f16"),
-                      pinned=["n_ubatch", "type_k", "type_v", "no_mmap"], workload=WORKLOADS["long-prompt"])
-    assert len(c.trade) == 1 and c.plan.cfg.n_ubatch == 512 and not c.plan.cfg.no_mmap
-    with pytest.raises(PlanError, match="unknown run settings"):
-        choose_config(m, one_3090(), RunConfig(), pinned=["n_threads"])
-
-
-def assert_kv_rule(c: ConfigChoice) -> None:
-    """q8_0 only when it is KV_QUANT_MIN_GAIN faster than the best f16 cache."""
-    f16 = min(p.chosen.seconds for p in c.trade if p.cfg.type_k == "f16")
-    if c.plan.cfg.type_k == "q8_0":
-        assert c.plan.chosen.seconds <= f16 * (1 - KV_QUANT_MIN_GAIN)
-    else:
-        assert all(p.chosen.seconds > f16 * (1 - KV_QUANT_MIN_GAIN) for p in c.trade)
-
-
-def test_batch_workload_plans_the_slots_it_launches(model_path: Callable[[str], Path]) -> None:
-    m = load_model(model_path("qwen3-30b-a3b"))
-    c = choose_config(m, one_3090(), RunConfig(n_ctx=32768), workload=WORKLOADS["batch"])
-    assert_kv_rule(c)
-    assert c.plan.cfg.n_seq_max == WORKLOADS["batch"].batch and c.plan.cfg.kv_unified
-    assert c.plan.estimate.decode.batch == WORKLOADS["batch"].batch
-    kept = choose_config(m, one_3090(), RunConfig(n_ctx=32768, n_seq_max=2), pinned=["n_seq_max"],
-                         workload=parse_workload("batch", 2))
-    assert kept.plan.cfg.n_seq_max == 2
-
-
-def test_no_mmap_only_where_the_host_share_fits(model_path: Callable[[str], Path]) -> None:
-    m = load_model(model_path("gpt-oss-120b"))
-    fixed = ["n_ubatch", "type_k", "type_v"]
-    roomy = choose_config(m, one_3090("64G"), RunConfig(n_ctx=8192), pinned=fixed, workload=WORKLOADS["chat"])
-    assert roomy.plan.cfg.no_mmap and roomy.plan.estimate.host.fits
-    short = choose_config(m, one_3090("32G"), RunConfig(n_ctx=8192), pinned=fixed, workload=WORKLOADS["chat"])
-    assert not short.plan.cfg.no_mmap and not short.plan.estimate.host.fits
-    assert any("cannot be paged" in w for w in short.why)

@@ -22,6 +22,7 @@ from moeplace.cli.options import (
     run_config_from,
 )
 from moeplace.cli.whatif_view import whatif_report
+from moeplace.configure import CONFIG_FIELDS, ConfigChoice, choose_config
 from moeplace.emit.args import LlamaArgs, RunSettings, build_args
 from moeplace.emit.scripts import plan_document, prediction, write_script_set
 from moeplace.errors import MoeplaceError
@@ -30,8 +31,9 @@ from moeplace.hardware import Device
 from moeplace.memory import DEFAULT_MARGIN, RunConfig
 from moeplace.model import load_model
 from moeplace.outfiles import output_path
+from moeplace.pins import parse_pin
 from moeplace.placement import HOST
-from moeplace.planner import CONFIG_FIELDS, ConfigChoice, Plan, auto_context, choose_config, parse_pin, parse_workload
+from moeplace.planner import Plan, auto_context, parse_workload
 from moeplace.plot import placement_grid, write_grid
 from moeplace.ranges import format_ranges
 from moeplace.routing import check_profile, expert_probs
