@@ -35,7 +35,7 @@ from pathlib import Path
 
 from gguf import LlamaFileType
 
-from moeplace import engine
+from moeplace import oracle
 from moeplace.memory import RunConfig
 from moeplace.model import load_model
 from moeplace.testing import SPECS, write_model
@@ -65,7 +65,7 @@ def cpu_name() -> str:
 def measure(path: Path) -> tuple[float, float]:
     """Best seconds per generated token of two runs of 128 tokens, and per prompt token of two 128-token prompts
     (one ubatch), one thread."""
-    s = engine.measure_speed(path, RunConfig(n_ctx=512, n_batch=128, n_ubatch=128), n_prompt=128, n_gen=128,
+    s = oracle.measure_speed(path, RunConfig(n_ctx=512, n_batch=128, n_ubatch=128), n_prompt=128, n_gen=128,
                              repetitions=2, n_threads=1)
     return 1.0 / max(s.tg_runs), 1.0 / max(s.pp_runs)
 
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write", action="store_true", help="store the table in moeplace/data/speed-model.json")
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args(argv)
-    if not engine.available():
-        print(f"llama.cpp is not available: {engine.unavailable_reason()}", file=sys.stderr)
+    if not oracle.available():
+        print(f"llama.cpp is not available: {oracle.unavailable_reason()}", file=sys.stderr)
         return 1
     t0 = time.time()
     rows: dict[str, tuple[float, float]] = {}
@@ -84,14 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         src = write_model(SPEC, Path(d) / "f16.gguf")[0]
         md = load_model(src)
         matrix_elements = sum(t.n_elements for t in md.tensors if len(t.shape) >= 2 and t.role.value != "token_embd")
-        print(f"{SPEC.name}: {matrix_elements / 1e6:.0f}M matrix elements; {engine.version()}; {cpu_name()}; "
+        print(f"{SPEC.name}: {matrix_elements / 1e6:.0f}M matrix elements; {oracle.version()}; {cpu_name()}; "
               f"{os.cpu_count()} logical CPUs, measured with 1 thread", file=sys.stderr)
         files: dict[str, Path] = {}
         for ftype, gtype in TYPES:
             dst = Path(d) / f"{ftype}.gguf"
             try:
-                files[gtype] = engine.quantize(src, dst, ftype)
-            except engine.EngineError as e:
+                files[gtype] = oracle.quantize(src, dst, ftype)
+            except oracle.EngineError as e:
                 print(f"  {gtype:8s} skipped: {e}", file=sys.stderr)
         src.unlink()
         if "Q4_K" not in files:
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"decode": table, "prefill": prefill}, indent=1))
     if args.write:
         doc = json.loads(PARAMS.read_text(encoding="utf-8"))
-        how = f"benchmarks/quant_cost.py on {cpu_name()}, 1 thread, {engine.version()}"
+        how = f"benchmarks/quant_cost.py on {cpu_name()}, 1 thread, {oracle.version()}"
         doc["cpu_quant_cost"] = {"_measured": how, **table}
         PARAMS.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     print(f"{time.time() - t0:.0f} s", file=sys.stderr)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from moeplace import engine
+from moeplace import oracle
 from moeplace.calibration import DecodeSample, Measurement, gpu_bandwidths
 from moeplace.calibration import host_bandwidth as measured_host_bandwidth
 from moeplace.errors import MoeplaceError
@@ -41,7 +41,7 @@ class Run:
     name: str
     placement: Placement
     predicted: Estimate
-    measured: engine.EngineSpeed
+    measured: oracle.EngineSpeed
     ngl: int
     tensor_split: tuple[int, ...] | None
     overrides: tuple[Override, ...]
@@ -110,7 +110,7 @@ def llama_bench_args(binary: str | os.PathLike[str], model: str | os.PathLike[st
     return args
 
 
-def parse_llama_bench_json(text: str, origin: str = "llama-bench") -> engine.EngineSpeed:
+def parse_llama_bench_json(text: str, origin: str = "llama-bench") -> oracle.EngineSpeed:
     """The pp and tg results of one llama-bench configuration (``-o json``: one object per test, ``avg_ts`` and
     ``samples_ts`` in tokens/s; a pp test has ``n_gen`` 0, a tg test ``n_prompt`` 0)."""
     try:
@@ -128,7 +128,7 @@ def parse_llama_bench_json(text: str, origin: str = "llama-bench") -> engine.Eng
     try:
         build = (f"llama-bench build {g.get('build_number', '?')} ({g.get('build_commit', '?')}), "
                  f"{g.get('backends', '?')}")
-        return engine.EngineSpeed(
+        return oracle.EngineSpeed(
             pp_tps=float(p["avg_ts"]), tg_tps=float(g["avg_ts"]), n_prompt=int(p["n_prompt"]), n_gen=int(g["n_gen"]),
             repetitions=len(g.get("samples_ts") or [0]), n_threads=int(g.get("n_threads", 0)),
             pp_runs=tuple(float(x) for x in p.get("samples_ts") or [p["avg_ts"]]),
@@ -137,7 +137,7 @@ def parse_llama_bench_json(text: str, origin: str = "llama-bench") -> engine.Eng
         raise MoeplaceError(f"{origin} printed a test without {e}: not llama-bench's JSON") from None
 
 
-def run_llama_bench(args: Sequence[str], timeout: float = 3600) -> engine.EngineSpeed:
+def run_llama_bench(args: Sequence[str], timeout: float = 3600) -> oracle.EngineSpeed:
     """Runs a llama-bench command and reads its JSON."""
     try:
         done = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, check=False)
@@ -174,7 +174,7 @@ def run_placement(md: ModelDescription, name: str, placement: Placement, gpus: t
             n_prompt=timing.n_prompt, n_gen=timing.n_gen, depth=timing.depth, repetitions=timing.repetitions,
             threads=timing.threads))
     else:
-        measured = engine.measure_speed(md.paths[0], cfg, expr.overrides, timing.n_prompt, timing.n_gen,
+        measured = oracle.measure_speed(md.paths[0], cfg, expr.overrides, timing.n_prompt, timing.n_gen,
                                         n_gpu_layers=expr.ngl, tensor_split=expr.tensor_split,
                                         repetitions=timing.repetitions, n_threads=timing.threads)
     return Run(name, placement, _predict(md, placement, cfg, devices, timing.n_gen, timing.n_prompt, timing.depth),
@@ -281,7 +281,7 @@ def bench_cpu(md: ModelDescription, host: Device, cfg: RunConfig, gpus_given: bo
     """A CPU-only build, or no GPU described: everything on the CPU, and the host's bandwidth."""
     notes = []
     if gpus_given:
-        notes.append(f"--gpu given, but this llama.cpp build has no GPU backend ({engine.version()}): ran the "
+        notes.append(f"--gpu given, but this llama.cpp build has no GPU backend ({oracle.version()}): ran the "
                      "CPU-only placement; GPU figures need a GPU build (or --llama-bench with one) and a GPU")
     else:
         notes.append("CPU only: GPU figures need a GPU build of llama-cpp-python, a GPU and --gpu")
@@ -297,7 +297,7 @@ def run_bench(md: ModelDescription, devices: dict[str, Device], cfg: RunConfig, 
     """Benchmarks ``md`` in llama.cpp: with a GPU build and GPUs described, the plans and baselines (and fitted
     GPU bandwidths); otherwise the CPU-only placement (and the host's bandwidth). Returns the runs, the
     measurements for a calibration file, and notes for the user."""
-    sparse = engine.sparse_files(md.paths)
+    sparse = oracle.sparse_files(md.paths)
     if sparse:
         raise MoeplaceError(f"{sparse[0]} is header-only (a sparse file without its weights): it can be planned "
                             "but not benchmarked; bench a model with real weights")
@@ -309,10 +309,10 @@ def run_bench(md: ModelDescription, devices: dict[str, Device], cfg: RunConfig, 
         return bench_cpu(md, devices[HOST], cfg, False, n_plans, timing)
     if timing.depth:
         raise MoeplaceError("-d/--depth needs --llama-bench: llama-cpp-python measures from an empty context")
-    if not engine.available():
-        raise MoeplaceError(f"bench runs the model in llama.cpp, which is not available: {engine.unavailable_reason()}"
+    if not oracle.available():
+        raise MoeplaceError(f"bench runs the model in llama.cpp, which is not available: {oracle.unavailable_reason()}"
                             "; or give your own llama-bench with --llama-bench PATH")
-    build_gpus = engine.gpu_devices()
+    build_gpus = oracle.gpu_devices()
     if gpu_names and build_gpus:
         return bench_gpus(md, devices, cfg, gpu_names, build_gpus, n_plans, margin, timing)
     return bench_cpu(md, devices[HOST], cfg, bool(gpu_names), n_plans, timing)

@@ -62,6 +62,9 @@ class Device:
     link_latency: float = 0.0  # seconds per switch of decoding to or from this device (graph split sync + copy)
     compute_efficiency: float = 1.0  # fraction of ``flops`` reached in prompt processing (GPU matrix kernels)
     pool: int = 0  # unified memory: the whole pool the GPU shares with the host (its ``memory`` is the GPU's part)
+    # The largest weight the backend accepts on this device (0: no limit). llama.cpp's loader keeps a larger one in
+    # host memory even at -ngl 999, and an -ot sending it to the device aborts (Vulkan: maxStorageBufferRange).
+    max_tensor: int = 0
     notes: tuple[str, ...] = field(default=(), compare=False)
     # The host's compute side (decode is limited by memory AND compute there): llama.cpp threads (-t), physical
     # cores, NUMA nodes, what one thread can draw from RAM, Q4_K elements one core handles per second in decode,
@@ -135,6 +138,7 @@ class Preset:
     pcie: str
     unified: bool
     source: str
+    max_tensor: int = 0  # bytes; 0: the backend's default (Catalog.max_tensor)
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,7 @@ class Catalog:
     overhead: Mapping[str, int]
     disk_bandwidth: float
     switch_latency: Mapping[str, float]
+    max_tensor: Mapping[str, int] = field(default_factory=dict)  # per backend, bytes
 
     def preset(self, name: str) -> Preset | None:
         key = _norm(name)
@@ -244,7 +249,7 @@ def build_catalog(texts: Iterable[str]) -> Catalog:
                 key=key, label=spec["label"], backend=spec["backend"], memory=usable, total_memory=total,
                 bandwidth=float(spec["bandwidth_gbs"]) * GB, power=float(spec["power_w"]),
                 flops=float(spec.get("fp16_tflops", 0.0)) * 1e12, pcie=spec.get("pcie", ""), unified=unified,
-                source=spec.get("source", ""),
+                source=spec.get("source", ""), max_tensor=int(spec.get("max_tensor_bytes", 0)),
             )
             for alias in spec.get("aliases", []):
                 aliases[_norm(alias)] = k
@@ -262,6 +267,7 @@ def build_catalog(texts: Iterable[str]) -> Catalog:
         overhead={k: int(v) << 20 for k, v in merged.get("_overhead_mib", {}).items() if not k.startswith("_")},
         disk_bandwidth=float(merged.get("disk_gbs", 3.0)) * GB,
         switch_latency={k: float(v) * 1e-6 for k, v in merged.get("switch_latency_us", {}).items()},
+        max_tensor={k: int(v) for k, v in merged.get("_max_tensor_bytes", {}).items() if not k.startswith("_")},
     )
 
 
@@ -342,6 +348,7 @@ def _gpu_from_item(item: str, backend: str | None, cat: Catalog, params: SpeedPa
             unified=preset.unified, flops=preset.flops, idle_power=0.1 * preset.power,
             pool=preset.total_memory if preset.unified else 0,
             link_latency=cat.switch_latency.get("unified" if preset.unified else "pcie", 2e-5),
+            max_tensor=preset.max_tensor if b == preset.backend and preset.max_tensor else cat.max_tensor.get(b, 0),
         )
     else:
         m = _SIZE_AT_BW.match(text)
@@ -367,7 +374,7 @@ def _gpu_from_item(item: str, backend: str | None, cat: Catalog, params: SpeedPa
             name="", backend=b, label=label, memory=size, bandwidth=bw, efficiency=params.efficiency.get(b, 0.6),
             power=power, link_bandwidth=link_bandwidth(str(gen.get("pcie", "4.0x16")), cat), link_assumed=True,
             flops=float(gen.get("fp16_tflops", 50)) * 1e12, idle_power=0.1 * power, notes=tuple(notes),
-            link_latency=cat.switch_latency.get("pcie", 2e-5),
+            link_latency=cat.switch_latency.get("pcie", 2e-5), max_tensor=cat.max_tensor.get(b, 0),
         )
     if rpc_host is not None:
         dev = replace(dev, name=f"RPC[{rpc_host}]", backend="rpc",

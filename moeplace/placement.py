@@ -63,3 +63,20 @@ def layer_placement(model: ModelDescription, layer_devices: tuple[str, ...], out
 def all_on(model: ModelDescription, device: str) -> Placement:
     """Every layer on one device (``-ngl`` all), token embeddings on the host as llama.cpp keeps them."""
     return layer_placement(model, (device,) * model.hparams.n_layer, device)
+
+
+def host_fallback(model: ModelDescription, placement: Placement, limits: Mapping[str, int]) -> Placement:
+    """The placement after llama.cpp's loader has kept in host memory every weight its device refuses: it asks the
+    device whether it supports the op that uses the weight (``weight_buft_supported``, src/llama-model-loader.cpp)
+    and falls back to the host buffer types; Vulkan refuses a tensor larger than its storage-buffer range. ``limits``
+    maps a device to the largest tensor it takes (a device not in it, or 0, has no limit)."""
+    if not any(limits.values()):
+        return placement
+    moved = {}
+    for t in model.tensors:
+        dev = placement.tensor_devices.get(t.name, HOST)
+        if limits.get(dev) and t.nbytes > limits[dev]:
+            moved[t.name] = HOST
+    if not moved:
+        return placement
+    return Placement(placement.layer_devices, placement.output_device, {**placement.tensor_devices, **moved})

@@ -31,7 +31,7 @@ from moeplace.memory import (
 )
 from moeplace.model import ModelDescription, Role, Tensor
 from moeplace.pins import Pin
-from moeplace.placement import HOST, Placement, default_tensor_device, layer_placement
+from moeplace.placement import HOST, Placement, default_tensor_device, host_fallback, layer_placement
 from moeplace.sizes import GIB, format_size
 from moeplace.solver import HOST_INDEX, LayerItems, Movable, Problem, Solution, solve, solve_cp_sat
 from moeplace.speed import Estimate, ExpertProbs, LinearCosts, estimate, linear_seconds
@@ -165,6 +165,25 @@ def _pinned(model: ModelDescription, pins: Sequence[Pin]) -> dict[str, str]:
     return out
 
 
+def _pin_oversized(model: ModelDescription, gpus: Sequence[Device], pinned: dict[str, str]) -> None:
+    """Pins to the host every tensor larger than what some GPU takes (Vulkan's storage-buffer range: llama.cpp
+    keeps such a weight on the host, and an -ot sending it to the device aborts), so the solver never plans one
+    there; refuses a user's pin that sends one to such a GPU."""
+    limits = {g.name: g.max_tensor for g in gpus if g.max_tensor}
+    if not limits:
+        return
+    smallest = min(limits.values())
+    for t in model.loaded_tensors:
+        if t.nbytes <= smallest:
+            continue
+        dev = pinned.get(t.name)
+        if dev in limits and t.nbytes > limits[dev]:
+            raise PlanError(f"--pin sends {t.name} ({format_size(t.nbytes)}) to {dev}, whose backend takes tensors "
+                            f"of at most {format_size(limits[dev])}: llama.cpp would abort; pin it to CPU")
+        if dev is None:
+            pinned[t.name] = HOST
+
+
 def gpu_budgets(model: ModelDescription, cfg: RunConfig, gpus: Sequence[Device], margin: int) -> dict[str, int]:
     """What each GPU can give to layers: its memory less the compute buffer (reserved as if it ran both layers
     and the output, the larger case), the backend's runtime overhead and the safety margin."""
@@ -242,6 +261,7 @@ def _placement_of(model: ModelDescription, problem: Problem, sol: Solution, pinn
 
 def score_placement(model: ModelDescription, placement: Placement, cfg: RunConfig, devices: Mapping[str, Device],
            workload: Workload, profile: ExpertProbs | None, margin: int, name: str, note: str = "") -> Candidate:
+    placement = host_fallback(model, placement, {n: d.max_tensor for n, d in devices.items()})
     est = estimate(model, placement, cfg, devices, profile, batch=workload.batch, margin=margin)
     seconds = (est.decode.seconds / workload.batch
                + workload.prompt_per_generated * est.prefill.seconds / est.prefill.n_ubatch)
@@ -346,6 +366,7 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
                         f"{format_size(margin)} margin alone need {format_size(need)}; give more VRAM, or lower "
                         "-ub/--ubatch-size, -c/--ctx or --margin")
     pinned = _pinned(model, pins)
+    _pin_oversized(model, gpus, pinned)
     warnings: list[str] = []
     for p in pins:
         if not any(re.search(p.pattern, t.name) for t in model.loaded_tensors):

@@ -1,4 +1,8 @@
-"""Shared fixtures: factory models are written once per test session and shared by every test module."""
+"""Shared fixtures: factory models are written once per test session and shared by every test module.
+
+Tests marked ``vulkan`` need the second llama.cpp build (Vulkan, in its own virtualenv, built by
+.ci/llama-cpp-vulkan.sh) and a Vulkan device; where either is missing they skip with the one reason
+moeplace.oracle.gpubuild gives."""
 
 from __future__ import annotations
 
@@ -7,21 +11,24 @@ from pathlib import Path
 
 import pytest
 
-from moeplace import engine
+from moeplace import oracle
+from moeplace.oracle import gpubuild
 from moeplace.testing import write_model
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The one skip rule for tests that need a real llama.cpp: mark them ``@pytest.mark.llama`` (or a module
-    ``pytestmark``) and nothing else; where llama-cpp-python cannot be imported they are skipped with the engine's
-    own one-line reason, which names the fix."""
-    marked = [item for item in items if item.get_closest_marker("llama")]
-    reason = engine.unavailable_reason() if marked else None
-    if reason is None:
-        return
-    skip = pytest.mark.skip(reason=f"needs llama.cpp: {reason}")
-    for item in marked:
-        item.add_marker(skip)
+    ``pytestmark``) and nothing else; where llama-cpp-python cannot be imported they are skipped with the oracle's
+    own one-line reason, which names the fix. ``@pytest.mark.vulkan`` likewise for the second (GPU) build."""
+    for marker, what, why in (("llama", "needs llama.cpp", oracle.unavailable_reason),
+                              ("vulkan", "Vulkan oracle", gpubuild.unavailable_reason)):
+        marked = [item for item in items if item.get_closest_marker(marker)]
+        reason = why() if marked else None
+        if reason is None:
+            continue
+        skip = pytest.mark.skip(reason=f"{what}: {reason}")
+        for item in marked:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +43,4 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
         return cache[name]
 
     return get
+

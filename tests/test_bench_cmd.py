@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from moeplace import calibration as C
-from moeplace import engine
+from moeplace import oracle
 from moeplace.cli.bench_cmd import bench
 from moeplace.cli.options import devices_from
 from moeplace.llamacpp import apply
@@ -61,7 +61,7 @@ def test_bench_writes_a_calibration_that_predicts_what_was_measured(model_path: 
 
 @pytest.mark.llama
 def test_bench_with_gpus_on_a_cpu_build_says_so(model_path: Callable[[str], Path]) -> None:
-    if engine.gpu_devices():
+    if oracle.gpu_devices():
         pytest.skip("this llama.cpp build has a GPU backend")
     code, out, err = run(str(model_path("mixtral-tiny")), *QUICK, "--gpu", "rtx4090", "--plans", "3")
     assert code == 0, err
@@ -120,16 +120,16 @@ def test_gpu_path_fits_the_gpu_bandwidth(model_path: Callable[[str], Path], tmp_
     calls = []
 
     def fake_speed(path: Path, cfg: RunConfig, overrides: tuple, n_prompt: int, n_gen: int, *, n_gpu_layers: int,
-                   tensor_split: object, repetitions: int, n_threads: object) -> engine.EngineSpeed:
+                   tensor_split: object, repetitions: int, n_threads: object) -> oracle.EngineSpeed:
         md = load_model(path)
         placement = apply(md, n_gpu_layers, tensor_split, overrides, ["CUDA0"])  # what llama.cpp would do
         calls.append((n_gpu_layers, len(overrides)))
         tg = 1.0 / decode_time(md, placement, cfg, true, batch=1, n_past=n_gen // 2).seconds
-        return engine.EngineSpeed(100.0, tg, n_prompt, n_gen, repetitions, 1, (100.0,), (tg,), "simulated")
+        return oracle.EngineSpeed(100.0, tg, n_prompt, n_gen, repetitions, 1, (100.0,), (tg,), "simulated")
 
-    monkeypatch.setattr(engine, "available", lambda: True)
-    monkeypatch.setattr(engine, "gpu_devices", lambda: ("CUDA0",))
-    monkeypatch.setattr(engine, "measure_speed", fake_speed)
+    monkeypatch.setattr(oracle, "available", lambda: True)
+    monkeypatch.setattr(oracle, "gpu_devices", lambda: ("CUDA0",))
+    monkeypatch.setattr(oracle, "measure_speed", fake_speed)
     cal_path = tmp_path / "cal.json"
     code, out, err = run(str(model_path("qwen3moe-tiny")), "--gpu", "24G@1000", "--ram", "64G", "--ram-bw", "50",
                          "--plans", "2", "-o", str(cal_path), "--json")

@@ -10,7 +10,7 @@ The build here is CPU-only, so every override targets the CPU buffer type and wh
 tensors each pattern selects* under ECMAScript ``std::regex_search`` versus moeplace's Python ``re.search``, and
 the number of layer slots. Skipped where llama_cpp is not importable (run it with the interpreter that has it,
 e.g. ``/tmp/llbuild/bin/python -m pytest tests/test_llamacpp_oracle.py``). The loading and log parsing are
-moeplace.engine's (:func:`moeplace.engine.tensor_buffers`)."""
+moeplace.oracle.s (:func:`moeplace.oracle.tensor_buffers`)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from moeplace import engine
 from moeplace import llamacpp as L
 from moeplace.model import ModelDescription, Role, load_model
+from moeplace.oracle import tensor_buffers
 from moeplace.placement import HOST, Placement
 from moeplace.testing import TINY
 
@@ -33,12 +33,12 @@ _HOST_BUFFERS = re.compile(r"^(CPU\w*|\w+_Host)$")  # CPU, CPU_REPACK (extra buf
 
 
 class Oracle:
-    """Loads a model with given overrides (every pattern to the CPU buffer type) through moeplace.engine and
+    """Loads a model with given overrides (every pattern to the CPU buffer type) through moeplace.oracle and
     reports what llama.cpp logged."""
 
     def load(self, path: Path, patterns: Sequence[str], ngl: int = 0) -> tuple[dict[str, str], list[int]]:
         """``({tensor: buffer llama.cpp logged}, [layer slot indices])`` for a no_alloc load."""
-        got = engine.tensor_buffers(path, [L.Override(p, HOST) for p in patterns], n_gpu_layers=ngl)
+        got = tensor_buffers(path, [L.Override(p, HOST) for p in patterns], n_gpu_layers=ngl)
         return dict(got.overridden), [i for i, _ in got.slots]
 
 

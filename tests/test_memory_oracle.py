@@ -3,7 +3,7 @@ representative subset of benchmarks/memory_oracle.py's grid (docs/memory-oracle.
 
 Weights: equal to llama.cpp's printed precision (MiB, two decimals), and to the byte up to ggml's 32-byte tensor
 alignment. KV: every cache's printed total and K/V (R/S) parts equal as strings, and the total bytes equal. Compute:
-within engine.COMPUTE_TOLERANCE_MIB (64 MiB) under llama.cpp's figure, and over it by at most that plus the
+within oracle.COMPUTE_TOLERANCE_MIB (64 MiB) under llama.cpp's figure, and over it by at most that plus the
 estimate's attention-mask term. The output buffer (logits) equal to the printed precision. Skipped with a reason
 where llama_cpp cannot be imported."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from moeplace import engine
+from moeplace import oracle
 from moeplace.memory import MemoryConfigError, RunConfig, validate
 from moeplace.model import load_model
 
@@ -48,7 +48,7 @@ def test_memory_model_agrees_with_llama_cpp(model_path: Callable[[str], Path], n
     model = load_model(path)
     n_loaded = sum(1 for t in model.tensors if t.loaded)
     for cfg in CASES[name]:
-        got = engine.compare_memory(model, cfg, engine.measure_memory(path, cfg))
+        got = oracle.compare_memory(model, cfg, oracle.measure_memory(path, cfg))
         where = f"{name} {cfg}"
         assert got.kv_match, f"{where}: KV caches {got.caches_ours} vs llama.cpp {got.caches_llama}"
         assert got.caches_llama, where
@@ -68,5 +68,5 @@ def test_mla_cache_type_refusals_agree(model_path: Callable[[str], Path]) -> Non
     cfg = RunConfig(type_k="q8_0", type_v="f16")
     with pytest.raises(MemoryConfigError):
         validate(load_model(path), cfg)
-    with pytest.raises(engine.EngineError, match="does not support different K"):
-        engine.measure_memory(path, cfg)
+    with pytest.raises(oracle.EngineError, match="does not support different K"):
+        oracle.measure_memory(path, cfg)

@@ -112,6 +112,23 @@ def test_pins_are_honoured(model_path: Callable[[str], Path]) -> None:
                if t.role is Role.ROUTED_EXPERT and t.block is not None and t.block < 40)
 
 
+def test_no_tensor_larger_than_a_vulkan_device_takes_is_planned_there(model_path: Callable[[str], Path]) -> None:
+    """lavapipe takes tensors of at most 128 MiB: qwen3-30b-a3b's Q6_K ffn_down_exps (157.5 MiB) and its output
+    layer must stay on the host, as llama.cpp's loader keeps them, while a 4 GiB limit lets them go to the GPU."""
+    m = load_model(model_path("qwen3-30b-a3b"))
+    soft = device_set(parse_gpus(["lavapipe"]), host_device(64 << 30, "5"))  # a slower host: the GPU pays
+    limit = soft["Vulkan0"].max_tensor
+    big = {t.name for t in m.loaded_tensors if t.nbytes > limit}
+    assert limit == 128 << 20 and any("ffn_down_exps" in n for n in big) and "output.weight" in big
+    p = plan(m, soft, RunConfig())
+    assert all(p.placement.tensor_devices[n] == HOST for n in big)
+    assert any(d == "Vulkan0" for d in p.placement.tensor_devices.values())
+    real = device_set(parse_gpus(["vulkan:rtx3090"]), host_device(64 << 30, "ddr5-6000x2"))
+    assert any(plan(m, real, RunConfig()).placement.tensor_devices[n] == "Vulkan0" for n in big)
+    with pytest.raises(PlanError, match=r"takes tensors of at most 128.00 MiB.*pin it to CPU"):
+        plan(m, soft, RunConfig(), pins=[parse_pin(r"blk\.0\.ffn_down_exps=Vulkan0", list(soft))])
+
+
 def test_budget_too_small_names_the_minimum(model_path: Callable[[str], Path]) -> None:
     m = load_model(model_path("deepseek-v3"))
     with pytest.raises(PlanError, match=r"no GPU has room for any layer: .* need [0-9.]+ [MG]iB"):

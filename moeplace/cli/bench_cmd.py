@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from moeplace import engine
+from moeplace import oracle
 from moeplace.bench import Run, Timing, dataset_row, run_bench
 from moeplace.calibration import Calibration, CalibrationError
 from moeplace.calibration import load as load_calibration
@@ -115,7 +115,7 @@ def bench(model: Path, n_plans: int, gpus: tuple[str, ...], backend: str | None,
     runs, measured, notes = run_bench(md, devices, cfg, n_plans=n_plans,
                                       margin=DEFAULT_MARGIN if margin is None else margin,
                                       timing=timing)
-    on_gpu = len(devices) > 1 and (llama_bench is not None or bool(engine.gpu_devices()))
+    on_gpu = len(devices) > 1 and (llama_bench is not None or bool(oracle.gpu_devices()))
     rows = [dataset_row(r, md, devices, cfg, timing) for r in runs]
 
     cal = Calibration(measured)
@@ -125,7 +125,7 @@ def bench(model: Path, n_plans: int, gpus: tuple[str, ...], backend: str | None,
 
     report_detected()
     if as_json:
-        doc = {"schema": "moeplace.bench/1", "model": md.name, "path": str(md.paths[0]), "engine": engine.version(),
+        doc = {"schema": "moeplace.bench/1", "model": md.name, "path": str(md.paths[0]), "engine": oracle.version(),
                "config": vars(cfg), "gpu": on_gpu, "runs": [_run_json(r) for r in runs],
                "calibration": calibration_dict(cal) if measured else None,
                "calibration_file": str(out_path) if out_path is not None and measured else None, "notes": notes,

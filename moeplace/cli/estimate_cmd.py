@@ -42,7 +42,7 @@ from moeplace.memory import (
     validate,
 )
 from moeplace.model import ModelDescription, load_model
-from moeplace.placement import HOST, Placement
+from moeplace.placement import HOST, Placement, host_fallback
 from moeplace.sizes import format_size
 from moeplace.speed import Estimate, TensorTable
 from moeplace.speed import estimate as estimate_placement
@@ -64,9 +64,10 @@ def build_placement(model: ModelDescription, gpus: Sequence[Device], n_gpu_layer
                     n_cpu_moe: int, tensor_split: Sequence[float] | None = None,
                     overrides: Sequence[Override] | None = None) -> Placement:
     """The placement llama.cpp makes of ``-ngl``, ``-ts`` and ``--cpu-moe``/``--n-cpu-moe`` (llama.cpp's own rules,
-    :mod:`moeplace.llamacpp`), or of ``overrides``, the whole ``-ot``/``--cpu-moe``/``--n-cpu-moe`` list in
-    command-line order, when given. ``n_gpu_layers`` None means all layers, llama.cpp's default with a GPU;
-    without ``-ts`` several GPUs split by memory, as llama.cpp splits by free memory."""
+    :mod:`moeplace.llamacpp`), with the weights a GPU's backend refuses kept on the host, or of ``overrides``,
+    the whole ``-ot``/``--cpu-moe``/``--n-cpu-moe`` list in command-line order, when given. ``n_gpu_layers`` None
+    means all layers, llama.cpp's default with a GPU; without ``-ts`` several GPUs split by memory, as llama.cpp
+    splits by free memory."""
     names = [g.name for g in gpus]
     ngl = -1 if n_gpu_layers is None else n_gpu_layers
     if tensor_split is not None and len(tensor_split) < len(gpus):
@@ -83,8 +84,10 @@ def build_placement(model: ModelDescription, gpus: Sequence[Device], n_gpu_layer
                                 " give a --gpu for each device the command uses")
         return apply(model, ngl, split, tuple(overrides), names)
     if cpu_moe:
-        return cpu_moe_placement(model, names, ngl, split)
-    return n_cpu_moe_placement(model, n_cpu_moe, names, ngl, split)
+        placement = cpu_moe_placement(model, names, ngl, split)
+    else:
+        placement = n_cpu_moe_placement(model, n_cpu_moe, names, ngl, split)
+    return host_fallback(model, placement, {g.name: g.max_tensor for g in gpus})
 
 
 def context_table(model: ModelDescription, placement: Placement, cfg: RunConfig, devices: dict[str, Device],

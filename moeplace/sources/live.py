@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from moeplace import engine
+from moeplace import oracle
 from moeplace.errors import MoeplaceError
+from moeplace.memory import RunConfig
 from moeplace.model import ModelDescription
 from moeplace.routing import ModelIdentity, RoutingProfile, Source, make_profile, moe_layers, utc_now
 
@@ -61,10 +62,10 @@ class _TensorHead(ctypes.Structure):
 
 
 def load_llama() -> ModuleType:
-    """Imports llama_cpp (through :mod:`moeplace.engine`), or explains how to get it."""
+    """Imports llama_cpp (through :mod:`moeplace.oracle`), or explains how to get it."""
     try:
-        return engine.load_llama()
-    except engine.EngineError as e:
+        return oracle.load_llama()
+    except oracle.EngineError as e:
         raise LiveError(str(e)) from None
 
 
@@ -305,6 +306,73 @@ def _tokenize(llama: ModuleType, vocab: Any, text: str) -> list[int]:
     raise LiveError("llama.cpp failed to tokenize a prompt")
 
 
+def _run(llama: ModuleType, ctx: Any, vocab: Any, n_vocab: int, batch: Any, prompts: PromptSet,
+         options: RunOptions, collector: _Collector, stop: threading.Event, abort: threading.Event,
+         log: oracle.LogSink, progress: Progress | None) -> tuple[int, int, int, float]:
+    """Evaluates every prompt (in pieces of the context's room) and its greedy continuation; returns the prompt
+    tokens and generated tokens evaluated, the prompts that had to be split, and the seconds it took."""
+    room = options.n_ctx - options.generate
+    tokenized = [_tokenize(llama, vocab, text) for text in prompts.prompts]
+    expected = sum(len(t) for t in tokenized) + options.generate * len(tokenized)
+    done = generated = split = 0
+    memory = llama.llama_get_memory(ctx)
+    start = time.perf_counter()
+
+    def decode(tokens: Sequence[int], pos: int, every: int) -> bool:
+        """Evaluates one batch; False when Ctrl-C cut it short (nothing of it is counted)."""
+        batch.n_tokens = len(tokens)
+        for i, tok in enumerate(tokens):
+            batch.token[i] = tok
+            batch.pos[i] = pos + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = (every > 0 and (pos + i) % every == 0) or i == len(tokens) - 1
+        rc = llama.llama_decode(ctx, batch)
+        if abort.is_set():
+            collector.discard()
+            return False
+        if rc != 0:
+            raise LiveError(f"llama_decode failed with code {rc}: {oracle.last_error(log)}")
+        if collector.errors:
+            raise LiveError(f"reading the selected experts failed: {collector.errors[0]}")
+        collector.commit()
+        return True
+
+    for tokens in tokenized:
+        if stop.is_set():
+            break
+        pieces = [tokens[i:i + room] for i in range(0, len(tokens), room)] or [[]]
+        split += len(pieces) > 1
+        for piece in pieces:
+            llama.llama_memory_clear(memory, True)
+            for i in range(0, len(piece), options.n_batch):
+                if stop.is_set():
+                    break
+                part = piece[i:i + options.n_batch]
+                if not decode(part, i, options.logit_every):
+                    break
+                done += len(part)
+                if progress:
+                    progress(done + generated, expected)
+        pos = len(pieces[-1])
+        if not pos:
+            continue
+        for _ in range(options.generate):
+            if stop.is_set():
+                break
+            logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
+            tok = int(np.argmax(logits))
+            if llama.llama_vocab_is_eog(vocab, tok):
+                break
+            if not decode([tok], pos, 1):
+                break
+            pos += 1
+            generated += 1
+            if progress:
+                progress(done + generated, expected)
+    return done, generated, split, time.perf_counter() - start
+
+
 def capture(model: ModelDescription, prompts: PromptSet, options: RunOptions = RunOptions(), *,
             progress: Progress | None = None, record: bool = True) -> CaptureResult:
     """Runs every prompt (and ``options.generate`` greedy tokens after it) through llama.cpp, recording the
@@ -325,102 +393,29 @@ def capture(model: ModelDescription, prompts: PromptSet, options: RunOptions = R
     if room < 1:
         raise LiveError(f"--generate {options.generate} leaves no room for the prompt in a context of "
                         f"{options.n_ctx} tokens: raise --ctx")
-    ggml = engine.ggml_base()
+    ggml = oracle.ggml_base()
     stop, abort = threading.Event(), threading.Event()
     collector = _Collector(ggml, hp.n_layer, hp.n_expert, options.coactivation, abort,
                            options.trace_tokens if record else 0)
     callback = llama.ggml_backend_sched_eval_callback(collector)  # referenced until the context is freed
     threads = options.n_threads or os.cpu_count() or 1
 
-    with engine.captured_log(2000) as log, _sigint_sets(stop, abort):
-        llama.llama_backend_init()
-        mparams = llama.llama_model_default_params()
-        mparams.n_gpu_layers = options.n_gpu_layers
-        lm = llama.llama_model_load_from_file(str(model.paths[0]).encode(), mparams)
-        if not lm:
-            raise LiveError(f"{model.paths[0]}: llama.cpp could not load the model: {engine.last_error(log)}")
-        ctx = batch = None
-        try:
-            cparams = llama.llama_context_default_params()
-            cparams.n_ctx = options.n_ctx
-            cparams.n_batch = cparams.n_ubatch = options.n_batch
-            cparams.n_seq_max = 1
-            cparams.n_threads = cparams.n_threads_batch = threads
-            cparams.no_perf = True
-            if record:
-                cparams.cb_eval = callback
-                cparams.cb_eval_user_data = None
-            ctx = llama.llama_init_from_model(lm, cparams)
-            if not ctx:
-                raise LiveError(f"llama.cpp could not create a context: {engine.last_error(log)}")
+    cfg = RunConfig(n_ctx=options.n_ctx, n_batch=options.n_batch, n_ubatch=options.n_batch)
+    try:
+        with oracle.captured_log(2000) as log, _sigint_sets(stop, abort), oracle.load(
+                model.paths[0], cfg, n_gpu_layers=options.n_gpu_layers, no_alloc=False, n_threads=threads,
+                eval_callback=callback if record else None, sink=log) as loaded:
+            lm, ctx = loaded.model, loaded.ctx
             vocab = llama.llama_model_get_vocab(lm)
             n_vocab = llama.llama_vocab_n_tokens(vocab)
             batch = llama.llama_batch_init(options.n_batch, 0, 1)
-            tokenized = [_tokenize(llama, vocab, text) for text in prompts.prompts]
-            expected = sum(len(t) for t in tokenized) + options.generate * len(tokenized)
-            done = generated = split = 0
-            memory = llama.llama_get_memory(ctx)
-            start = time.perf_counter()
-
-            def decode(tokens: Sequence[int], pos: int, every: int) -> bool:
-                """Evaluates one batch; False when Ctrl-C cut it short (nothing of it is counted)."""
-                batch.n_tokens = len(tokens)
-                for i, tok in enumerate(tokens):
-                    batch.token[i] = tok
-                    batch.pos[i] = pos + i
-                    batch.n_seq_id[i] = 1
-                    batch.seq_id[i][0] = 0
-                    batch.logits[i] = (every > 0 and (pos + i) % every == 0) or i == len(tokens) - 1
-                rc = llama.llama_decode(ctx, batch)
-                if abort.is_set():
-                    collector.discard()
-                    return False
-                if rc != 0:
-                    raise LiveError(f"llama_decode failed with code {rc}: {engine.last_error(log)}")
-                if collector.errors:
-                    raise LiveError(f"reading the selected experts failed: {collector.errors[0]}")
-                collector.commit()
-                return True
-
-            for tokens in tokenized:
-                if stop.is_set():
-                    break
-                pieces = [tokens[i:i + room] for i in range(0, len(tokens), room)] or [[]]
-                split += len(pieces) > 1
-                for piece in pieces:
-                    llama.llama_memory_clear(memory, True)
-                    for i in range(0, len(piece), options.n_batch):
-                        if stop.is_set():
-                            break
-                        part = piece[i:i + options.n_batch]
-                        if not decode(part, i, options.logit_every):
-                            break
-                        done += len(part)
-                        if progress:
-                            progress(done + generated, expected)
-                pos = len(pieces[-1])
-                if not pos:
-                    continue
-                for _ in range(options.generate):
-                    if stop.is_set():
-                        break
-                    logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
-                    tok = int(np.argmax(logits))
-                    if llama.llama_vocab_is_eog(vocab, tok):
-                        break
-                    if not decode([tok], pos, 1):
-                        break
-                    pos += 1
-                    generated += 1
-                    if progress:
-                        progress(done + generated, expected)
-            seconds = time.perf_counter() - start
-        finally:
-            if batch is not None:
+            try:
+                done, generated, split, seconds = _run(llama, ctx, vocab, n_vocab, batch, prompts, options,
+                                                       collector, stop, abort, log, progress)
+            finally:
                 llama.llama_batch_free(batch)
-            if ctx:
-                llama.llama_free(ctx)
-            llama.llama_model_free(lm)
+    except oracle.EngineError as e:
+        raise LiveError(str(e)) from None
 
     profile = None
     if record:
