@@ -45,11 +45,13 @@ class PlanError(MoeplaceError):
 @dataclass(frozen=True)
 class Workload:
     """What the time per token weighs: ``prompt_per_generated`` prompt tokens are processed for every generated
-    token, and generation decodes ``batch`` sequences together."""
+    token, and generation decodes ``batch`` sequences together, each ``depth`` tokens into its context (None: at
+    the full context, where decode is slowest; prompts are then timed from position 0)."""
 
     name: str
     prompt_per_generated: float
     batch: int = 1
+    depth: int | None = None
 
 
 WORKLOADS = {
@@ -63,17 +65,19 @@ WORKLOADS = {
 MAX_PROMPT_RATIO = 1e6
 
 
-def parse_workload(text: str, n_parallel: int = 1) -> Workload:
-    """``chat``, ``long-prompt``, ``batch`` or a ratio ``PROMPT:GENERATED`` of tokens, e.g. ``8:1``."""
+def parse_workload(text: str, n_parallel: int = 1, depth: int | None = None) -> Workload:
+    """``chat``, ``long-prompt``, ``batch`` or a ratio ``PROMPT:GENERATED`` of tokens, e.g. ``8:1``; ``depth`` is
+    where in the context its tokens are (llama-bench's ``-d``), None for the full context."""
     if text in WORKLOADS:
         w = WORKLOADS[text]
-        return Workload(w.name, w.prompt_per_generated, max(w.batch, n_parallel) if text == "batch" else n_parallel)
+        return Workload(w.name, w.prompt_per_generated, max(w.batch, n_parallel) if text == "batch" else n_parallel,
+                        depth)
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*:\s*(\d+(?:\.\d+)?)\s*", text)
     ratio = float(m.group(1)) / float(m.group(2)) if m and float(m.group(2)) > 0 else math.nan
     if not 0 <= ratio <= MAX_PROMPT_RATIO:  # also NaN and a 400-digit (infinite) ratio
         raise PlanError(f"workload '{text[:40]}': use chat, long-prompt, batch, or a ratio of prompt to generated "
                         f"tokens such as 8:1 (at most {MAX_PROMPT_RATIO:g}:1)")
-    return Workload(text.strip(), ratio, n_parallel)
+    return Workload(text.strip(), ratio, n_parallel, depth)
 
 
 @dataclass(frozen=True)
@@ -262,7 +266,7 @@ def _placement_of(model: ModelDescription, problem: Problem, sol: Solution, pinn
 def score_placement(model: ModelDescription, placement: Placement, cfg: RunConfig, devices: Mapping[str, Device],
            workload: Workload, profile: ExpertProbs | None, margin: int, name: str, note: str = "") -> Candidate:
     placement = host_fallback(model, placement, {n: d.max_tensor for n, d in devices.items()})
-    est = estimate(model, placement, cfg, devices, profile, batch=workload.batch, margin=margin)
+    est = estimate(model, placement, cfg, devices, profile, batch=workload.batch, margin=margin, depth=workload.depth)
     seconds = (est.decode.seconds / workload.batch
                + workload.prompt_per_generated * est.prefill.seconds / est.prefill.n_ubatch)
     fits = all(f.fits for f in est.fits.values()) and est.host.possible

@@ -238,3 +238,17 @@ def test_batch_workload_launches_its_slots(model_path: Callable[[str], Path]) ->
                          "--workload", "batch", "-ub", "512", "--no-scripts")
     assert code == 0, err
     assert "decode batch 8" in out and " -np 8 -kvu " in out
+
+
+def test_depth_times_decode_where_the_workload_is(model_path: Callable[[str], Path]) -> None:
+    base = ["solve", str(model_path("qwen3-30b-a3b")), "--vram", "12G", "--ram", "32G", "-c", "32768",
+            "--no-scripts", "--json", "-ub", "512", "-b", "2048", "-ctk", "f16", "-ctv", "f16"]
+    docs = {}
+    for d in (None, 0, 16000):
+        code, out, err = run(*base, *([] if d is None else ["-d", str(d)]))
+        assert code == 0, err
+        docs[d] = json.loads(out)["prediction"]
+    assert docs[0]["workload"]["depth"] == 0 and docs[None]["workload"]["depth"] is None
+    tps = {d: doc["plan"]["decode_tokens_per_second"] for d, doc in docs.items()}
+    assert tps[0] > tps[16000] > tps[None]  # KV read per token grows with the depth; None is the full 32768
+    assert docs[16000]["plan"]["prompt_tokens_per_second"] < docs[0]["plan"]["prompt_tokens_per_second"]

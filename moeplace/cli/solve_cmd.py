@@ -189,7 +189,8 @@ def render(p: Plan, args: LlamaArgs | None, script_dir: Path | None, explain: bo
                      f"{delta:+.1f}%", b.note])
     out += table(["placement", "decode tok/s", "prompt tok/s", "fits", "plan vs it", "note"], rows, {1, 2})
     pre = base.estimate.prefill
-    out.append(f"  (decode at depth {base.estimate.decode_batch1.n_past}, the full context: its slowest point; prompt: "
+    where = "the full context: its slowest point" if p.workload.depth is None else "as -d gives"
+    out.append(f"  (decode at depth {base.estimate.decode_batch1.n_past}, {where}; prompt: "
                f"{pre.n_tokens or pre.n_ubatch} tokens at depth {pre.depth})")
     out.append("")
     out.append(f"solver: {p.optimality}, {p.solve_seconds * 1000:.0f} ms")
@@ -255,6 +256,10 @@ Examples:
                           "speed at 4096).", ctx_type=ContextType(), ctx_default=4096)
 @click.option("--workload", default="chat", show_default=True, metavar="chat|long-prompt|batch|P:G",
               help="What to optimise: the mix of prompt and generated tokens.")
+@click.option("-d", "--depth", type=click.IntRange(min=0, max=2**31 - 1), default=None, metavar="N",
+              help="Tokens already in the context when the workload's tokens come (llama-bench's -d): decode is "
+                   "timed there and prompts after it [default: decode at the full context, its slowest point; "
+                   "prompts from position 0].")
 @click.option("--mmap/--no-mmap", "mmap", default=None,
               help="Keep llama.cpp's memory-mapped weights, or load them into pinned RAM (default: --no-mmap "
                    "where the host's share fits in RAM and a GPU copies experts from it).")
@@ -301,7 +306,8 @@ Examples:
 def solve(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | None, ram_bw: str | None,
           margin: int | None, calibration: Path | None, n_ctx: int | str, type_k: str, type_v: str, n_batch: int,
           n_ubatch: int, flash_attn: str, n_seq_max: int, kv_unified: bool, swa_full: bool, no_kv_offload: bool,
-          no_op_offload: bool, workload: str, mmap: bool | None, moe_cache: str | None, threads: int | None,
+          no_op_offload: bool, workload: str, depth: int | None, mmap: bool | None, moe_cache: str | None,
+          threads: int | None,
           pins: tuple[str, ...],
           profile_path: Path | None, solver: str,
           time_limit: float, explain: bool,
@@ -326,7 +332,7 @@ def solve(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | Non
                                    n_seq_max=n_seq_max, kv_unified=kv_unified, swa_full=swa_full,
                                    no_kv_offload=no_kv_offload, no_op_offload=no_op_offload)
         base = {"gpus": gpus, "backend": backend, "ram": ram, "ram_bw": ram_bw, "calibration": calibration}
-        whatif_report(md, devices, base, variants, target_tps, config, parse_workload(workload, n_seq_max),
+        whatif_report(md, devices, base, variants, target_tps, config, parse_workload(workload, n_seq_max, depth),
                       DEFAULT_MARGIN if margin is None else margin, as_json, projection)
         return
     notes = []  # printed with the plan, after what was detected: an error stays one line
@@ -345,7 +351,7 @@ def solve(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | Non
     build = engine_build(target, engine_bin)
     # a target whose rules depend on the build (ik_llama.cpp's --n-cpu-moe) is bound to it
     target = target.for_build(build) if hasattr(target, "for_build") else target
-    wl = parse_workload(workload, n_seq_max)
+    wl = parse_workload(workload, n_seq_max, depth)
     pin_list = [parse_pin(x, list(devices)) for x in pins]
     profile = prof = None
     cache_sizes = _cache_sizes(moe_cache)

@@ -293,7 +293,7 @@ def prediction(p: Plan) -> dict[str, Any]:
         "budgets": dict(p.budgets),
         "margin": p.margin,
         "workload": {"name": p.workload.name, "prompt_per_generated": p.workload.prompt_per_generated,
-                     "batch": p.workload.batch},
+                     "batch": p.workload.batch, "depth": p.workload.depth},
         "solver": {"optimality": p.optimality, "seconds": p.solve_seconds, "objective": p.solution.objective,
                    "unit_bytes": p.solution.unit},
         "warnings": list(p.warnings),
