@@ -25,6 +25,11 @@ host with ``--no-kv-offload``.
 
 Compute buffers have no closed formula in llama.cpp (it reserves a worst-case graph): :func:`compute_bytes`
 is an estimate fitted to the sizes llama.cpp prints, documented there with the measurements.
+
+Why one module of about 650 lines: every figure here is checked together against one oracle (llama.cpp's own
+buffer sizes, ``benchmarks/memory_oracle.py``), per device and per kind of buffer, and the rules interlock (the
+padded context sizes the KV cache and the compute buffer; the backend's tensor limit moves both weights and
+compute to the host). Kept in one room, a rule has one copy and the oracle's table reads against one file.
 """
 
 from __future__ import annotations

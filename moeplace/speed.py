@@ -28,6 +28,11 @@ NUMA nodes after the first counting part, capped at threads x what one thread dr
 dequantising + dotting its elements at ``threads x core_rate`` Q4_K elements/s x the type's relative cost
 (measured here, ``speed-model.json``). A GPU's kernel efficiency per type scales its bytes the same way.
 Host weights beyond the RAM available for llama.cpp thrash the page cache: they are read from disk again.
+
+Why one module of about 830 lines: the full estimate and the solver's linear objective (:func:`linear_seconds`)
+must read the same terms (bytes and elements per tensor, device rates, link and copy rates, op offload); they were
+two copies once, in two modules, and drifted. The accuracy report (``benchmarks/accuracy.py``) holds this one
+module to the published measurements.
 """
 
 from __future__ import annotations
