@@ -30,9 +30,9 @@ dequantising + dotting its elements at ``threads x core_rate`` Q4_K elements/s x
 Host weights beyond the RAM available for llama.cpp thrash the page cache: they are read from disk again.
 
 Why one module of about 830 lines: the full estimate and the solver's linear objective (:func:`linear_seconds`)
-must read the same terms (bytes and elements per tensor, device rates, link and copy rates, op offload); they were
-two copies once, in two modules, and drifted. The accuracy report (``benchmarks/accuracy.py``) holds this one
-module to the published measurements.
+must read the same terms (bytes and elements per tensor, device rates, link and copy rates, op offload); the
+planner once restated the prefill rules, and one module keeps them one copy. The accuracy report
+(``benchmarks/accuracy.py``) holds this one module to the published measurements.
 """
 
 from __future__ import annotations
