@@ -24,7 +24,7 @@ import math
 import os
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from moeplace.errors import MoeplaceError
@@ -183,6 +183,23 @@ def _flash(flag: str, value: str | None) -> str:
     raise CommandLineError(f"{flag} '{value}' must be on, off or auto")
 
 
+# Flags that take one value and set one field: flag -> (LlamaCommand field, converter, whether llama-bench takes a
+# comma list of test values there, of which moeplace reads exactly one).
+_VALUE_FLAGS: dict[str, tuple[str, Callable[[str, str], object], bool]] = {
+    flag: spec for flags, spec in (
+        (("-m", "--model"), ("model", lambda _flag, x: x, False)),
+        (("-c", "--ctx-size"), ("n_ctx", _int, False)),
+        (("-np", "--parallel"), ("n_seq_max", _int, False)),
+        (("-b", "--batch-size"), ("n_batch", _int, True)),
+        (("-ub", "--ubatch-size"), ("n_ubatch", _int, True)),
+        (("-ctk", "--cache-type-k"), ("type_k", _cache_type, True)),
+        (("-ctv", "--cache-type-v"), ("type_v", _cache_type, True)),
+        (("-ts", "--tensor-split"), ("tensor_split", _split_ts, True)),
+        (("-t", "--threads"), ("threads", _int, True)),
+    ) for flag in flags
+}
+
+
 def looks_like_command(word: str) -> bool:
     """Whether a word starts a llama.cpp command line (an environment assignment or a llama.cpp program) rather
     than naming a model."""
@@ -239,8 +256,11 @@ def parse_command(command: str | Sequence[str]) -> LlamaCommand:
         if not flag.startswith("-") or flag == "-":
             raise CommandLineError(f"unexpected word '{raw}' in the llama.cpp command: every value must follow "
                                    "its flag")
-        if flag in ("-m", "--model"):
-            v["model"] = value(flag)
+        spec = _VALUE_FLAGS.get(flag)
+        if spec is not None:
+            key, convert, per_test = spec
+            x = value(flag)
+            v[key] = convert(flag, _bench_single(flag, x, notes) if bench and per_test else x)
         elif flag in ("-ngl", "--gpu-layers", "--n-gpu-layers"):
             x = value(flag)
             x = _bench_single(flag, x, notes) if bench else x
@@ -263,23 +283,6 @@ def parse_command(command: str | Sequence[str]) -> LlamaCommand:
             x = value(flag)
             n = _int(flag, _bench_single(flag, x, notes) if bench else x)
             (n_cpu_moe_bench if bench else overrides).extend(cpu_moe_patterns(min(n, MAX_BLOCKS)))
-        elif flag in ("-ts", "--tensor-split"):
-            x = value(flag)
-            v["tensor_split"] = _split_ts(flag, _bench_single(flag, x, notes) if bench else x)
-        elif flag in ("-c", "--ctx-size"):
-            v["n_ctx"] = _int(flag, value(flag))
-        elif flag in ("-b", "--batch-size"):
-            x = value(flag)
-            v["n_batch"] = _int(flag, _bench_single(flag, x, notes) if bench else x)
-        elif flag in ("-ub", "--ubatch-size"):
-            x = value(flag)
-            v["n_ubatch"] = _int(flag, _bench_single(flag, x, notes) if bench else x)
-        elif flag in ("-ctk", "--cache-type-k"):
-            x = value(flag)
-            v["type_k"] = _cache_type(flag, _bench_single(flag, x, notes) if bench else x)
-        elif flag in ("-ctv", "--cache-type-v"):
-            x = value(flag)
-            v["type_v"] = _cache_type(flag, _bench_single(flag, x, notes) if bench else x)
         elif flag in ("-fa", "--flash-attn"):
             nxt = args[i + 1] if i + 1 < len(args) else None
             if nxt is not None and nxt.lower() in (*_BOOL_TRUE, *_BOOL_FALSE, "auto"):
@@ -287,8 +290,6 @@ def parse_command(command: str | Sequence[str]) -> LlamaCommand:
                 v["flash_attn"] = _flash(flag, _bench_single(flag, nxt, notes) if bench else nxt)
             else:
                 v["flash_attn"] = _flash(flag, None)
-        elif flag in ("-np", "--parallel"):
-            v["n_seq_max"] = _int(flag, value(flag))
         elif flag in ("-kvu", "--kv-unified"):
             v["kv_unified"] = True
         elif flag == "--swa-full":
@@ -297,9 +298,6 @@ def parse_command(command: str | Sequence[str]) -> LlamaCommand:
             v["no_kv_offload"] = _bool01(flag, _bench_single(flag, value(flag), notes)) if bench else True
         elif flag in ("-nopo", "--no-op-offload"):
             v["no_op_offload"] = _bool01(flag, _bench_single(flag, value(flag), notes)) if bench else True
-        elif flag in ("-t", "--threads"):
-            x = value(flag)
-            v["threads"] = _int(flag, _bench_single(flag, x, notes) if bench else x)
         elif flag == "--no-mmap":
             v["mmap"] = False
         elif flag in ("-mmp", "--mmap"):
