@@ -117,3 +117,19 @@ def test_encoding_is_explicit(text: str) -> None:
     assert b"\n" not in body.replace(b"\r\n", b"")
     assert body.decode("utf-8").replace("\r\n", "\n") == text.replace("\r\n", "\n")
     assert encode_text(text) == text.encode("utf-8")
+
+
+def test_unwritable_parent_gives_one_line(tmp_path: Path) -> None:
+    """A folder the user may not write into: mode 0555 for an ordinary user; root ignores modes, so there sysfs,
+    which refuses even root."""
+    if os.geteuid() == 0:
+        parent = Path("/sys/kernel")
+    else:
+        parent = tmp_path / "ro"
+        parent.mkdir()
+        parent.chmod(0o555)
+    with pytest.raises(OutputError, match="choose another output path"):
+        write_file(parent / "plan.json", b"{}")
+    with pytest.raises(OutputError, match="choose another output path"):
+        write_set(parent / "scripts", _set(b"x"))
+    assert not (parent / "plan.json").exists()
