@@ -252,3 +252,17 @@ def test_depth_times_decode_where_the_workload_is(model_path: Callable[[str], Pa
     tps = {d: doc["plan"]["decode_tokens_per_second"] for d, doc in docs.items()}
     assert tps[0] > tps[16000] > tps[None]  # KV read per token grows with the depth; None is the full 32768
     assert docs[16000]["plan"]["prompt_tokens_per_second"] < docs[0]["plan"]["prompt_tokens_per_second"]
+
+
+def test_ram_avail_is_a_hardware_option_of_solve(model_path: Callable[[str], Path]) -> None:
+    """The note that assumes RAM available names --ram-avail: solve takes it too, and too little RAM available
+    for the host's share of the weights slows decode (they are read from disk again)."""
+    base = ["solve", str(model_path("qwen3-30b-a3b")), "--vram", "12G", "--ram", "32G", "--ram-bw", "ddr5-6000x2",
+            "-c", "8192", "--no-scripts", "--json", "-ub", "512", "-b", "2048", "-ctk", "f16", "-ctv", "f16"]
+    tps = {}
+    for avail in ("30G", "4G"):
+        code, out, err = run(*base, "--ram-avail", avail)
+        assert code == 0, err
+        assert "give --ram-avail" not in err
+        tps[avail] = json.loads(out)["prediction"]["plan"]["decode_tokens_per_second"]
+    assert tps["4G"] < tps["30G"]

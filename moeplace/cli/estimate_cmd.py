@@ -13,7 +13,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from moeplace.cli import INT32_MAX, SIZE, FiniteFloat, friendly_errors, table
+from moeplace.cli import INT32_MAX, FiniteFloat, friendly_errors, table
 from moeplace.cli.options import (
     HARDWARE_HELP,
     context_options,
@@ -365,9 +365,6 @@ def _merge(ctx: click.Context, values: dict[str, Any], cmd: LlamaCommand) -> dic
 @click.option("--cores", type=click.IntRange(min=1), default=None, help="Physical CPU cores of the host.")
 @click.option("--numa-nodes", type=click.IntRange(min=1), default=1, show_default=True,
               help="NUMA nodes the host's RAM spans (sockets, or sub-NUMA clusters).")
-@click.option("--ram-avail", type=SIZE, default=None,
-              help="RAM free for llama.cpp (default: --ram less 2 GiB for the OS, stated); host weights beyond it "
-                   "are read from disk again while decoding.")
 @click.option("--link", "links", multiple=True, metavar="PCIE",
               help="Host link of each GPU: pcie4x8, 5.0x16, ... (one for all, or a comma list in --gpu order; "
                    "default: the preset's, stated when it matters).")
@@ -387,7 +384,7 @@ def estimate(ctx: click.Context, words: tuple[str, ...], gpus: tuple[str, ...], 
              type_k: str, type_v: str, n_batch: int, n_ubatch: int, flash_attn: str, n_seq_max: int,
              kv_unified: bool, swa_full: bool, no_kv_offload: bool, no_op_offload: bool, n_gpu_layers: int | None,
              tensor_split: str | None, override_tensor: tuple[str, ...], n_cpu_moe: int | None, cpu_moe: bool,
-             threads: int | None, cores: int | None, numa_nodes: int, ram_avail: int | None,
+             threads: int | None, cores: int | None, numa_nodes: int,
              links: tuple[str, ...], depth: int, n_prompt: int | None, price: float, api_price: float | None,
              as_json: bool) -> None:
     model, pasted = _split_words(words)
@@ -412,7 +409,7 @@ def estimate(ctx: click.Context, words: tuple[str, ...], gpus: tuple[str, ...], 
     assert model is not None
     md = load_model(model)
     devices = devices_from(gpus, backend, ram, ram_bw, calibration, threads=v["threads"], cores=cores,
-                           numa_nodes=numa_nodes, available=ram_avail, links=links)
+                           numa_nodes=numa_nodes, links=links)
     gpu_devs = [d for d in devices.values() if not d.is_host]
     fa = v["flash_attn"]
     cfg = run_config_from(md, devices, n_ctx=v["n_ctx"], type_k=v["type_k"], type_v=v["type_v"],

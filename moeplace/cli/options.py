@@ -70,6 +70,9 @@ hardware_options = _stack(
     click.option("--ram-bw", default=None, metavar="GB/s|DDR|PLATFORM",
                  help="RAM bandwidth: 80, ddr5-6000x2, epyc-9004... (default: from this machine's DMI memory "
                       "table, else --measure's figure, else dual-channel DDR4-3200, stated)."),
+    click.option("--ram-avail", type=SIZE, default=None, expose_value=False, callback=_remember,
+                 help="RAM free for llama.cpp (default: what this machine has available, or --ram less 2 GiB for "
+                      "the OS, stated); host weights beyond it are read from disk again while decoding."),
     click.option("--pcie", default=None, expose_value=False, callback=_remember, metavar="GEN xLANES",
                  help="The GPUs' host link, e.g. 4.0x4 for a card in an x4 slot or behind a riser (default: the "
                       "preset's, or what was detected); prompt copies and expert-cache misses cross it."),
@@ -125,6 +128,9 @@ def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ra
     of a calibration file applied. What the options leave out is detected on this machine (moeplace.machine),
     and the 'detected:' line and its assumptions go to stderr; a flag always wins over detection."""
     no_gpu = [g.strip().lower() for g in gpus] == ["none"]
+    meta = ctx_meta.meta if (ctx_meta := click.get_current_context(silent=True)) is not None else {}
+    if available is None:
+        available = meta.get("moeplace.ram_avail")
     found = None
     if not gpus or ram is None or ram_bw is None:
         ctx = click.get_current_context(silent=True)
