@@ -27,9 +27,6 @@ from moeplace.placement import HOST, Placement, host_fallback
 from moeplace.planner import plan
 from moeplace.sizes import MIB
 
-pytestmark = pytest.mark.vulkan
-
-
 TOLERANCE = 64 * MIB
 _HOST_BUFFER = re.compile(r"^(CPU\w*|\w+_Host)$")
 
@@ -39,6 +36,7 @@ def _gpu() -> tuple[str, int]:
     return d.name, d.largest_tensor or 0
 
 
+@pytest.mark.vulkan
 def test_the_device_states_the_largest_tensor_it_takes() -> None:
     d = gpubuild.devices()[0]
     assert d.name.startswith(("Vulkan", "CUDA", "ROCm")) and d.memory_total > 0
@@ -64,6 +62,7 @@ UNFITTED = [
 ]
 
 
+@pytest.mark.vulkan
 def test_every_buffer_of_every_device_within_64_mib(model_path: Callable[[str], Path]) -> None:
     name, limit = _gpu()
     backend = next(b for b, prefix in BACKEND_PREFIX.items() if name.rstrip("0123456789") == prefix)
@@ -108,6 +107,7 @@ def _replay(path: Path, planned: Placement, name: str) -> None:
     assert _device_of(slots[-1]) == planned.output_device
 
 
+@pytest.mark.vulkan
 def test_a_plan_replayed_on_the_device(model_path: Callable[[str], Path]) -> None:
     """The planner's own placement for a 9 GiB share of the device: experts split between it and the host, the
     tensors it refuses (lavapipe: over 128 MiB) pinned to the host."""
@@ -120,6 +120,7 @@ def test_a_plan_replayed_on_the_device(model_path: Callable[[str], Path]) -> Non
     _replay(path, p.placement, name)
 
 
+@pytest.mark.vulkan
 @pytest.mark.parametrize("model", ["qwen3moe-tiny", "gpt-oss-tiny", "deepseek2-tiny"])
 def test_random_placements_replayed_on_the_device(model_path: Callable[[str], Path], model: str) -> None:
     name, _ = _gpu()
@@ -131,3 +132,25 @@ def test_random_placements_replayed_on_the_device(model_path: Callable[[str], Pa
         base = apply(md, rng.randint(1, md.hparams.n_layer + 1), None, (), [name])
         moved = {n: rng.choice([HOST, name]) for n in rng.sample(experts, rng.randint(1, len(experts)))}
         _replay(path, Placement(base.layer_devices, base.output_device, {**base.tensor_devices, **moved}), name)
+
+
+def test_the_worker_sees_moeplace_and_not_the_callers_llama_cpp(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed with pip, moeplace sits in a site-packages beside the CPU llama_cpp: the GPU worker's
+    PYTHONPATH must name a folder with moeplace alone, or the CPU build shadows the GPU one (no device)."""
+    site = tmp_path / "site-packages"
+    (site / "llama_cpp").mkdir(parents=True)
+    (site / "moeplace").mkdir()
+    package = gpubuild._PACKAGE
+    monkeypatch.setattr(gpubuild, "_PACKAGE", site / "moeplace")
+    gpubuild._package_path.cache_clear()
+    try:
+        folder = Path(gpubuild._package_path())
+        assert sorted(p.name for p in folder.iterdir()) == ["moeplace"]
+        assert (folder / "moeplace").resolve() == (site / "moeplace").resolve()
+    finally:
+        monkeypatch.setattr(gpubuild, "_PACKAGE", package)
+        gpubuild._package_path.cache_clear()
+    checkout = Path(gpubuild.__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file():  # run from a checkout: the checkout itself
+        assert gpubuild._package_path() == str(checkout)

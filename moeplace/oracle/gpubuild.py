@@ -13,10 +13,13 @@ worker is restarted for the rest.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -31,7 +34,7 @@ from moeplace.oracle.stdmap import BufferBytes
 
 LLAMA_CPP_VERSION = "0.3.36"  # as pinned in pyproject.toml and .ci/llama-cpp*.sh
 BUILD_HINT = "run .ci/llama-cpp-vulkan.sh (builds llama-cpp-python with Vulkan once per machine, ~10-20 min)"
-_REPO = Path(__file__).resolve().parents[2]
+_PACKAGE = Path(__file__).resolve().parents[1]
 
 
 def cache_root() -> Path:
@@ -71,9 +74,22 @@ class MemoryRequest:
 _SOFTWARE_DEVICE = {"GGML_VK_VISIBLE_DEVICES": "0"}
 
 
+@cache
+def _package_path() -> str:
+    """A folder that holds this moeplace package and nothing else, for the worker's PYTHONPATH. The folder the
+    package was imported from is no good when it is an installed site-packages (pip install .): its llama_cpp, the
+    CPU build, would shadow the GPU build's own. A checkout holds no llama_cpp and serves as it is."""
+    if (_PACKAGE.parent / "pyproject.toml").is_file():
+        return str(_PACKAGE.parent)
+    folder = Path(tempfile.mkdtemp(prefix="moeplace-package-"))
+    (folder / "moeplace").symlink_to(_PACKAGE, target_is_directory=True)
+    atexit.register(shutil.rmtree, folder, True)
+    return str(folder)
+
+
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(_REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join([_package_path(), *filter(None, [env.get("PYTHONPATH")])])
     env.update(extra if extra is not None else _status()[2])
     return env
 
