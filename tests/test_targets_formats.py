@@ -152,3 +152,12 @@ def test_ollama_refuses_what_it_cannot_set(model_path: Callable[[str], Path]) ->
         get_target("ollama").check(m, RunConfig(type_k="q8_0", type_v="f16"), ["CUDA0"])
     with pytest.raises(TargetError, match="one GPU"):
         get_target("lmstudio").check(m, RunConfig(), ["CUDA0", "CUDA1"])
+
+
+def test_preset_section_takes_every_flag_the_plan_writes() -> None:
+    """-kvu (batch workloads), --no-mmap/--load-mode (pinned host memory) and -t (detected cores) are written by
+    build_args for llama.cpp; the preset section must hold them too, under llama.cpp's long option names."""
+    lines = P.section_lines("m", ["-m", "/models/m.gguf", "-np", "8", "-kvu", "--no-mmap", "-t", "16"])
+    assert lines[1:] == ["model = /models/m.gguf", "parallel = 8", "kv-unified = true", "no-mmap = true",
+                         "threads = 16"]
+    assert P.section_lines("m", ["--load-mode", "none"])[1:] == ["load-mode = none"]

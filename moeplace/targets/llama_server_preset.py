@@ -40,8 +40,9 @@ FILE_NAME = "models-preset.ini"
 # llama.cpp's long option names (common/arg.cpp) for the flags moeplace writes.
 _KEYS = {"-m": "model", "-c": "ctx-size", "-ngl": "n-gpu-layers", "-ts": "tensor-split", "--rpc": "rpc",
          "-ot": "override-tensor", "-ctk": "cache-type-k", "-ctv": "cache-type-v", "-fa": "flash-attn",
-         "-ub": "ubatch-size", "-b": "batch-size", "-np": "parallel", "--fit": "fit"}
-_SWITCHES = {"-nkvo": ("no-kv-offload", "true")}
+         "-ub": "ubatch-size", "-b": "batch-size", "-np": "parallel", "--fit": "fit", "-t": "threads",
+         "--load-mode": "load-mode"}
+_SWITCHES = {"-nkvo": ("no-kv-offload", "true"), "-kvu": ("kv-unified", "true"), "--no-mmap": ("no-mmap", "true")}
 _HEADER = re.compile(r"^[ \t]*\[[ \t]*([^\]]*?)[ \t]*\][ \t]*(?:[;#].*)?$")
 _SECTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
