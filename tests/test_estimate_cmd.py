@@ -257,3 +257,18 @@ def test_estimate_reproduces_a_published_row_from_its_command_line(tmp_path: Pat
     assert j["decode"]["tokens_per_second"] == pytest.approx(row["tg_tps"], rel=0.2)
     assert j["prefill"]["n_tokens"] == row["test"]["pp_tokens"]
     assert j["prefill"]["tokens_per_second"] == pytest.approx(row["pp_tps"], rel=0.3)
+
+
+def test_weights_a_backend_refuses_stay_on_the_host(paths: dict[str, Path]) -> None:
+    """lavapipe takes no tensor over 128 MiB (llama.cpp's loader keeps such weights in RAM at any -ngl): the
+    estimate keeps them on the host whether or not -ot/--cpu-moe were given, and a 4 GiB-limit GPU keeps none."""
+    from moeplace.model import load_model
+    from moeplace.sizes import MIB
+
+    m = paths["qwen3-30b-a3b"]
+    big = sum(t.nbytes for t in load_model(m).loaded_tensors if t.nbytes > 128 * MIB and t.name != "token_embd.weight")
+    assert big > 0
+    soft = _json(str(m), "--gpu", "lavapipe", "--ram", "64G")["memory"]
+    real = _json(str(m), "--gpu", "16G", "--backend", "vulkan", "--ram", "64G")["memory"]
+    assert soft["CPU"]["weights"] - real["CPU"]["weights"] == big
+    assert real["Vulkan0"]["weights"] - soft["Vulkan0"]["weights"] == big

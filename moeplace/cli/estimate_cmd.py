@@ -64,8 +64,9 @@ def build_placement(model: ModelDescription, gpus: Sequence[Device], n_gpu_layer
                     n_cpu_moe: int, tensor_split: Sequence[float] | None = None,
                     overrides: Sequence[Override] | None = None) -> Placement:
     """The placement llama.cpp makes of ``-ngl``, ``-ts`` and ``--cpu-moe``/``--n-cpu-moe`` (llama.cpp's own rules,
-    :mod:`moeplace.llamacpp`), with the weights a GPU's backend refuses kept on the host, or of ``overrides``,
-    the whole ``-ot``/``--cpu-moe``/``--n-cpu-moe`` list in command-line order, when given. ``n_gpu_layers`` None
+    :mod:`moeplace.llamacpp`), or of ``overrides``, the whole ``-ot``/``--cpu-moe``/``--n-cpu-moe`` list in
+    command-line order, when given; either way with the weights a GPU's backend refuses kept on the host, as
+    llama.cpp's loader keeps them. ``n_gpu_layers`` None
     means all layers, llama.cpp's default with a GPU; without ``-ts`` several GPUs split by memory, as llama.cpp
     splits by free memory."""
     names = [g.name for g in gpus]
@@ -82,8 +83,8 @@ def build_placement(model: ModelDescription, gpus: Sequence[Device], n_gpu_layer
         if unknown:
             raise MoeplaceError(f"-ot names {', '.join(unknown)} but the GPUs given are {', '.join(names) or 'none'}:"
                                 " give a --gpu for each device the command uses")
-        return apply(model, ngl, split, tuple(overrides), names)
-    if cpu_moe:
+        placement = apply(model, ngl, split, tuple(overrides), names)
+    elif cpu_moe:
         placement = cpu_moe_placement(model, names, ngl, split)
     else:
         placement = n_cpu_moe_placement(model, n_cpu_moe, names, ngl, split)
