@@ -114,12 +114,8 @@ def read_quants(repo: str, quants: list[Quant], listing: list[RepoFile], revisio
 def command_line(p: Plan, threads: int | None = None, build: EngineBuild | None = None) -> str:
     """The llama-server line of a plan (the model fetched by llama.cpp itself: -hf/-hff or -mu), with the run
     configuration the plan was made for, as ``moeplace solve`` writes it."""
-    cfg = p.cfg
-    settings = RunSettings(model_path=p.model.paths[0], n_ctx=p.estimate.context.n_ctx,
-                           devices=tuple(n for n in p.devices if n != HOST), cache_type_k=cfg.type_k,
-                           cache_type_v=cfg.type_v, flash_attn=cfg.flash_attn, n_ubatch=cfg.n_ubatch,
-                           n_batch=cfg.n_batch, n_parallel=cfg.n_seq_max, kv_offload=not cfg.no_kv_offload,
-                           kv_unified=cfg.kv_unified, no_mmap=cfg.no_mmap, threads=threads)
+    settings = RunSettings.of(p.cfg, p.model.paths[0], p.estimate.context.n_ctx,
+                              [n for n in p.devices if n != HOST], threads)
     return build_args(p.model, p.chosen.placement, settings, build).shell_line("llama-server")
 
 

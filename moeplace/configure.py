@@ -52,10 +52,6 @@ def _distance_from_defaults(cfg: RunConfig) -> tuple[int, int]:
             abs(cfg.n_ubatch.bit_length() - default.n_ubatch.bit_length()))
 
 
-def _gpu_bytes(p: Plan) -> int:
-    return sum(b.total for n, b in p.estimate.memory.items() if n != HOST)
-
-
 def choose_config(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
                   pinned: Sequence[str] = (), workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN,
                   pins: Sequence[Pin] = (), profile: ExpertProbs | None = None, solver: str = "dp",
@@ -89,6 +85,10 @@ def choose_config(model: ModelDescription, devices: Mapping[str, Device], cfg: R
     kvs = [(base.type_k, base.type_v)]
     if not fixed & {"type_k", "type_v"}:
         kvs = [("f16", "f16"), ("q8_0", "q8_0")]
+    def run(c: RunConfig) -> Plan:
+        return plan(model, devices, c, workload=workload, margin=margin, pins=pins, profile=profile, solver=solver,
+                    time_limit=time_limit, target=target, with_baselines=with_baselines)
+
     tried: list[Plan] = []
     errors: list[str] = []
     for ub in ubs:
@@ -97,13 +97,9 @@ def choose_config(model: ModelDescription, devices: Mapping[str, Device], cfg: R
                            type_k=tk, type_v=tv)
             try:
                 validate(model, c)
-                p = plan(model, devices, c, workload=workload, margin=margin, pins=pins, profile=profile,
-                         solver=solver, time_limit=time_limit, target=target,
-                 with_baselines=with_baselines)
+                p = run(c)
                 if c.no_mmap and not p.estimate.host.fits:  # pinned memory cannot be paged: keep mmap here
-                    p = plan(model, devices, c.with_(no_mmap=False), workload=workload, margin=margin, pins=pins,
-                             profile=profile, solver=solver, time_limit=time_limit, target=target,
-                 with_baselines=with_baselines)
+                    p = run(c.with_(no_mmap=False))
             except MoeplaceError as e:
                 errors.append(str(e))
                 continue
@@ -121,9 +117,7 @@ def choose_config(model: ModelDescription, devices: Mapping[str, Device], cfg: R
     if winner.cfg.no_mmap and "no_mmap" not in fixed:
         # Pinned memory only pays where experts are copied to a GPU: without a gain, keep llama.cpp's mmap (it
         # loads faster and lets the kernel drop pages).
-        mapped = plan(model, devices, winner.cfg.with_(no_mmap=False), workload=workload, margin=margin, pins=pins,
-                      profile=profile, solver=solver, time_limit=time_limit, target=target,
-                 with_baselines=with_baselines)
+        mapped = run(winner.cfg.with_(no_mmap=False))
         if mapped.chosen.fits and mapped.chosen.seconds <= winner.chosen.seconds * (1 + CONFIG_TIE):
             tried[tried.index(winner)] = winner = mapped
     trade = tuple(sorted(tried, key=lambda p: p.chosen.seconds))

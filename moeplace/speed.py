@@ -289,10 +289,15 @@ def flops_rates(devices: Sequence[Device]) -> np.ndarray:
     return np.maximum(np.array([d.flops * (1.0 if d.is_host else d.compute_efficiency) for d in devices]), 1.0)
 
 
+def copy_factor(cfg: RunConfig) -> float:
+    """The share of a link's pinned rate that host-to-GPU copies reach: all of it with --no-mmap, the pageable
+    rate (:data:`PAGEABLE_COPY_FACTOR`) with llama.cpp's default mmap."""
+    return 1.0 if cfg.no_mmap else PAGEABLE_COPY_FACTOR
+
+
 def host_copy_bandwidth(device: Device, cfg: RunConfig) -> float:
-    """Bytes/s host weights are copied to ``device`` for op offload: the link's pinned rate with --no-mmap, the
-    pageable rate (:data:`PAGEABLE_COPY_FACTOR`) with llama.cpp's default mmap."""
-    return device.link_bandwidth * (1.0 if cfg.no_mmap else PAGEABLE_COPY_FACTOR)
+    """Bytes/s host weights are copied to ``device`` for op offload."""
+    return device.link_bandwidth * copy_factor(cfg)
 
 
 def op_offload_active(cfg: RunConfig, n_ubatch: int, has_gpu: bool) -> bool:
@@ -703,7 +708,7 @@ def _prefill_work(pr: _Prepared, n_prompt: int | None = None, depth: int = 0) ->
     return PrefillWork(names=tuple(names), n_ubatch=n_ubatch, n_tokens=n_prompt, depth=depth, chunks=chunks,
                        read=read, flops=flops, transfer=transfer,
                        link_device=names.index(gpus[0]) if gpus else -1,
-                       copy_factor=1.0 if cfg.no_mmap else PAGEABLE_COPY_FACTOR, attn_full=full, attn_swa=swa,
+                       copy_factor=copy_factor(cfg), attn_full=full, attn_swa=swa,
                        n_swa=hp.n_swa)
 
 

@@ -389,11 +389,8 @@ def solve(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | Non
         threads = found.cores
     gpu_names = tuple(n for n in devices if n != HOST)
     # Absolute, so the scripts, llama-swap entry and plan.json work from any folder.
-    settings = RunSettings(model_path=md.paths[0].absolute(), n_ctx=chosen.estimate.context.n_ctx, devices=gpu_names,
-                           cache_type_k=run_cfg.type_k, cache_type_v=run_cfg.type_v, flash_attn=run_cfg.flash_attn,
-                           n_ubatch=run_cfg.n_ubatch, n_batch=run_cfg.n_batch, n_parallel=run_cfg.n_seq_max,
-                           kv_offload=not run_cfg.no_kv_offload, kv_unified=run_cfg.kv_unified,
-                           no_mmap=run_cfg.no_mmap, threads=threads, extra_args=extra)
+    settings = RunSettings.of(run_cfg, md.paths[0].absolute(), chosen.estimate.context.n_ctx, gpu_names, threads,
+                              extra)
     default_dir = "moeplace-" + re.sub(r"[^A-Za-z0-9._-]+", "-", md.name).strip("-.")
     directory = default_dir if out_dir is None else out_dir
     if target.name != "llama.cpp":

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from moeplace.errors import MoeplaceError
 from moeplace.gguf_file import RemoteName
-from moeplace.memory import CACHE_TYPES, cache_type_refusal
+from moeplace.memory import CACHE_TYPES, RunConfig, cache_type_refusal
 from moeplace.model import ModelDescription
 from moeplace.placement import Placement
 from moeplace.targets.builds import EngineBuild
@@ -65,6 +65,15 @@ class RunSettings:
     threads: int | None = None  # -t; None leaves llama.cpp's default (its count of physical cores)
     fit_off: bool = True
     extra_args: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, cfg: RunConfig, model_path: str | os.PathLike[str], n_ctx: int, devices: Sequence[str],
+           threads: int | None = None, extra_args: Sequence[str] = ()) -> RunSettings:
+        """The command-line settings that launch run configuration ``cfg`` (what solve and choose write)."""
+        return cls(model_path=model_path, n_ctx=n_ctx, devices=tuple(devices), cache_type_k=cfg.type_k,
+                   cache_type_v=cfg.type_v, flash_attn=cfg.flash_attn, n_ubatch=cfg.n_ubatch, n_batch=cfg.n_batch,
+                   n_parallel=cfg.n_seq_max, kv_offload=not cfg.no_kv_offload, kv_unified=cfg.kv_unified,
+                   no_mmap=cfg.no_mmap, threads=threads, extra_args=tuple(extra_args))
 
     def check(self) -> RunSettings:
         """Raises :class:`SettingsError` for values llama.cpp would refuse or change behind our back."""

@@ -302,19 +302,25 @@ def prediction(p: Plan) -> dict[str, Any]:
     }
 
 
+def script_texts(p: Plan, args: LlamaArgs, host: str = "127.0.0.1", port: int = 8080) -> dict[str, str]:
+    """The plan's file set by name: sh and PowerShell launchers for llama-server and llama-cli, a llama-swap
+    entry and plan.json (``.sh`` files are the executable ones)."""
+    name = p.model.name
+    return {
+        "server.sh": sh_script(args, server=True, host=host, port=port, model_name=name),
+        "cli.sh": sh_script(args, program="llama-cli", server=False, model_name=name),
+        "server.ps1": powershell_script(args, server=True, host=host, port=port, model_name=name),
+        "cli.ps1": powershell_script(args, program="llama-cli", server=False, model_name=name),
+        "llama-swap.yaml": llama_swap_entry(args, model_id_for(p.model)),
+        "plan.json": plan_json(plan_document(p.model, p.placement, args, prediction(p))),
+    }
+
+
 def write_script_set(directory: str | os.PathLike[str], p: Plan, args: LlamaArgs, host: str = "127.0.0.1",
                      port: int = 8080) -> Path:
     """Writes every launch script and the plan into ``directory`` (created if missing) as one set: files of
     these names that moeplace wrote before are replaced, nothing else in the folder is touched, and a file of
     the same name that moeplace did not write stops the run with nothing written (:mod:`moeplace.outfiles`)."""
-    name, model_id = p.model.name, model_id_for(p.model)
-    texts = {
-        "server.sh": (sh_script(args, server=True, host=host, port=port, model_name=name), True),
-        "cli.sh": (sh_script(args, program="llama-cli", server=False, model_name=name), True),
-        "server.ps1": (powershell_script(args, server=True, host=host, port=port, model_name=name), False),
-        "cli.ps1": (powershell_script(args, program="llama-cli", server=False, model_name=name), False),
-        "llama-swap.yaml": (llama_swap_entry(args, model_id), False),
-        "plan.json": (plan_json(plan_document(p.model, p.placement, args, prediction(p))), False),
-    }
-    files = {fname: OutFile(file_bytes(fname, text), executable) for fname, (text, executable) in texts.items()}
+    files = {fname: OutFile(file_bytes(fname, text), fname.endswith(".sh"))
+             for fname, text in script_texts(p, args, host, port).items()}
     return write_set(directory, files).resolve()

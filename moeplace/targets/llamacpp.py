@@ -63,26 +63,10 @@ class LlamaCpp:
     def emit(self, plan: Plan, settings: RunSettings, build: EngineBuild,
              out_dir: Path | None = None) -> Emission:
         from moeplace.emit.args import build_args
-        from moeplace.emit.scripts import (
-            llama_swap_entry,
-            model_id_for,
-            plan_document,
-            plan_json,
-            powershell_script,
-            prediction,
-            sh_script,
-        )
+        from moeplace.emit.scripts import script_texts
 
         args = build_args(plan.model, plan.placement, settings, build)
-        name = plan.model.name
-        files = {
-            "server.sh": sh_script(args, server=True, model_name=name),
-            "cli.sh": sh_script(args, program="llama-cli", server=False, model_name=name),
-            "server.ps1": powershell_script(args, server=True, model_name=name),
-            "cli.ps1": powershell_script(args, program="llama-cli", server=False, model_name=name),
-            "llama-swap.yaml": llama_swap_entry(args, model_id_for(plan.model)),
-            "plan.json": plan_json(plan_document(plan.model, plan.placement, args, prediction(plan))),
-        }
+        files = script_texts(plan, args)
         return Emission(self.name, args.shell_line("llama-server"), files, argv=args.argv,
                         document={"build": build.describe()})
 
