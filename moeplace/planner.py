@@ -34,7 +34,7 @@ from moeplace.pins import Pin
 from moeplace.placement import HOST, Placement, default_tensor_device, host_fallback, layer_placement
 from moeplace.sizes import GIB, format_size
 from moeplace.solver import HOST_INDEX, LayerItems, Movable, Problem, Solution, solve, solve_cp_sat
-from moeplace.speed import Estimate, ExpertProbs, LinearCosts, estimate, linear_seconds
+from moeplace.speed import Estimate, ExpertProbs, LinearCosts, TensorTable, estimate, linear_seconds
 from moeplace.targets.base import BaselineContext, LayerOrder, Target
 
 
@@ -264,9 +264,13 @@ def _placement_of(model: ModelDescription, problem: Problem, sol: Solution, pinn
 
 
 def score_placement(model: ModelDescription, placement: Placement, cfg: RunConfig, devices: Mapping[str, Device],
-           workload: Workload, profile: ExpertProbs | None, margin: int, name: str, note: str = "") -> Candidate:
+           workload: Workload, profile: ExpertProbs | None, margin: int, name: str, note: str = "",
+           table: TensorTable | None = None) -> Candidate:
+    """The placement (with the weights a backend refuses on the host) scored for the workload by the full estimate;
+    ``table``, the model's :class:`~moeplace.speed.TensorTable`, saves rebuilding it when one plan scores many."""
     placement = host_fallback(model, placement, {n: d.max_tensor for n, d in devices.items()})
-    est = estimate(model, placement, cfg, devices, profile, batch=workload.batch, margin=margin, depth=workload.depth)
+    est = estimate(model, placement, cfg, devices, profile, batch=workload.batch, margin=margin, depth=workload.depth,
+                   table=table)
     seconds = (est.decode.seconds / workload.batch
                + workload.prompt_per_generated * est.prefill.seconds / est.prefill.n_ubatch)
     fits = all(f.fits for f in est.fits.values()) and est.host.possible
@@ -274,7 +278,8 @@ def score_placement(model: ModelDescription, placement: Placement, cfg: RunConfi
 
 
 def baselines(model: ModelDescription, cfg: RunConfig, devices: Mapping[str, Device], workload: Workload,
-              profile: ExpertProbs | None, margin: int, target: Target | None = None) -> list[Candidate]:
+              profile: ExpertProbs | None, margin: int, target: Target | None = None,
+              table: TensorTable | None = None) -> list[Candidate]:
     """What the engine's own options give on the same hardware (for llama.cpp: the smallest ``--n-cpu-moe`` that
     fits, ``--cpu-moe``, and ``--fit``), each scored with the full estimate."""
     target = target or _default_target()
@@ -288,7 +293,7 @@ def baselines(model: ModelDescription, cfg: RunConfig, devices: Mapping[str, Dev
 
     split = tuple(float(devices[g].memory) for g in gpus) if len(gpus) > 1 else None
     ctx = BaselineContext(model, devices, gpus, split, mem, fits)
-    return [score_placement(model, b.placement, cfg, devices, workload, profile, margin, b.name, b.note)
+    return [score_placement(model, b.placement, cfg, devices, workload, profile, margin, b.name, b.note, table)
             for b in target.baselines(ctx)]
 
 
@@ -375,8 +380,9 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     for p in pins:
         if not any(re.search(p.pattern, t.name) for t in model.loaded_tensors):
             warnings.append(f"--pin {p.pattern}={p.device} matches no tensor of this model")
+    table = TensorTable.build(model)  # once: the linear costs, the plan and every baseline read it
     costs = linear_seconds(model, cfg, devs, profile, batch=workload.batch,
-                           prompt_per_generated=workload.prompt_per_generated)
+                           prompt_per_generated=workload.prompt_per_generated, table=table)
     problem = build_problem(model, devs, cfg, costs, budgets, pinned, workload.batch)
     over_pins = [n for n, cap in zip(problem.devices[1:], problem.capacity[1:]) if budgets[n] > 0 and cap < 0]
     if over_pins:
@@ -401,8 +407,9 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
         sol = cp
     elapsed = time.perf_counter() - t0
     placement = _placement_of(model, problem, sol, pinned)
-    chosen = score_placement(model, placement, cfg, devices, workload, profile, margin, "moeplace")
-    base = baselines(model, cfg, devices, workload, profile, margin, target) if with_baselines and not pins else []
+    chosen = score_placement(model, placement, cfg, devices, workload, profile, margin, "moeplace", table=table)
+    base = baselines(model, cfg, devices, workload, profile, margin, target, table) \
+        if with_baselines and not pins else []
     # A tie is not a win: the same prediction summed in another order differs in the last bit.
     better = [b for b in base if b.fits and b.seconds < chosen.seconds * (1 - TIE_RTOL)]
     fallback = ""

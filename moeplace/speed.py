@@ -333,12 +333,12 @@ class LinearCosts:
 
 def linear_seconds(model: ModelDescription, cfg: RunConfig, devices: Sequence[Device],
                    profile: ExpertProbs | np.ndarray | None = None, *, batch: int = 1,
-                   prompt_per_generated: float = 0.0) -> LinearCosts:
+                   prompt_per_generated: float = 0.0, table: TensorTable | None = None) -> LinearCosts:
     """The linear part of :func:`estimate`, per tensor and device: decode bytes over effective bandwidth (shared
     by ``batch`` sequences), plus ``prompt_per_generated`` prompt tokens' share of prefill, where a device reads
     or computes its weights and host weights are copied to the first GPU under op offload. KV reads are per
     sequence, at the full context (decode is slowest there, as the estimate reports)."""
-    table = TensorTable.build(model)
+    table = table or TensorTable.build(model)
     tc = tensor_costs(model, cfg, profile, batch=batch, table=table)
     elements = _decode_elements(table, _resolve_routing(model, table, profile), batch)
     eff = np.array([d.effective_bandwidth for d in devices])
