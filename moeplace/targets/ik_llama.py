@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from moeplace.memory import RunConfig
 from moeplace.model import ModelDescription
-from moeplace.placement import HOST, Placement, default_tensor_device
+from moeplace.placement import HOST, Placement
 from moeplace.ranges import first_true
 from moeplace.targets.base import Baseline, BaselineContext, Emission, Granularity, LayerOrder, TargetError
 from moeplace.targets.builds import EngineBuild, stored_build
@@ -48,8 +48,8 @@ from moeplace.targets.llamacpp_rules import (
     NotExpressible,
     Override,
     check_device_order,
-    compile_overrides,
     is_host,
+    place_tensors,
 )
 
 if TYPE_CHECKING:
@@ -77,14 +77,7 @@ def apply(model: ModelDescription, ngl: int, tensor_split: Sequence[float] | Non
           overrides: Sequence[Override] = (), devices: Sequence[str] = ()) -> Placement:
     """The placement ik_llama.cpp makes of ``-ngl`` and the ordered override list (first match wins)."""
     layer_devs, output_device = layer_devices(model.hparams.n_layer, ngl, devices)
-    compiled = compile_overrides(overrides)
-    tensor_devices: dict[str, str] = {}
-    for t in model.tensors:
-        if not t.loaded:
-            continue
-        buffer = next((b for rx, b in compiled if rx.search(t.name)), None)
-        tensor_devices[t.name] = buffer or default_tensor_device(t, layer_devs, output_device)
-    return Placement(layer_devs, output_device, tensor_devices)
+    return place_tensors(model, layer_devs, output_device, overrides)
 
 
 def layer_arguments(placement: Placement, devices: Sequence[str]) -> tuple[int, tuple[int, ...] | None]:

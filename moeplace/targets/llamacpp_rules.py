@@ -218,17 +218,20 @@ def apply(model: ModelDescription, ngl: int, tensor_split: Sequence[float] | Non
     ``--cpu-moe`` and ``--n-cpu-moe`` items in command-line order): each loaded tensor goes to the buffer of the first
     override whose pattern searches into its name, else to its layer's device."""
     layer_devs, output_device = layer_devices(model.hparams.n_layer, ngl, tensor_split, devices)
+    return place_tensors(model, tuple(layer_devs), output_device, overrides)
+
+
+def place_tensors(model: ModelDescription, layer_devs: tuple[str, ...], output_device: str,
+                  overrides: Sequence[Override]) -> Placement:
+    """Every loaded tensor on the buffer of the first override whose pattern searches into its name, else on its
+    layer's device: the matching rule llama.cpp and ik_llama.cpp share, given their layer devices."""
     compiled = compile_overrides(overrides)
     tensor_devices: dict[str, str] = {}
     for t in model.tensors:
         if not t.loaded:
             continue
-        for rx, buffer in compiled:
-            if rx.search(t.name):
-                tensor_devices[t.name] = buffer
-                break
-        else:
-            tensor_devices[t.name] = default_tensor_device(t, tuple(layer_devs), output_device)
+        buffer = next((b for rx, b in compiled if rx.search(t.name)), None)
+        tensor_devices[t.name] = buffer or default_tensor_device(t, layer_devs, output_device)
     return Placement(layer_devs, output_device, tensor_devices)
 
 
