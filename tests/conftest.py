@@ -6,6 +6,7 @@ moeplace.oracle.gpubuild gives."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,15 @@ import pytest
 from moeplace import oracle
 from moeplace.oracle import gpubuild
 from moeplace.testing import write_model
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C as a terminal delivers it, however the test run was started: a shell that starts a command in the
+    background without job control (``cmd &`` in a script, some CI runners) starts it with SIGINT ignored, which
+    Python and every child process then inherit, so the interrupt tests would wait for a signal nothing receives.
+    A handler installed here is reset to the default by exec, so the children of the tests get Ctrl-C too."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
