@@ -134,10 +134,16 @@ def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ra
     found = None
     if not gpus or ram is None or ram_bw is None:
         ctx = click.get_current_context(silent=True)
-        measure = bool(ctx and ctx.meta.get("moeplace.measure"))
-        found = machine.detect(gpus=not gpus, measure=measure and ram_bw is None)
-        if ctx is not None:
-            ctx.meta["moeplace.machine"] = found
+        measure = bool(ctx and ctx.meta.get("moeplace.measure")) and ram_bw is None
+        # once per command: --compare asks again for each variant, and detection runs programs
+        key = (not gpus, measure)
+        cached = ctx.meta.get("moeplace.machine_key") if ctx is not None else None
+        if ctx is not None and cached is not None and cached[0] >= key[0] and cached[1] >= key[1]:
+            found = ctx.meta["moeplace.machine"]
+        else:
+            found = machine.detect(gpus=not gpus, measure=measure)
+            if ctx is not None:
+                ctx.meta["moeplace.machine"], ctx.meta["moeplace.machine_key"] = found, key
     if no_gpu:
         gpu_devs: tuple[Device, ...] = ()
     elif gpus:
