@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -38,6 +39,7 @@ from moeplace.memory import (
 )
 from moeplace.model import ModelDescription, load_model
 from moeplace.placement import HOST, Placement, host_fallback
+from moeplace.remote.refs import parse_ref
 from moeplace.sizes import format_size
 from moeplace.speed import Estimate, TensorTable
 from moeplace.speed import estimate as estimate_placement
@@ -293,6 +295,11 @@ def _split_words(words: Sequence[str]) -> tuple[str | None, LlamaCommand | None]
         return words[0], None
     if looks_like_command(words[0]):
         return None, parse_command(words)
+    if words[1].startswith("-") and parse_ref(words[0]) is None and not os.path.exists(words[0]) \
+            and not words[0].lower().endswith(".gguf"):
+        # neither a model nor a llama.cpp program: say so, rather than fault the flags that follow it
+        raise MoeplaceError(f"'{words[0]}' is neither a model file nor a llama.cpp program: paste a line that runs "
+                            "llama-server, llama-cli or llama-bench, or give MODEL before --")
     return words[0], parse_command(words[1:])
 
 
