@@ -403,18 +403,12 @@ def parse_gpus(specs: Sequence[str], backend: str | None = None, cat: Catalog | 
     cat = cat or catalog()
     params = params or speed_params()
     items = [part for spec in specs for part in spec.split(",") if part.strip()]
-    link_items = [part.strip() for spec in links for part in spec.split(",") if part.strip()]
-    if len(link_items) > 1 and len(link_items) != len(items):
-        raise HardwareError(f"--link has {len(link_items)} entries for {len(items)} GPUs: give one for all or "
-                            "one per GPU, in --gpu order")
+    _check_links(links, len(items))
     counters: dict[str, int] = {}
     out = []
-    for i, item in enumerate(items):
+    for item in items:
         b, dev = _gpu_from_item(item, backend, cat, params)
         dev = _gpu_params(dev, params)
-        if link_items and not dev.unified:
-            spec = link_items[0] if len(link_items) == 1 else link_items[i]
-            dev = replace(dev, link_bandwidth=link_bandwidth(spec, cat), link_assumed=False)
         if b != "rpc":
             n = counters.get(b, 0)
             counters[b] = n + 1
@@ -424,6 +418,29 @@ def parse_gpus(specs: Sequence[str], backend: str | None = None, cat: Catalog | 
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise HardwareError(f"device {', '.join(sorted(dupes))} given twice: each RPC server may appear once")
+    return with_links(tuple(out), links, cat)
+
+
+def _check_links(links: Sequence[str], n_gpus: int) -> list[str]:
+    items = [part.strip() for spec in links for part in spec.split(",") if part.strip()]
+    if len(items) > 1 and len(items) != n_gpus:
+        raise HardwareError(f"--link has {len(items)} entries for {n_gpus} GPUs: give one for all or one per GPU, "
+                            "in --gpu order")
+    return items
+
+
+def with_links(gpus: Sequence[Device], links: Sequence[str], cat: Catalog | None = None) -> tuple[Device, ...]:
+    """The GPUs with their host links from ``--link`` values (one for all, or a comma list in GPU order); a GPU
+    sharing the host's memory (Apple) or reached over the network (RPC) keeps its own."""
+    items = _check_links(links, len(gpus))
+    if not items:
+        return tuple(gpus)
+    out = []
+    for i, dev in enumerate(gpus):
+        if not dev.unified and dev.backend != "rpc":
+            spec = items[0] if len(items) == 1 else items[i]
+            dev = replace(dev, link_bandwidth=link_bandwidth(spec, cat), link_assumed=False)
+        out.append(dev)
     return tuple(out)
 
 

@@ -350,9 +350,6 @@ def _merge(ctx: click.Context, values: dict[str, Any], cmd: LlamaCommand) -> dic
 @click.option("--cores", type=click.IntRange(min=1), default=None, help="Physical CPU cores of the host.")
 @click.option("--numa-nodes", type=click.IntRange(min=1), default=1, show_default=True,
               help="NUMA nodes the host's RAM spans (sockets, or sub-NUMA clusters).")
-@click.option("--link", "links", multiple=True, metavar="PCIE",
-              help="Host link of each GPU: pcie4x8, 5.0x16, ... (one for all, or a comma list in --gpu order; "
-                   "default: the preset's, stated when it matters).")
 @click.option("-d", "--depth", type=click.IntRange(min=0), default=0, show_default=True,
               help="Tokens already in the context when decoding and prompting (llama-bench -d).")
 @click.option("-p", "--n-prompt", "n_prompt", type=click.IntRange(min=1), default=None,
@@ -370,7 +367,7 @@ def estimate(ctx: click.Context, words: tuple[str, ...], gpus: tuple[str, ...], 
              kv_unified: bool, swa_full: bool, no_kv_offload: bool, no_op_offload: bool, n_gpu_layers: int | None,
              tensor_split: str | None, override_tensor: tuple[str, ...], n_cpu_moe: int | None, cpu_moe: bool,
              threads: int | None, cores: int | None, numa_nodes: int,
-             links: tuple[str, ...], depth: int, n_prompt: int | None, price: float, api_price: float | None,
+             depth: int, n_prompt: int | None, price: float, api_price: float | None,
              as_json: bool) -> None:
     model, pasted = _split_words(words)
     split = list(split_ts("--tensor-split", tensor_split)) if tensor_split else None
@@ -394,7 +391,7 @@ def estimate(ctx: click.Context, words: tuple[str, ...], gpus: tuple[str, ...], 
     assert model is not None
     md = load_model(model)
     devices = devices_from(gpus, backend, ram, ram_bw, calibration, threads=v["threads"], cores=cores,
-                           numa_nodes=numa_nodes, links=links)
+                           numa_nodes=numa_nodes)
     gpu_devs = [d for d in devices.values() if not d.is_host]
     fa = v["flash_attn"]
     cfg = run_config_from(md, devices, n_ctx=v["n_ctx"], type_k=v["type_k"], type_v=v["type_v"],
