@@ -534,16 +534,16 @@ def host_device(ram: int | None = None, ram_bw: str | float | None = None, gpus:
             notes.append(f"RAM available not given: assumed {format_size(available)} ({format_size(reserve)} "
                          "for the OS and other programs; give --ram-avail)")
     klass = params.host_class(channels, bw)
-    return Device(
+    host = Device(
         name=HOST, backend="cpu", label="system RAM" + (" (unified)" if unified else ""), memory=int(ram),
         bandwidth=bw, efficiency=params.efficiency.get(klass, 0.65), power=cat.cpu_power, link_bandwidth=0.0,
         unified=unified is not None, idle_power=0.15 * cat.cpu_power, notes=tuple(notes),
         threads=int(threads), cores=int(cores or 0), numa_nodes=max(1, int(numa_nodes)),
         numa_gain=params.numa_gain, thread_bandwidth=params.thread_gbs * GB, core_rate=params.core_gelems * 1e9,
-        flops=min(int(threads), int(cores or threads)) * params.core_gflops * 1e9,
         quant_cost=tuple(sorted(params.cpu_quant_cost.items())), available=int(available),
         layer_seconds=params.cpu_layer_us * 1e-6,
     )
+    return replace(host, flops=host.compute_threads * params.core_gflops * 1e9)
 
 
 def runtime_overhead(device: Device, cat: Catalog | None = None) -> int:
