@@ -448,7 +448,11 @@ def compute_bytes_by_device(model: ModelDescription, placement: Placement, cfg: 
     terms = compute_terms(model, cfg)
     gpus = [d for d in (devices or {}).values() if not d.is_host and d.name in placement.devices()]
     if gpus and all(g.backend == "vulkan" for g in gpus):
-        return _vulkan_compute(model, placement, cfg, terms, gpus)
+        from moeplace.vulkan_compute import vulkan_compute  # it reads this module's shapes
+
+        out = vulkan_compute(model, placement, cfg, gpus)
+        out[HOST] = out.get(HOST, 0) + output_bytes(model, cfg)
+        return out
     runners = set(placement.layer_devices)
     devs = set(placement.devices() if used is None else used) | {HOST}
     out = {d: terms.bytes(runs_layers=d in runners, runs_output=d == placement.output_device) for d in devs}
