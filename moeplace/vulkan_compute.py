@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from moeplace.hardware import Device
 from moeplace.memory import context_shape, is_mla, kv_bytes_per_layer
-from moeplace.model import ModelDescription, Role, Tensor
+from moeplace.model import ModelDescription
 from moeplace.placement import HOST, Placement
 
 # ggml-backend: a weight in host memory is used by a GPU op when the op's batch is at least this large
@@ -105,7 +105,8 @@ class _Builder:
         t = self.tensors.get(wname)
         if t is None:
             return None
-        return self.add("MUL_MAT", f32 * t.shape[1] * T, self.w(wname), x, batch=T, name=wname)
+        width = t.shape[1] if len(t.shape) > 1 else 1  # a vector (qwen3next's shared-expert gate) gives one row
+        return self.add("MUL_MAT", f32 * width * T, self.w(wname), x, batch=T, name=wname)
 
     def norm(self, x: str, nbytes: int, wname: str | None, T: int) -> str:
         y = self.add("RMS_NORM", nbytes, x, batch=T)
@@ -153,7 +154,10 @@ def block_graph(model: ModelDescription, placement: Placement, cfg: object) -> G
         inp_x = x
         h = b.norm(x, 4 * E * T, p + "attn_norm.weight", T)
         if layer.attention == "recurrent":
-            a = _delta_net(b, p, h, T, E)
+            states = (f"rs:r{il}", f"rs:s{il}")
+            b.leaves[states[0]] = (kv_dev[il], cache.k_bytes if cache else 0, False)
+            b.leaves[states[1]] = (kv_dev[il], cache.v_bytes if cache else 0, False)
+            a = _delta_net(b, p, h, T, states)
         elif layer.attention == "none" or cache is None or not cache.total:
             a = None
         else:
@@ -184,19 +188,19 @@ def block_graph(model: ModelDescription, placement: Placement, cfg: object) -> G
 def _attention(b: _Builder, p: str, h: str, T: int, E: int, cells: int, fa: bool, kname: str, vname: str,
                m: str, pos: str) -> str:
     hp = b.model.hparams
-    il = int(p.split(".")[1])
     H = hp.n_head
-    q = k = v = None
-    if p + "attn_qkv.weight" in b.tensors:
-        q = k = v = b.mat(p + "attn_qkv.weight", h, T)
-    else:
-        q, k, v = (b.mat(p + f"attn_{x}.weight", h, T) for x in "qkv")
+    fused = b.mat(p + "attn_qkv.weight", h, T) if p + "attn_qkv.weight" in b.tensors else None
+    gate = None
     parts = []
-    for x, name in ((q, "q"), (k, "k"), (v, "v")):
+    for name in "qkv":  # each projection with its bias, norm and rope, in llama.cpp's order
+        x = fused or b.mat(p + f"attn_{name}.weight", h, T)
         if x is None:
             parts.append(None)
             continue
-        nbytes = next(o.nbytes for o in b.ops if o.name == x)
+        nbytes = next(o.nbytes for o in reversed(b.ops) if o.name == x)
+        if name == "q" and nbytes > 4 * H * hp.head_dim_k * T and not fused:
+            gate = x  # a gated query (qwen3next): attn_q gives the query and the output gate side by side
+            nbytes = 4 * H * hp.head_dim_k * T
         if p + f"attn_{name}.bias" in b.tensors:
             x = b.add("ADD", nbytes, x, b.w(p + f"attn_{name}.bias"), batch=T)
         if name != "v" and p + f"attn_{name}_norm.weight" in b.tensors:
@@ -205,7 +209,6 @@ def _attention(b: _Builder, p: str, h: str, T: int, E: int, cells: int, fa: bool
             x = b.add("ROPE", nbytes, x, pos, batch=T)
         parts.append(x)
     q, k, v = parts
-    k_bytes = b.leaves[kname][1]
     b.add("SET_ROWS", 0, k, b.inp("k_idxs", 8 * T), kname, dst_of=kname)
     if vname in b.leaves:
         b.add("SET_ROWS", 0, v, b.inp("v_idxs", 8 * T if fa else 8 * T * (b.leaves[vname][1] // max(1, cells) // 2)),
@@ -220,9 +223,9 @@ def _attention(b: _Builder, p: str, h: str, T: int, E: int, cells: int, fa: bool
         kq = b.add("SOFT_MAX", 4 * cells * T * H, kq, m, sinks, batch=T)
         o = b.add("MUL_MAT", 4 * dv * T * H, vsrc, kq, batch=T, name="kqv")
         o = b.add("CONT", 4 * dv * T * H, o, batch=T)
-    del k_bytes, il
-    if p + "attn_gate.weight" in b.tensors and p + "ssm_out.weight" not in b.tensors:
-        g = b.mat(p + "attn_gate.weight", h, T)
+    if gate is not None:
+        g = b.add("CONT", 4 * H * dv * T, gate, batch=T)
+        g = b.add("UNARY", 4 * H * dv * T, g, batch=T)
         o = b.add("MUL", 4 * H * dv * T, o, g, batch=T)
     out = b.mat(p + "attn_output.weight", o, T) or o
     if p + "attn_output.bias" in b.tensors:
@@ -242,10 +245,8 @@ def _mla(b: _Builder, p: str, h: str, T: int, E: int, cells: int, fa: bool, knam
         q = b.mat(p + "attn_q_b.weight", q, T)
     else:
         q = b.mat(p + "attn_q.weight", h, T)
-    q_bytes = next(o.nbytes for o in b.ops if o.name == q)
     qn = b.add("MUL_MAT", 4 * rank * H * T, b.w(p + "attn_k_b.weight"), q, batch=T, name="q_nope_absorbed")
     qp = b.add("ROPE", 4 * rope * H * T, q, pos, batch=T, name="q_pe")
-    del q_bytes
     qc = b.add("CONCAT", 4 * (rank + rope) * H * T, qn, qp, batch=T, name="Qcur")
     kv = b.mat(p + "attn_kv_a_mqa.weight", h, T)
     kc = b.norm(kv, 4 * rank * T, p + "attn_kv_a_norm.weight", T)
@@ -264,19 +265,25 @@ def _mla(b: _Builder, p: str, h: str, T: int, E: int, cells: int, fa: bool, knam
     return b.mat(p + "attn_output.weight", o, T) or o
 
 
-def _delta_net(b: _Builder, p: str, h: str, T: int, E: int) -> str:
+def _delta_net(b: _Builder, p: str, h: str, T: int, states: tuple[str, str]) -> str:
     """The gated delta net of hybrid models (qwen3next), by its large tensors: the fused qkv projection, the
-    convolution's input and output, the repeated q/k heads, the delta rule's output and the gate."""
+    convolution's input (the conv state read from the recurrent cache, the new one written back) and output, the
+    repeated q/k heads, the delta rule's output (reading and writing the ssm state) and the gate."""
+    r, s = states
     qkv = b.mat(p + "attn_qkv.weight", h, T) or h
-    w = next(o.nbytes for o in b.ops if o.name == qkv)
-    conv = b.add("CONCAT", w, qkv, batch=T)
+    w = next(o.nbytes for o in reversed(b.ops) if o.name == qkv)
+    conv_state = b.add("GET_ROWS", b.leaves[r][1], r, b.inp("rs_ids", 4))
+    conv = b.add("CONCAT", w, conv_state, qkv, batch=T)
+    b.add("CPY", 0, conv, r, dst_of=r)  # the last d_conv columns, through a view the size of conv
     conv = b.add("SSM_CONV", w, conv, b.w(p + "ssm_conv1d.weight"), batch=T)
     conv = b.add("UNARY", w, conv, batch=T)
     g = b.tensors.get(p + "attn_gate.weight")
     gw = 4 * g.shape[1] * T if g is not None else w
     qr = b.add("REPEAT", gw, conv, batch=T)
     kr = b.add("REPEAT", gw, conv, batch=T)
-    o = b.add("GATED_DELTA_NET", gw, qr, kr, conv, batch=T)
+    state = b.add("GET_ROWS", b.leaves[s][1], s, b.inp("rs_ids", 4))
+    o = b.add("GATED_DELTA_NET", gw + b.leaves[s][1], qr, kr, conv, state, batch=T)
+    b.add("CPY", 0, o, s, dst_of=s, views={o: b.leaves[s][1]})  # the new state, a view of the result
     o = b.norm(o, gw, p + "ssm_norm.weight", T)
     z = b.mat(p + "attn_gate.weight", h, T)
     if z is not None:
@@ -507,9 +514,11 @@ class _Tallocr:
         return sum(self.max)
 
 
-def allocate(graph: Graph, sched: Schedule, names: Sequence[str]) -> dict[str, int]:
+def allocate(graph: Graph, sched: Schedule, names: Sequence[str],
+             trace: dict[str, list[str]] | None = None) -> dict[str, int]:
     """Each backend's compute buffer: ggml-alloc over the scheduler's graph copy (each split's input copies,
-    then its ops), tensors freed after their last use."""
+    then its ops), tensors freed after their last use. ``trace`` receives, per backend, what was live when its
+    buffer last grew (for explaining a figure)."""
     size, backends = sched.sizes, sched.backends
     seq: list[tuple[str, str, tuple[str, ...], bool, bool]] = []  # (name, backend, srcs, allocates, inplace-able)
     starts = {i: inputs for i, inputs in sched.splits}
@@ -536,7 +545,10 @@ def allocate(graph: Graph, sched: Schedule, names: Sequence[str]) -> dict[str, i
                 addr[name] = addr.pop(parent)
                 uses[parent] = 0
             else:
+                before = alloc[backend].size
                 addr[name] = (backend, alloc[backend].alloc(nbytes), nbytes)
+                if trace is not None and alloc[backend].size > before:
+                    trace[backend] = [f"{n} {v[2] / 2**20:.1f}" for n, v in addr.items() if v[0] == backend]
         for s in srcs:
             if s not in uses:
                 continue
@@ -554,5 +566,3 @@ def vulkan_compute(model: ModelDescription, placement: Placement, cfg: object, g
     sched = schedule(graph, gpus, bool(getattr(cfg, "op_offload", True)))
     return allocate(graph, sched, [g.name for g in gpus] + [HOST])
 
-
-__all__ = ["Graph", "Op", "Tensor", "Role", "allocate", "block_graph", "schedule", "vulkan_compute"]
