@@ -30,11 +30,13 @@ and src/models/*.cpp of llama.cpp as vendored by llama-cpp-python 0.3.36; checke
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 
 from moeplace.hardware import Device
-from moeplace.memory import context_shape, is_mla, kv_bytes_per_layer
+from moeplace.memory import RunConfig, context_shape, is_mla, kv_bytes_per_layer
 from moeplace.model import ModelDescription
 from moeplace.placement import HOST, Placement
 
@@ -66,19 +68,46 @@ class Op:
     inplace: bool = True  # may take its parent's memory when its op allows (False: it reads a reshaped view)
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Graph:
-    ops: list[Op]
-    leaves: dict[str, tuple[str, int, bool]]  # name -> (device, bytes, is a weight)
-    inputs: dict[str, int]  # graph inputs (host) -> bytes
+    """The ops in graph order, the pre-allocated tensors they read (name -> (owner, bytes, is a weight); the owner
+    is the weight's tensor name, or the layer index of a KV or recurrent cache) and the graph inputs (host)."""
+
+    ops: tuple[Op, ...]
+    leaves: Mapping[str, tuple[str | int, int, bool]]
+    inputs: Mapping[str, int]
+
+    @cached_property
+    def sizes(self) -> dict[str, int]:
+        out = {n: b for n, (_, b, _) in self.leaves.items()}
+        out.update(self.inputs)
+        out.update((o.name, o.nbytes) for o in self.ops)
+        return out
+
+    @cached_property
+    def largest(self) -> tuple[int, ...]:
+        """Per op, its largest tensor, result or source (what ggml_backend_vk_device_supports_op compares)."""
+        size = self.sizes
+        return tuple(max([o.nbytes, *(o.view_sizes.get(s, size[s]) for s in o.srcs)]) for o in self.ops)
+
+    @cached_property
+    def weights_read(self) -> tuple[tuple[str, ...], ...]:
+        """Per op, the weights it reads."""
+        return tuple(tuple(s for s in o.srcs if s in self.leaves and self.leaves[s][2]) for o in self.ops)
+
+    @cached_property
+    def weight_src(self) -> tuple[str | None, ...]:
+        """Per op, the first weight it reads (the scheduler's pass 1 follows it), None for none or for ROPE and
+        FLASH_ATTN_EXT, whose small weights (rope factors, sinks) ggml ignores there."""
+        return tuple(None if o.op in ("ROPE", "FLASH_ATTN_EXT") or not w else w[0]
+                     for o, w in zip(self.ops, self.weights_read, strict=True))
 
 
 class _Builder:
-    def __init__(self, model: ModelDescription, placement: Placement) -> None:
+    def __init__(self, model: ModelDescription) -> None:
         self.model = model
-        self.placement = placement
         self.ops: list[Op] = []
-        self.leaves: dict[str, tuple[str, int, bool]] = {}
+        self.leaves: dict[str, tuple[str | int, int, bool]] = {}
         self.inputs: dict[str, int] = {}
         self.tensors = {t.name: t for t in model.tensors if t.loaded}
         self.n = 0
@@ -87,7 +116,7 @@ class _Builder:
         t = self.tensors.get(name)
         if t is None:
             return None
-        self.leaves["w:" + name] = (self.placement.tensor_devices.get(name, HOST), t.nbytes, True)
+        self.leaves["w:" + name] = (name, t.nbytes, True)
         return "w:" + name
 
     def inp(self, name: str, nbytes: int) -> str:
@@ -118,21 +147,18 @@ class _Builder:
         return y
 
 
-def _has(b: _Builder, il: int, *names: str) -> bool:
-    return any(f"blk.{il}.{n}" in b.tensors for n in names)
-
-
-def block_graph(model: ModelDescription, placement: Placement, cfg: object) -> Graph:
-    """llama.cpp's worst-case prompt graph for ``cfg`` (``n_ubatch`` tokens, all outputs) as its main ops."""
+@lru_cache(maxsize=8)
+def block_graph(model: ModelDescription, cfg: RunConfig) -> Graph:
+    """llama.cpp's worst-case prompt graph for ``cfg`` (``n_ubatch`` tokens, all outputs) as its main ops; where
+    they run depends on the placement (:func:`schedule`), what they are does not, so a planner's many placements
+    share one graph."""
     hp = model.hparams
-    shape = context_shape(model, cfg)  # type: ignore[arg-type]
+    shape = context_shape(model, cfg)
     T = shape.n_ubatch
     E = hp.n_embd
-    fa = bool(getattr(cfg, "flash_attn", True))
-    b = _Builder(model, placement)
-    kv = {x.layer: x for x in kv_bytes_per_layer(model, cfg)}  # type: ignore[arg-type]
-    kv_dev = {il: (HOST if getattr(cfg, "no_kv_offload", False) else placement.layer_devices[il])
-              for il in range(hp.n_layer)}
+    fa = cfg.flash_attn
+    b = _Builder(model)
+    kv = {x.layer: x for x in kv_bytes_per_layer(model, cfg)}
     tokens = b.inp("inp_tokens", 4 * T)
     # the embeddings input of a batch given as vectors: allocated with the other inputs even when the batch is
     # tokens, and never freed, as nothing reads it (ggml_backend_sched_split_graph's pass 6, llm_graph_input_embd)
@@ -159,16 +185,16 @@ def block_graph(model: ModelDescription, placement: Placement, cfg: object) -> G
         h = b.norm(x, 4 * E * T, p + "attn_norm.weight", T)
         if layer.attention == "recurrent":
             states = (f"rs:r{il}", f"rs:s{il}")
-            b.leaves[states[0]] = (kv_dev[il], cache.k_bytes if cache else 0, False)
-            b.leaves[states[1]] = (kv_dev[il], cache.v_bytes if cache else 0, False)
+            b.leaves[states[0]] = (il, cache.k_bytes if cache else 0, False)
+            b.leaves[states[1]] = (il, cache.v_bytes if cache else 0, False)
             a = _delta_net(b, p, h, T, states)
         elif layer.attention == "none" or cache is None or not cache.total:
             a = None
         else:
             kname, vname = f"kv:k{il}", f"kv:v{il}"
-            b.leaves[kname] = (kv_dev[il], cache.k_bytes, False)
+            b.leaves[kname] = (il, cache.k_bytes, False)
             if cache.v_bytes:
-                b.leaves[vname] = (kv_dev[il], cache.v_bytes, False)
+                b.leaves[vname] = (il, cache.v_bytes, False)
             m = mask("swa" if hp.swa_layers[il] else "full", cells)
             if mla:
                 a = _mla(b, p, h, T, E, cells, fa, kname, m, pos, cache.k_bytes)
@@ -186,7 +212,7 @@ def block_graph(model: ModelDescription, placement: Placement, cfg: object) -> G
     h = b.norm(x, 4 * E * T, "output_norm.weight", T)
     out_w = "output.weight" if "output.weight" in b.tensors else "token_embd.weight"
     b.add("MUL_MAT", 4 * hp.n_vocab * T, b.w(out_w), h, batch=T, name="result_output", output=True)
-    return Graph(b.ops, b.leaves, b.inputs)
+    return Graph(tuple(b.ops), b.leaves, b.inputs)
 
 
 def _attention(b: _Builder, p: str, h: str, T: int, E: int, cells: int, fa: bool, kname: str, vname: str,
@@ -352,55 +378,56 @@ def _ffn(b: _Builder, p: str, h: str, T: int, E: int) -> str | None:
 # --- the scheduler ------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class Schedule:
-    """Where each op runs and the splits: (first op, the inputs copied into the split's backend as (source, copy
-    name)); ``sizes`` has every tensor's bytes, copies included. The ops' sources name the copies they read."""
+    """Where each op runs, its sources as it reads them (a copy where the source lives on another backend), and the
+    splits: (first op, the inputs copied into the split's backend as (source, copy name)); ``sizes`` has every
+    tensor's bytes, copies included."""
 
     backends: list[str]
+    srcs: list[tuple[str, ...]]
     splits: list[tuple[int, list[tuple[str, str]]]]
     sizes: dict[str, int]
 
 
-def schedule(graph: Graph, gpus: Sequence[Device], op_offload: bool = True) -> Schedule:
-    """Backends per op (``ggml_backend_sched_split_graph`` passes 1-4) and the splits with their copies (pass 5).
-    Rewrites the ops' sources to the copies, as the scheduler does."""
+def schedule(graph: Graph, placement: Placement, gpus: Sequence[Device], cfg: RunConfig) -> Schedule:
+    """Backends per op (``ggml_backend_sched_split_graph`` passes 1-4) and the splits with their copies (pass 5):
+    weights live where ``placement`` puts them, a layer's caches with the layer (the host under
+    ``--no-kv-offload``)."""
+    op_offload = cfg.op_offload
     backends = [g.name for g in gpus] + [HOST]
     cpu = len(backends) - 1
-    limit = {i: g.max_tensor for i, g in enumerate(gpus)}
-    size: dict[str, int] = {n: s for n, (_, s, _) in graph.leaves.items()}
-    size.update(graph.inputs)
-    for o in graph.ops:
-        size[o.name] = o.nbytes
+    limit = [g.max_tensor or (1 << 62) for g in gpus] + [1 << 62]
+    size = dict(graph.sizes)
+    largest, weight_src, weights_read = graph.largest, graph.weight_src, graph.weights_read
     where: dict[str, int] = {}
-    for n, (dev, _, _) in graph.leaves.items():
+    for n, (owner, _, weight) in graph.leaves.items():
+        if weight:
+            dev = placement.tensor_devices.get(str(owner), HOST)
+        else:
+            dev = HOST if cfg.no_kv_offload else placement.layer_devices[int(owner)]
         where[n] = backends.index(dev) if dev in backends else cpu
     for n in graph.inputs:
         where[n] = cpu
 
-    def supports(bi: int, o: Op) -> bool:
-        lim = limit.get(bi)
-        if not lim:
-            return True
-        return o.nbytes <= lim and all(o.view_sizes.get(s, size[s]) <= lim for s in o.srcs)
+    def supports(bi: int, i: int) -> bool:
+        return largest[i] <= limit[bi]
 
     node: list[int] = []
-    for o in graph.ops:  # pass 1
+    for i, o in enumerate(graph.ops):  # pass 1
         bi = -1
+        ws = weight_src[i]
         if o.dst_of is not None:
-            bi = where[o.dst_of] if supports(where[o.dst_of], o) else cpu
-        elif o.op not in ("ROPE", "FLASH_ATTN_EXT"):
-            for s in o.srcs:
-                if s in graph.leaves and graph.leaves[s][2]:
-                    wb = where[s]
-                    if wb == cpu:
-                        if op_offload and o.op not in _NO_BATCH and o.batch >= OP_OFFLOAD_MIN_BATCH:
-                            bi = next((g for g in range(cpu) if supports(g, o)), cpu)
-                        else:
-                            bi = cpu
-                    else:
-                        bi = wb if supports(wb, o) else -1  # a device weight on an op the device refuses
-                    break
+            bi = where[o.dst_of] if supports(where[o.dst_of], i) else cpu
+        elif ws is not None:
+            wb = where[ws]
+            if wb == cpu:
+                if op_offload and o.op not in _NO_BATCH and o.batch >= OP_OFFLOAD_MIN_BATCH:
+                    bi = next((g for g in range(cpu) if supports(g, i)), cpu)
+                else:
+                    bi = cpu
+            else:
+                bi = wb if supports(wb, i) else -1  # a device weight on an op the device refuses
         node.append(bi)
 
     def expand(order: range, gpu_only: bool) -> None:
@@ -408,7 +435,7 @@ def schedule(graph: Graph, gpus: Sequence[Device], op_offload: bool = True) -> S
         for i in order:
             if node[i] != -1:
                 cur = -1 if (gpu_only and node[i] == cpu) else node[i]
-            elif cur != -1 and supports(cur, graph.ops[i]):
+            elif cur != -1 and supports(cur, i):
                 node[i] = cur
 
     n = len(graph.ops)
@@ -420,7 +447,7 @@ def schedule(graph: Graph, gpus: Sequence[Device], op_offload: bool = True) -> S
         if node[i] == -1:
             best = -1
             for bi in range(len(backends)):
-                if supports(bi, o):
+                if supports(bi, i):
                     k = sum(1 for s in o.srcs if where.get(s, -1) == bi)
                     if k > best:
                         best, node[i] = k, bi
@@ -430,12 +457,13 @@ def schedule(graph: Graph, gpus: Sequence[Device], op_offload: bool = True) -> S
     # pass 5: splits and the copies of their inputs
     splits: list[tuple[int, list[tuple[str, str]]]] = []
     copies: dict[tuple[str, int], str] = {}
+    read: list[tuple[str, ...]] = []
     cur = -2
     for i, o in enumerate(graph.ops):
         bi = node[i]
         new = bi != cur
-        if not new and splits and splits[-1][1]:
-            new = any(s in graph.leaves and graph.leaves[s][2] and where[s] != bi for s in o.srcs)
+        if not new and splits and splits[-1][1]:  # a weight from elsewhere starts a split (its copy is then freed)
+            new = any(where[s] != bi for s in weights_read[i])
         if new:
             splits.append((i, []))
             cur = bi
@@ -450,8 +478,8 @@ def schedule(graph: Graph, gpus: Sequence[Device], op_offload: bool = True) -> S
                     where[copies[key]] = bi
                 s = copies[key]
             srcs.append(s)
-        o.srcs = tuple(srcs)
-    return Schedule([backends[b] for b in node], splits, size)
+        read.append(tuple(srcs))
+    return Schedule([backends[b] for b in node], read, splits, size)
 
 
 # --- the allocator ------------------------------------------------------------------------------------------
@@ -534,7 +562,7 @@ def allocate(graph: Graph, sched: Schedule, names: Sequence[str],
         for src, cp in starts.get(i, ()):
             seq.append(("dep:" + cp, "", (src,), False, False))
             seq.append((cp, backends[i], (), True, False))
-        seq.append((o.name, backends[i], o.srcs, o.dst_of is None and o.nbytes > 0,
+        seq.append((o.name, backends[i], sched.srcs[i], o.dst_of is None and o.nbytes > 0,
                     o.inplace and o.op in INPLACE))
     uses: dict[str, int] = {}
     for _, _, srcs, _, _ in seq:
@@ -553,25 +581,34 @@ def allocate(graph: Graph, sched: Schedule, names: Sequence[str],
             if parent is not None:
                 addr[name] = addr.pop(parent)
                 uses[parent] = 0
+            elif trace is None:
+                addr[name] = (backend, alloc[backend].alloc(nbytes), nbytes)
             else:
                 before = alloc[backend].size
                 addr[name] = (backend, alloc[backend].alloc(nbytes), nbytes)
-                if trace is not None and alloc[backend].size > before:
+                if alloc[backend].size > before:
                     trace[backend] = [f"{n} {v[2] / 2**20:.1f}" for n, v in addr.items() if v[0] == backend]
         for s in srcs:
-            if s not in uses:
-                continue
-            uses[s] -= 1
-            if uses[s] == 0 and s in addr and s not in outputs:
+            left = uses[s] - 1
+            uses[s] = left
+            if left == 0 and s in addr and s not in outputs:
                 b, a, nbytes = addr.pop(s)
                 alloc[b].free(a, nbytes)
     return {n: a.size for n, a in alloc.items()}
 
 
-def vulkan_compute(model: ModelDescription, placement: Placement, cfg: object, gpus: Sequence[Device]
+_RESULTS: OrderedDict[tuple[object, ...], dict[str, int]] = OrderedDict()  # a planner scores a placement more than once
+
+
+def vulkan_compute(model: ModelDescription, placement: Placement, cfg: RunConfig, gpus: Sequence[Device]
                    ) -> dict[str, int]:
     """Compute buffer bytes per device (the host's ``Vulkan_Host`` one under ``CPU``) for ``placement``."""
-    graph = block_graph(model, placement, cfg)
-    sched = schedule(graph, gpus, bool(getattr(cfg, "op_offload", True)))
-    return allocate(graph, sched, [g.name for g in gpus] + [HOST])
-
+    key = (model, cfg, tuple(gpus), tuple(placement.layer_devices), tuple(sorted(placement.tensor_devices.items())))
+    if key not in _RESULTS:
+        graph = block_graph(model, cfg)
+        sched = schedule(graph, placement, gpus, cfg)
+        _RESULTS[key] = allocate(graph, sched, [g.name for g in gpus] + [HOST])
+        if len(_RESULTS) > 256:
+            _RESULTS.popitem(last=False)
+    _RESULTS.move_to_end(key)
+    return dict(_RESULTS[key])
