@@ -23,6 +23,12 @@ follow that; this module replays it:
 3. :func:`allocate` runs ggml-alloc's dynamic allocator (best fit over free blocks, 1 GiB chunks, in-place reuse
    for the ops ggml allows it, frees after the last use) per backend and returns each one's peak.
 
+What it leaves out: small ops that allocate little and anchor nothing new (views, the router's sort and
+normalisation details, the tg graph of one token), ggml-vulkan's graph optimiser, which reorders the ops of a
+split for concurrency and so moves the holes best fit leaves, and pipeline parallelism (several GPUs with every
+layer offloaded: ggml-backend keeps up to four copies of each split input), which one software device cannot show.
+The first two are what the remaining errors on the oracle come from (docs/memory-oracle.md).
+
 Sources: ggml/src/ggml-backend.cpp, ggml/src/ggml-alloc.c, ggml/src/ggml-vulkan/ggml-vulkan.cpp, src/llama-graph.cpp
 and src/models/*.cpp of llama.cpp as vendored by llama-cpp-python 0.3.36; checked against the Vulkan oracle
 (benchmarks/memory_oracle.py --backend gpu, docs/memory-oracle.md).
