@@ -227,11 +227,11 @@ def _attention(b: _Builder, p: str, h: str, T: int, E: int, cells: int, fa: bool
     H = hp.n_head
     fused = b.mat(p + "attn_qkv.weight", h, T) if p + "attn_qkv.weight" in b.tensors else None
     gate = None
-    parts = []
-    for name in "qkv":  # each projection with its bias, norm and rope, in llama.cpp's order
+    parts: dict[str, str | None] = {}
+    for name in QKV_ORDER.get(b.model.arch, "qvk"):  # each projection with its bias, norm and rope
         x = fused or b.mat(p + f"attn_{name}.weight", h, T)
         if x is None:
-            parts.append(None)
+            parts[name] = None
             continue
         nbytes = next(o.nbytes for o in reversed(b.ops) if o.name == x)
         if name == "q" and nbytes > 4 * H * hp.head_dim_k * T and not fused:
@@ -239,16 +239,16 @@ def _attention(b: _Builder, p: str, h: str, T: int, E: int, cells: int, fa: bool
             nbytes = 4 * H * hp.head_dim_k * T
         if p + f"attn_{name}.bias" in b.tensors:
             x = b.add("ADD", nbytes, x, b.w(p + f"attn_{name}.bias"), batch=T)
-        # the projection is reshaped to heads before its norm or rope, which then read a view: on the Vulkan
-        # oracle the result does not take the projection's memory (220 of 288 loads exact with this, 155 without)
+        # the projection is reshaped to heads before its norm or rope, which then read a view: the result does not
+        # take the projection's memory (the allocator's trace; 220 of 288 oracle loads exact with this, 155 without)
         reshaped = False
         if name != "v" and p + f"attn_{name}_norm.weight" in b.tensors:
             x = b.norm(x, nbytes, p + f"attn_{name}_norm.weight", T, inplace=reshaped)
             reshaped = True
         if name != "v":
             x = b.add("ROPE", nbytes, x, pos, batch=T, inplace=reshaped)
-        parts.append(x)
-    q, k, v = parts
+        parts[name] = x
+    q, k, v = parts["q"], parts["k"], parts["v"]
     b.add("SET_ROWS", 0, k, b.inp("k_idxs", 8 * T), kname, dst_of=kname)
     if vname in b.leaves:
         b.add("SET_ROWS", 0, v, b.inp("v_idxs", 8 * T if fa else 8 * T * (b.leaves[vname][1] // max(1, cells) // 2)),
@@ -556,6 +556,47 @@ class _Tallocr:
         return sum(self.max)
 
 
+# The order llama.cpp's graph holds a block's projections in (the order build_attn expands them): q, v, k by default
+QKV_ORDER = {"gpt-oss": "qkv"}
+
+# ggml_vk_graph_optimize: a dependent op may join its source's concurrent set when the two fuse
+_FUSES = frozenset({("RMS_NORM", "MUL"), ("UNARY", "MUL"), ("MUL_MAT", "ADD"), ("MUL_MAT_ID", "ADD_ID"),
+                    ("MUL_MAT_ID", "MUL"), ("ADD", "ADD"), ("SSM_CONV", "ADD"), ("SSM_CONV", "UNARY")})
+OPTIMISER_WINDOW = 16  # ggml-vulkan looks 20 graph nodes ahead, views included: about 12 of the ops modelled here
+
+
+def _optimised(ops: Sequence[Op], srcs: Sequence[tuple[str, ...]], span: range) -> list[int]:
+    """The order ggml-vulkan's graph optimiser gives a split's ops (ggml_vk_graph_optimize): from the first op
+    not yet placed, every later op within the window that reads no unplaced op of the window joins its set
+    (a product's bias, a norm's weight: fused pairs join too), so independent products run together and their
+    results are live together."""
+    index = {ops[i].name: i for i in span}
+    placed: set[int] = set()
+    order: list[int] = []
+    first = span.start
+    while first < span.stop:
+        group = [first]
+        for j in range(first + 1, min(first + OPTIMISER_WINDOW, span.stop)):
+            if j in placed:
+                continue
+            ok = True
+            for s in srcs[j]:
+                c = index.get(s)
+                if c is None or c < first or c in placed:
+                    continue
+                if c == group[-1] and (ops[c].op, ops[j].op) in _FUSES and (j == c + 1 or ops[c].op != "MUL_MAT"):
+                    continue
+                ok = False
+                break
+            if ok:
+                group.append(j)
+        placed.update(group)
+        order += group
+        while first < span.stop and first in placed:
+            first += 1
+    return order
+
+
 def allocate(graph: Graph, sched: Schedule, names: Sequence[str],
              trace: dict[str, list[str]] | None = None) -> dict[str, int]:
     """Each backend's compute buffer: ggml-alloc over the scheduler's graph copy (each split's input copies,
@@ -563,13 +604,16 @@ def allocate(graph: Graph, sched: Schedule, names: Sequence[str],
     buffer last grew (for explaining a figure)."""
     size, backends = sched.sizes, sched.backends
     seq: list[tuple[str, str, tuple[str, ...], bool, bool]] = []  # (name, backend, srcs, allocates, inplace-able)
-    starts = {i: inputs for i, inputs in sched.splits}
-    for i, o in enumerate(graph.ops):
-        for src, cp in starts.get(i, ()):
+    bounds = [i for i, _ in sched.splits] + [len(graph.ops)]
+    for (start, inputs), end in zip(sched.splits, bounds[1:], strict=True):
+        for src, cp in inputs:
             seq.append(("dep:" + cp, "", (src,), False, False))
-            seq.append((cp, backends[i], (), True, False))
-        seq.append((o.name, backends[i], sched.srcs[i], o.dst_of is None and o.nbytes > 0,
-                    o.inplace and o.op in INPLACE))
+            seq.append((cp, backends[start], (), True, False))
+        span = range(start, end)
+        for i in (span if backends[start] == HOST else _optimised(graph.ops, sched.srcs, span)):
+            o = graph.ops[i]
+            seq.append((o.name, backends[i], sched.srcs[i], o.dst_of is None and o.nbytes > 0,
+                        o.inplace and o.op in INPLACE))
     uses: dict[str, int] = {}
     for _, _, srcs, _, _ in seq:
         for s in srcs:
