@@ -21,13 +21,17 @@ follow that; this module replays it:
    with the most supported inputs; it splits the graph where the backend changes and copies every input that
    lives elsewhere (activations and weights alike) into the split's backend;
 3. :func:`allocate` runs ggml-alloc's dynamic allocator (best fit over free blocks, 1 GiB chunks, in-place reuse
-   for the ops ggml allows it, frees after the last use) per backend and returns each one's peak.
+   for the ops ggml allows it, frees after the last use, graph inputs first) per backend and returns each one's
+   peak. Its rules were checked against ggml-alloc's own allocation trace (ggml-alloc.c built with AT_PRINTF and
+   preloaded into the Vulkan build) on the loads the oracle missed.
 
-What it leaves out: small ops that allocate little and anchor nothing new (views, the router's sort and
-normalisation details, the tg graph of one token), ggml-vulkan's graph optimiser, which reorders the ops of a
-split for concurrency and so moves the holes best fit leaves, and pipeline parallelism (several GPUs with every
-layer offloaded: ggml-backend keeps up to four copies of each split input), which one software device cannot show.
-The first two are what the remaining errors on the oracle come from (docs/memory-oracle.md).
+Within a device's split the ops run in the order ggml-vulkan's graph optimiser gives them (independent ops hoisted
+into concurrent sets, :func:`_optimised`), which decides which results are live together. What it leaves out: small
+ops that allocate little and anchor nothing new (views, the router's sort and normalisation details, the graph of
+one token) and the optimiser's fusion patterns, which move the holes best fit leaves by a few MiB and, rarely, by
+a whole tensor: that is where the remaining errors on the oracle come from (docs/memory-oracle.md); and pipeline
+parallelism (several GPUs with every layer offloaded: ggml-backend keeps up to four copies of each split input),
+which one software device cannot show.
 
 Sources: ggml/src/ggml-backend.cpp, ggml/src/ggml-alloc.c, ggml/src/ggml-vulkan/ggml-vulkan.cpp, src/llama-graph.cpp
 and src/models/*.cpp of llama.cpp as vendored by llama-cpp-python 0.3.36; checked against the Vulkan oracle
@@ -240,7 +244,8 @@ def _attention(b: _Builder, p: str, h: str, T: int, E: int, cells: int, fa: bool
         if p + f"attn_{name}.bias" in b.tensors:
             x = b.add("ADD", nbytes, x, b.w(p + f"attn_{name}.bias"), batch=T)
         # the projection is reshaped to heads before its norm or rope, which then read a view: the result does not
-        # take the projection's memory (the allocator's trace; 220 of 288 oracle loads exact with this, 155 without)
+        # take the projection's memory (ggml-alloc's own trace; Vulkan0 exact to 1 MiB in 259 of 288 oracle loads
+        # with this rule, 174 without)
         reshaped = False
         if name != "v" and p + f"attn_{name}_norm.weight" in b.tensors:
             x = b.norm(x, nbytes, p + f"attn_{name}_norm.weight", T, inplace=reshaped)
