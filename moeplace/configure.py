@@ -19,7 +19,7 @@ from moeplace.memory import (
 from moeplace.model import ModelDescription
 from moeplace.pins import Pin
 from moeplace.placement import HOST
-from moeplace.planner import WORKLOADS, Plan, PlanError, Workload, plan, score_placement
+from moeplace.planner import WORKLOADS, Budget, Plan, PlanError, Workload, plan, score_placement
 from moeplace.sizes import format_size
 from moeplace.speed import PAGEABLE_COPY_FACTOR, ExpertProbs
 from moeplace.targets.base import Target
@@ -85,25 +85,27 @@ def choose_config(model: ModelDescription, devices: Mapping[str, Device], cfg: R
     kvs = [(base.type_k, base.type_v)]
     if not fixed & {"type_k", "type_v"}:
         kvs = [("f16", "f16"), ("q8_0", "q8_0")]
-    def run(c: RunConfig) -> Plan:
+    budget = Budget(time_limit)  # CP-SAT's, shared by every configuration
+    candidates = [(ub, tk, tv) for ub in ubs for tk, tv in kvs]
+
+    def run(c: RunConfig, plans_left: int = 1) -> Plan:
         return plan(model, devices, c, workload=workload, margin=margin, pins=pins, profile=profile, solver=solver,
-                    time_limit=time_limit, target=target, with_baselines=with_baselines)
+                    time_limit=budget.share(plans_left), target=target, with_baselines=with_baselines)
 
     tried: list[Plan] = []
     errors: list[str] = []
-    for ub in ubs:
-        for tk, tv in kvs:
-            c = base.with_(n_ubatch=ub, n_batch=base.n_batch if "n_batch" in fixed else max(RunConfig().n_batch, ub),
-                           type_k=tk, type_v=tv)
-            try:
-                validate(model, c)
-                p = run(c)
-                if c.no_mmap and not p.estimate.host.fits:  # pinned memory cannot be paged: keep mmap here
-                    p = run(c.with_(no_mmap=False))
-            except MoeplaceError as e:
-                errors.append(str(e))
-                continue
-            tried.append(p)
+    for i, (ub, tk, tv) in enumerate(candidates):
+        c = base.with_(n_ubatch=ub, n_batch=base.n_batch if "n_batch" in fixed else max(RunConfig().n_batch, ub),
+                       type_k=tk, type_v=tv)
+        try:
+            validate(model, c)
+            p = run(c, len(candidates) - i)
+            if c.no_mmap and not p.estimate.host.fits:  # pinned memory cannot be paged: keep mmap here
+                p = run(c.with_(no_mmap=False), len(candidates) - i)
+        except MoeplaceError as e:
+            errors.append(str(e))
+            continue
+        tried.append(p)
     if not tried:
         raise PlanError(errors[0] if errors else "no run configuration could be planned")
     fitting = [p for p in tried if p.chosen.fits] or tried

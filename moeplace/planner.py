@@ -461,6 +461,17 @@ MIN_CP_SAT_SECONDS = 0.05
 AUTO_CONTEXT_LOSS = 0.10
 
 
+class Budget:
+    """One deadline for CP-SAT over several plans: each gets what is left, split evenly over the plans still to
+    make; a plan given less than :data:`MIN_CP_SAT_SECONDS` keeps the DP's exact answer."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.perf_counter() + seconds
+
+    def share(self, plans_left: int = 1) -> float:
+        return max(0.0, self.deadline - time.perf_counter()) / max(1, plans_left)
+
+
 def auto_context(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
                  workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN, pins: Sequence[Pin] = (),
                  profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0,
@@ -469,11 +480,12 @@ def auto_context(model: ModelDescription, devices: Mapping[str, Device], cfg: Ru
     :data:`AUTO_CONTEXT_LOSS` of the smallest context's; returns it and the whole trade for display.
     ``time_limit`` is CP-SAT's budget for the whole ladder, not per context."""
     trade: list[Plan] = []
-    deadline = time.perf_counter() + time_limit
-    for n_ctx in context_ladder(model.hparams.n_ctx_train):
+    budget = Budget(time_limit)
+    ladder = context_ladder(model.hparams.n_ctx_train)
+    for i, n_ctx in enumerate(ladder):
         try:
             trade.append(plan(model, devices, cfg.with_(n_ctx=n_ctx), workload=workload, margin=margin, pins=pins,
-                              profile=profile, solver=solver, time_limit=deadline - time.perf_counter(),
+                              profile=profile, solver=solver, time_limit=budget.share(len(ladder) - i),
                               target=target))
         except PlanError:
             break
