@@ -205,11 +205,12 @@ def block_graph(model: ModelDescription, cfg: RunConfig) -> Graph:
             b.leaves[kname] = (il, cache.k_bytes, False)
             if cache.v_bytes:
                 b.leaves[vname] = (il, cache.v_bytes, False)
-            m = mask("swa" if hp.swa_layers[il] else "full", cells)
+            kind = "swa" if hp.swa_layers[il] else "full"
+            m = mask(kind, cells)
             if mla:
                 a = _mla(b, p, h, T, E, cells, fa, kname, m, pos, cache.k_bytes)
             else:
-                a = _attention(b, p, h, T, E, cells, fa, kname, vname, m, pos)
+                a = _attention(b, p, h, T, E, cells, fa, kname, vname, m, pos, kind)
         if a is not None:
             x = b.add("ADD", 4 * E * T, a, inp_x, batch=T, name="ffn_inp")
         ffn_in = x
@@ -226,7 +227,9 @@ def block_graph(model: ModelDescription, cfg: RunConfig) -> Graph:
 
 
 def _attention(b: _Builder, p: str, h: str, T: int, E: int, cells: int, fa: bool, kname: str, vname: str,
-               m: str, pos: str) -> str:
+               m: str, pos: str, kind: str) -> str:
+    """A block's attention; ``kind`` names its cache (full or swa), whose write indices are inputs of their own
+    (an iSWA model has two sets, which ggml-alloc places apart)."""
     hp = b.model.hparams
     H = hp.n_head
     fused = b.mat(p + "attn_qkv.weight", h, T) if p + "attn_qkv.weight" in b.tensors else None
@@ -254,10 +257,10 @@ def _attention(b: _Builder, p: str, h: str, T: int, E: int, cells: int, fa: bool
             x = b.add("ROPE", nbytes, x, pos, batch=T, inplace=reshaped)
         parts[name] = x
     q, k, v = parts["q"], parts["k"], parts["v"]
-    b.add("SET_ROWS", 0, k, b.inp("k_idxs", 8 * T), kname, dst_of=kname)
+    b.add("SET_ROWS", 0, k, b.inp(f"k_idxs_{kind}", 8 * T), kname, dst_of=kname)
     if vname in b.leaves:
-        b.add("SET_ROWS", 0, v, b.inp("v_idxs", 8 * T if fa else 8 * T * (b.leaves[vname][1] // max(1, cells) // 2)),
-              vname, dst_of=vname)
+        v_row = b.leaves[vname][1] // max(1, cells) // 2  # without flash attention V is stored transposed
+        b.add("SET_ROWS", 0, v, b.inp(f"v_idxs_{kind}", 8 * T if fa else 8 * T * v_row), vname, dst_of=vname)
     vsrc = vname if vname in b.leaves else kname
     sinks = b.w(p + "attn_sinks.weight")
     dv = hp.head_dim_v
