@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import Device
 from moeplace.memory import (
-    DEFAULT_MARGIN,
     MIB,
     RunConfig,
     context_shape,
+    default_margin,
     validate,
 )
 from moeplace.model import ModelDescription
@@ -53,7 +53,7 @@ def _distance_from_defaults(cfg: RunConfig) -> tuple[int, int]:
 
 
 def choose_config(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
-                  pinned: Sequence[str] = (), workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN,
+                  pinned: Sequence[str] = (), workload: Workload = WORKLOADS["chat"], margin: int | None = None,
                   pins: Sequence[Pin] = (), profile: ExpertProbs | None = None, solver: str = "dp",
                   time_limit: float = 10.0, target: Target | None = None,
                   with_baselines: bool = True) -> ConfigChoice:
@@ -67,6 +67,7 @@ def choose_config(model: ModelDescription, devices: Mapping[str, Device], cfg: R
     * ``--no-mmap``: host weights in pinned memory (faster op-offload copies) wherever the host's share fits in
       RAM without paging, and there is a GPU to copy to."""
     fixed = frozenset(pinned)
+    margin = default_margin(devices) if margin is None else margin
     unknown = fixed - set(CONFIG_FIELDS)
     if unknown:
         raise PlanError(f"unknown run settings {', '.join(sorted(unknown))}: use {', '.join(CONFIG_FIELDS)}")

@@ -21,10 +21,10 @@ import numpy as np
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import Device, runtime_overhead
 from moeplace.memory import (
-    DEFAULT_MARGIN,
     RunConfig,
     compute_terms,
     context_ladder,
+    default_margin,
     gpu_fits,
     kv_bytes_per_layer,
     memory_by_device,
@@ -349,7 +349,7 @@ def _reasons(problem: Problem, sol: Solution) -> tuple[LayerReason, ...]:
 
 
 def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
-         workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN, pins: Sequence[Pin] = (),
+         workload: Workload = WORKLOADS["chat"], margin: int | None = None, pins: Sequence[Pin] = (),
          profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0,
          target: Target | None = None, with_baselines: bool = True) -> Plan:
     """The placement with the best predicted time per token that fits every GPU, with baselines and reasons.
@@ -368,6 +368,7 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
         raise PlanError("the devices must include the host CPU")
     gpus = [d for n, d in devices.items() if n != HOST]
     devs = [devices[HOST], *gpus]
+    margin = default_margin(gpus) if margin is None else margin
     budgets = gpu_budgets(model, cfg, gpus, margin)
     if gpus and all(b <= 0 for b in budgets.values()):
         need = min(g.memory - b for g, b in zip(gpus, budgets.values()))
@@ -473,7 +474,7 @@ class Budget:
 
 
 def auto_context(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
-                 workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN, pins: Sequence[Pin] = (),
+                 workload: Workload = WORKLOADS["chat"], margin: int | None = None, pins: Sequence[Pin] = (),
                  profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0,
                  target: Target | None = None) -> tuple[Plan, list[Plan]]:
     """Plans every context of :func:`context_ladder` and picks the largest whose predicted decode speed is within
@@ -481,6 +482,7 @@ def auto_context(model: ModelDescription, devices: Mapping[str, Device], cfg: Ru
     ``time_limit`` is CP-SAT's budget for the whole ladder, not per context."""
     trade: list[Plan] = []
     budget = Budget(time_limit)
+    margin = default_margin(devices) if margin is None else margin
     ladder = context_ladder(model.hparams.n_ctx_train)
     for i, n_ctx in enumerate(ladder):
         try:

@@ -19,7 +19,7 @@ import numpy as np
 from moeplace.configure import CONFIG_FIELDS, ConfigChoice, choose_config
 from moeplace.expert_cache import CacheChoice, choose_cache
 from moeplace.hardware import Device
-from moeplace.memory import DEFAULT_MARGIN, RunConfig
+from moeplace.memory import RunConfig, default_margin
 from moeplace.model import ModelDescription
 from moeplace.pins import Pin
 from moeplace.planner import WORKLOADS, Budget, Plan, Workload, auto_context
@@ -40,7 +40,7 @@ class Solution:
 
 
 def solve(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *, target: Target,
-          pinned: Sequence[str] = (), workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN,
+          pinned: Sequence[str] = (), workload: Workload = WORKLOADS["chat"], margin: int | None = None,
           pins: Sequence[Pin] = (), profile: ExpertProbs | None = None,
           trace: Mapping[int, np.ndarray] | None = None, auto_ctx: bool = False, expert_cache: bool = False,
           cache_sizes: Sequence[int] | None = None, solver: str = "dp", time_limit: float = 10.0) -> Solution:
@@ -49,6 +49,7 @@ def solve(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig
     costs little decode speed, then with ``expert_cache`` the cache size (``cache_sizes`` in MiB, default a
     ladder) that decodes fastest. ``time_limit`` is CP-SAT's budget for all of it."""
     budget = Budget(time_limit)
+    margin = default_margin(devices) if margin is None else margin
     if not target.tunes_run_settings:
         pinned = CONFIG_FIELDS
     choice = choose_config(model, devices, cfg, pinned=pinned, workload=workload, margin=margin, pins=pins,

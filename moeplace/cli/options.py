@@ -15,7 +15,7 @@ from moeplace.calibration import load as load_calibration
 from moeplace.cli import INT32_MAX, POSITIVE_SIZE, SIZE
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import GB, Device, catalog, device_set, host_device, parse_gpus, with_links
-from moeplace.memory import CACHE_TYPES, DEFAULT_MARGIN, RunConfig, resolve_flash_attn, validate
+from moeplace.memory import CACHE_TYPES, DEFAULT_MARGIN, MARGINS, RunConfig, resolve_flash_attn, validate
 from moeplace.model import ModelDescription
 from moeplace.sizes import format_size
 
@@ -81,8 +81,9 @@ hardware_options = _stack(
                  help="Time a few seconds of memory copies for the RAM bandwidth when the DMI table is not "
                       "readable."),
     click.option("--margin", type=SIZE, default=None,
-                 help=f"Memory kept free on each GPU (default {format_size(DEFAULT_MARGIN)}, from the measured "
-                      "error of the compute-buffer estimate)."),
+                 help=f"Memory kept free on each GPU (default per backend, from the measured error of the "
+                      f"compute-buffer estimate: Vulkan {format_size(MARGINS['vulkan'])}, others "
+                      f"{format_size(DEFAULT_MARGIN)})."),
     click.option("--calibration", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE",
                  help="Measured bandwidths (moeplace bench -o FILE) in place of the presets' efficiencies."),
     click.option("--list-gpus", is_flag=True, expose_value=False, is_eager=True, callback=_list_presets,
