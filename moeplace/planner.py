@@ -369,7 +369,7 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
         raise PlanError("the devices must include the host CPU")
     gpus = [d for n, d in devices.items() if n != HOST]
     devs = [devices[HOST], *gpus]
-    margin = default_margin(gpus) if margin is None else margin
+    margin = default_margin(gpus, margin)
     budgets = gpu_budgets(model, cfg, gpus, margin)
     if gpus and all(b <= 0 for b in budgets.values()):
         need = min(g.memory - b for g, b in zip(gpus, budgets.values()))
@@ -484,7 +484,7 @@ def auto_context(model: ModelDescription, devices: Mapping[str, Device], cfg: Ru
     ``time_limit`` is CP-SAT's budget for the whole ladder, not per context."""
     trade: list[Plan] = []
     budget = Budget(time_limit)
-    margin = default_margin(devices) if margin is None else margin
+    margin = default_margin(devices, margin)
     ladder = context_ladder(model.hparams.n_ctx_train)
     for i, n_ctx in enumerate(ladder):
         try:
