@@ -28,8 +28,9 @@ follow that; this module replays it:
 Within a device's split the ops run in the order ggml-vulkan's graph optimiser gives them (independent ops hoisted
 into concurrent sets, :func:`_optimised`), which decides which results are live together. What it leaves out: small
 ops that allocate little and anchor nothing new (views, the router's sort and normalisation details, the graph of
-one token) and the optimiser's fusion patterns, which move the holes best fit leaves by a few MiB and, rarely, by
-a whole tensor: that is where the remaining errors on the oracle come from (docs/memory-oracle.md); and pipeline
+one token; the gated delta net is the exception, modelled op by op, as its small results decided where a 128 MiB
+cache copy fit) and the optimiser's fusion patterns, which move the holes best fit leaves by a few MiB and, rarely,
+by a whole tensor: that is where the remaining errors on the oracle come from (docs/memory-oracle.md); and pipeline
 parallelism (several GPUs with every layer offloaded: ggml-backend keeps up to four copies of each split input),
 which one software device cannot show.
 
@@ -73,6 +74,8 @@ class Op:
     output: bool = False  # a graph output: never freed
     view_sizes: Mapping[str, int] = field(default_factory=dict)  # a source used through a view of this size
     inplace: bool = True  # may take its parent's memory when its op allows (False: it reads a reshaped view)
+    viewed: tuple[str, ...] = ()  # sources it reads through a reshape or view, which ggml-alloc never takes over
+    extra: int = 0  # graph nodes just before it left out here (views, reshapes): they fill the optimiser's window
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,20 +135,20 @@ class _Builder:
 
     def add(self, op: str, nbytes: int, *srcs: str | None, batch: int = 0, name: str = "",
             dst_of: str | None = None, output: bool = False, views: Mapping[str, int] | None = None,
-            inplace: bool = True) -> str:
+            inplace: bool = True, viewed: tuple[str, ...] = (), extra: int = 0) -> str:
         self.n += 1
         nm = f"{name or op.lower()}#{self.n}"
         self.ops.append(Op(nm, op, nbytes, tuple(s for s in srcs if s), batch, dst_of, output, dict(views or {}),
-                           inplace))
+                           inplace, viewed, extra))
         return nm
 
-    def mat(self, wname: str, x: str, T: int, f32: int = 4) -> str | None:
+    def mat(self, wname: str, x: str, T: int, f32: int = 4, extra: int = 0) -> str | None:
         """x @ W: [W's output width, T] f32."""
         t = self.tensors.get(wname)
         if t is None:
             return None
         width = t.shape[1] if len(t.shape) > 1 else 1  # a vector (qwen3next's shared-expert gate) gives one row
-        return self.add("MUL_MAT", f32 * width * T, self.w(wname), x, batch=T, name=wname)
+        return self.add("MUL_MAT", f32 * width * T, self.w(wname), x, batch=T, name=wname, extra=extra)
 
     def norm(self, x: str, nbytes: int, wname: str | None, T: int, inplace: bool = True) -> str:
         y = self.add("RMS_NORM", nbytes, x, batch=T, inplace=inplace)
@@ -208,8 +211,9 @@ def block_graph(model: ModelDescription, cfg: RunConfig) -> Graph:
                 a = _mla(b, p, h, T, E, cells, fa, kname, m, pos, cache.k_bytes)
             else:
                 a = _attention(b, p, h, T, E, cells, fa, kname, vname, m, pos, kind)
-        if a is not None:
-            x = b.add("ADD", 4 * E * T, a, inp_x, batch=T, name="ffn_inp")
+        if a is not None:  # the delta net's output is reshaped first: the residual takes the input's memory
+            x = b.add("ADD", 4 * E * T, a, inp_x, batch=T, name="ffn_inp",
+                      viewed=(a,) if layer.attention == "recurrent" else ())
         ffn_in = x
         post = p + ("post_attention_norm.weight" if p + "post_attention_norm.weight" in b.tensors
                     else "ffn_norm.weight")
@@ -311,28 +315,57 @@ def _mla(b: _Builder, p: str, h: str, T: int, E: int, cells: int, fa: bool, knam
 
 
 def _delta_net(b: _Builder, p: str, h: str, T: int, states: tuple[str, str]) -> str:
-    """The gated delta net of hybrid models (qwen3next), by its large tensors: the fused qkv projection, the
-    convolution's input (the conv state read from the recurrent cache, the new one written back) and output, the
-    repeated q/k heads, the delta rule's output (reading and writing the ssm state) and the gate."""
+    """The gated delta net of hybrid models (qwen3next), op by op as llm_build_delta_net_base and qwen3next.cpp
+    give it (ggml-alloc's own trace on the one oracle load it decided): each state gathered from the recurrent
+    cache (cleared and copied in place there, so it runs where the cache lives), the fused qkv projection and
+    the convolution over it with the old conv state (its last columns written back), the L2-normed q/k heads
+    repeated to the value heads, beta and the decay gate from ``ssm_beta_alpha``, the delta rule (its new state
+    written back), the gated norm and the output projection. Norms and the gate's SiLU read reshaped views, so
+    they take fresh memory."""
     r, s = states
+    rb, sb = b.leaves[r][1], b.leaves[s][1]
+    ids = b.inp("rs_ids", 4)
+
+    def gather(cache: str, nbytes: int) -> str:
+        b.add("SCALE", 0, cache, dst_of=cache, extra=2)  # build_rs clears the unused states in place
+        got = b.add("GET_ROWS", nbytes, cache, ids, extra=1)
+        b.add("CPY", 0, cache, dst_of=cache, extra=3)  # and copies the extra states back
+        return got
+
+    conv_state = gather(r, rb)
     qkv = b.mat(p + "attn_qkv.weight", h, T) or h
-    w = next(o.nbytes for o in reversed(b.ops) if o.name == qkv)
-    conv_state = b.add("GET_ROWS", b.leaves[r][1], r, b.inp("rs_ids", 4))
-    conv = b.add("CONCAT", w, conv_state, qkv, batch=T)
-    b.add("CPY", 0, conv, r, dst_of=r)  # the last d_conv columns, through a view the size of conv
+    w = next((o.nbytes for o in reversed(b.ops) if o.name == qkv), 0)
+    conv = b.add("CONCAT", w + rb, conv_state, qkv, batch=T, extra=3)
+    b.add("CPY", 0, conv, r, dst_of=r, extra=1)  # the last d_conv columns, through a view the size of conv
+    state = gather(s, sb)
     conv = b.add("SSM_CONV", w, conv, b.w(p + "ssm_conv1d.weight"), batch=T)
     conv = b.add("UNARY", w, conv, batch=T)
     g = b.tensors.get(p + "attn_gate.weight")
-    gw = 4 * g.shape[1] * T if g is not None else w
-    qr = b.add("REPEAT", gw, conv, batch=T)
-    kr = b.add("REPEAT", gw, conv, batch=T)
-    state = b.add("GET_ROWS", b.leaves[s][1], s, b.inp("rs_ids", 4))
-    o = b.add("GATED_DELTA_NET", gw + b.leaves[s][1], qr, kr, conv, state, batch=T)
-    b.add("CPY", 0, o, s, dst_of=s, views={o: b.leaves[s][1]})  # the new state, a view of the result
-    o = b.norm(o, gw, p + "ssm_norm.weight", T)
+    gw = 4 * g.shape[1] * T if g is not None else w  # the value heads
+    qk = max(0, (w - gw) // 2)  # q and k heads before the repeat
+    heads = []
+    for v in (3, 0):
+        x = b.add("RMS_NORM", qk, conv, batch=T, inplace=False, extra=v)  # L2 norm of a view of the convolution
+        heads.append(b.add("SCALE", qk, x, batch=T))
+    heads = [b.add("REPEAT", gw, x, batch=T, extra=1) for x in heads]
+    ba = b.mat(p + "ssm_ba.weight", h, T, extra=2)
+    gate = beta = None
+    if ba is not None:
+        half = next(o.nbytes for o in reversed(b.ops) if o.name == ba) // 2
+        a = b.add("CONT", half, ba, batch=T, extra=2)
+        a = b.add("ADD", half, a, b.w(p + "ssm_dt.bias"), batch=T)
+        a = b.add("UNARY", half, a, batch=T)  # softplus
+        gate = b.add("MUL", half, a, b.w(p + "ssm_a"), batch=T)
+        # four views precede it in the graph; two here, as the window counts 16, not 20 (ggml-alloc's trace at -ub
+        # 2048: with four its sigmoid joins the gate's SiLU ahead of the delta rule, 32 MiB over)
+        beta = b.add("CONT", half, ba, batch=T, extra=2)
+        beta = b.add("UNARY", half, beta, batch=T)  # sigmoid
+    o = b.add("GATED_DELTA_NET", gw + sb, *heads, conv, gate, beta, state, batch=T, extra=1)
+    b.add("CPY", 0, o, s, dst_of=s, views={o: sb}, extra=1)  # the new state, a view of the result
+    o = b.norm(o, gw, p + "ssm_norm.weight", T, inplace=False)
     z = b.mat(p + "attn_gate.weight", h, T)
     if z is not None:
-        z = b.add("UNARY", gw, z, batch=T)
+        z = b.add("UNARY", gw, z, batch=T, inplace=False, extra=1)
         o = b.add("MUL", gw, o, z, batch=T)
     return b.mat(p + "ssm_out.weight", o, T) or o
 
@@ -567,7 +600,9 @@ QKV_ORDER = {"gpt-oss": "qkv"}
 # ggml_vk_graph_optimize: a dependent op may join its source's concurrent set when the two fuse
 _FUSES = frozenset({("RMS_NORM", "MUL"), ("UNARY", "MUL"), ("MUL_MAT", "ADD"), ("MUL_MAT_ID", "ADD_ID"),
                     ("MUL_MAT_ID", "MUL"), ("ADD", "ADD"), ("SSM_CONV", "ADD"), ("SSM_CONV", "UNARY")})
-OPTIMISER_WINDOW = 16  # ggml-vulkan looks 20 graph nodes ahead, views included: about 12 of the ops modelled here
+# ggml-vulkan looks 20 graph nodes ahead, views included: about 12 of the ops modelled here, counted with the views an
+# op declares it leaves out before it (Op.extra, the delta net's)
+OPTIMISER_WINDOW = 16
 
 
 def _optimised(ops: Sequence[Op], srcs: Sequence[tuple[str, ...]], span: range) -> list[int]:
@@ -576,16 +611,26 @@ def _optimised(ops: Sequence[Op], srcs: Sequence[tuple[str, ...]], span: range) 
     (a product's bias, a norm's weight: fused pairs join too), so independent products run together and their
     results are live together."""
     index = {ops[i].name: i for i in span}
+    at = {}  # each op's position counting the graph nodes left out before it
+    n = 0
+    for i in span:
+        n += 1 + ops[i].extra
+        at[i] = n
+    touched = {i: {*ops[i].srcs, ops[i].dst_of} for i in span}
     placed: set[int] = set()
     order: list[int] = []
     first = span.start
     while first < span.stop:
         group = [first]
-        for j in range(first + 1, min(first + OPTIMISER_WINDOW, span.stop)):
+        for j in range(first + 1, span.stop):
+            if at[j] >= at[first] + OPTIMISER_WINDOW:
+                break
             if j in placed:
                 continue
-            ok = True
-            for s in srcs[j]:
+            # ops that touch a cache another unplaced op of the window writes stay behind it (is_src_of's views)
+            ok = not any(c not in placed and (ops[c].dst_of in touched[j] or ops[j].dst_of in touched[c])
+                         for c in range(first, j) if ops[c].dst_of or ops[j].dst_of)
+            for s in srcs[j] if ok else ():
                 c = index.get(s)
                 if c is None or c < first or c in placed:
                     continue
@@ -608,17 +653,19 @@ def allocate(graph: Graph, sched: Schedule, names: Sequence[str],
     then its ops), tensors freed after their last use. ``trace`` receives, per backend, what was live when its
     buffer last grew (for explaining a figure)."""
     size, backends = sched.sizes, sched.backends
-    seq: list[tuple[str, str, tuple[str, ...], bool, bool]] = []  # (name, backend, srcs, allocates, inplace-able)
+    # (name, backend, srcs, allocates, the sources it may take in place)
+    seq: list[tuple[str, str, tuple[str, ...], bool, tuple[str, ...]]] = []
     bounds = [i for i, _ in sched.splits] + [len(graph.ops)]
     for (start, inputs), end in zip(sched.splits, bounds[1:], strict=True):
         for src, cp in inputs:
-            seq.append(("dep:" + cp, "", (src,), False, False))
-            seq.append((cp, backends[start], (), True, False))
+            seq.append(("dep:" + cp, "", (src,), False, ()))
+            seq.append((cp, backends[start], (), True, ()))
         span = range(start, end)
         for i in (span if backends[start] == HOST else _optimised(graph.ops, sched.srcs, span)):
             o = graph.ops[i]
+            own = tuple(c for s, c in zip(o.srcs, sched.srcs[i], strict=True) if s not in o.viewed)
             seq.append((o.name, backends[i], sched.srcs[i], o.dst_of is None and o.nbytes > 0,
-                        o.inplace and o.op in INPLACE))
+                        own if o.inplace and o.op in INPLACE else ()))
     uses: dict[str, int] = {}
     for _, _, srcs, _, _ in seq:
         for s in srcs:
@@ -631,8 +678,8 @@ def allocate(graph: Graph, sched: Schedule, names: Sequence[str],
     for name, backend, srcs, allocates, inplace in seq:
         if allocates and name not in addr:
             nbytes = size[name]
-            parent = next((s for s in srcs if inplace and s in addr and uses.get(s) == 1 and size.get(s) == nbytes
-                           and s not in outputs and addr[s][0] == backend), None) if inplace else None
+            parent = next((s for s in inplace if s in addr and uses.get(s) == 1 and size.get(s) == nbytes
+                           and s not in outputs and addr[s][0] == backend), None)
             if parent is not None:
                 addr[name] = addr.pop(parent)
                 uses[parent] = 0
