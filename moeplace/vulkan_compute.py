@@ -75,7 +75,10 @@ class Op:
     view_sizes: Mapping[str, int] = field(default_factory=dict)  # a source used through a view of this size
     inplace: bool = True  # may take its parent's memory when its op allows (False: it reads a reshaped view)
     viewed: tuple[str, ...] = ()  # sources it reads through a reshape or view, which ggml-alloc never takes over
-    extra: int = 0  # graph nodes just before it left out here (views, reshapes): they fill the optimiser's window
+    # graph nodes just before it that are left out here (views, reshapes), which fill the optimiser's window; None
+    # where a block is not modelled node by node (then an op stands for 1.25 graph nodes, the average)
+    extra: int | None = None
+    through: bool = False  # it reads those views, which the optimiser places only after a set of real ops
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,6 +124,7 @@ class _Builder:
         self.inputs: dict[str, int] = {}
         self.tensors = {t.name: t for t in model.tensors if t.loaded}
         self.n = 0
+        self.exact = False  # the block being written lists every graph node (Op.extra)
 
     def w(self, name: str) -> str | None:
         t = self.tensors.get(name)
@@ -135,14 +139,17 @@ class _Builder:
 
     def add(self, op: str, nbytes: int, *srcs: str | None, batch: int = 0, name: str = "",
             dst_of: str | None = None, output: bool = False, views: Mapping[str, int] | None = None,
-            inplace: bool = True, viewed: tuple[str, ...] = (), extra: int = 0) -> str:
+            inplace: bool = True, viewed: tuple[str, ...] = (), extra: int | None = None,
+            through: bool = False) -> str:
         self.n += 1
+        if extra is None and self.exact:
+            extra = 0
         nm = f"{name or op.lower()}#{self.n}"
         self.ops.append(Op(nm, op, nbytes, tuple(s for s in srcs if s), batch, dst_of, output, dict(views or {}),
-                           inplace, viewed, extra))
+                           inplace, viewed, extra, through))
         return nm
 
-    def mat(self, wname: str, x: str, T: int, f32: int = 4, extra: int = 0) -> str | None:
+    def mat(self, wname: str, x: str, T: int, f32: int = 4, extra: int | None = None) -> str | None:
         """x @ W: [W's output width, T] f32."""
         t = self.tensors.get(wname)
         if t is None:
@@ -212,8 +219,9 @@ def block_graph(model: ModelDescription, cfg: RunConfig) -> Graph:
             else:
                 a = _attention(b, p, h, T, E, cells, fa, kname, vname, m, pos, kind)
         if a is not None:  # the delta net's output is reshaped first: the residual takes the input's memory
-            x = b.add("ADD", 4 * E * T, a, inp_x, batch=T, name="ffn_inp",
-                      viewed=(a,) if layer.attention == "recurrent" else ())
+            rec = layer.attention == "recurrent"
+            x = b.add("ADD", 4 * E * T, a, inp_x, batch=T, name="ffn_inp", viewed=(a,) if rec else (),
+                      extra=1 if rec else None, through=rec)
         ffn_in = x
         post = p + ("post_attention_norm.weight" if p + "post_attention_norm.weight" in b.tensors
                     else "ffn_norm.weight")
@@ -324,19 +332,20 @@ def _delta_net(b: _Builder, p: str, h: str, T: int, states: tuple[str, str]) -> 
     they take fresh memory."""
     r, s = states
     rb, sb = b.leaves[r][1], b.leaves[s][1]
+    b.exact = True
     ids = b.inp("rs_ids", 4)
 
     def gather(cache: str, nbytes: int) -> str:
-        b.add("SCALE", 0, cache, dst_of=cache, extra=2)  # build_rs clears the unused states in place
-        got = b.add("GET_ROWS", nbytes, cache, ids, extra=1)
-        b.add("CPY", 0, cache, dst_of=cache, extra=3)  # and copies the extra states back
+        b.add("SCALE", 0, cache, dst_of=cache, extra=2, through=True)  # build_rs clears the unused states in place
+        got = b.add("GET_ROWS", nbytes, cache, ids, extra=1, through=True)
+        b.add("CPY", 0, cache, dst_of=cache, extra=3, through=True)  # and copies the extra states back
         return got
 
     conv_state = gather(r, rb)
     qkv = b.mat(p + "attn_qkv.weight", h, T) or h
     w = next((o.nbytes for o in reversed(b.ops) if o.name == qkv), 0)
-    conv = b.add("CONCAT", w + rb, conv_state, qkv, batch=T, extra=3)
-    b.add("CPY", 0, conv, r, dst_of=r, extra=1)  # the last d_conv columns, through a view the size of conv
+    conv = b.add("CONCAT", w + rb, conv_state, qkv, batch=T, extra=3, through=True)
+    b.add("CPY", 0, conv, r, dst_of=r, extra=1, through=True)  # the last d_conv columns, a view the size of conv
     state = gather(s, sb)
     conv = b.add("SSM_CONV", w, conv, b.w(p + "ssm_conv1d.weight"), batch=T)
     conv = b.add("UNARY", w, conv, batch=T)
@@ -344,30 +353,33 @@ def _delta_net(b: _Builder, p: str, h: str, T: int, states: tuple[str, str]) -> 
     gw = 4 * g.shape[1] * T if g is not None else w  # the value heads
     qk = max(0, (w - gw) // 2)  # q and k heads before the repeat
     heads = []
-    for v in (3, 0):
-        x = b.add("RMS_NORM", qk, conv, batch=T, inplace=False, extra=v)  # L2 norm of a view of the convolution
-        heads.append(b.add("SCALE", qk, x, batch=T))
-    heads = [b.add("REPEAT", gw, x, batch=T, extra=1) for x in heads]
-    ba = b.mat(p + "ssm_ba.weight", h, T, extra=2)
+    for v in (1, 2):  # each head's chain as the graph holds it: view, L2 norm (rms_norm, scale), repeat, reshape
+        x = b.add("RMS_NORM", qk, conv, batch=T, inplace=False, extra=v, through=True)
+        x = b.add("SCALE", qk, x, batch=T)
+        heads.append(b.add("REPEAT", gw, x, batch=T, extra=1, through=True))
+    ba = b.mat(p + "ssm_ba.weight", h, T, extra=2)  # after the reshaped k and the view of v
     gate = beta = None
     if ba is not None:
         half = next(o.nbytes for o in reversed(b.ops) if o.name == ba) // 2
-        a = b.add("CONT", half, ba, batch=T, extra=2)
+        a = b.add("CONT", half, ba, batch=T, extra=2, through=True)
         a = b.add("ADD", half, a, b.w(p + "ssm_dt.bias"), batch=T)
         a = b.add("UNARY", half, a, batch=T)  # softplus
         gate = b.add("MUL", half, a, b.w(p + "ssm_a"), batch=T)
-        # four views precede it in the graph; two here, as the window counts 16, not 20 (ggml-alloc's trace at -ub
-        # 2048: with four its sigmoid joins the gate's SiLU ahead of the delta rule, 32 MiB over)
-        beta = b.add("CONT", half, ba, batch=T, extra=2)
+        beta = b.add("CONT", half, ba, batch=T, extra=2, through=True)
         beta = b.add("UNARY", half, beta, batch=T)  # sigmoid
-    o = b.add("GATED_DELTA_NET", gw + sb, *heads, conv, gate, beta, state, batch=T, extra=1)
-    b.add("CPY", 0, o, s, dst_of=s, views={o: sb}, extra=1)  # the new state, a view of the result
-    o = b.norm(o, gw, p + "ssm_norm.weight", T, inplace=False)
+    o = b.add("GATED_DELTA_NET", gw + sb, *heads, conv, gate, beta, state, batch=T, extra=2, through=True)
+    b.add("CPY", 0, o, s, dst_of=s, views={o: sb}, extra=1, through=True)  # the new state, a view of the result
+    o = b.add("RMS_NORM", gw, o, batch=T, inplace=False, extra=1, through=True)
+    o = b.add("MUL", gw, o, b.w(p + "ssm_norm.weight"), batch=T)
     z = b.mat(p + "attn_gate.weight", h, T)
     if z is not None:
-        z = b.add("UNARY", gw, z, batch=T, inplace=False, extra=1)
+        z = b.add("UNARY", gw, z, batch=T, inplace=False, extra=1, through=True)
         o = b.add("MUL", gw, o, z, batch=T)
-    return b.mat(p + "ssm_out.weight", o, T) or o
+    out = b.tensors.get(p + "ssm_out.weight")
+    if out is not None:
+        o = b.add("MUL_MAT", 4 * out.shape[1] * T, b.w(p + "ssm_out.weight"), o, batch=T, extra=1, through=True)
+    b.exact = False
+    return o
 
 
 def _ffn(b: _Builder, p: str, h: str, T: int, E: int) -> str | None:
@@ -414,6 +426,7 @@ def _ffn(b: _Builder, p: str, h: str, T: int, E: int) -> str | None:
         s = b.mat(down, a, T)
         if suffix and p + "ffn_gate_inp_shexp.weight" in b.tensors:
             gate = b.mat(p + "ffn_gate_inp_shexp.weight", h, T)
+            gate = b.add("UNARY", 4 * T, gate, batch=T)  # its sigmoid
             s = b.add("MUL", 4 * E * T, s, gate, batch=T)
         out = b.add("ADD", 4 * E * T, out, s, batch=T) if out else s
     return out
@@ -600,9 +613,9 @@ QKV_ORDER = {"gpt-oss": "qkv"}
 # ggml_vk_graph_optimize: a dependent op may join its source's concurrent set when the two fuse
 _FUSES = frozenset({("RMS_NORM", "MUL"), ("UNARY", "MUL"), ("MUL_MAT", "ADD"), ("MUL_MAT_ID", "ADD_ID"),
                     ("MUL_MAT_ID", "MUL"), ("ADD", "ADD"), ("SSM_CONV", "ADD"), ("SSM_CONV", "UNARY")})
-# ggml-vulkan looks 20 graph nodes ahead, views included: about 12 of the ops modelled here, counted with the views an
-# op declares it leaves out before it (Op.extra, the delta net's)
-OPTIMISER_WINDOW = 16
+# ggml-vulkan looks 20 graph nodes ahead, views included: 16 of the ops modelled here where a block's views are not
+# listed, fewer where they are (Op.extra, the delta net's)
+OPTIMISER_WINDOW = 20
 
 
 def _optimised(ops: Sequence[Op], srcs: Sequence[tuple[str, ...]], span: range) -> list[int]:
@@ -614,9 +627,11 @@ def _optimised(ops: Sequence[Op], srcs: Sequence[tuple[str, ...]], span: range) 
     at = {}  # each op's position counting the graph nodes left out before it
     n = 0
     for i in span:
-        n += 1 + ops[i].extra
+        extra = ops[i].extra
+        n += 1.25 if extra is None else 1 + extra
         at[i] = n
     touched = {i: {*ops[i].srcs, ops[i].dst_of} for i in span}
+    seen = {i for i in span if not ops[i].through}  # ops whose views, if any, are placed
     placed: set[int] = set()
     order: list[int] = []
     first = span.start
@@ -628,7 +643,7 @@ def _optimised(ops: Sequence[Op], srcs: Sequence[tuple[str, ...]], span: range) 
             if j in placed:
                 continue
             # ops that touch a cache another unplaced op of the window writes stay behind it (is_src_of's views)
-            ok = not any(c not in placed and (ops[c].dst_of in touched[j] or ops[j].dst_of in touched[c])
+            ok = j in seen and not any(c not in placed and (ops[c].dst_of in touched[j] or ops[j].dst_of in touched[c])
                          for c in range(first, j) if ops[c].dst_of or ops[j].dst_of)
             for s in srcs[j] if ok else ():
                 c = index.get(s)
@@ -640,6 +655,15 @@ def _optimised(ops: Sequence[Op], srcs: Sequence[tuple[str, ...]], span: range) 
                 break
             if ok:
                 group.append(j)
+        # second pass: the left-out views within the window whose sources are done (none after an ADD, which
+        # would split a fusion); an op reading views can join only a later set
+        if ops[group[-1]].op != "ADD":
+            done = placed.union(group)
+            for j in range(first + 1, span.stop):
+                if at[j] - 1 >= at[first] + OPTIMISER_WINDOW:
+                    break
+                if j not in seen and all(index.get(x, -1) < first or index[x] in done for x in srcs[j]):
+                    seen.add(j)
         placed.update(group)
         order += group
         while first < span.stop and first in placed:
