@@ -283,7 +283,8 @@ def _attention(b: _Builder, p: str, h: str, T: int, E: int, cells: int, fa: bool
     if gate is not None:
         g = b.add("CONT", 4 * H * dv * T, gate, batch=T)
         g = b.add("UNARY", 4 * H * dv * T, g, batch=T)
-        o = b.add("MUL", 4 * H * dv * T, o, g, batch=T)
+        # flash attention's result is reshaped first, so the product takes the gate's memory (ggml-alloc's trace)
+        o = b.add("MUL", 4 * H * dv * T, o, g, batch=T, viewed=(o,) if fa else ())
     out = b.mat(p + "attn_output.weight", o, T) or o
     if p + "attn_output.bias" in b.tensors:
         out = b.add("ADD", 4 * E * T, out, b.w(p + "attn_output.bias"), batch=T)
