@@ -389,12 +389,22 @@ def _ffn(b: _Builder, p: str, h: str, T: int, E: int) -> str | None:
     if p + "ffn_gate_inp.weight" in b.tensors and p + "ffn_down_exps.weight" in b.tensors:
         n_exp, used = hp.n_expert, hp.n_expert_used
         logits = b.mat(p + "ffn_gate_inp.weight", h, T)
-        probs = b.add("SOFT_MAX", 4 * n_exp * T, logits, b.w(p + "ffn_gate_inp.bias"), batch=T)
+        # softmax gating with normalised weights is ggml-vulkan's fused top-k pattern: its input (the logits) stays
+        # live to the pattern's end, the softmax takes fresh memory, and so does the division (its sources a
+        # reshaped view and a row sum of another layout)
+        fused = p + "exp_probs_b.bias" not in b.tensors and p + "ffn_gate_inp.bias" not in b.tensors
+        probs = b.add("SOFT_MAX", 4 * n_exp * T, logits, b.w(p + "ffn_gate_inp.bias"), batch=T,
+                      viewed=(logits,) if fused else ())
         if p + "exp_probs_b.bias" in b.tensors:
             probs = b.add("ADD", 4 * n_exp * T, probs, b.w(p + "exp_probs_b.bias"), batch=T)
         order = b.add("ARGSORT", 4 * n_exp * T, probs, batch=T)
         weights = b.add("GET_ROWS", 4 * used * T, probs, order)
-        weights = b.add("DIV", 4 * used * T, weights, batch=T)
+        if fused:
+            total = b.add("SUM_ROWS", 4 * T, weights, batch=T)
+            total = b.add("CLAMP", 4 * T, total, batch=T)
+            weights = b.add("DIV", 4 * used * T, weights, total, logits, batch=T, viewed=(weights, logits))
+        else:
+            weights = b.add("DIV", 4 * used * T, weights, batch=T)
         ff = b.tensors[p + "ffn_down_exps.weight"].shape[0]
         acts = []
         for kind in ("gate", "up"):
