@@ -95,12 +95,15 @@ PLATFORMS = (
     (r"Xeon 69\d\dP", "xeon-6900p"), (r"Xeon .*Sapphire", "xeon-sapphire-rapids"),
 )
 DESKTOP_CPU = re.compile(r"Ryzen|Core i\d|Core Ultra|Ryzen AI", re.IGNORECASE)
-# The CPU batch kernels llama.cpp multiplies prompts with changed over time, and the per-type prompt costs with them
-# (benchmarks/quant_cost.py measures each set as a table in speed-model.json). A row's host prompt work takes the
-# table of the kernels builds had when it was published: before the x86 Q4_K repack (PR 12332, opened 2025-03-11,
-# https://github.com/ggml-org/llama.cpp/pull/12332) K- and i-quants ran vec_dot and nothing but Q4_0 was repacked;
-# the tiled K-/i-quant kernels (PR 27851, https://github.com/ggml-org/llama.cpp/pull/27851) were still unmerged on
-# 2026-09-11; the build measured here (0c1e570, 2026-10-01) has them: cpu_prefill_cost, the model's default.
+# llama.cpp's CPU batch kernels changed over time, and the per-type prompt costs with them (benchmarks/quant_cost.py
+# measures each set as a table in speed-model.json). A row's host prompt work takes the table of the kernels builds
+# had when it was published (until that date: that table; later rows: cpu_prefill_cost, the model's default, this
+# build's): before the x86 Q4_K repack (PR 12332, opened 2025-03-11, https://github.com/ggml-org/llama.cpp/pull/12332)
+# K- and i-quants ran vec_dot and repacking had just begun (Q4_0 only); the tiled K-/i-quant kernels (PR 27851,
+# https://github.com/ggml-org/llama.cpp/pull/27851) were still unmerged on 2026-09-11; the build measured here
+# (0c1e570, 2026-10-01) has them. Decode keeps this build's table in every era: a decode table without repacking
+# was measured too (quant_cost.py --kernels vec_dot), but builds of that era already repacked Q4_0, which the
+# emulation cannot, and it ordered the published pairs worse (494 against 500 of 590).
 PREFILL_ERAS = (("2025-03-11", "cpu_prefill_cost_vec_dot"), ("2026-09-11", "cpu_prefill_cost_untiled"))
 BACKENDS = {"CUDA": "cuda", "ROCm": "rocm", "Vulkan": "vulkan", "SYCL": "sycl", "Metal": "metal"}
 GPU_NAME = (("NVIDIA ", ""), ("GeForce ", ""), ("AMD ", ""), ("Radeon ", ""), ("Intel ", ""), ("Apple ", ""),
@@ -220,7 +223,7 @@ def _hardware(row: dict[str, Any]) -> Hardware:
 
 def _prefill_table(row: dict[str, Any]) -> str | None:
     if row["engine"].startswith("ik_llama"):
-        return None  # its own GEMM kernels, not llama.cpp's history: no table of its own is measured
+        return None  # its own kernels, not llama.cpp's history: no table of its own is measured
     date = row["source_date"] or "9999"
     return next((key for until, key in PREFILL_ERAS if date < until), None)
 
@@ -598,10 +601,16 @@ def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, 
             "this machine's CPU, an AMD EPYC VM with AVX-512 (x86), every type the rows use included (the i-quants "
             "llama.cpp will not quantize without an importance matrix are written directly); the M2 Max rows of ik164 "
             "ran ARM NEON kernels, whose per-type costs differ (there Q4_0 and IQ4_NL prompts are repacked and over "
-            "twice as fast as Q4_K's), so that series keeps misordered pairs;",
-            "- the prompt-kernel eras are approximations of the builds in them: ik164's build (December 2024) already "
-            "repacked Q4_0, which the vec_dot table runs through sgemm, and ran an AVX2 path where this machine uses "
-            "AVX-512 (BF16 prompts are faster here);",
+            "twice as fast as Q4_K's), so that series keeps most of its misordered pairs;",
+            "- the kernel eras are approximations of the builds in them: ik164's build (December 2024) repacked Q4_0 "
+            "(its fastest 4-bit type there, in prompts and decode), which the vec_dot prompt table does not, but not "
+            "IQ4_NL or Q4_K for decode (its IQ4_NL decode is the slowest 4-bit one), which this build's decode table, "
+            "used in every era, does; and it ran an AVX2 path where this machine uses AVX-512 (BF16 prompts are "
+            "faster here);",
+            "- the cost tables are medians of 3-5 rounds interleaved with Q4_K on a shared 2-core VM; from run to run "
+            "a ratio moves by up to about 25%, which decides the closest pairs;",
+            "- host decode at few threads is capped at threads x one fitted per-thread bandwidth for every CPU: "
+            "ik164's 2-thread Q8_0 decode on the 7950X is predicted faster than measured;",
             "- GPU decode of MoE models (gpt-oss, Qwen3-30B-A3B) is slower than bytes over bandwidth plus one "
             "per-block cost: small-batch expert kernels are not modelled per backend;",
             "- hwc-3090-gptoss120b-*: a 64 GB host decoding at 1-2 tok/s; the RAM the rows state fits the host's "

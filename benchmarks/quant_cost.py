@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["GGML_CPU_TILED_MM"] = "0"
     if args.kernels == "vec_dot":
         _no_repack()
-    # decode is neither tiled (under 8 rows) nor repacked differently: its table comes from the 'current' run
+    # decode is never tiled (under 8 rows); its table is this build's, in every era (see benchmarks/accuracy.py)
     n_gen = N_GEN if args.kernels == "current" else 4
     if not oracle.available():
         print(f"llama.cpp is not available: {oracle.unavailable_reason()}", file=sys.stderr)
