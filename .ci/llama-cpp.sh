@@ -10,15 +10,6 @@ set -euo pipefail
 version="${MOEPLACE_LLAMA_CPP_VERSION:-0.3.36}"
 py="${1:-python3}"
 cache="${MOEPLACE_CACHE:-$HOME/.cache/moeplace}/wheels/llama-cpp-python-$version"
-mkdir -p "$cache"
-if ! ls "$cache"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-    echo "moeplace: building llama-cpp-python $version (CPU, once per machine, ~25 min) into $cache" >&2
-    tmp="$(mktemp -d "$cache/.build.XXXXXX")"
-    CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
-    CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF}" \
-        "$py" -m pip wheel --no-deps --no-cache-dir -w "$tmp" "llama-cpp-python==$version"
-    mv "$tmp"/llama_cpp_python-*.whl "$cache"/
-    rm -rf "$tmp"
-fi
+"$(dirname "$0")/build-wheel.sh" "$cache" "$py" "$version" "${CMAKE_ARGS:-}" "CPU, ~25 min"
 "$py" -m pip install -q "$cache"/llama_cpp_python-*.whl
 "$(dirname "$0")/llama-cpp-vulkan.sh"

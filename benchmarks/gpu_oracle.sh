@@ -45,15 +45,7 @@ case "$backend" in
             export HIPCXX="$(hipconfig -l)/clang" HIP_PATH="$(hipconfig -R)"
             cmake_args="-DGGML_HIP=on -DAMDGPU_TARGETS=$target -DGPU_TARGETS=$target"
         fi
-        mkdir -p "$cache"
-        if ! ls "$cache"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-            echo "gpu_oracle: building llama-cpp-python $version ($backend, once per machine) into $cache" >&2
-            tmp="$(mktemp -d "$cache/.build.XXXXXX")"
-            CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-            CMAKE_ARGS="$cmake_args -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
-                python3 -m pip wheel --no-deps --no-cache-dir -w "$tmp" "llama-cpp-python==$version"
-            mv "$tmp"/llama_cpp_python-*.whl "$cache"/ && rm -rf "$tmp"
-        fi
+        .ci/build-wheel.sh "$cache" python3 "$version" "$cmake_args" "$backend"
         if [ ! -x "$venv/bin/python" ]; then
             python3 -m venv "$venv" && "$venv/bin/pip" install -q "$cache"/llama_cpp_python-*.whl "$repo"
         fi

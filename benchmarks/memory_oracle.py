@@ -37,7 +37,7 @@ from moeplace import oracle
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import BACKEND_PREFIX, Device, host_device
 from moeplace.llamacpp import Override, apply, cpu_moe_pattern, cpu_moe_patterns
-from moeplace.memory import RunConfig, validate
+from moeplace.memory import DEFAULT_MARGIN, MARGIN_ALLOWANCE, MARGINS, VULKAN_WORST_UNDER, RunConfig, validate
 from moeplace.model import ModelDescription, load_model
 from moeplace.oracle import gpubuild
 from moeplace.oracle.compare import BUFFERS, DeviceComparison
@@ -247,9 +247,7 @@ def gpu_configs(full_scale: bool) -> list[RunConfig]:
 
 def _gpu(name: str, limit: int | None) -> Device:
     """The build's device as moeplace describes it: its memory is irrelevant here, its largest tensor is not."""
-    prefix = name.rstrip("0123456789")
-    backend = next((b for b, p in BACKEND_PREFIX.items() if p == prefix), "cuda")
-    return Device(name=name, backend=backend, label=name, memory=1 << 40, bandwidth=1e11,
+    return Device(name=name, backend=gpu_backend(name), label=name, memory=1 << 40, bandwidth=1e11,
                   efficiency=0.6, link_bandwidth=1e10, max_tensor=limit or 0)
 
 
@@ -291,6 +289,18 @@ def measure_gpu(name: str, path: Path, gpu: Device) -> list[GpuRow]:
 GPU_TOLERANCE = 64 * MIB  # the goal: every buffer within 64 MiB, never under by more
 
 
+def gpu_backend(gpu: str) -> str:
+    """moeplace's backend name for a device name such as Vulkan0."""
+    prefix = gpu.rstrip("0123456789")
+    return next((b for b, p in BACKEND_PREFIX.items() if p == prefix), "cuda")
+
+
+def worst_gpu_underestimate(rows: list[GpuRow], gpu: str) -> float:
+    """The most negative error (bytes) of any buffer on the GPU over the table, 0 when none is under."""
+    return min((f.error for r in rows if r.comparison is not None for f in r.comparison.figures
+                if f.device == gpu and f.error is not None), default=0.0)
+
+
 def _cell(c: DeviceComparison, device: str, buffer: str) -> str:
     f = c.figure(device, buffer)
     if f is None or f.llama is None:
@@ -326,22 +336,33 @@ def render_gpu(rows: list[GpuRow], gpu: str, description: str, version: str) -> 
     refused = [r for r in rows if r.refused]
     if refused:
         lines += _wrap(f"{len(refused)} loads were refused or aborted by llama.cpp (listed at the end).", bullet=True)
-    gpu_under = min((f.error for c in compared if (f := c.figure(gpu, "compute")) is not None and f.error is not None),
-                    default=0.0)
-    covers = "covers it" if gpu_under >= -256 * MIB else "does not cover it"
+    gpu_under = worst_gpu_underestimate(rows, gpu)
+    margin = MARGINS.get(gpu_backend(gpu), DEFAULT_MARGIN)
+    if gpu_backend(gpu) == "vulkan":
+        covers = "covers" if -gpu_under <= VULKAN_WORST_UNDER else "does not cover: raise it"
+        margin_text = (f"the Vulkan default `--margin` (`moeplace.memory.default_margin`) is the stated worst "
+                       f"underestimate (`VULKAN_WORST_UNDER`, {VULKAN_WORST_UNDER / MIB:.0f} MiB, which {covers} "
+                       f"this table's) plus an allowance of {MARGIN_ALLOWANCE / MIB:.0f} MiB for what the software "
+                       f"device cannot show, rounded up to 32 MiB: {margin / MIB:.0f} MiB; other backends keep "
+                       f"{DEFAULT_MARGIN / MIB:.0f} MiB, a stated figure.")
+    else:
+        margin_text = f"this backend's default `--margin` is the stated {margin / MIB:.0f} MiB."
     lines += ["", *_wrap(
         "What is measured and what is not. Measured here: every figure in this table (weights and KV per device "
-        "by moeplace's exact rules; compute by `moeplace.memory`'s Vulkan rules, `_vulkan_compute`, fitted to this "
-        "table). The software device accepts no tensor over 128 MiB, weights or activations, so at large ubatches "
-        "and on models with large expert matrices (deepseek-v3, qwen3-235b, gpt-oss, mixtral) ops leave the device "
-        "for the host in ways a real driver (4 GiB) rarely forces; the rules model the weight limit, the "
-        "expert-output limit and the score-matrix limit, and the rows marked **!** show where they still miss. "
-        "Not measured: any real GPU driver (benchmarks/gpu_oracle.sh is prepared for one), CUDA/ROCm/SYCL/Metal "
-        "compute buffers (their stated rule: the CPU-fitted phases split by device, with the host computing "
-        "routed experts when op offload cannot move them; sources ggml-backend.cpp's scheduler and llama.cpp PRs "
-        "13386, 15346, 18535), and driver overhead (the presets' `_overhead_mib`, a stated assumption). The largest "
-        f"underestimate of {gpu}'s compute buffer here is {gpu_under / MIB:+.1f} MiB; the default `--margin` of "
-        f"256 MiB per GPU {covers}.")]
+        "by moeplace's exact rules; compute by `moeplace.vulkan_compute`, which replays llama.cpp's worst-case "
+        "graph op by op: where ggml-backend's scheduler runs each op, the copies between devices, the order "
+        "ggml-vulkan's graph optimiser gives a split, and ggml-alloc's peak per buffer). The software device accepts "
+        "no tensor over 128 MiB, weights or activations, so at large ubatches, long contexts without flash attention "
+        "and on models with large expert matrices (deepseek-v3, qwen3-235b, gpt-oss, mixtral) single ops leave the "
+        "device for the host in ways a real driver (4 GiB) rarely forces; the model follows them from ggml-vulkan's "
+        "size rule. It leaves out the small ops and the optimiser's fusion patterns, which move the holes "
+        "ggml-alloc's best fit leaves in a buffer: that is where the remaining errors come from. Not measured: any "
+        "real GPU driver (benchmarks/gpu_oracle.sh is prepared for "
+        "one), CUDA/ROCm/SYCL/Metal compute buffers (their stated rule: the CPU-fitted phases split by device, with "
+        "the host computing routed experts when op offload cannot move them; sources ggml-backend.cpp's scheduler "
+        "and llama.cpp PRs 13386, 15346, 18535), and driver overhead (the presets' `_overhead_mib`, a stated "
+        f"assumption). The largest underestimate of {gpu}'s buffers here is {gpu_under / MIB:+.1f} MiB; "
+        + margin_text)]
     head = ["model", "placement", "-c", "-ub", "-fa", *(f"{'host' if d == HOST else d} {b}" for d, b in keys)]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * 2 + "---:|" * 2 + "---|" + "---:|" * len(keys)]
     for r in rows:
@@ -395,6 +416,9 @@ def main_gpu(args: argparse.Namespace) -> int:
     desc = f"`{dev.description}`" + (f", largest tensor it takes {limit / MIB:,.2f} MiB (asked from the device)"
                                       if limit else "")
     text = render_gpu(rows, dev.name, desc, version)
+    under = worst_gpu_underestimate(rows, dev.name)
+    print(f"largest underestimate of a {dev.name} buffer: {under / MIB:+.2f} MiB (moeplace.memory.VULKAN_WORST_UNDER: "
+          f"{VULKAN_WORST_UNDER / MIB:.0f} MiB)", file=sys.stderr)
     if args.stdout:
         print(text)
     else:

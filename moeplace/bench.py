@@ -3,7 +3,6 @@ measurements into calibration (effective bandwidths per device). ``moeplace benc
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import socket
@@ -18,6 +17,7 @@ from moeplace.calibration import DecodeSample, Measurement, gpu_bandwidths
 from moeplace.calibration import host_bandwidth as measured_host_bandwidth
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import GB, Device
+from moeplace.infiles import parse_json
 from moeplace.llamacpp import Override, express
 from moeplace.memory import RunConfig
 from moeplace.model import ModelDescription
@@ -113,11 +113,7 @@ def llama_bench_args(binary: str | os.PathLike[str], model: str | os.PathLike[st
 def parse_llama_bench_json(text: str, origin: str = "llama-bench") -> oracle.EngineSpeed:
     """The pp and tg results of one llama-bench configuration (``-o json``: one object per test, ``avg_ts`` and
     ``samples_ts`` in tokens/s; a pp test has ``n_gen`` 0, a tg test ``n_prompt`` 0)."""
-    try:
-        tests = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise MoeplaceError(f"{origin} did not print JSON ({e.msg} at line {e.lineno}): was it run with -o json?"
-                            ) from None
+    tests = parse_json(text, origin, MoeplaceError, "was it run with -o json?")
     if not isinstance(tests, list) or not all(isinstance(t, dict) for t in tests):
         raise MoeplaceError(f"{origin} printed JSON that is not a list of tests")
     pp = [t for t in tests if t.get("n_prompt", 0) > 0 and t.get("n_gen", 0) == 0]

@@ -10,16 +10,16 @@ from dataclasses import dataclass
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import Device
 from moeplace.memory import (
-    DEFAULT_MARGIN,
     MIB,
     RunConfig,
     context_shape,
+    default_margin,
     validate,
 )
 from moeplace.model import ModelDescription
 from moeplace.pins import Pin
 from moeplace.placement import HOST
-from moeplace.planner import WORKLOADS, Plan, PlanError, Workload, plan, score_placement
+from moeplace.planner import WORKLOADS, Budget, Plan, PlanError, Workload, plan, score_placement
 from moeplace.sizes import format_size
 from moeplace.speed import PAGEABLE_COPY_FACTOR, ExpertProbs
 from moeplace.targets.base import Target
@@ -53,7 +53,7 @@ def _distance_from_defaults(cfg: RunConfig) -> tuple[int, int]:
 
 
 def choose_config(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
-                  pinned: Sequence[str] = (), workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN,
+                  pinned: Sequence[str] = (), workload: Workload = WORKLOADS["chat"], margin: int | None = None,
                   pins: Sequence[Pin] = (), profile: ExpertProbs | None = None, solver: str = "dp",
                   time_limit: float = 10.0, target: Target | None = None,
                   with_baselines: bool = True) -> ConfigChoice:
@@ -67,6 +67,7 @@ def choose_config(model: ModelDescription, devices: Mapping[str, Device], cfg: R
     * ``--no-mmap``: host weights in pinned memory (faster op-offload copies) wherever the host's share fits in
       RAM without paging, and there is a GPU to copy to."""
     fixed = frozenset(pinned)
+    margin = default_margin(devices) if margin is None else margin
     unknown = fixed - set(CONFIG_FIELDS)
     if unknown:
         raise PlanError(f"unknown run settings {', '.join(sorted(unknown))}: use {', '.join(CONFIG_FIELDS)}")
@@ -85,25 +86,27 @@ def choose_config(model: ModelDescription, devices: Mapping[str, Device], cfg: R
     kvs = [(base.type_k, base.type_v)]
     if not fixed & {"type_k", "type_v"}:
         kvs = [("f16", "f16"), ("q8_0", "q8_0")]
-    def run(c: RunConfig) -> Plan:
+    budget = Budget(time_limit)  # CP-SAT's, shared by every configuration
+    candidates = [(ub, tk, tv) for ub in ubs for tk, tv in kvs]
+
+    def run(c: RunConfig, plans_left: int = 1) -> Plan:
         return plan(model, devices, c, workload=workload, margin=margin, pins=pins, profile=profile, solver=solver,
-                    time_limit=time_limit, target=target, with_baselines=with_baselines)
+                    time_limit=budget.share(plans_left), target=target, with_baselines=with_baselines)
 
     tried: list[Plan] = []
     errors: list[str] = []
-    for ub in ubs:
-        for tk, tv in kvs:
-            c = base.with_(n_ubatch=ub, n_batch=base.n_batch if "n_batch" in fixed else max(RunConfig().n_batch, ub),
-                           type_k=tk, type_v=tv)
-            try:
-                validate(model, c)
-                p = run(c)
-                if c.no_mmap and not p.estimate.host.fits:  # pinned memory cannot be paged: keep mmap here
-                    p = run(c.with_(no_mmap=False))
-            except MoeplaceError as e:
-                errors.append(str(e))
-                continue
-            tried.append(p)
+    for i, (ub, tk, tv) in enumerate(candidates):
+        c = base.with_(n_ubatch=ub, n_batch=base.n_batch if "n_batch" in fixed else max(RunConfig().n_batch, ub),
+                       type_k=tk, type_v=tv)
+        try:
+            validate(model, c)
+            p = run(c, len(candidates) - i)
+            if c.no_mmap and not p.estimate.host.fits:  # pinned memory cannot be paged: keep mmap here
+                p = run(c.with_(no_mmap=False), len(candidates) - i)
+        except MoeplaceError as e:
+            errors.append(str(e))
+            continue
+        tried.append(p)
     if not tried:
         raise PlanError(errors[0] if errors else "no run configuration could be planned")
     fitting = [p for p in tried if p.chosen.fits] or tried

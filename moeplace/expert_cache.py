@@ -41,7 +41,7 @@ from moeplace.memory import MIB, RunConfig
 from moeplace.model import ModelDescription, Role
 from moeplace.pins import Pin
 from moeplace.placement import HOST
-from moeplace.planner import Plan, PlanError, Workload, plan
+from moeplace.planner import Budget, Plan, PlanError, Workload, plan
 from moeplace.speed import ExpertProbs, host_copy_bandwidth, routing_matrix
 from moeplace.targets.base import Target
 
@@ -208,14 +208,15 @@ def choose_cache(model: ModelDescription, devices: Mapping[str, Device], cfg: Ru
                    "under it an LRU cache serves no more than static placement of the same bytes")
     options = []
     distances: dict[int, np.ndarray] = {}  # per traced layer, computed once for every cache size
-    for mib in tried:
+    budget = Budget(time_limit)  # CP-SAT's, shared by every size
+    for i, mib in enumerate(tried):
         if mib < 0:
             raise CacheError(f"--moe-cache-mib {mib}: give a size in MiB, 0 for none, or auto")
         d = dict(devices)
         d[gpu] = replace(devices[gpu], memory=devices[gpu].memory - mib * MIB)
         try:
             p = plan(model, d, cfg, workload=workload, margin=margin, pins=pins, profile=profile, solver=solver,
-                     time_limit=time_limit, target=target)
+                     time_limit=budget.share(len(tried) - i), target=target)
         except PlanError:
             if mib == 0 or sizes is not None:
                 raise

@@ -410,18 +410,12 @@ def parse_gpus(specs: Sequence[str], backend: str | None = None, cat: Catalog | 
     cat = cat or catalog()
     params = params or speed_params()
     items = [part for spec in specs for part in spec.split(",") if part.strip()]
-    link_items = [part.strip() for spec in links for part in spec.split(",") if part.strip()]
-    if len(link_items) > 1 and len(link_items) != len(items):
-        raise HardwareError(f"--link has {len(link_items)} entries for {len(items)} GPUs: give one for all or "
-                            "one per GPU, in --gpu order")
+    _check_links(links, len(items))
     counters: dict[str, int] = {}
     out = []
-    for i, item in enumerate(items):
+    for item in items:
         b, dev = _gpu_from_item(item, backend, cat, params)
         dev = _gpu_params(dev, params)
-        if link_items and not dev.unified:
-            spec = link_items[0] if len(link_items) == 1 else link_items[i]
-            dev = replace(dev, link_bandwidth=link_bandwidth(spec, cat), link_assumed=False)
         if b != "rpc":
             n = counters.get(b, 0)
             counters[b] = n + 1
@@ -431,6 +425,29 @@ def parse_gpus(specs: Sequence[str], backend: str | None = None, cat: Catalog | 
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise HardwareError(f"device {', '.join(sorted(dupes))} given twice: each RPC server may appear once")
+    return with_links(tuple(out), links, cat)
+
+
+def _check_links(links: Sequence[str], n_gpus: int) -> list[str]:
+    items = [part.strip() for spec in links for part in spec.split(",") if part.strip()]
+    if len(items) > 1 and len(items) != n_gpus:
+        raise HardwareError(f"--link has {len(items)} entries for {n_gpus} GPUs: give one for all or one per GPU, "
+                            "in --gpu order")
+    return items
+
+
+def with_links(gpus: Sequence[Device], links: Sequence[str], cat: Catalog | None = None) -> tuple[Device, ...]:
+    """The GPUs with their host links from ``--link`` values (one for all, or a comma list in GPU order); a GPU
+    sharing the host's memory (Apple) or reached over the network (RPC) keeps its own."""
+    items = _check_links(links, len(gpus))
+    if not items:
+        return tuple(gpus)
+    out = []
+    for i, dev in enumerate(gpus):
+        if not dev.unified and dev.backend != "rpc":
+            spec = items[0] if len(items) == 1 else items[i]
+            dev = replace(dev, link_bandwidth=link_bandwidth(spec, cat), link_assumed=False)
+        out.append(dev)
     return tuple(out)
 
 
@@ -524,17 +541,17 @@ def host_device(ram: int | None = None, ram_bw: str | float | None = None, gpus:
             notes.append(f"RAM available not given: assumed {format_size(available)} ({format_size(reserve)} "
                          "for the OS and other programs; give --ram-avail)")
     klass = params.host_class(channels, bw)
-    return Device(
+    host = Device(
         name=HOST, backend="cpu", label="system RAM" + (" (unified)" if unified else ""), memory=int(ram),
         bandwidth=bw, efficiency=params.efficiency.get(klass, 0.65), power=cat.cpu_power, link_bandwidth=0.0,
         unified=unified is not None, idle_power=0.15 * cat.cpu_power, notes=tuple(notes),
         threads=int(threads), cores=int(cores or 0), numa_nodes=max(1, int(numa_nodes)),
         numa_gain=params.numa_gain, thread_bandwidth=params.thread_gbs * GB, core_rate=params.core_gelems * 1e9,
-        flops=min(int(threads), int(cores or threads)) * params.core_gflops * 1e9,
         quant_cost=tuple(sorted(params.cpu_quant_cost.items())), available=int(available),
         prefill_cost=tuple(sorted(params.cpu_prefill_cost.items())),
         layer_seconds=params.cpu_layer_us * 1e-6,
     )
+    return replace(host, flops=host.compute_threads * params.core_gflops * 1e9)
 
 
 def runtime_overhead(device: Device, cat: Catalog | None = None) -> int:

@@ -153,7 +153,8 @@ def _bool01(flag: str, value: str) -> bool:
     raise CommandLineError(f"{flag} '{value}' must be 0 or 1")
 
 
-def _split_ts(flag: str, value: str) -> tuple[float, ...]:
+def split_ts(flag: str, value: str) -> tuple[float, ...]:
+    """``-ts 3,1`` (or ``3/1``, llama-bench's ``3;1``): finite non-negative proportions, not all zero."""
     try:
         out = tuple(float(x) for x in re.split(r"[,/;]", value) if x.strip())
     except ValueError:
@@ -194,7 +195,7 @@ _VALUE_FLAGS: dict[str, tuple[str, Callable[[str, str], object], bool]] = {
         (("-ub", "--ubatch-size"), ("n_ubatch", _int, True)),
         (("-ctk", "--cache-type-k"), ("type_k", _cache_type, True)),
         (("-ctv", "--cache-type-v"), ("type_v", _cache_type, True)),
-        (("-ts", "--tensor-split"), ("tensor_split", _split_ts, True)),
+        (("-ts", "--tensor-split"), ("tensor_split", split_ts, True)),
         (("-t", "--threads"), ("threads", _int, True)),
     ) for flag in flags
 }

@@ -329,8 +329,8 @@ def compute_terms(model: ModelDescription, cfg: RunConfig) -> ComputeTerms:
     before the logits). Over the wider grid of benchmarks/memory_oracle.py (docs/memory-oracle.md, contexts up to
     128K) it is -45 .. +128 MiB: never more than 64 MiB under, and more than that over only at 128K, where the same
     mask term reaches +48%. The split between devices (:func:`compute_bytes_by_device`) is measured for Vulkan
-    only (:func:`_vulkan_compute`, fitted to the Vulkan oracle on the software device); for CUDA, ROCm, SYCL and
-    Metal it is a stated rule, not a measurement."""
+    only (:mod:`moeplace.vulkan_compute`, an op-level model checked against the Vulkan oracle on the software
+    device); for CUDA, ROCm, SYCL and Metal it is a stated rule, not a measurement."""
     hp = model.hparams
     shape = context_shape(model, cfg)
     n_kv = shape.n_ctx_seq + (shape.swa_cells if hp.n_swa and any(hp.swa_layers) else 0)
@@ -362,10 +362,26 @@ def compute_bytes(model: ModelDescription, cfg: RunConfig) -> int:
 # least this many tokens (GGML_OP_OFFLOAD_MIN_BATCH, PR 18535), unless --no-op-offload.
 OP_OFFLOAD_MIN_BATCH = 32
 
-# Default --margin per GPU: the largest underestimate of the compute-buffer estimate against llama.cpp's numbers
-# was 90 MiB (gpt-oss-20b, ubatch 2048; 16 MiB at ubatch 512), and GPU backends' allocators and graph splits
-# differ from the CPU's that was measured; 256 MiB covers the measured error with room for that.
+# Default --margin per GPU, per backend (one rule, default_margin), from the measured errors of the compute-buffer
+# estimate. Backends whose compute buffers are a stated rule, not a measurement (CUDA, ROCm, SYCL, Metal: the
+# CPU-fitted phases split by device), keep DEFAULT_MARGIN: the CPU oracle's largest underestimate is 45 MiB
+# (docs/memory-oracle.md), and pool allocators, cuBLAS/hipBLAS workspaces and graph splits that no oracle here
+# shows need room beside it.
 DEFAULT_MARGIN = 256 * MIB
+# Vulkan is measured buffer by buffer (the Vulkan0 section of docs/memory-oracle.md): its margin is the largest
+# underestimate of a GPU buffer there, which benchmarks/memory_oracle.py --backend gpu reports and checks against this
+# figure, plus an allowance for what the software device cannot show (a real driver's alignments and its graph
+# optimiser's reordering), rounded up to 32 MiB.
+VULKAN_WORST_UNDER = 20 * MIB
+MARGIN_ALLOWANCE = 64 * MIB
+MARGINS = {"vulkan": pad(VULKAN_WORST_UNDER + MARGIN_ALLOWANCE, 32 * MIB)}
+
+
+def default_margin(devices: Mapping[str, Device] | Sequence[Device] = ()) -> int:
+    """The ``--margin`` kept free on every GPU when none is given: the largest of the GPUs' backends' margins
+    (:data:`MARGINS`, else :data:`DEFAULT_MARGIN`); :data:`DEFAULT_MARGIN` when no GPU is given."""
+    devs = devices.values() if isinstance(devices, Mapping) else devices
+    return max((MARGINS.get(d.backend, DEFAULT_MARGIN) for d in devs if not d.is_host), default=DEFAULT_MARGIN)
 
 
 @dataclass(frozen=True)
@@ -443,12 +459,17 @@ def compute_bytes_by_device(model: ModelDescription, placement: Placement, cfg: 
     largest block phase, the one that runs the output layer the logits phase; the host always holds the graph
     inputs (token embeddings are looked up there) and the output buffer llama.cpp reserves for
     ``n_seq_max`` logits rows; with routed experts on the host it computes them for the whole ubatch when op
-    offload cannot move them (``--no-op-offload`` or a ubatch below 32 tokens). Vulkan devices follow their own,
-    measured rules (:func:`_vulkan_compute`); CUDA, ROCm, SYCL and Metal keep these stated ones."""
-    terms = compute_terms(model, cfg)
+    offload cannot move them (``--no-op-offload`` or a ubatch below 32 tokens). On Vulkan devices the buffers come
+    from replaying llama.cpp's graph, scheduler and allocator op by op (:mod:`moeplace.vulkan_compute`, checked
+    against the Vulkan oracle); CUDA, ROCm, SYCL and Metal keep these stated rules."""
     gpus = [d for d in (devices or {}).values() if not d.is_host and d.name in placement.devices()]
     if gpus and all(g.backend == "vulkan" for g in gpus):
-        return _vulkan_compute(model, placement, cfg, terms, gpus)
+        from moeplace.vulkan_compute import vulkan_compute  # it reads this module's shapes
+
+        out = vulkan_compute(model, placement, cfg, gpus)
+        out[HOST] = out.get(HOST, 0) + output_bytes(model, cfg)
+        return out
+    terms = compute_terms(model, cfg)
     runners = set(placement.layer_devices)
     devs = set(placement.devices() if used is None else used) | {HOST}
     out = {d: terms.bytes(runs_layers=d in runners, runs_output=d == placement.output_device) for d in devs}
@@ -458,111 +479,6 @@ def compute_bytes_by_device(model: ModelDescription, placement: Placement, cfg: 
     if host_experts and (not cfg.op_offload or terms.n_ubatch < OP_OFFLOAD_MIN_BATCH):
         out[HOST] = max(out[HOST], terms.n_ubatch * terms.layer)
     out[HOST] += output_bytes(model, cfg)
-    return out
-
-
-# Vulkan's compute buffers, fitted to moeplace's Vulkan oracle (llama-cpp-python 0.3.36's Vulkan backend on Mesa's
-# lavapipe; benchmarks/memory_oracle.py --backend gpu, docs/memory-oracle.md). Bytes per ubatch token, in units of
-# n_embd (E):
-VK_FFN_E = 48  # the FFN phase of a block on the device: 12 W + 48 E + mask (the CPU's is 12 W + 16 E + mask)
-VK_COPY_E = 64  # activations live beside an op-offload weight copy (qwen3-30b: 172 MiB = 108 MiB copy + 64 E x 512)
-VK_SPLIT_MASKS = 3.0  # masks live beside that copy when layers run on both the host and the device (fitted, 4K-128K)
-
-
-def _vulkan_compute(model: ModelDescription, placement: Placement, cfg: RunConfig, terms: ComputeTerms,
-                    gpus: Sequence[Device]) -> dict[str, int]:
-    """Compute buffers under llama.cpp's Vulkan backend, from ggml-backend's scheduling rules (ggml-backend.cpp
-    ``ggml_backend_sched_backend_id_from_cur``) with the sizes fitted to the Vulkan oracle:
-
-    * an op runs where its weight is; with the weight in host memory and a ubatch of at least 32 tokens it is
-      offloaded to the first GPU (op offload) if that device accepts it, and the weight is copied into that
-      GPU's compute buffer: the buffer holds the largest such copy beside ``VK_COPY_E`` E per token;
-    * a device accepts no tensor, weight or activation, larger than its ``max_tensor`` (Vulkan's
-      ``maxStorageBufferRange``; ggml_backend_vk_device_supports_op): such ops run on the host. Hence the logits
-      run on the host when ``output.weight`` is too large for the device (lavapipe), and without flash attention
-      the attention of a long context (its f32 score matrix) runs on the host;
-    * the host's compute buffer (``Vulkan_Host``, pinned host memory) holds the inputs, the logits phase where the
-      logits run there, the attention phase where attention runs there, and, added to those, the routed-expert
-      activations of host experts that cannot be offloaded (too large, or a ubatch below 32);
-    * the output (logits) buffer is in host memory (``output_reserve``), as on every backend."""
-    hp = model.hparams
-    shape = context_shape(model, cfg)
-    ub, E = shape.n_ubatch, hp.n_embd
-    first = gpus[0]
-    limit = {g.name: g.max_tensor for g in gpus}
-    offload = cfg.op_offload and ub >= OP_OFFLOAD_MIN_BATCH
-
-    def accepts(dev: str, nbytes: int) -> bool:
-        return not limit.get(dev) or nbytes <= limit[dev]
-
-    n_kv = shape.n_ctx_seq + (shape.swa_cells if hp.n_swa and any(hp.swa_layers) else 0)
-    mask = (2 if cfg.flash_attn else 4) * n_kv
-    # Without flash attention one layer's f32 KQ (all heads) per kind of layer: full attention, and the window's
-    # on sliding-window/chunked layers; each runs on the device only if the device takes it.
-    kinds = [shape.n_ctx_seq] + ([shape.swa_cells] if hp.n_swa and any(hp.swa_layers) else [])
-    kind_scores = [] if cfg.flash_attn else [4 * hp.n_head * cells * ub for cells in kinds]
-    # Where the logits run: with the output weight, or offloaded to the first GPU.
-    out_w = next((t for t in model.loaded_tensors if t.role is Role.OUTPUT), None)
-    out_dev = placement.tensor_devices.get(out_w.name, HOST) if out_w else placement.output_device
-    if out_dev == HOST and out_w is not None and offload and accepts(first.name, out_w.nbytes):
-        out_dev = first.name
-    logits = 4 * hp.n_vocab + 8 * E
-    # The routed experts' per-expert outputs, f32 [E, n_used, ub]: a device that cannot hold them (lavapipe at
-    # -ub 4096) leaves the experts' combination to the host, and its FFN phase is the CPU's.
-    combine = 4 * E * hp.n_expert_used * ub if hp.n_expert else 0
-    split_ffn = any(not accepts(g.name, combine) for g in gpus if g.name in placement.layer_devices)
-    ffn = 12 * _ffn_width(model) + (16 if split_ffn else VK_FFN_E) * E
-    out: dict[str, int] = {}
-    host_weights = [t for t in model.loaded_tensors if placement.tensor_devices.get(t.name) == HOST
-                    and t.role is not Role.TOKEN_EMBD and t.block is not None]
-    for g in gpus:
-        runs = g.name in placement.layer_devices
-        taken = [s for s in kind_scores if accepts(g.name, s)]
-        attn_here = runs and (not kind_scores or bool(taken))
-        # A device none of whose layers' routed experts it holds or may be sent (every one too large for it)
-        # runs no expert FFN: its largest phase is then the rest of the block (qwen3-235b on lavapipe: 48 E).
-        experts = [t for t in model.loaded_tensors if t.role is Role.ROUTED_EXPERT and t.block is not None
-                   and placement.layer_devices[t.block] == g.name]
-        ffn_here = not hp.n_expert or any(
-            accepts(g.name, t.nbytes) and (placement.tensor_devices.get(t.name) == g.name or offload)
-            for t in experts)
-        phase = ffn if ffn_here else VK_FFN_E * E  # 27-64 E measured (qwen3-235b, glm-4.5-air, qwen3-next)
-        act = ub * (phase + (mask if attn_here else 0)) if runs else 0
-        if runs and taken:
-            act = max(act, max(taken) + ub * mask)
-        if g.name == out_dev:
-            act = max(act, ub * logits)
-        copies = [t.nbytes for t in host_weights if accepts(g.name, t.nbytes)] if offload and g is first else []
-        if out_w is not None and g is first and out_dev == g.name and placement.tensor_devices.get(out_w.name) \
-                == HOST:
-            copies.append(out_w.nbytes)
-        if copies:
-            masks = VK_SPLIT_MASKS if HOST in placement.layer_devices else 1.0
-            act = max(act, max(copies) + ub * (VK_COPY_E * E + int(masks * mask if attn_here else 0)))
-        out[g.name] = act
-    host = ub * terms.inputs
-    if out_dev == HOST:
-        host = max(host, ub * logits)
-    host_layers = HOST in placement.layer_devices
-    refused = max((s for g in gpus if g.name in placement.layer_devices for s in kind_scores
-                    if not accepts(g.name, s)), default=0)  # attention the devices leave to the host
-    if host_layers:  # its own layers' attention, and beside it the score matrix the devices refused
-        host = max(host, ub * terms.layer + refused)
-    elif refused:
-        host = max(host, ub * (int(4 * (3 * E + 2.5 * hp.n_head * hp.head_dim_k)) + mask) + refused)
-    stuck = [t for t in host_weights if t.role is Role.ROUTED_EXPERT
-             and not (offload and accepts(first.name, t.nbytes))]
-    stuck_names = {t.name for t in stuck}
-    whole = {t.block for t in stuck} - {t.block for t in model.loaded_tensors
-                                        if t.role is Role.ROUTED_EXPERT and t.name not in stuck_names}
-    if whole:  # a layer's whole expert FFN runs on the host: the CPU's FFN phase
-        host = max(host, ub * (12 * _ffn_width(model) + 16 * E + mask))
-    elif stuck:  # only some expert matrices stay (qwen3-30b's Q6_K ffn_down_exps on lavapipe): their in- and outputs
-        expert_ff = hp.n_ff_exp or hp.n_ff
-        host += ub * 4 * hp.n_expert_used * (expert_ff + E)
-    if split_ffn:
-        host += ub * VK_FFN_E * E
-    out[HOST] = host + output_bytes(model, cfg)
     return out
 
 

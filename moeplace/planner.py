@@ -21,10 +21,10 @@ import numpy as np
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import Device, runtime_overhead
 from moeplace.memory import (
-    DEFAULT_MARGIN,
     RunConfig,
     compute_terms,
     context_ladder,
+    default_margin,
     gpu_fits,
     kv_bytes_per_layer,
     memory_by_device,
@@ -349,7 +349,7 @@ def _reasons(problem: Problem, sol: Solution) -> tuple[LayerReason, ...]:
 
 
 def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
-         workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN, pins: Sequence[Pin] = (),
+         workload: Workload = WORKLOADS["chat"], margin: int | None = None, pins: Sequence[Pin] = (),
          profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0,
          target: Target | None = None, with_baselines: bool = True) -> Plan:
     """The placement with the best predicted time per token that fits every GPU, with baselines and reasons.
@@ -368,6 +368,7 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
         raise PlanError("the devices must include the host CPU")
     gpus = [d for n, d in devices.items() if n != HOST]
     devs = [devices[HOST], *gpus]
+    margin = default_margin(gpus) if margin is None else margin
     budgets = gpu_budgets(model, cfg, gpus, margin)
     if gpus and all(b <= 0 for b in budgets.values()):
         need = min(g.memory - b for g, b in zip(gpus, budgets.values()))
@@ -461,19 +462,32 @@ MIN_CP_SAT_SECONDS = 0.05
 AUTO_CONTEXT_LOSS = 0.10
 
 
+class Budget:
+    """One deadline for CP-SAT over several plans: each gets what is left, split evenly over the plans still to
+    make; a plan given less than :data:`MIN_CP_SAT_SECONDS` keeps the DP's exact answer."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.perf_counter() + seconds
+
+    def share(self, plans_left: int = 1) -> float:
+        return max(0.0, self.deadline - time.perf_counter()) / max(1, plans_left)
+
+
 def auto_context(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
-                 workload: Workload = WORKLOADS["chat"], margin: int = DEFAULT_MARGIN, pins: Sequence[Pin] = (),
+                 workload: Workload = WORKLOADS["chat"], margin: int | None = None, pins: Sequence[Pin] = (),
                  profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0,
                  target: Target | None = None) -> tuple[Plan, list[Plan]]:
     """Plans every context of :func:`context_ladder` and picks the largest whose predicted decode speed is within
     :data:`AUTO_CONTEXT_LOSS` of the smallest context's; returns it and the whole trade for display.
     ``time_limit`` is CP-SAT's budget for the whole ladder, not per context."""
     trade: list[Plan] = []
-    deadline = time.perf_counter() + time_limit
-    for n_ctx in context_ladder(model.hparams.n_ctx_train):
+    budget = Budget(time_limit)
+    margin = default_margin(devices) if margin is None else margin
+    ladder = context_ladder(model.hparams.n_ctx_train)
+    for i, n_ctx in enumerate(ladder):
         try:
             trade.append(plan(model, devices, cfg.with_(n_ctx=n_ctx), workload=workload, margin=margin, pins=pins,
-                              profile=profile, solver=solver, time_limit=deadline - time.perf_counter(),
+                              profile=profile, solver=solver, time_limit=budget.share(len(ladder) - i),
                               target=target))
         except PlanError:
             break

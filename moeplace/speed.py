@@ -836,7 +836,7 @@ def estimate(model: ModelDescription, placement: Placement, cfg: RunConfig,
         notes.extend(f"{d.name}: {n}" for n in d.notes)
         if d.link_assumed and pre.transfer_bytes and d.name == first_gpu:
             notes.append(f"{d.name}: host link assumed {d.link_bandwidth / 1e9:.1f} GB/s effective (the preset's"
-                         " link): prompt speed depends on it; give it (--pcie, or estimate's --link pcie4x8 per GPU)")
+                         " link): prompt speed depends on it; give it (--link pcie4x8, one per GPU or one for all)")
     return Estimate(memory=p.memory, fits=p.fits, host=p.host, decode=dec, decode_batch1=dec1, prefill=pre,
                     energy=energy(dec1, devs), context=p.shape, notes=tuple(notes))
 

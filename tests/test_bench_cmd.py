@@ -206,7 +206,7 @@ def test_llama_bench_runs_the_plans_at_the_depth_and_writes_rows(model_path: Cal
 
 
 @pytest.mark.parametrize(("mode", "says"), [("fail", "exited with code 1: error: failed to load model"),
-                                            ("text", "did not print JSON")])
+                                            ("text", "not valid JSON at line 1")])
 def test_llama_bench_failures_are_one_line_errors(model_path: Callable[[str], Path], tmp_path: Path, mode: str,
                                                   says: str) -> None:
     exe, _ = _stand_in(tmp_path, mode)

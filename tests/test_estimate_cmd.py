@@ -272,3 +272,10 @@ def test_weights_a_backend_refuses_stay_on_the_host(paths: dict[str, Path]) -> N
     real = _json(str(m), "--gpu", "16G", "--backend", "vulkan", "--ram", "64G")["memory"]
     assert soft["CPU"]["weights"] - real["CPU"]["weights"] == big
     assert real["Vulkan0"]["weights"] - soft["Vulkan0"]["weights"] == big
+
+
+@pytest.mark.parametrize("words", [["rm", "-rf", "/"], ["python", "-c", "1"]])
+def test_a_pasted_line_that_runs_no_llama_cpp_program_is_named(words: list[str]) -> None:
+    """The first word is neither a model nor a llama.cpp program: the error names it, not a flag after it."""
+    code, out = run("--vram", "8G", "--", *words)
+    assert code == 2 and f"'{words[0]}' is neither a model file nor a llama.cpp program" in out, out

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from moeplace import machine
 from moeplace.cli import main
-from moeplace.hardware import GB
+from moeplace.hardware import GB, link_bandwidth
 
 GIB = 1 << 30
 
@@ -98,6 +98,7 @@ def test_nvidia_smi_order_and_link(tmp_path: Path) -> None:
     d0, d1 = machine.gpu_devices(m)
     assert (d0.name, d1.name) == ("CUDA0", "CUDA1")
     assert d1.link_bandwidth == pytest.approx(d0.link_bandwidth / 4)  # x4 link as reported, not the preset's x16
+    assert not d0.link_assumed and not d1.link_assumed  # detected: no "host link assumed" note
     assert m.line().startswith("detected: CUDA0 RTX 3090 24.00 GiB (22.9 free), CUDA1 RTX 3060 12.00 GiB")
     # --backend renames every detected GPU, numbered again
     assert [d.name for d in machine.gpu_devices(m, "vulkan")] == ["Vulkan0", "Vulkan1"]
@@ -105,7 +106,8 @@ def test_nvidia_smi_order_and_link(tmp_path: Path) -> None:
 
 def test_vulkaninfo_sizes_from_presets(tmp_path: Path) -> None:
     tool(tmp_path / "bin", "vulkaninfo", VULKAN)
-    gpus, notes = machine.detect_gpus(str(tmp_path / "bin"), platform="linux", use_llamacpp=False)
+    gpus, notes = machine.detect_gpus(str(tmp_path / "bin"), platform="linux", use_llamacpp=False,
+                                      sys_root=tmp_path / "sys")
     assert [(g.backend, g.label, g.total) for g in gpus] == [("vulkan", "NVIDIA GeForce RTX 3090", 24 * GIB)]
     assert any("Some Unknown Card 9000" in n and "--vram" in n for n in notes)
 
@@ -306,3 +308,34 @@ def test_nvml(tmp_path: Path) -> None:
     env["LD_LIBRARY_PATH"] = str(tmp_path / "none")
     out = subprocess.run([sys.executable, "-c", _NVML_PROBE], capture_output=True, text=True, env=env, check=True)
     assert json.loads(out.stdout) == []
+
+
+def _amdgpu_card(sys_root: Path, n: int, files: dict[str, str]) -> None:
+    dev = sys_root / "class" / "drm" / f"card{n}" / "device"
+    dev.mkdir(parents=True)
+    for name, text in files.items():
+        (dev / name).write_text(text)
+
+
+def test_amdgpu_sysfs(tmp_path: Path) -> None:
+    """The amdgpu driver's own files, for machines whose ROCm has amd-smi rather than rocm-smi (or no ROCm):
+    cards in number order, free = total - used, the PCIe link from max_link_speed/width, a connector-only card
+    (no VRAM files) and a card whose files are unreadable left out."""
+    sys_root = tmp_path / "sys"
+    _amdgpu_card(sys_root, 1, {"mem_info_vram_total": "25753026560\n", "mem_info_vram_used": "1073741824\n",
+                               "product_name": "Radeon RX 7900 XTX\n", "max_link_speed": "16.0 GT/s PCIe\n",
+                               "max_link_width": "8\n"})
+    _amdgpu_card(sys_root, 0, {"mem_info_vram_total": "17163091968", "mem_info_vram_used": "0",
+                               "device": "0x73bf"})
+    _amdgpu_card(sys_root, 2, {"mem_info_vram_total": "garbage", "mem_info_vram_used": "0"})
+    (sys_root / "class" / "drm" / "card1-DP-1").mkdir()  # a connector, not a card
+    gpus, _ = machine.detect_gpus(str(tmp_path / "bin"), platform="linux", use_llamacpp=False, sys_root=sys_root)
+    assert [(g.label, g.total, g.free, g.link, g.source) for g in gpus] == [
+        ("AMD GPU 0x73bf", 17163091968, 17163091968, "", "amdgpu sysfs"),
+        ("Radeon RX 7900 XTX", 25753026560, 25753026560 - (1 << 30), "4.0x8", "amdgpu sysfs")]
+    m = machine.Machine(tuple(gpus), 64 * GIB, 50 * GIB, 16, 8, 1, machine.RamBandwidth(96e9, "x", "dmi"), ())
+    devs = machine.gpu_devices(m)
+    assert devs[1].bandwidth == 960 * GB  # the RX 7900 XTX preset, matched by name
+    assert devs[1].link_bandwidth == link_bandwidth("4.0x8") and not devs[1].link_assumed  # as the driver says
+    assert machine.detect_gpus(str(tmp_path / "bin"), platform="linux", use_llamacpp=False,
+                               sys_root=tmp_path / "none") == ([], [])

@@ -266,3 +266,24 @@ def test_ram_avail_is_a_hardware_option_of_solve(model_path: Callable[[str], Pat
         assert "give --ram-avail" not in err
         tps[avail] = json.loads(out)["prediction"]["plan"]["decode_tokens_per_second"]
     assert tps["4G"] < tps["30G"]
+
+
+def test_link_per_gpu(model_path: Callable[[str], Path]) -> None:
+    """--link (alias --pcie) takes one link for all GPUs or one per GPU, as estimate does. Prompts copy host
+    experts to the first GPU (op offload), so a narrow first link slows the --cpu-moe baseline's prompts, and on
+    one 12 GB card (experts in RAM) the plan's; a list of the wrong length is refused."""
+    base = ["solve", str(model_path("qwen3-30b-a3b")), "--ram", "64G", "--ram-bw", "ddr5-6000x2", "-c", "8192",
+            "-ub", "512", "--no-scripts", "--json"]
+
+    def predicted(*args: str) -> dict:
+        code, out, err = run(*base, *args)
+        assert code == 0, err
+        return json.loads(out)["prediction"]
+
+    wide, narrow = (predicted("--gpu", "rtx3060", "--link", link)["plan"] for link in ("pcie4x16", "pcie3x1"))
+    assert narrow["prompt_tokens_per_second"] < wide["prompt_tokens_per_second"] / 2
+    two = [{b["name"]: b for b in predicted("--gpu", "rtx3060,rtx3060", "--pcie", links)["baselines"]}["--cpu-moe"]
+           for links in ("pcie4x16,pcie4x16", "pcie3x1,pcie4x16")]
+    assert two[1]["prompt_tokens_per_second"] < two[0]["prompt_tokens_per_second"] / 2
+    code, _, err = run(*base, "--gpu", "rtx3060,rtx3060", "--link", "pcie4x16,pcie4x16,pcie4x16")
+    assert code == 2 and "--link has 3 entries for 2 GPUs" in err

@@ -106,3 +106,21 @@ def test_solve_what_if_options(models: dict[str, Path]) -> None:
     assert code == 0 and "First listed variant that reaches 100 tok/s (list them cheapest first): --vram 24G@936" in out
     code, _, err = _run("solve", m, "--vram", "12G", "--compare", "--gpu")
     assert code == 2 and "--compare '--gpu'" in err
+
+
+def test_compare_detects_the_machine_once(models: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each --compare variant that leaves the RAM bandwidth out used to run detection (programs, /proc, /sys)
+    again; one command detects once."""
+    from moeplace import machine
+
+    calls = []
+    real = machine.detect
+
+    def counted(**kw: object) -> object:
+        calls.append(kw)
+        return real(**kw)
+
+    monkeypatch.setattr(machine, "detect", counted)
+    code, _, _ = _run("solve", str(models["Q4_K_M"]), "--gpu", "rtx3060", "--ram", "32G", "--compare",
+                      "--gpu rtx3060,rtx3060", "--compare", "--ram 64G", "--json")
+    assert code == 0 and len(calls) == 1, calls

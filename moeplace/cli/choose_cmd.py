@@ -21,7 +21,7 @@ from moeplace.cli.options import (
     run_config_from,
 )
 from moeplace.cli.solve_cmd import engine_build
-from moeplace.memory import DEFAULT_MARGIN
+from moeplace.memory import default_margin
 from moeplace.model import ModelDescription
 from moeplace.planner import parse_workload
 from moeplace.remote import HfRef, ReadStats, parse_ref
@@ -87,7 +87,7 @@ def choose(repo: str, gpus: tuple[str, ...], backend: str | None, ram: int | Non
     found = detected_machine()
     # The same run-configuration search, threads and build as 'moeplace solve', so the commands agree.
     choices = rank(ref.repo, devices, config, workload=parse_workload(workload, n_seq_max),
-                   margin=DEFAULT_MARGIN if margin is None else margin, revision=revision, stats=stats,
+                   margin=default_margin(devices) if margin is None else margin, revision=revision, stats=stats,
                    pinned=given_run_settings(), threads=found.cores if found is not None else None,
                    build=engine_build(get_target("llama.cpp"), None))
     report_detected()

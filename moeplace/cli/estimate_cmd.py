@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import math
-import re
+import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -27,37 +26,23 @@ from moeplace.hardware import Device
 from moeplace.llamacpp import (
     Override,
     apply,
-    cpu_moe_pattern,
-    cpu_moe_patterns,
     cpu_moe_placement,
     n_cpu_moe_placement,
-    parse_override_arg,
 )
-from moeplace.llamacpp_cli import MAX_BLOCKS, LlamaCommand, looks_like_command, parse_command
+from moeplace.llamacpp_cli import LlamaCommand, looks_like_command, parse_command, split_ts
 from moeplace.memory import (
-    DEFAULT_MARGIN,
     RunConfig,
     context_ladder,
+    default_margin,
     kv_bytes,
     validate,
 )
 from moeplace.model import ModelDescription, load_model
 from moeplace.placement import HOST, Placement, host_fallback
+from moeplace.remote.refs import parse_ref
 from moeplace.sizes import format_size
 from moeplace.speed import Estimate, TensorTable
 from moeplace.speed import estimate as estimate_placement
-
-
-def parse_tensor_split(text: str) -> list[float]:
-    """``-ts 3,1`` (or ``3/1``): finite non-negative proportions, not all zero."""
-    try:
-        split = [float(x) for x in re.split(r"[,/]", text)]
-    except ValueError:
-        raise MoeplaceError(f"--tensor-split '{text}' must be numbers like 3,1") from None
-    if not all(math.isfinite(x) and x >= 0 for x in split) or not any(x > 0 for x in split):
-        raise MoeplaceError(f"--tensor-split '{text}': give non-negative proportions, at least one above zero, "
-                            "like 3,1")
-    return split
 
 
 def build_placement(model: ModelDescription, gpus: Sequence[Device], n_gpu_layers: int | None, cpu_moe: bool,
@@ -286,25 +271,19 @@ class _OrderedCommand(click.Command):
 
 def ordered_overrides(raw: Sequence[str]) -> list[Override]:
     """The override list of moeplace's own -ot/--cpu-moe/--n-cpu-moe options, in command-line order (up to a
-    ``--``; click has checked the values already)."""
-    out: list[Override] = []
+    ``--``; click has checked the values already), read by the pasted-command parser so both follow one rule."""
+    words: list[str] = []
     i = 0
     while i < len(raw) and raw[i] != "--":
         flag, _, inline = raw[i].partition("=") if raw[i].startswith("--") else (raw[i], "", "")
         if flag in _ORDERED:
-            value = inline
-            if _ORDERED[flag] and not inline:
-                i += 1
-                value = raw[i] if i < len(raw) else ""
-            if flag in ("-ot", "--override-tensor"):
-                out.extend(parse_override_arg(value))
-            elif flag in ("--cpu-moe", "-cmoe"):
-                out.append(cpu_moe_pattern())
-            else:
-                # blocks past the last match nothing: llama.cpp writes N patterns, so N is clamped first
-                out.extend(cpu_moe_patterns(min(int(value), MAX_BLOCKS)))
+            words.append(flag)
+            if _ORDERED[flag]:
+                if not inline:
+                    i += 1
+                words.append(inline or (raw[i] if i < len(raw) else ""))
         i += 1
-    return out
+    return list(parse_command(["llama-server", *words]).overrides)
 
 
 def _split_words(words: Sequence[str]) -> tuple[str | None, LlamaCommand | None]:
@@ -316,6 +295,11 @@ def _split_words(words: Sequence[str]) -> tuple[str | None, LlamaCommand | None]
         return words[0], None
     if looks_like_command(words[0]):
         return None, parse_command(words)
+    if words[1].startswith("-") and parse_ref(words[0]) is None and not os.path.exists(words[0]) \
+            and not words[0].lower().endswith(".gguf"):
+        # neither a model nor a llama.cpp program: say so, rather than fault the flags that follow it
+        raise MoeplaceError(f"'{words[0]}' is neither a model file nor a llama.cpp program: paste a line that runs "
+                            "llama-server, llama-cli or llama-bench, or give MODEL before --")
     return words[0], parse_command(words[1:])
 
 
@@ -366,9 +350,6 @@ def _merge(ctx: click.Context, values: dict[str, Any], cmd: LlamaCommand) -> dic
 @click.option("--cores", type=click.IntRange(min=1), default=None, help="Physical CPU cores of the host.")
 @click.option("--numa-nodes", type=click.IntRange(min=1), default=1, show_default=True,
               help="NUMA nodes the host's RAM spans (sockets, or sub-NUMA clusters).")
-@click.option("--link", "links", multiple=True, metavar="PCIE",
-              help="Host link of each GPU: pcie4x8, 5.0x16, ... (one for all, or a comma list in --gpu order; "
-                   "default: the preset's, stated when it matters).")
 @click.option("-d", "--depth", type=click.IntRange(min=0), default=0, show_default=True,
               help="Tokens already in the context when decoding and prompting (llama-bench -d).")
 @click.option("-p", "--n-prompt", "n_prompt", type=click.IntRange(min=1), default=None,
@@ -386,10 +367,10 @@ def estimate(ctx: click.Context, words: tuple[str, ...], gpus: tuple[str, ...], 
              kv_unified: bool, swa_full: bool, no_kv_offload: bool, no_op_offload: bool, n_gpu_layers: int | None,
              tensor_split: str | None, override_tensor: tuple[str, ...], n_cpu_moe: int | None, cpu_moe: bool,
              threads: int | None, cores: int | None, numa_nodes: int,
-             links: tuple[str, ...], depth: int, n_prompt: int | None, price: float, api_price: float | None,
+             depth: int, n_prompt: int | None, price: float, api_price: float | None,
              as_json: bool) -> None:
     model, pasted = _split_words(words)
-    split = parse_tensor_split(tensor_split) if tensor_split else None
+    split = list(split_ts("--tensor-split", tensor_split)) if tensor_split else None
     v: dict[str, Any] = {"n_ctx": n_ctx, "type_k": type_k, "type_v": type_v, "n_batch": n_batch,
                          "n_ubatch": n_ubatch, "flash_attn": flash_attn, "n_seq_max": n_seq_max,
                          "kv_unified": kv_unified, "swa_full": swa_full, "no_kv_offload": no_kv_offload,
@@ -410,7 +391,7 @@ def estimate(ctx: click.Context, words: tuple[str, ...], gpus: tuple[str, ...], 
     assert model is not None
     md = load_model(model)
     devices = devices_from(gpus, backend, ram, ram_bw, calibration, threads=v["threads"], cores=cores,
-                           numa_nodes=numa_nodes, links=links)
+                           numa_nodes=numa_nodes)
     gpu_devs = [d for d in devices.values() if not d.is_host]
     fa = v["flash_attn"]
     cfg = run_config_from(md, devices, n_ctx=v["n_ctx"], type_k=v["type_k"], type_v=v["type_v"],
@@ -418,7 +399,7 @@ def estimate(ctx: click.Context, words: tuple[str, ...], gpus: tuple[str, ...], 
                           n_seq_max=v["n_seq_max"], kv_unified=v["kv_unified"], swa_full=v["swa_full"],
                           no_kv_offload=v["no_kv_offload"], no_op_offload=v["no_op_offload"])
     placement = build_placement(md, gpu_devs, v["n_gpu_layers"], False, 0, v["tensor_split"], overrides)
-    margin_b = DEFAULT_MARGIN if margin is None else margin
+    margin_b = default_margin(devices) if margin is None else margin
     table = TensorTable.build(md)
     e = estimate_placement(md, placement, cfg, devices, table=table, margin=margin_b, depth=v["depth"],
                            n_prompt=v["n_prompt"])

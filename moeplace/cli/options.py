@@ -4,7 +4,6 @@ them (short forms too), and the functions that turn them into devices and a RunC
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,8 @@ from moeplace.calibration import apply as apply_calibration
 from moeplace.calibration import load as load_calibration
 from moeplace.cli import INT32_MAX, POSITIVE_SIZE, SIZE
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import GB, Device, catalog, device_set, host_device, link_bandwidth, parse_gpus
-from moeplace.memory import CACHE_TYPES, DEFAULT_MARGIN, RunConfig, resolve_flash_attn, validate
+from moeplace.hardware import GB, Device, catalog, device_set, host_device, parse_gpus, with_links
+from moeplace.memory import CACHE_TYPES, DEFAULT_MARGIN, MARGINS, RunConfig, resolve_flash_attn, validate
 from moeplace.model import ModelDescription
 from moeplace.sizes import format_size
 
@@ -73,15 +72,18 @@ hardware_options = _stack(
     click.option("--ram-avail", type=SIZE, default=None, expose_value=False, callback=_remember,
                  help="RAM free for llama.cpp (default: what this machine has available, or --ram less 2 GiB for "
                       "the OS, stated); host weights beyond it are read from disk again while decoding."),
-    click.option("--pcie", default=None, expose_value=False, callback=_remember, metavar="GEN xLANES",
-                 help="The GPUs' host link, e.g. 4.0x4 for a card in an x4 slot or behind a riser (default: the "
-                      "preset's, or what was detected); prompt copies and expert-cache misses cross it."),
+    click.option("--link", "--pcie", "link", multiple=True, expose_value=False, callback=_remember,
+                 metavar="GEN xLANES",
+                 help="The GPUs' host link: pcie4x8, 5.0x16, 4.0x4 for a card in an x4 slot or behind a riser; one "
+                      "for all, or a comma list in GPU order (default: the preset's, or what was detected, stated "
+                      "when it matters); prompt copies and expert-cache misses cross it."),
     click.option("--measure", is_flag=True, expose_value=False, callback=_remember,
                  help="Time a few seconds of memory copies for the RAM bandwidth when the DMI table is not "
                       "readable."),
     click.option("--margin", type=SIZE, default=None,
-                 help=f"Memory kept free on each GPU (default {format_size(DEFAULT_MARGIN)}, from the measured "
-                      "error of the compute-buffer estimate)."),
+                 help=f"Memory kept free on each GPU (default per backend, from the measured error of the "
+                      f"compute-buffer estimate: Vulkan {format_size(MARGINS['vulkan'])}, others "
+                      f"{format_size(DEFAULT_MARGIN)})."),
     click.option("--calibration", type=click.Path(path_type=Path, dir_okay=False), default=None, metavar="FILE",
                  help="Measured bandwidths (moeplace bench -o FILE) in place of the presets' efficiencies."),
     click.option("--list-gpus", is_flag=True, expose_value=False, is_eager=True, callback=_list_presets,
@@ -134,23 +136,24 @@ def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ra
     found = None
     if not gpus or ram is None or ram_bw is None:
         ctx = click.get_current_context(silent=True)
-        measure = bool(ctx and ctx.meta.get("moeplace.measure"))
-        found = machine.detect(gpus=not gpus, measure=measure and ram_bw is None)
-        if ctx is not None:
-            ctx.meta["moeplace.machine"] = found
+        measure = bool(ctx and ctx.meta.get("moeplace.measure")) and ram_bw is None
+        # once per command: --compare asks again for each variant, and detection runs programs
+        key = (not gpus, measure)
+        cached = ctx.meta.get("moeplace.machine_key") if ctx is not None else None
+        if ctx is not None and cached is not None and cached[0] >= key[0] and cached[1] >= key[1]:
+            found = ctx.meta["moeplace.machine"]
+        else:
+            found = machine.detect(gpus=not gpus, measure=measure)
+            if ctx is not None:
+                ctx.meta["moeplace.machine"], ctx.meta["moeplace.machine_key"] = found, key
     if no_gpu:
         gpu_devs: tuple[Device, ...] = ()
     elif gpus:
-        gpu_devs = parse_gpus(gpus, backend, links=links)
+        gpu_devs = parse_gpus(gpus, backend)
     else:
         assert found is not None
         gpu_devs = machine.gpu_devices(found, backend)
-    ctx = click.get_current_context(silent=True)
-    pcie = ctx.meta.get("moeplace.pcie") if ctx is not None else None
-    if pcie and not links:  # estimate's --link gives each GPU its own link; --pcie one for all
-        link = link_bandwidth(pcie)
-        gpu_devs = tuple(g if g.unified or g.backend == "rpc" else replace(g, link_bandwidth=link, link_assumed=False)
-                         for g in gpu_devs)
+    gpu_devs = with_links(gpu_devs, links or meta.get("moeplace.link") or ())
     host_ram: int | None = ram
     host_bw: str | float | None = ram_bw
     unified = any(g.unified for g in gpu_devs)  # Apple: the host is the GPU's pool, at the GPU's bandwidth

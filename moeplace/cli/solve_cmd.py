@@ -22,23 +22,24 @@ from moeplace.cli.options import (
     run_config_from,
 )
 from moeplace.cli.whatif_view import whatif_report
-from moeplace.configure import CONFIG_FIELDS, ConfigChoice, choose_config
+from moeplace.configure import CONFIG_FIELDS, ConfigChoice
 from moeplace.emit.args import LlamaArgs, RunSettings, build_args
 from moeplace.emit.scripts import plan_document, prediction, write_script_set
 from moeplace.errors import MoeplaceError
-from moeplace.expert_cache import CacheChoice, choose_cache
+from moeplace.expert_cache import CacheChoice
 from moeplace.hardware import Device, for_engine
-from moeplace.memory import DEFAULT_MARGIN, RunConfig
+from moeplace.memory import RunConfig, default_margin
 from moeplace.model import load_model
 from moeplace.outfiles import output_path
 from moeplace.pins import parse_pin
 from moeplace.placement import HOST
-from moeplace.planner import Plan, auto_context, parse_workload
+from moeplace.planner import Plan, parse_workload
 from moeplace.plot import placement_grid, write_grid
 from moeplace.ranges import format_ranges
 from moeplace.routing import check_profile, expert_probs
 from moeplace.routing_file import load_profile
 from moeplace.sizes import format_size
+from moeplace.solution import solve as solve_model
 from moeplace.targets.base import Emission, Target
 from moeplace.targets.builds import EngineBuild, find_binary, read_build
 from moeplace.targets.files import write_files
@@ -101,7 +102,7 @@ def _cache_sizes(value: str | None) -> list[int] | None:
 def _check_cache_flag(target: Target, build: EngineBuild, notes: list[str]) -> None:
     """--moe-cache-mib needs llama.cpp with the expert cache: a binary that lacks it is refused; with no binary the
     flag itself says the target build has it."""
-    if target.name != "llama.cpp":
+    if not target.expert_cache:
         raise MoeplaceError(f"--moe-cache-mib is llama.cpp's expert cache; --target {target.name} has none: drop it")
     if not build.has("--moe-cache-mib"):
         if build.source.startswith("binary"):
@@ -275,7 +276,8 @@ Examples:
 @click.option("--solver", type=click.Choice(["dp", "cp-sat"]), default="dp", show_default=True,
               help="dp: exact dynamic programme; cp-sat: OR-Tools CP-SAT from the DP's answer, with its gap.")
 @click.option("--time-limit", type=FiniteFloat(min=0.1, max=86400), default=10.0, show_default=True,
-              help="Seconds CP-SAT may search, in all (-c auto shares them between contexts).")
+              help="Seconds CP-SAT may search, in all: the run configurations, -c auto's contexts and the cache "
+                   "sizes share them.")
 @click.option("--explain", is_flag=True, help="Show why each block's experts went where they did.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (schema moeplace.plan/1).")
 @click.option("-o", "--out", "out_dir", default=None, metavar="DIR",
@@ -333,7 +335,7 @@ def solve(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | Non
                                    no_kv_offload=no_kv_offload, no_op_offload=no_op_offload)
         base = {"gpus": gpus, "backend": backend, "ram": ram, "ram_bw": ram_bw, "calibration": calibration}
         whatif_report(md, devices, base, variants, target_tps, config, parse_workload(workload, n_seq_max, depth),
-                      DEFAULT_MARGIN if margin is None else margin, as_json, projection)
+                      default_margin(devices) if margin is None else margin, as_json, projection)
         return
     notes = []  # printed with the plan, after what was detected: an error stays one line
     if len(devices) == 1:
@@ -360,41 +362,26 @@ def solve(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | Non
         prof = load_profile(profile_path)
         check_profile(prof, md, origin=str(profile_path))
         profile = expert_probs(prof)
-    margin_b = DEFAULT_MARGIN if margin is None else margin
+    margin_b = default_margin(devices) if margin is None else margin
     if mmap is not None:
         cfg = cfg.with_(no_mmap=not mmap)
-    pinned = given_run_settings(mmap is not None)
-    if target.name != "llama.cpp":  # the run settings searched are llama.cpp's flags; other engines get them as given
-        pinned = list(CONFIG_FIELDS)
     if moe_cache is not None:
         _check_cache_flag(target, build, notes)
-    choice = choose_config(md, devices, cfg, pinned=pinned, workload=wl, margin=margin_b, pins=pin_list,
-                           profile=profile, solver=solver, time_limit=time_limit, target=target)
-    chosen, run_cfg = choice.plan, choice.plan.cfg
-    trade: list[Plan] = []
-    if ctx_auto:
-        chosen, trade = auto_context(md, devices, run_cfg, workload=wl, margin=margin_b, pins=pin_list,
-                                     profile=profile, solver=solver, time_limit=time_limit, target=target)
-        run_cfg = chosen.cfg
-    cache = None
-    extra: tuple[str, ...] = ()
-    if moe_cache is not None:
-        cache = choose_cache(md, devices, run_cfg, workload=wl, margin=margin_b, pins=pin_list, profile=profile,
-                             trace=prof.trace if prof is not None else None, sizes=cache_sizes, solver=solver,
-                             time_limit=time_limit, target=target)
-        if cache.best.mib:
-            chosen = cache.best.plan
-            extra = ("--moe-cache-mib", str(cache.best.mib))
+    sol = solve_model(md, devices, cfg, target=target, pinned=given_run_settings(mmap is not None), workload=wl,
+                      margin=margin_b, pins=pin_list, profile=profile, trace=prof.trace if prof is not None else None,
+                      auto_ctx=ctx_auto, expert_cache=moe_cache is not None, cache_sizes=cache_sizes, solver=solver,
+                      time_limit=time_limit)
+    choice, chosen, run_cfg, trade, cache = sol.choice, sol.plan, sol.plan.cfg, list(sol.context_trade), sol.cache
     found = detected_machine()
-    if threads is None and found is not None and target.name == "llama.cpp":
+    if threads is None and found is not None and target.tunes_run_settings:
         threads = found.cores
     gpu_names = tuple(n for n in devices if n != HOST)
     # Absolute, so the scripts, llama-swap entry and plan.json work from any folder.
     settings = RunSettings.of(run_cfg, md.paths[0].absolute(), chosen.estimate.context.n_ctx, gpu_names, threads,
-                              extra)
+                              sol.extra_args)
     default_dir = "moeplace-" + re.sub(r"[^A-Za-z0-9._-]+", "-", md.name).strip("-.")
     directory = default_dir if out_dir is None else out_dir
-    if target.name != "llama.cpp":
+    if not target.launch_scripts:
         emission = target.emit(chosen, settings, build, output_path(directory, "output folder"))
         report_detected()
         for n in notes:

@@ -36,6 +36,7 @@ from moeplace.hardware import GB, Catalog, Device, catalog, link_bandwidth, pars
 from moeplace.machine.facts import Dimm, Gpu, Machine, RamBandwidth, gpu_names, short_label
 from moeplace.machine.gpus import (
     apple_gpu_fraction,
+    gpus_amdgpu_sysfs,
     gpus_apple,
     gpus_llamacpp,
     gpus_nvidia_smi,
@@ -57,14 +58,15 @@ GpuDetector = Callable[[], "list[Gpu] | None"]
 
 
 def detect_gpus(path: str | None = None, platform: str = sys.platform,
-                use_llamacpp: bool = True) -> tuple[list[Gpu], list[str]]:
+                use_llamacpp: bool = True, sys_root: Path = Path("/sys")) -> tuple[list[Gpu], list[str]]:
     """GPUs from the first source that finds any, and notes on what was tried and assumed."""
     notes: list[str] = []
     sources: list[tuple[str, GpuDetector]] = []
     if use_llamacpp:
         sources.append(("llama.cpp", gpus_llamacpp))
     sources += [("NVML", gpus_nvml), ("nvidia-smi", lambda: gpus_nvidia_smi(path)),
-                ("rocm-smi", lambda: gpus_rocm_smi(path)), ("sysctl", lambda: gpus_apple(path, platform)),
+                ("rocm-smi", lambda: gpus_rocm_smi(path)), ("amdgpu sysfs", lambda: gpus_amdgpu_sysfs(sys_root)),
+                ("sysctl", lambda: gpus_apple(path, platform)),
                 ("vulkaninfo", lambda: gpus_vulkan(path))]
     llama_said_none = False
     for name, fn in sources:
@@ -130,7 +132,7 @@ def detect_ram_bandwidth(measure: bool, dmi: Path = Path("/sys/firmware/dmi/tabl
 def detect(*, gpus: bool = True, measure: bool = False, path: str | None = None, platform: str = sys.platform,
            proc: Path = Path("/proc"), sys_root: Path = Path("/sys"), use_llamacpp: bool = True) -> Machine:
     """Everything this module can find out about the machine (``gpus=False`` skips the GPU detectors)."""
-    found, notes = detect_gpus(path, platform, use_llamacpp) if gpus else ([], [])
+    found, notes = detect_gpus(path, platform, use_llamacpp, sys_root) if gpus else ([], [])
     total, avail = meminfo(proc)
     threads, cores = cpu_topology(sys_root)
     bw, bw_notes = detect_ram_bandwidth(measure, sys_root / "firmware/dmi/tables/DMI", threads)
@@ -161,14 +163,14 @@ def gpu_devices(machine: Machine, backend: str | None = None, cat: Catalog | Non
         if g.free is not None:
             notes.append(f"planning for the free memory {format_size(g.free)} of {format_size(g.total)} "
                          f"({g.source}), as llama.cpp --fit does, minus the margin")
-        link = dev.link_bandwidth
+        link, assumed = dev.link_bandwidth, dev.link_assumed
         if g.link and not dev.unified:
             with contextlib.suppress(MoeplaceError):  # an odd link report keeps the preset's link
-                link = link_bandwidth(g.link, cat)
+                link, assumed = link_bandwidth(g.link, cat), False
         if g.pool:
             dev = replace(dev, unified=True, pool=g.pool, link_bandwidth=0.0)
             link = 0.0
         dev = replace(dev, name=name, label=g.label, memory=usable,
-                      link_bandwidth=link, notes=tuple(notes))
+                      link_bandwidth=link, link_assumed=assumed, notes=tuple(notes))
         out.append(dev)
     return tuple(out)

@@ -1,12 +1,16 @@
-"""GPU detectors, one per source: llama.cpp's own device list, NVML, nvidia-smi, rocm-smi, macOS, vulkaninfo."""
+"""GPU detectors, one per source: llama.cpp's own device list, NVML, nvidia-smi, rocm-smi, the amdgpu driver's sysfs
+files, macOS, vulkaninfo."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import re
+import shutil
 import sys
+from pathlib import Path
 
 from moeplace.hardware import (
     BACKEND_PREFIX,
@@ -121,6 +125,42 @@ def gpus_rocm_smi(path: str | None = None) -> list[Gpu] | None:
         label = card.get("Card Series") or card.get("Card series") or key
         out.append(Gpu("rocm", str(label), total, max(0, total - used), "rocm-smi"))
     return out
+
+
+# PCIe transfer rate per lane (sysfs max_link_speed, GT/s) -> generation
+_PCIE_GEN = {"2.5": "1.0", "5.0": "2.0", "8.0": "3.0", "16.0": "4.0", "32.0": "5.0", "64.0": "6.0"}
+
+
+def gpus_amdgpu_sysfs(sys_root: Path = Path("/sys")) -> list[Gpu] | None:
+    """AMD GPUs from the amdgpu kernel driver's files (class/drm/cardN/device: ``mem_info_vram_total``,
+    ``mem_info_vram_used``, ``product_name`` where the board has one, ``max_link_speed``/``max_link_width``):
+    no tool needed, so it finds cards where ROCm ships amd-smi instead of rocm-smi, or where no ROCm is
+    installed at all (llama.cpp's Vulkan build, the backend then assumed). None when no card has those files."""
+    cards = sorted((p for p in (sys_root / "class" / "drm").glob("card*") if re.fullmatch(r"card\d+", p.name)),
+                   key=lambda p: int(p.name[4:]))
+    rocm = Path("/opt/rocm").is_dir() or shutil.which("hipconfig") is not None
+    out = []
+    for card in cards:
+        dev = card / "device"
+        try:
+            total = int((dev / "mem_info_vram_total").read_text().strip())
+            used = int((dev / "mem_info_vram_used").read_text().strip())
+        except (OSError, ValueError):
+            continue
+        label = ""
+        with contextlib.suppress(OSError):
+            label = (dev / "product_name").read_text().strip()
+        if not label:
+            with contextlib.suppress(OSError):
+                label = f"AMD GPU {(dev / 'device').read_text().strip()}"
+        link = ""
+        with contextlib.suppress(OSError, ValueError):
+            speed = (dev / "max_link_speed").read_text().split()[0]
+            width = int((dev / "max_link_width").read_text().strip())
+            link = f"{_PCIE_GEN[speed]}x{width}" if speed in _PCIE_GEN else ""
+        out.append(Gpu("rocm" if rocm else "vulkan", label or card.name, total, max(0, total - used),
+                       "amdgpu sysfs", link=link))
+    return out or None
 
 
 def gpus_apple(path: str | None = None, platform: str = sys.platform, cat: Catalog | None = None) -> list[Gpu] | None:

@@ -100,6 +100,11 @@ class Target(Protocol):
     layer_order: LayerOrder
     buffer_names: str  # the device names its placement arguments take, for messages
     binaries: tuple[str, ...]  # programs on PATH whose --help tells the build's flags (none: stated default only)
+    # Takes llama.cpp's run flags (-ub/-b, -ctk/-ctv, -np/-kvu, --no-mmap, -t), so a solve chooses them with the
+    # placement; other targets run the settings given.
+    tunes_run_settings: bool
+    expert_cache: bool  # has llama.cpp's expert cache (--moe-cache-mib)
+    launch_scripts: bool  # written as moeplace's llama-server launch-script set (host, port, plan.json)
 
     def default_build(self) -> EngineBuild:
         """The build assumed when no binary is given (stated in the output)."""

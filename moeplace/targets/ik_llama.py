@@ -148,6 +148,9 @@ class IkLlamaCpp:
     layer_order = LayerOrder.CONTIGUOUS_RUNS
     buffer_names = BUFFER_FORMS
     binaries = ("llama-server",)
+    tunes_run_settings = False
+    expert_cache = False
+    launch_scripts = False
 
     def __init__(self, build: EngineBuild | None = None) -> None:
         self.build = build

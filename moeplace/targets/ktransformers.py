@@ -179,6 +179,9 @@ class KTransformers:
     granularity = Granularity.EXPERT
     layer_order = LayerOrder.CONTIGUOUS_RUNS  # every layer's attention on the one GPU: a single run
     buffer_names = "one CUDA GPU (SGLang device 0) and the CPU"
+    tunes_run_settings = False
+    expert_cache = False
+    launch_scripts = False
     binaries: tuple[str, ...] = ()
 
     def default_build(self) -> EngineBuild:

@@ -122,6 +122,9 @@ class LlamaServerPreset:
     layer_order = LayerOrder.CONTIGUOUS_RUNS
     buffer_names = BUFFER_FORMS
     binaries = ("llama-server",)
+    tunes_run_settings = False
+    expert_cache = False
+    launch_scripts = False
 
     def default_build(self) -> EngineBuild:
         return LLAMACPP.default_build()

@@ -50,6 +50,9 @@ class LlamaCpp:
     layer_order = LayerOrder.CONTIGUOUS_RUNS
     buffer_names = BUFFER_FORMS
     binaries = ("llama-server", "llama-cli")
+    tunes_run_settings = True
+    expert_cache = True
+    launch_scripts = True
 
     def default_build(self) -> EngineBuild:
         return stored_build(self.name, DEFAULT_HELP)

@@ -65,6 +65,9 @@ class LMStudio:
     granularity = Granularity.LAYERS
     layer_order = LayerOrder.CONTIGUOUS_RUNS
     buffer_names = "one GPU (LM Studio chooses among several itself)"
+    tunes_run_settings = False
+    expert_cache = False
+    launch_scripts = False
     binaries: tuple[str, ...] = ()
 
     def default_build(self) -> EngineBuild:

@@ -53,6 +53,9 @@ class Ollama:
     granularity = Granularity.LAYERS
     layer_order = LayerOrder.CONTIGUOUS_RUNS
     buffer_names = "one GPU (Ollama spreads layers over several by its own estimate)"
+    tunes_run_settings = False
+    expert_cache = False
+    launch_scripts = False
     binaries: tuple[str, ...] = ()
 
     def default_build(self) -> EngineBuild:
