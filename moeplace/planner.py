@@ -134,6 +134,7 @@ class Plan:
     warnings: tuple[str, ...] = field(default=())
     profile: ExpertProbs | None = None
     fallback: str = ""  # the baseline whose placement replaced the solver's ("" when the solver's stands)
+    solver_seconds: float = 0.0  # the solver's own placement's predicted seconds per token, fallback or not
 
     def score(self, placement: Placement, name: str, note: str = "") -> Candidate:
         """Another placement scored exactly as the plan was (same settings, workload, profile and margin): what
@@ -412,6 +413,7 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     base = baselines(model, cfg, devices, workload, profile, margin, target, table) \
         if with_baselines and not pins else []
     # A tie is not a win: the same prediction summed in another order differs in the last bit.
+    own_seconds = chosen.seconds
     better = [b for b in base if b.fits and b.seconds < chosen.seconds * (1 - TIE_RTOL)]
     fallback = ""
     if better:
@@ -449,7 +451,7 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     elif cp_note:
         optimality += f"; {cp_note}"
     return Plan(model, devices, cfg, workload, margin, chosen, tuple(base), budgets, sol, elapsed, optimality,
-                _reasons(problem, sol), tuple(pins), tuple(warnings), profile, fallback)
+                _reasons(problem, sol), tuple(pins), tuple(warnings), profile, fallback, own_seconds)
 
 
 # Relative difference in predicted seconds below which two placements are the same prediction.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from moeplace.emit.args import RunSettings, build_args, parse_ot_args
@@ -166,11 +166,17 @@ def test_deterministic(model_path: Callable[[str], Path]) -> None:
     assert a.placement == b.placement
 
 
+# What the DP's rounding of sizes up to its unit (a budget / 65535, per tensor group) may cost against a
+# placement packed to the byte.
+ROUNDING_RTOL = 1e-3
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(["qwen3-30b-a3b", "gpt-oss-20b", "glm-4.5-air", "deepseek-v3", "mixtral-8x7b",
                              "qwen3moe-tiny", "gpt-oss-tiny", "deepseek2-tiny"]),
        vram=st.lists(st.integers(min_value=4, max_value=48), min_size=1, max_size=3),
        n_ctx=st.sampled_from([2048, 8192, 32768]), workload=st.sampled_from(["chat", "batch", "long-prompt", "8:1"]))
+@example(name="glm-4.5-air", vram=[42], n_ctx=32768, workload="chat")  # a baseline wins by the rounding
 def test_property_emitted_patterns_reproduce_random_plans(model_path: Callable[[str], Path], name: str,
                                                           vram: list[int], n_ctx: int, workload: str) -> None:
     """Random models and budgets: the arguments emitted for the plan, parsed back and applied with llama.cpp's
@@ -182,7 +188,9 @@ def test_property_emitted_patterns_reproduce_random_plans(model_path: Callable[[
         p = plan(m, devs, cfg, workload=parse_workload(workload))
     except PlanError:
         return  # a budget too small for anything is refused, with its own message
-    assert p.fallback == "", p.warnings  # the solver's own placement, not a baseline swapped in
+    # The solver's own placement stands, or a baseline beats it only by what the DP's size rounding leaves
+    # unused (glm-4.5-air on 42G at 32K: --n-cpu-moe 23 packs the card 46 MiB fuller, 0.008% faster).
+    assert not p.fallback or p.solver_seconds <= p.chosen.seconds * (1 + ROUNDING_RTOL), p.warnings
     gpus = tuple(n for n in devs if n != HOST)
     argv = list(build_args(m, p.placement, RunSettings(m.paths[0], n_ctx, gpus)).argv)
     ngl = int(argv[argv.index("-ngl") + 1])
