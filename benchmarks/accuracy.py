@@ -601,7 +601,7 @@ def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, 
             "this machine's CPU, an AMD EPYC VM with AVX-512 (x86), every type the rows use included (the i-quants "
             "llama.cpp will not quantize without an importance matrix are written directly); the M2 Max rows of ik164 "
             "ran ARM NEON kernels, whose per-type costs differ (there Q4_0 and IQ4_NL prompts are repacked and over "
-            "twice as fast as Q4_K's), so that series keeps most of its misordered pairs;",
+            "twice as fast as Q4_K's), so that series keeps misordered pairs;",
             "- the kernel eras are approximations of the builds in them: ik164's build (December 2024) repacked Q4_0 "
             "(its fastest 4-bit type there, in prompts and decode), which the vec_dot prompt table does not, but not "
             "IQ4_NL or Q4_K for decode (its IQ4_NL decode is the slowest 4-bit one), which this build's decode table, "

@@ -10,21 +10,23 @@ llama.cpp on this machine.
 
 A dense factory model with real F16 weights (2 blocks of a 1024-wide llama, 23M elements in its matrices: small
 enough that the quantized weights stay in this machine's last-level cache, so decode is bound by dequantising and
-dotting rather than by RAM) is made in each type, every matrix in that type (llama-quantize's ``--pure``). Each
-file is timed with one thread, the way llama-bench times ``tg128`` and ``pp512``: 128 generated tokens one at a
-time, and a 512-token prompt in ONE ubatch (``-ub 512``), so the batch kernels llama.cpp uses for prompts are what
-is timed. Those differ from the decode kernels, and they changed over llama.cpp's history, which ``--kernels``
-reproduces with switches of this one build (see KERNELS): ``current`` is this build as is, with its tiled kernels
-for K- and i-quants (ggml-cpu/tiled, PR 27851), which make every K- and i-quant prompt cost about what Q4_K's
-does; ``untiled`` turns those off (GGML_CPU_TILED_MM=0): K- and i-quants multiply by vec_dot again, 2-5x slower
-than the repacked Q4_K; ``vec_dot`` also turns runtime repacking off (as llama.cpp's ``--no-repack`` does), as x86
-builds before the Q4_K repack (PR 12332, March 2025) ran. In every set llamafile's sgemm takes F16, BF16, Q8_0,
-Q4_0, Q5_0 and IQ4_NL. The prompt ordering of types thus differs from the decode ordering (Q8_0 costs about twice
-Q4_K per element in decode, less in prompts), hence separate tables. At 512 tokens the attention (the same for
-every type) is about 5% of this model's prompt FLOPs; it is left in, which pulls every prompt ratio that much
-towards 1. The table measured before this one (128-token prompts, same build) was the ``current`` set too, which
-is why it "ordered the published CPU prompt speeds worse" than the decode table: the published rows were measured
-with builds that had no tiled kernels, where i-quant prompts are several times slower than Q4_K's.
+dotting rather than by RAM) is made in each type, every matrix in that type (llama-quantize's ``--pure``). Each file
+is timed with one thread, the way llama-bench times ``tg128`` and ``pp512``: 128 generated tokens one at a time, and
+a 512-token prompt in ONE ubatch (``-ub 512``), so the batch kernels llama.cpp uses for prompts are what is timed.
+Those differ from the decode kernels, and they changed over llama.cpp's history, which ``--kernels`` reproduces with
+switches of this one build (see KERNELS): ``current`` is this build as is, with its tiled kernels for K- and
+i-quants (ggml-cpu/tiled, PR 27851), which make every K- and i-quant prompt cost about what Q4_K's does; ``untiled``
+turns those off (GGML_CPU_TILED_MM=0): K- and i-quants multiply by vec_dot again, 1.5-5x slower than the repacked
+Q4_K; ``vec_dot`` also turns runtime repacking off (as llama.cpp's ``--no-repack`` does), as x86 builds before the
+Q4_K repack (PR 12332, March 2025) ran. In every set llamafile's sgemm takes F16, BF16, Q8_0, Q5_0 and whichever of
+Q4_0 and IQ4_NL are not repacked. The prompt ordering of types thus differs from the decode ordering (Q8_0 costs
+about 1.7x Q4_K per element in decode, 1.3x in prompts), hence separate tables. At 512 tokens the attention (the
+same for every type) is about 5% of this model's prompt FLOPs; it is left in, which pulls every prompt ratio that
+much towards 1. The table measured before this one (128-token prompts, same build) was the ``current`` set too
+(``--n-prompt 128`` gives the ratios 512 tokens give: IQ3_XXS 1.07, Q8_0 1.27, BF16 1.55; neither attention nor
+per-ubatch overhead dominated it), which is why it "ordered the published CPU prompt speeds worse" than the decode
+table: the published rows were measured with builds that had no tiled kernels, where i-quant prompts are several
+times slower than Q4_K's.
 
 The types are measured right after a Q4_K run, round after round, and each keeps the median of its ratios to that
 Q4_K run, so a load that comes and goes on a shared machine cancels in each ratio; seconds per token over the
