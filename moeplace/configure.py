@@ -67,7 +67,7 @@ def choose_config(model: ModelDescription, devices: Mapping[str, Device], cfg: R
     * ``--no-mmap``: host weights in pinned memory (faster op-offload copies) wherever the host's share fits in
       RAM without paging, and there is a GPU to copy to."""
     fixed = frozenset(pinned)
-    margin = default_margin(devices) if margin is None else margin
+    margin = default_margin(devices, margin)
     unknown = fixed - set(CONFIG_FIELDS)
     if unknown:
         raise PlanError(f"unknown run settings {', '.join(sorted(unknown))}: use {', '.join(CONFIG_FIELDS)}")

@@ -377,9 +377,11 @@ MARGIN_ALLOWANCE = 64 * MIB
 MARGINS = {"vulkan": pad(VULKAN_WORST_UNDER + MARGIN_ALLOWANCE, 32 * MIB)}
 
 
-def default_margin(devices: Mapping[str, Device] | Sequence[Device] = ()) -> int:
-    """The ``--margin`` kept free on every GPU when none is given: the largest of the GPUs' backends' margins
-    (:data:`MARGINS`, else :data:`DEFAULT_MARGIN`); :data:`DEFAULT_MARGIN` when no GPU is given."""
+def default_margin(devices: Mapping[str, Device] | Sequence[Device] = (), given: int | None = None) -> int:
+    """The ``--margin`` kept free on every GPU: ``given`` when the user gave one, else the largest of the GPUs'
+    backends' margins (:data:`MARGINS`, else :data:`DEFAULT_MARGIN`); :data:`DEFAULT_MARGIN` when no GPU is given."""
+    if given is not None:
+        return given
     devs = devices.values() if isinstance(devices, Mapping) else devices
     return max((MARGINS.get(d.backend, DEFAULT_MARGIN) for d in devs if not d.is_host), default=DEFAULT_MARGIN)
 

@@ -369,7 +369,7 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
         raise PlanError("the devices must include the host CPU")
     gpus = [d for n, d in devices.items() if n != HOST]
     devs = [devices[HOST], *gpus]
-    margin = default_margin(gpus) if margin is None else margin
+    margin = default_margin(gpus, margin)
     budgets = gpu_budgets(model, cfg, gpus, margin)
     if gpus and all(b <= 0 for b in budgets.values()):
         need = min(g.memory - b for g, b in zip(gpus, budgets.values()))
@@ -390,26 +390,35 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     if over_pins:
         raise PlanError(f"the tensors pinned to {', '.join(over_pins)} do not fit its budget: pin fewer")
     t0 = time.perf_counter()
-    try:
-        sol = dp = solve(problem)
-    except ValueError:  # the budgets were checked above; what is left is that no layer order fits them at all
-        raise PlanError("no placement fits the GPU budgets with these pins and this context: pin fewer tensors, "
-                        "give more VRAM, or lower -c") from None
-    cp, cp_note = None, ""
-    if solver == "cp-sat":
-        cp_limit = time_limit - (time.perf_counter() - t0)  # the DP's time counts against the budget too
-        if cp_limit < MIN_CP_SAT_SECONDS:
-            cp_note = "CP-SAT not run: the --time-limit of the whole run was spent"
-        else:
-            try:
-                cp = solve_cp_sat(problem, time_limit=cp_limit, hint=dp)
-            except ValueError as e:  # stopped before it found a placement: the DP's answer stands
-                cp_note = f"CP-SAT: {e}"
-    if cp is not None and cp.objective < dp.objective:
-        sol = cp
-    elapsed = time.perf_counter() - t0
-    placement = _placement_of(model, problem, sol, pinned)
-    chosen = score_placement(model, placement, cfg, devices, workload, profile, margin, "moeplace", table=table)
+    for _ in range(REBUDGET_ROUNDS):
+        try:
+            sol = dp = solve(problem)
+        except ValueError:  # the budgets were checked above; what is left is that no layer order fits them at all
+            raise PlanError("no placement fits the GPU budgets with these pins and this context: pin fewer tensors, "
+                            "give more VRAM, or lower -c") from None
+        cp, cp_note = None, ""
+        if solver == "cp-sat":
+            cp_limit = time_limit - (time.perf_counter() - t0)  # the DP's time counts against the budget too
+            if cp_limit < MIN_CP_SAT_SECONDS:
+                cp_note = "CP-SAT not run: the --time-limit of the whole run was spent"
+            else:
+                try:
+                    cp = solve_cp_sat(problem, time_limit=cp_limit, hint=dp)
+                except ValueError as e:  # stopped before it found a placement: the DP's answer stands
+                    cp_note = f"CP-SAT: {e}"
+        if cp is not None and cp.objective < dp.objective:
+            sol = cp
+        elapsed = time.perf_counter() - t0
+        placement = _placement_of(model, problem, sol, pinned)
+        chosen = score_placement(model, placement, cfg, devices, workload, profile, margin, "moeplace", table=table)
+        # The budgets reserved the compute buffers of the CPU-fitted phases; the backend's own rules (Vulkan's
+        # op-offload copies, a device's size limit) can need more for this placement: take the shortfall off
+        # that GPU's budget and solve again.
+        short = {f.device: -f.free for f in chosen.estimate.fits.values() if not f.fits and f.device in budgets}
+        if not short:
+            break
+        budgets = {n: b - short.get(n, 0) for n, b in budgets.items()}
+        problem = build_problem(model, devs, cfg, costs, budgets, pinned, workload.batch)
     base = baselines(model, cfg, devices, workload, profile, margin, target, table) \
         if with_baselines and not pins else []
     # A tie is not a win: the same prediction summed in another order differs in the last bit.
@@ -426,8 +435,8 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     if not chosen.fits:
         over = [f.device for f in chosen.estimate.fits.values() if not f.fits]
         if over:
-            warnings.append(f"the estimate puts {', '.join(over)} over budget by the rounding of the solver; "
-                            "raise --margin")
+            warnings.append(f"the estimate puts {', '.join(over)} over budget even after {REBUDGET_ROUNDS} solves "
+                            "with the budget lowered by the overfill: raise --margin or lower -ub")
         if not chosen.estimate.host.possible:
             raise PlanError(f"the model does not fit in VRAM plus {format_size(devices[HOST].memory)} of RAM "
                             "even with the host's weights paged from disk: give --ram, or use a smaller quant")
@@ -457,6 +466,9 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
 # Relative difference in predicted seconds below which two placements are the same prediction.
 TIE_RTOL = 1e-9
 
+# Solves at most this many times, each with the GPU budgets lowered by what the last placement overfilled.
+REBUDGET_ROUNDS = 3
+
 # Below this many seconds CP-SAT cannot even load a model: it is skipped and the DP's answer stands.
 MIN_CP_SAT_SECONDS = 0.05
 
@@ -484,7 +496,7 @@ def auto_context(model: ModelDescription, devices: Mapping[str, Device], cfg: Ru
     ``time_limit`` is CP-SAT's budget for the whole ladder, not per context."""
     trade: list[Plan] = []
     budget = Budget(time_limit)
-    margin = default_margin(devices) if margin is None else margin
+    margin = default_margin(devices, margin)
     ladder = context_ladder(model.hparams.n_ctx_train)
     for i, n_ctx in enumerate(ladder):
         try:

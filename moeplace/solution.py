@@ -49,7 +49,7 @@ def solve(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig
     costs little decode speed, then with ``expert_cache`` the cache size (``cache_sizes`` in MiB, default a
     ladder) that decodes fastest. ``time_limit`` is CP-SAT's budget for all of it."""
     budget = Budget(time_limit)
-    margin = default_margin(devices) if margin is None else margin
+    margin = default_margin(devices, margin)
     if not target.tunes_run_settings:
         pinned = CONFIG_FIELDS
     choice = choose_config(model, devices, cfg, pinned=pinned, workload=workload, margin=margin, pins=pins,

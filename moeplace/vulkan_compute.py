@@ -46,13 +46,10 @@ from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 
 from moeplace.hardware import Device
-from moeplace.memory import RunConfig, context_shape, is_mla, kv_bytes_per_layer
+from moeplace.memory import OP_OFFLOAD_MIN_BATCH, RunConfig, context_shape, is_mla, kv_bytes_per_layer
 from moeplace.model import ModelDescription
 from moeplace.placement import HOST, Placement
 
-# ggml-backend: a weight in host memory is used by a GPU op when the op's batch is at least this large
-# (GGML_OP_OFFLOAD_MIN_BATCH, ggml_backend_vk_device_offload_op).
-OP_OFFLOAD_MIN_BATCH = 32
 CHUNK = 1 << 30  # ggml-vulkan's suballocation_block_size: the allocator's largest chunk, device and pinned host
 ALIGN = 256  # minStorageBufferOffsetAlignment-sized rounding of every tensor (lavapipe and most drivers: <= 256)
 

@@ -113,7 +113,7 @@ def bench(model: Path, n_plans: int, gpus: tuple[str, ...], backend: str | None,
             raise MoeplaceError(f"-o: {e}; it would be overwritten: give another path") from None
     timing = Timing(n_prompt, n_gen, repetitions, threads, depth, llama_bench)
     runs, measured, notes = run_bench(md, devices, cfg, n_plans=n_plans,
-                                      margin=default_margin(devices) if margin is None else margin,
+                                      margin=default_margin(devices, margin),
                                       timing=timing)
     on_gpu = len(devices) > 1 and (llama_bench is not None or bool(oracle.gpu_devices()))
     rows = [dataset_row(r, md, devices, cfg, timing) for r in runs]

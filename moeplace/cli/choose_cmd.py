@@ -87,7 +87,7 @@ def choose(repo: str, gpus: tuple[str, ...], backend: str | None, ram: int | Non
     found = detected_machine()
     # The same run-configuration search, threads and build as 'moeplace solve', so the commands agree.
     choices = rank(ref.repo, devices, config, workload=parse_workload(workload, n_seq_max),
-                   margin=default_margin(devices) if margin is None else margin, revision=revision, stats=stats,
+                   margin=default_margin(devices, margin), revision=revision, stats=stats,
                    pinned=given_run_settings(), threads=found.cores if found is not None else None,
                    build=engine_build(get_target("llama.cpp"), None))
     report_detected()

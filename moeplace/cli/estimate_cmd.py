@@ -399,7 +399,7 @@ def estimate(ctx: click.Context, words: tuple[str, ...], gpus: tuple[str, ...], 
                           n_seq_max=v["n_seq_max"], kv_unified=v["kv_unified"], swa_full=v["swa_full"],
                           no_kv_offload=v["no_kv_offload"], no_op_offload=v["no_op_offload"])
     placement = build_placement(md, gpu_devs, v["n_gpu_layers"], False, 0, v["tensor_split"], overrides)
-    margin_b = default_margin(devices) if margin is None else margin
+    margin_b = default_margin(devices, margin)
     table = TensorTable.build(md)
     e = estimate_placement(md, placement, cfg, devices, table=table, margin=margin_b, depth=v["depth"],
                            n_prompt=v["n_prompt"])

@@ -335,7 +335,7 @@ def solve(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | Non
                                    no_kv_offload=no_kv_offload, no_op_offload=no_op_offload)
         base = {"gpus": gpus, "backend": backend, "ram": ram, "ram_bw": ram_bw, "calibration": calibration}
         whatif_report(md, devices, base, variants, target_tps, config, parse_workload(workload, n_seq_max, depth),
-                      default_margin(devices) if margin is None else margin, as_json, projection)
+                      default_margin(devices, margin), as_json, projection)
         return
     notes = []  # printed with the plan, after what was detected: an error stays one line
     if len(devices) == 1:
@@ -362,7 +362,7 @@ def solve(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | Non
         prof = load_profile(profile_path)
         check_profile(prof, md, origin=str(profile_path))
         profile = expert_probs(prof)
-    margin_b = default_margin(devices) if margin is None else margin
+    margin_b = default_margin(devices, margin)
     if mmap is not None:
         cfg = cfg.with_(no_mmap=not mmap)
     if moe_cache is not None:
