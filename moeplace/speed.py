@@ -47,7 +47,6 @@ import numpy as np
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import Device, catalog
 from moeplace.memory import (
-    DEFAULT_MARGIN,
     OP_OFFLOAD_MIN_BATCH,
     ContextShape,
     Fit,
@@ -56,6 +55,7 @@ from moeplace.memory import (
     MemoryBreakdown,
     RunConfig,
     context_shape,
+    default_margin,
     gpu_fits,
     host_check,
     kv_bytes_per_layer,
@@ -798,7 +798,7 @@ def _parts(model: ModelDescription, placement: Placement, cfg: RunConfig, devs: 
     mem = memory_by_device(model, placement, cfg, devs,
                            weights={n: int(weights[i]) for i, n in enumerate(pr.names) if weights[i]},
                            host_experts=host_experts, kv_layers=layers)
-    fits = gpu_fits(mem, devs, DEFAULT_MARGIN if margin is None else margin)
+    fits = gpu_fits(mem, devs, default_margin(devs, margin))
     host = host_check(mem, devs)
     shape = context_shape(model, cfg)
     if n_past is None and depth is not None:
@@ -819,8 +819,8 @@ def estimate(model: ModelDescription, placement: Placement, cfg: RunConfig,
     uniformly. ``batch`` defaults to ``cfg.n_seq_max`` (parallel sequences decoding together); ``n_past``
     to ``depth`` when given, else the full context (decode is slowest there); the prompt estimate is for
     ``n_prompt`` tokens (default one ubatch) after ``depth`` (default 0) tokens; ``margin`` is kept free on
-    every GPU (default :data:`memory.DEFAULT_MARGIN`). In a loop, build the :class:`TensorTable` once and pass a
-    matrix from :func:`routing_matrix` as the profile."""
+    every GPU (default: the backend's, :func:`memory.default_margin`). In a loop, build the :class:`TensorTable`
+    once and pass a matrix from :func:`routing_matrix` as the profile."""
     devs = _devices(devices)
     p = _parts(model, placement, cfg, devs, profile, margin, table, n_past, n_prompt, depth)
     b = batch or cfg.n_seq_max
