@@ -429,6 +429,9 @@ def parse_gpus(specs: Sequence[str], backend: str | None = None, cat: Catalog | 
 
 
 def _check_links(links: Sequence[str], n_gpus: int) -> list[str]:
+    if any(not spec.strip() for spec in links):
+        raise HardwareError("--link is empty: give a link such as pcie4x8 or 4.0x16 (one for all GPUs, or a comma "
+                            "list in --gpu order)")
     items = [part.strip() for spec in links for part in spec.split(",") if part.strip()]
     if len(items) > 1 and len(items) != n_gpus:
         raise HardwareError(f"--link has {len(items)} entries for {n_gpus} GPUs: give one for all or one per GPU, "
