@@ -16,7 +16,10 @@ are predicted. The *old* model is the structure moeplace had before issue 9: hos
 efficiency (no threads, compute or NUMA), decode at the full context, prefill of one ubatch at depth 0, the
 preset's link, all of the RAM available; its free parameters (efficiency per backend and for the host, GPU
 compute efficiency, one host FLOP rate) are fitted too, so the comparison is of structure, not of defaults.
-ik_llama.cpp rows use other CPU kernels: they are reported apart and not fitted.
+ik_llama.cpp rows use other CPU kernels: they are reported apart, and fitted with one more factor on the host's
+compute rates (engine_cpu_factor, applied by moeplace.hardware.for_engine as solve --target ik_llama.cpp applies it).
+Host prompt work takes the per-type cost table of the CPU kernels llama.cpp builds had when the row was published
+(PREFILL_ERAS); the model's default is the table of the build measured here.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from gguf import GGMLQuantizationType as QT
 
 from moeplace.cli.estimate_cmd import build_placement
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import GB, Device, SpeedParams, catalog, host_device, parse_gpus, speed_params
+from moeplace.hardware import GB, Device, SpeedParams, catalog, for_engine, host_device, parse_gpus, speed_params
 from moeplace.llamacpp_cli import parse_command
 from moeplace.memory import RunConfig, resolve_flash_attn, validate
 from moeplace.model import ModelDescription, Role, load_model
@@ -92,6 +95,16 @@ PLATFORMS = (
     (r"Xeon 69\d\dP", "xeon-6900p"), (r"Xeon .*Sapphire", "xeon-sapphire-rapids"),
 )
 DESKTOP_CPU = re.compile(r"Ryzen|Core i\d|Core Ultra|Ryzen AI", re.IGNORECASE)
+# llama.cpp's CPU batch kernels changed over time, and the per-type prompt costs with them (benchmarks/quant_cost.py
+# measures each set as a table in speed-model.json). A row's host prompt work takes the table of the kernels builds
+# had when it was published (until that date: that table; later rows: cpu_prefill_cost, the model's default, this
+# build's): before the x86 Q4_K repack (PR 12332, opened 2025-03-11, https://github.com/ggml-org/llama.cpp/pull/12332)
+# K- and i-quants ran vec_dot and repacking had just begun (Q4_0 only); the tiled K-/i-quant kernels (PR 27851,
+# https://github.com/ggml-org/llama.cpp/pull/27851) were still unmerged on 2026-09-11; the build measured here
+# (0c1e570, 2026-10-01) has them. Decode keeps this build's table in every era: a decode table without repacking
+# was measured too (quant_cost.py --kernels vec_dot), but builds of that era already repacked Q4_0, which the
+# emulation cannot, and it ordered the published pairs worse (494 against 500 of 590).
+PREFILL_ERAS = (("2025-03-11", "cpu_prefill_cost_vec_dot"), ("2026-09-11", "cpu_prefill_cost_untiled"))
 BACKENDS = {"CUDA": "cuda", "ROCm": "rocm", "Vulkan": "vulkan", "SYCL": "sycl", "Metal": "metal"}
 GPU_NAME = (("NVIDIA ", ""), ("GeForce ", ""), ("AMD ", ""), ("Radeon ", ""), ("Intel ", ""), ("Apple ", ""),
             (" Blackwell Workstation", ""), (" Workstation", ""))
@@ -117,6 +130,7 @@ class Hardware:
     numa_nodes: int
     threads: int | None
     cores: int | None
+    prefill_table: str | None = None  # the era's host prompt cost table (PREFILL_ERAS); None: the current one
 
 
 @dataclass
@@ -186,7 +200,7 @@ def _hardware(row: dict[str, Any]) -> Hardware:
         cores = cores or facts["cores"] * (2 if two else 1)
         if "unified_gbs" in facts and not mts:
             return Hardware(gpus, backend, links, round((row["ram_gib"] or 4096) * GIB), float(facts["unified_gbs"]),
-                            0, numa, row["flags"]["threads"], cores)
+                            0, numa, row["flags"]["threads"], cores, _prefill_table(row))
         mts = mts or facts.get("ram_mts")
         ch = ch or (facts["channels"] * (2 if two else 1) if "channels" in facts else None)
     plat = next((k for rx, k in PLATFORMS if re.search(rx, cpu)), None)
@@ -203,7 +217,26 @@ def _hardware(row: dict[str, Any]) -> Hardware:
     if unified:
         bw = None  # the Apple preset's pool bandwidth applies
     ram = round((row["ram_gib"] or 4096) * GIB)
-    return Hardware(gpus, backend, links, ram, bw, ch or 0, numa, row["flags"]["threads"], cores)
+    return Hardware(gpus, backend, links, ram, bw, ch or 0, numa, row["flags"]["threads"], cores,
+                    _prefill_table(row))
+
+
+def _prefill_table(row: dict[str, Any]) -> str | None:
+    if row["engine"].startswith("ik_llama"):
+        return None  # its own kernels, not llama.cpp's history: no table of its own is measured
+    date = row["source_date"] or "9999"
+    return next((key for until, key in PREFILL_ERAS if date < until), None)
+
+
+_ERA_TABLES: dict[str, dict[str, float]] = {}
+
+
+def _era_table(key: str) -> tuple[tuple[str, float], ...]:
+    if not _ERA_TABLES:
+        doc = json.loads(PARAMS.read_text(encoding="utf-8"))
+        _ERA_TABLES.update({k: {t.upper(): float(v) for t, v in doc[k].items() if not t.startswith("_")}
+                            for _, k in PREFILL_ERAS})
+    return tuple(sorted(_ERA_TABLES[key].items()))
 
 
 _CPU_FACTS: list[dict[str, Any]] = []
@@ -222,6 +255,8 @@ def devices_for(hw: Hardware, params: SpeedParams, old: bool) -> dict[str, Devic
     host = host_device(hw.ram, bw, gpus, params=params, channels=hw.channels,
                        threads=8 if old else hw.threads, cores=None if old else hw.cores,
                        numa_nodes=1 if old else hw.numa_nodes, available=hw.ram if old else None)
+    if hw.prefill_table and not old:
+        host = replace(host, prefill_cost=_era_table(hw.prefill_table))
     return {**{g.name: g for g in gpus}, HOST: host}
 
 
@@ -388,9 +423,7 @@ def predict(case: Case, params: SpeedParams, old: bool) -> dict[str, float]:
     if key not in case.devices:
         case.devices[key] = list(devices_for(case.hw, params, old).values())
     devs = [_with_params(d, params, case.hw, old) for d in case.devices[key]]
-    f = params.engine_cpu_factor.get(case.engine, 1.0)
-    if f != 1.0:  # another engine's CPU kernels: the same work at a different rate
-        devs = [replace(d, core_rate=d.core_rate * f, flops=d.flops * f) if d.is_host else d for d in devs]
+    devs = list(for_engine({d.name: d for d in devs}, case.engine, params).values())
     dw, pw = case.old if old else case.new
     out = {}
     if case.row["tg_tps"] and dw is not None:
@@ -455,7 +488,7 @@ def old_params(p: SpeedParams) -> SpeedParams:
     eff = dict(p.efficiency)
     eff["cpu-server"] = eff["cpu-desktop"]
     return replace(p, thread_gbs=0.0, core_gelems=0.0, numa_gain=1.0, cpu_quant_cost={}, gpu_quant_efficiency={},
-                   efficiency=eff, gpu_layer_us=0.0, cpu_layer_us=0.0)
+                   cpu_prefill_cost={}, efficiency=eff, gpu_layer_us=0.0, cpu_layer_us=0.0)
 
 
 def _tie(p: SpeedParams, old: bool) -> SpeedParams:
@@ -564,11 +597,20 @@ def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, 
             "that the model does not see, as the `why` column names it per row:", ""]
     out += [f"- {h}: {n} rows" for h, n in sorted(tally.items(), key=lambda x: -x[1])]
     out += ["", "And what the model itself leaves out, seen in the rows below:", "",
-            "- per-type CPU costs are measured on this machine's CPU (an AMD EPYC VM with AVX-512); IQ1/IQ2/IQ3_XXS "
-            "could not be made here (llama.cpp refuses them without an importance matrix), so they cost what Q4_K "
-            "costs and the quant series of ik164 order them too fast;",
-            "- CPU prompt processing uses the decode cost ratios; llama.cpp's batch kernels (llamafile sgemm for "
-            "Q4_0/Q8_0/BF16) differ, which misorders those types' pp;",
+            "- per-type CPU costs (decode, and prompts for each era of llama.cpp's batch kernels) are measured on "
+            "this machine's CPU, an AMD EPYC VM with AVX-512 (x86), every type the rows use included (the i-quants "
+            "llama.cpp will not quantize without an importance matrix are written directly); the M2 Max rows of ik164 "
+            "ran ARM NEON kernels, whose per-type costs differ (there Q4_0 and IQ4_NL prompts are repacked and over "
+            "twice as fast as Q4_K's), so that series keeps misordered pairs;",
+            "- the kernel eras are approximations of the builds in them: ik164's build (December 2024) repacked Q4_0 "
+            "(its fastest 4-bit type there, in prompts and decode), which the vec_dot prompt table does not, but not "
+            "IQ4_NL or Q4_K for decode (its IQ4_NL decode is the slowest 4-bit one), which this build's decode table, "
+            "used in every era, does; and it ran an AVX2 path where this machine uses AVX-512 (BF16 prompts are "
+            "faster here);",
+            "- the cost tables are medians of 3-5 rounds interleaved with Q4_K on a shared 2-core VM; from run to run "
+            "a ratio moves by up to about 25%, which decides the closest pairs;",
+            "- host decode at few threads is capped at threads x one fitted per-thread bandwidth for every CPU: "
+            "ik164's 2-thread Q8_0 decode on the 7950X is predicted faster than measured;",
             "- GPU decode of MoE models (gpt-oss, Qwen3-30B-A3B) is slower than bytes over bandwidth plus one "
             "per-block cost: small-batch expert kernels are not modelled per backend;",
             "- hwc-3090-gptoss120b-*: a 64 GB host decoding at 1-2 tok/s; the RAM the rows state fits the host's "

@@ -1,28 +1,53 @@
-"""CPU decode cost of each quant type relative to Q4_K, measured with the real llama.cpp on this machine.
+"""CPU cost of each quant type relative to Q4_K, for decode and for prompt processing, measured with the real
+llama.cpp on this machine.
 
-    python benchmarks/quant_cost.py            measure and print the table
-    python benchmarks/quant_cost.py --write    also store the decode table as cpu_quant_cost in
-                                               moeplace/data/speed-model.json
+    python benchmarks/quant_cost.py --write                      decode and prompt tables of this build:
+                                                                 cpu_quant_cost, cpu_prefill_cost
+    python benchmarks/quant_cost.py --kernels untiled --write    prompt table of older builds' kernels:
+    python benchmarks/quant_cost.py --kernels vec_dot --write    cpu_prefill_cost_untiled, cpu_prefill_cost_vec_dot
 
-A dense factory model with real F16 weights (2 blocks of a 1024-wide llama, 22M elements in its matrices: small
-enough that every type's weights stay in this machine's last-level cache, so decode is bound by dequantising and
-dotting rather than by RAM, large enough that per-token overheads are a small part) is quantized by llama.cpp's
-own quantizer to each type (``--pure``: every matrix in that type), then decoded with one thread; the types are
-measured right after a Q4_K run, round after round, and each keeps the median of its ratios to that Q4_K run,
-so a load that comes and goes on a shared machine cancels in each ratio. Seconds per token over the elements is
-the type's cost per element; the table is that cost relative to Q4_K. Prompts (128 tokens, one ubatch) are
-measured the same way and printed, not stored: llama.cpp multiplies a batch with other kernels (llamafile's sgemm
-for some types), but that table ordered the published CPU prompt speeds worse than the decode table does
-(docs/accuracy.md, 59% against 54% of pairs), so the speed model uses the decode ratios for prompts too.
-The ratio transfers to other x86 CPUs
-with the same SIMD class better than an absolute rate would (``core_gelems`` carries the absolute rate, fitted
-on published rows).
-Types llama.cpp refuses to make without an importance matrix (IQ1, IQ2, IQ3_XXS) are reported and skipped.
+(without --write the tables are printed only; each run takes about 3 minutes on 2 shared cores.)
+
+A dense factory model with real F16 weights (2 blocks of a 1024-wide llama, 23M elements in its matrices: small
+enough that the quantized weights stay in this machine's last-level cache, so decode is bound by dequantising and
+dotting rather than by RAM) is made in each type, every matrix in that type (llama-quantize's ``--pure``). Each file
+is timed with one thread, the way llama-bench times ``tg128`` and ``pp512``: 128 generated tokens one at a time, and
+a 512-token prompt in ONE ubatch (``-ub 512``), so the batch kernels llama.cpp uses for prompts are what is timed.
+Those differ from the decode kernels, and they changed over llama.cpp's history, which ``--kernels`` reproduces with
+switches of this one build (see KERNELS): ``current`` is this build as is, with its tiled kernels for K- and
+i-quants (ggml-cpu/tiled, PR 27851), which make every K- and i-quant prompt cost about what Q4_K's does; ``untiled``
+turns those off (GGML_CPU_TILED_MM=0): K- and i-quants multiply by vec_dot again, 1.5-5x slower than the repacked
+Q4_K; ``vec_dot`` also turns runtime repacking off (as llama.cpp's ``--no-repack`` does), as x86 builds before the
+Q4_K repack (PR 12332, March 2025) ran. In every set llamafile's sgemm takes F16, BF16, Q8_0, Q5_0 and whichever of
+Q4_0 and IQ4_NL are not repacked. The prompt ordering of types thus differs from the decode ordering (Q8_0 costs
+about 1.7x Q4_K per element in decode, 1.3x in prompts), hence separate tables. At 512 tokens the attention (the
+same for every type) is about 5% of this model's prompt FLOPs; it is left in, which pulls every prompt ratio that
+much towards 1. The table measured before this one (128-token prompts, same build) was the ``current`` set too
+(``--n-prompt 128`` gives the ratios 512 tokens give: IQ3_XXS 1.07, Q8_0 1.27, BF16 1.55; neither attention nor
+per-ubatch overhead dominated it), which is why it "ordered the published CPU prompt speeds worse" than the decode
+table: the published rows were measured with builds that had no tiled kernels, where i-quant prompts are several
+times slower than Q4_K's.
+
+The types are measured right after a Q4_K run, round after round, and each keeps the median of its ratios to that
+Q4_K run, so a load that comes and goes on a shared machine cancels in each ratio; seconds per token over the
+elements is the type's cost per element, and each table is that cost relative to Q4_K. The ratios transfer to
+other CPUs of the same SIMD class (x86 with AVX2/AVX-512) better than an absolute rate would (``core_gelems`` and
+``core_gflops`` carry the absolute rates, fitted on published rows); ARM (NEON) repacks and dots other types.
+
+How each file is made. llama.cpp's own quantizer where it will: it refuses IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S
+and IQ3_XXS without an importance matrix (``tensor_requires_imatrix`` in src/llama-quant.cpp), and its C API takes
+the matrix only as a C++ map, which Python cannot build. Those files are written directly instead: the Q4_K file's
+metadata and tensor list with every Q4_K matrix replaced by random bytes in the target type's block layout
+(ggml-common.h), each block's f16 scale set to 2^-10 so no value is NaN, infinite or denormal. Timing does not
+depend on the values: the dequantise-and-dot kernels run the same instructions on any bits (grid indices look up
+small tables that stay in L1 either way). Every file, written or quantized, is checked to decode: the logits of
+a short prompt must be finite.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -33,23 +58,42 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from gguf import LlamaFileType
+import gguf
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from moeplace import oracle
 from moeplace.memory import RunConfig
 from moeplace.model import load_model
+from moeplace.oracle.loading import captured_log, load, load_llama
 from moeplace.testing import SPECS, write_model
 
 PARAMS = Path(__file__).resolve().parent.parent / "moeplace" / "data" / "speed-model.json"
-# llama.cpp file type -> the ggml type its --pure recipe puts in every matrix.
+# llama.cpp file type -> the ggml type its --pure recipe puts in every matrix. F16 is the source file itself.
 TYPES = (
     ("Q4_K_S", "Q4_K"), ("Q2_K", "Q2_K"), ("Q3_K_S", "Q3_K"), ("Q5_K_S", "Q5_K"), ("Q6_K", "Q6_K"),
     ("Q4_0", "Q4_0"), ("Q4_1", "Q4_1"), ("Q5_0", "Q5_0"), ("Q5_1", "Q5_1"), ("Q8_0", "Q8_0"),
     ("IQ4_XS", "IQ4_XS"), ("IQ4_NL", "IQ4_NL"), ("IQ3_S", "IQ3_S"), ("IQ3_XXS", "IQ3_XXS"), ("IQ2_S", "IQ2_S"),
-    ("IQ2_XS", "IQ2_XS"), ("IQ2_XXS", "IQ2_XXS"), ("IQ1_S", "IQ1_S"), ("BF16", "BF16"),
+    ("IQ2_XS", "IQ2_XS"), ("IQ2_XXS", "IQ2_XXS"), ("IQ1_S", "IQ1_S"), ("IQ1_M", "IQ1_M"), ("MXFP4_MOE", "MXFP4"),
+    ("BF16", "BF16"), ("F16", "F16"),
 )
 SPEC = replace(SPECS["llama-tiny"], name="quant-cost", n_layer=2, n_embd=1024, n_head=8, n_head_kv=2, head_dim=128,
                n_ff=2816, ftype=LlamaFileType.MOSTLY_F16)
+N_PROMPT, N_GEN = 512, 128
+# Byte offsets of each block's f16 scale (ggml-common.h) in the types written directly; IQ1_M has none: its f16
+# scale is the top nibbles of the four 16-bit words of ``scales`` (bytes 48-55), see _raw_blocks.
+SCALE_AT = {"IQ1_S": (0,), "IQ2_XXS": (0,), "IQ2_XS": (0,), "IQ2_S": (0,), "IQ3_XXS": (0,), "IQ3_S": (0,)}
+SCALE = np.float16(2.0 ** -10)
+# The batch kernels a prompt can run on, as llama.cpp's builds had them over time (x86).
+KERNELS = {
+    "current": "this build's kernels: tiled K- and i-quant kernels (ggml-cpu/tiled, PR 27851, Sept 2026), runtime "
+               "repacking (Q4_0, Q4_K, IQ4_NL, MXFP4, Q2_K), llamafile sgemm (F16, BF16, Q8_0, Q5_0, ...)",
+    "untiled": "GGML_CPU_TILED_MM=0: K- and i-quants by vec_dot, as builds before PR 27851 had them; repacking and "
+               "sgemm as this build has them",
+    "vec_dot": "GGML_CPU_TILED_MM=0 and no runtime repacking (--no-repack): "
+               "K- and i-quants by vec_dot, F16, BF16, Q8_0, Q4_0, Q5_0 and IQ4_NL by llamafile sgemm, as x86 builds "
+               "before the Q4_K repack (PR 12332, March 2025) had them",
+}
 
 
 def cpu_name() -> str:
@@ -62,63 +106,197 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure(path: Path) -> tuple[float, float]:
-    """Best seconds per generated token of two runs of 128 tokens, and per prompt token of two 128-token prompts
-    (one ubatch), one thread."""
-    s = oracle.measure_speed(path, RunConfig(n_ctx=512, n_batch=128, n_ubatch=128), n_prompt=128, n_gen=128,
-                             repetitions=2, n_threads=1)
+def _raw_blocks(gtype: str, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_blocks`` blocks of ``gtype`` with random quants and every scale a small normal f16."""
+    size = GGML_QUANT_SIZES[GGMLQuantizationType[gtype]][1]
+    blocks = rng.integers(0, 256, size=(n_blocks, size), dtype=np.uint8)
+    scale = np.frombuffer(SCALE.tobytes(), dtype=np.uint8)
+    if gtype == "IQ1_M":  # the f16 scale's 4 nibbles, lowest first, are the top nibbles of bytes 49, 51, 53, 55
+        bits = int(SCALE.view(np.uint16))
+        for i, at in enumerate((49, 51, 53, 55)):
+            blocks[:, at] = (blocks[:, at] & 0x0F) | (((bits >> (4 * i)) & 0xF) << 4)
+    elif gtype == "MXFP4":  # an E8M0 exponent byte first: 2^(e - 127), here 2^-7
+        blocks[:, 0] = 120
+    else:
+        for at in SCALE_AT[gtype]:
+            blocks[:, at:at + 2] = scale
+    return blocks.reshape(-1)
+
+
+def write_raw(template: Path, dst: Path, gtype: str, seed: int = 0) -> Path:
+    """``template`` (a --pure Q4_K file) with every Q4_K tensor rewritten as random blocks of ``gtype``."""
+    reader = gguf.GGUFReader(template)
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    writer = gguf.GGUFWriter(dst, arch)
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        value = field.contents()
+        if field.name == gguf.Keys.General.FILE_TYPE:
+            value = int(getattr(LlamaFileType, f"MOSTLY_{gtype}", value))
+        writer.add_key_value(field.name, value, vtype, sub_type=sub)
+    rng = np.random.default_rng(seed)
+    qt = GGMLQuantizationType[gtype]
+    block, size = GGML_QUANT_SIZES[qt]
+    for t in reader.tensors:
+        if t.tensor_type == GGMLQuantizationType.Q4_K:
+            ne = [int(x) for x in t.shape]  # ggml order: a row of ne[0] elements first
+            rows = int(np.prod(ne[1:]))
+            data = _raw_blocks(gtype, rows * ne[0] // block, rng).reshape(*reversed(ne[1:]), ne[0] // block * size)
+            writer.add_tensor(t.name, data, raw_dtype=qt)  # a uint8 array: its last axis is bytes per row
+        else:
+            writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst
+
+
+def check_decodes(path: Path) -> None:
+    """A short prompt decodes and every logit is finite (a file of garbage scales would give NaN or inf)."""
+    llama = load_llama()
+    with captured_log() as sink, load(path, RunConfig(n_ctx=64, n_batch=16, n_ubatch=16), no_alloc=False,
+                                      n_threads=1, sink=sink) as loaded:
+        vocab = llama.llama_model_get_vocab(loaded.model)
+        n_vocab = int(llama.llama_vocab_n_tokens(vocab))
+        arr = (llama.llama_token * 8)(*range(1, 9))
+        rc = llama.llama_decode(loaded.ctx, llama.llama_batch_get_one(arr, 8))
+        if rc != 0:
+            raise oracle.EngineError(f"{path.name}: llama_decode failed with code {rc}")
+        ptr = llama.llama_get_logits_ith(loaded.ctx, -1)
+        logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,))
+        if not np.all(np.isfinite(logits)):
+            raise oracle.EngineError(f"{path.name}: the logits are not finite")
+
+
+def make_files(src: Path, d: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """Every type's file, and how each was made."""
+    files: dict[str, Path] = {"F16": src}
+    how: dict[str, str] = {"F16": "source"}
+    for ftype, gtype in TYPES:
+        if gtype == "F16":
+            continue
+        dst = d / f"{ftype}.gguf"
+        try:
+            files[gtype] = oracle.quantize(src, dst, ftype)
+            how[gtype] = "quantized"
+        except oracle.EngineError as e:
+            if gtype not in SCALE_AT and gtype != "IQ1_M":
+                print(f"  {gtype:8s} skipped: {e}", file=sys.stderr)
+                continue
+            how[gtype] = "written (llama.cpp wants an importance matrix)"
+    for ftype, gtype in TYPES:  # written from the Q4_K file, once it exists
+        if how.get(gtype, "").startswith("written"):
+            files[gtype] = write_raw(files["Q4_K"], d / f"{ftype}.gguf", gtype)
+    for gtype, path in list(files.items()):
+        types = {GGMLQuantizationType(t.tensor_type).name for t in gguf.GGUFReader(path).tensors
+                 if len(t.shape) >= 2}
+        if types != {gtype}:  # a recipe that keeps some matrices in another type would mislabel the timing
+            print(f"  {gtype:8s} skipped: its matrices are {sorted(types)}", file=sys.stderr)
+            del files[gtype]
+            continue
+        check_decodes(path)
+    return files, how
+
+
+def _no_repack() -> None:
+    """Every weight in the plain CPU buffer, as llama.cpp's ``--no-repack`` (``use_extra_bufts = false``) puts it:
+    no runtime repacking. The oracle's loader starts from llama.cpp's default model parameters, so this process's
+    defaults are wrapped (an ``-ot .*=CPU`` override would not do: llama.cpp still picks the repacking buffer for
+    weights overridden to the CPU)."""
+    llama = load_llama()
+    default = llama.llama_model_default_params
+
+    def params() -> object:  # llama.cpp's ctypes struct
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    llama.llama_model_default_params = params
+
+
+def measure(path: Path, n_gen: int = N_GEN, n_prompt: int = N_PROMPT) -> tuple[float, float]:
+    """Best seconds per generated token of two runs of ``n_gen`` tokens, and per prompt token of two
+    ``n_prompt``-token prompts in one ubatch, one thread."""
+    cfg = RunConfig(n_ctx=n_prompt + N_GEN, n_batch=n_prompt, n_ubatch=n_prompt)
+    s = oracle.measure_speed(path, cfg, n_prompt=n_prompt, n_gen=n_gen, repetitions=2, n_threads=1)
     return 1.0 / max(s.tg_runs), 1.0 / max(s.pp_runs)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--write", action="store_true", help="store the table in moeplace/data/speed-model.json")
+    ap.add_argument("--write", action="store_true", help="store the tables in moeplace/data/speed-model.json")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--types", help="comma list of ggml types to measure (default: all)")
+    ap.add_argument("--kernels", choices=tuple(KERNELS), default="current",
+                    help="which batch kernels prompts run on (see the module help); other than 'current' measures "
+                         "prompts only and --write stores cpu_prefill_cost_<kernels>")
+    ap.add_argument("--n-prompt", type=int, default=N_PROMPT,
+                    help=f"prompt tokens, one ubatch (default {N_PROMPT}, llama-bench's pp512); other values are "
+                         "printed, never written")
     args = ap.parse_args(argv)
+    if args.kernels != "current":  # read once by ggml-cpu, at its first batch multiplication (after this)
+        os.environ["GGML_CPU_TILED_MM"] = "0"
+    if args.kernels == "vec_dot":
+        _no_repack()
+    # decode is never tiled (under 8 rows); its table is this build's, in every era (see benchmarks/accuracy.py)
+    n_gen = N_GEN if args.kernels == "current" else 4
     if not oracle.available():
         print(f"llama.cpp is not available: {oracle.unavailable_reason()}", file=sys.stderr)
         return 1
     t0 = time.time()
-    rows: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as d:
         src = write_model(SPEC, Path(d) / "f16.gguf")[0]
         md = load_model(src)
         matrix_elements = sum(t.n_elements for t in md.tensors if len(t.shape) >= 2 and t.role.value != "token_embd")
         print(f"{SPEC.name}: {matrix_elements / 1e6:.0f}M matrix elements; {oracle.version()}; {cpu_name()}; "
-              f"{os.cpu_count()} logical CPUs, measured with 1 thread", file=sys.stderr)
-        files: dict[str, Path] = {}
-        for ftype, gtype in TYPES:
-            dst = Path(d) / f"{ftype}.gguf"
-            try:
-                files[gtype] = oracle.quantize(src, dst, ftype)
-            except oracle.EngineError as e:
-                print(f"  {gtype:8s} skipped: {e}", file=sys.stderr)
-        src.unlink()
+              f"{os.cpu_count()} logical CPUs, measured with 1 thread; tg{n_gen}, pp{args.n_prompt} in one ubatch; "
+              f"kernels: {args.kernels}",
+              file=sys.stderr)
+        files, how = make_files(src, Path(d))
+        if args.types:
+            keep = {"Q4_K", *args.types.upper().split(",")}
+            files = {t: p for t, p in files.items() if t in keep}
+        print("  " + ", ".join(f"{t}: {h}" for t, h in how.items() if t in files), file=sys.stderr)
         if "Q4_K" not in files:
             print("Q4_K could not be made", file=sys.stderr)
             return 1
-        ratios: dict[str, list[float]] = {t: [] for t in files if t != "Q4_K"}
-        pp_ratios: dict[str, list[float]] = {t: [] for t in files if t != "Q4_K"}
+        tg: dict[str, list[float]] = {t: [] for t in files if t != "Q4_K"}
+        pp: dict[str, list[float]] = {t: [] for t in files if t != "Q4_K"}
+        ref_tg: list[float] = []
+        ref_pp: list[float] = []
         for r in range(args.runs):
             for gtype, path in files.items():
                 if gtype == "Q4_K":
                     continue
-                (ref, ref_pp), (sec, sec_pp) = measure(files["Q4_K"]), measure(path)
-                ratios[gtype].append(sec / ref)
-                pp_ratios[gtype].append(sec_pp / ref_pp)
-                rows["Q4_K"] = min(rows.get("Q4_K", (ref, 0.0)), (ref, ref / matrix_elements * 1e9))
-            print(f"round {r + 1}: " + ", ".join(f"{t} {v[-1]:.2f}/{pp_ratios[t][-1]:.2f}" for t, v in ratios.items()),
-                  file=sys.stderr)
-        for gtype, v in ratios.items():
-            rows[gtype] = (statistics.median(v) * rows["Q4_K"][0], 0.0)
-    ref = rows["Q4_K"][0]
-    table = {t: round(sec / ref, 3) for t, (sec, _) in sorted(rows.items())}
-    prefill = {"Q4_K": 1.0, **{t: round(statistics.median(v), 3) for t, v in sorted(pp_ratios.items())}}
-    print(json.dumps({"decode": table, "prefill": prefill}, indent=1))
-    if args.write:
+                (a_tg, a_pp), (b_tg, b_pp) = (measure(f, n_gen, args.n_prompt)
+                                              for f in (files["Q4_K"], path))
+                ref_tg.append(a_tg)
+                ref_pp.append(a_pp)
+                tg[gtype].append(b_tg / a_tg)
+                pp[gtype].append(b_pp / a_pp)
+            print(f"round {r + 1} (decode/prompt): "
+                  + ", ".join(f"{t} {v[-1]:.2f}/{pp[t][-1]:.2f}" for t, v in tg.items()), file=sys.stderr)
+    decode = {"Q4_K": 1.0, **{t: round(statistics.median(v), 3) for t, v in tg.items()}}
+    prefill = {"Q4_K": 1.0, **{t: round(statistics.median(v), 3) for t, v in pp.items()}}
+    decode, prefill = dict(sorted(decode.items())), dict(sorted(prefill.items()))
+    q4k_tg, q4k_pp = min(ref_tg), min(ref_pp)
+    print(f"Q4_K: {1 / q4k_tg:.1f} tok/s decode ({matrix_elements / q4k_tg / 1e9:.2f} G elements/s), "
+          f"{1 / q4k_pp:.1f} tok/s prompt ({2 * matrix_elements / q4k_pp / 1e9:.1f} GFLOP/s of matrix work), 1 thread",
+          file=sys.stderr)
+    print(json.dumps({"decode": decode, "prefill": prefill}, indent=1))
+    if args.write and args.n_prompt == N_PROMPT:
         doc = json.loads(PARAMS.read_text(encoding="utf-8"))
-        how = f"benchmarks/quant_cost.py on {cpu_name()}, 1 thread, {oracle.version()}"
-        doc["cpu_quant_cost"] = {"_measured": how, **table}
+        base = f"benchmarks/quant_cost.py on {cpu_name()}, 1 thread, {oracle.version()}"
+        pp_how = f"{base}: pp{N_PROMPT} in one {N_PROMPT}-token ubatch; {KERNELS[args.kernels]}"
+        if args.kernels == "current":
+            doc["cpu_quant_cost"] = {"_measured": f"{base}: tg{N_GEN} (decode)", **decode}
+            doc["cpu_prefill_cost"] = {"_measured": pp_how, **prefill}
+        else:
+            doc[f"cpu_prefill_cost_{args.kernels}"] = {"_measured": pp_how, **prefill}
         PARAMS.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     print(f"{time.time() - t0:.0f} s", file=sys.stderr)
     return 0

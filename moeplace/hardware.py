@@ -78,6 +78,10 @@ class Device:
     # Cost per weight element relative to Q4_K by ggml type: the CPU's decode cost on the host, the inverse of
     # the kernel efficiency on a GPU. Types not listed cost 1.
     quant_cost: tuple[tuple[str, float], ...] = field(default=(), compare=False)
+    # The host's prompt-processing cost per element by type relative to Q4_K: llama.cpp multiplies a batch with
+    # other kernels than a decode step (runtime repacking, llamafile sgemm, tiled K-/i-quant kernels), so the
+    # ordering differs. Types not listed cost 1; a GPU's prompt kernels are not costed per type.
+    prefill_cost: tuple[tuple[str, float], ...] = field(default=(), compare=False)
     layer_seconds: float = 0.0  # fixed cost per block per decoded token here (kernel launches, thread barriers)
     available: int = 0  # host RAM free for llama.cpp (0: memory less the reserve in speed-model.json)
     link_assumed: bool = False  # the link is the preset's or generic default, not given with --link
@@ -156,6 +160,7 @@ class SpeedParams:
     ram_reserve_gib: float
     cpu_quant_cost: Mapping[str, float]
     gpu_quant_efficiency: Mapping[str, float]
+    cpu_prefill_cost: Mapping[str, float] = field(default_factory=dict)  # prompt processing, by type
     gpu_layer_us: float = 0.0
     cpu_layer_us: float = 0.0
     engine_cpu_factor: Mapping[str, float] = field(default_factory=dict)  # CPU kernel speed vs llama.cpp's
@@ -173,6 +178,8 @@ class SpeedParams:
                                   if not k.startswith("_")},
             gpu_layer_us=float(doc.get("gpu_layer_us", 0.0)), cpu_layer_us=float(doc.get("cpu_layer_us", 0.0)),
             engine_cpu_factor={k: float(v) for k, v in doc.get("engine_cpu_factor", {}).items()},
+            cpu_prefill_cost={k.upper(): float(v) for k, v in doc.get("cpu_prefill_cost", {}).items()
+                              if not k.startswith("_")},
         )
 
     def host_class(self, channels: int, bandwidth: float) -> str:
@@ -422,6 +429,9 @@ def parse_gpus(specs: Sequence[str], backend: str | None = None, cat: Catalog | 
 
 
 def _check_links(links: Sequence[str], n_gpus: int) -> list[str]:
+    if any(not spec.strip() for spec in links):
+        raise HardwareError("--link is empty: give a link such as pcie4x8 or 4.0x16 (one for all GPUs, or a comma "
+                            "list in --gpu order)")
     items = [part.strip() for spec in links for part in spec.split(",") if part.strip()]
     if len(items) > 1 and len(items) != n_gpus:
         raise HardwareError(f"--link has {len(items)} entries for {n_gpus} GPUs: give one for all or one per GPU, "
@@ -541,6 +551,7 @@ def host_device(ram: int | None = None, ram_bw: str | float | None = None, gpus:
         threads=int(threads), cores=int(cores or 0), numa_nodes=max(1, int(numa_nodes)),
         numa_gain=params.numa_gain, thread_bandwidth=params.thread_gbs * GB, core_rate=params.core_gelems * 1e9,
         quant_cost=tuple(sorted(params.cpu_quant_cost.items())), available=int(available),
+        prefill_cost=tuple(sorted(params.cpu_prefill_cost.items())),
         layer_seconds=params.cpu_layer_us * 1e-6,
     )
     return replace(host, flops=host.compute_threads * params.core_gflops * 1e9)
@@ -556,3 +567,15 @@ def runtime_overhead(device: Device, cat: Catalog | None = None) -> int:
 def device_set(gpus: Sequence[Device], host: Device) -> dict[str, Device]:
     """Devices by llama.cpp buffer name, GPUs first, host last."""
     return {d.name: d for d in (*gpus, host)}
+
+
+def for_engine(devices: Mapping[str, Device], engine: str, params: SpeedParams | None = None) -> dict[str, Device]:
+    """The devices as ``engine`` drives them: another engine's CPU kernels (ik_llama.cpp's repacked and fused ones)
+    do the host's work at ``engine_cpu_factor`` times llama.cpp's rate, in decode and in prompts (fitted on that
+    engine's published rows, docs/accuracy.md). The one place the factor is applied: solve's target and the
+    accuracy report."""
+    f = (params or speed_params()).engine_cpu_factor.get(engine, 1.0)
+    if f == 1.0:
+        return dict(devices)
+    return {n: replace(d, core_rate=d.core_rate * f, flops=d.flops * f) if d.is_host else d
+            for n, d in devices.items()}

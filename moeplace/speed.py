@@ -26,7 +26,8 @@ The host is limited by memory AND compute: its effective bandwidth is peak x a p
 NUMA nodes after the first counting part, capped at threads x what one thread draws
 (:attr:`Device.effective_bandwidth`); a tensor's decode time there is the larger of reading it and
 dequantising + dotting its elements at ``threads x core_rate`` Q4_K elements/s x the type's relative cost
-(measured here, ``speed-model.json``). A GPU's kernel efficiency per type scales its bytes the same way.
+(measured here, ``speed-model.json``). A GPU's kernel efficiency per type scales its bytes the same way. The host's
+prompt FLOPs are costed by type with a table of their own (llama.cpp's batch kernels: repacking, sgemm).
 Host weights beyond the RAM available for llama.cpp thrash the page cache: they are read from disk again.
 
 Why one module of about 830 lines: the full estimate and the solver's linear objective (:func:`linear_seconds`)
@@ -46,7 +47,6 @@ import numpy as np
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import Device, catalog
 from moeplace.memory import (
-    DEFAULT_MARGIN,
     OP_OFFLOAD_MIN_BATCH,
     ContextShape,
     Fit,
@@ -55,6 +55,7 @@ from moeplace.memory import (
     MemoryBreakdown,
     RunConfig,
     context_shape,
+    default_margin,
     gpu_fits,
     host_check,
     kv_bytes_per_layer,
@@ -177,13 +178,22 @@ class TensorTable:
                                         else 0.0 for t in ts], dtype=np.float64),
         )
 
-    def quant_cost(self, device: Device) -> np.ndarray:
-        """Each tensor's cost per element relative to Q4_K on ``device`` (1 for types it does not list)."""
-        key = ("cost", device.quant_cost)
+    def _cost(self, costs: tuple[tuple[str, float], ...]) -> np.ndarray:
+        key = ("cost", costs)
         if key not in self.memo:
-            qc = dict(device.quant_cost)
+            qc = dict(costs)
             self.memo[key] = np.array([qc.get(t, 1.0) for t in self.type_names] or [1.0])[self.type_code]
         return self.memo[key]
+
+    def quant_cost(self, device: Device) -> np.ndarray:
+        """Each tensor's decode cost per element relative to Q4_K on ``device`` (1 for types it does not list)."""
+        return self._cost(device.quant_cost)
+
+    def prefill_cost(self, device: Device) -> np.ndarray:
+        """Each tensor's prompt-processing cost per FLOP relative to Q4_K on ``device``: the host's batch kernels
+        by type (``Device.prefill_cost``), 1 on a GPU. The one rule both :func:`estimate` and the solver's linear
+        prefill (:func:`linear_seconds`) apply."""
+        return self._cost(device.prefill_cost if device.is_host else ())
 
     def distinct(self, routing: np.ndarray, tokens: float) -> np.ndarray:
         """:func:`distinct_by_block`, remembered for the uniform routing matrix."""
@@ -344,7 +354,8 @@ def linear_seconds(model: ModelDescription, cfg: RunConfig, devices: Sequence[De
     eff = np.array([d.effective_bandwidth for d in devices])
     rate = flops_rates(devices)
     decode = np.stack([device_seconds(tc.decode_bytes, elements, d, table.quant_cost(d)) for d in devices], axis=1)
-    prefill = np.maximum(tc.prefill_bytes[:, None] / eff[None, :], tc.prefill_flops[:, None] / rate[None, :])
+    work = np.stack([tc.prefill_flops * table.prefill_cost(d) for d in devices], axis=1)
+    prefill = np.maximum(tc.prefill_bytes[:, None] / eff[None, :], work / rate[None, :])
     gpu = next((i for i, d in enumerate(devices) if not d.is_host), None)
     host = next((i for i, d in enumerate(devices) if d.is_host), None)
     if gpu is not None and host is not None and op_offload_active(cfg, tc.n_ubatch, True):
@@ -700,10 +711,9 @@ def _prefill_work(pr: _Prepared, n_prompt: int | None = None, depth: int = 0) ->
             read[u] = np.bincount(idx[~moved], weights=prefill_bytes[~moved], minlength=len(names))
         else:
             read[u] = np.bincount(idx, weights=prefill_bytes, minlength=len(names))
-        # The host's prompt kernels cost per element by type too; the decode ratios are used (a prompt table
-        # measured here ordered the published CPU prompt speeds worse: benchmarks/quant_cost.py, docs/accuracy.md).
+        # The host's batch kernels cost per FLOP by type (TensorTable.prefill_cost); copied weights run on the GPU.
         on_host = compute_idx == host_i
-        prefill_flops = np.where(on_host, prefill_flops * pr.cost[host_i], prefill_flops)
+        prefill_flops = np.where(on_host, prefill_flops * pr.table.prefill_cost(devs[HOST]), prefill_flops)
         flops[u] = np.bincount(compute_idx, weights=prefill_flops, minlength=len(names))
     return PrefillWork(names=tuple(names), n_ubatch=n_ubatch, n_tokens=n_prompt, depth=depth, chunks=chunks,
                        read=read, flops=flops, transfer=transfer,
@@ -788,7 +798,7 @@ def _parts(model: ModelDescription, placement: Placement, cfg: RunConfig, devs: 
     mem = memory_by_device(model, placement, cfg, devs,
                            weights={n: int(weights[i]) for i, n in enumerate(pr.names) if weights[i]},
                            host_experts=host_experts, kv_layers=layers)
-    fits = gpu_fits(mem, devs, DEFAULT_MARGIN if margin is None else margin)
+    fits = gpu_fits(mem, devs, default_margin(devs, margin))
     host = host_check(mem, devs)
     shape = context_shape(model, cfg)
     if n_past is None and depth is not None:
@@ -809,8 +819,8 @@ def estimate(model: ModelDescription, placement: Placement, cfg: RunConfig,
     uniformly. ``batch`` defaults to ``cfg.n_seq_max`` (parallel sequences decoding together); ``n_past``
     to ``depth`` when given, else the full context (decode is slowest there); the prompt estimate is for
     ``n_prompt`` tokens (default one ubatch) after ``depth`` (default 0) tokens; ``margin`` is kept free on
-    every GPU (default :data:`memory.DEFAULT_MARGIN`). In a loop, build the :class:`TensorTable` once and pass a
-    matrix from :func:`routing_matrix` as the profile."""
+    every GPU (default: the backend's, :func:`memory.default_margin`). In a loop, build the :class:`TensorTable`
+    once and pass a matrix from :func:`routing_matrix` as the profile."""
     devs = _devices(devices)
     p = _parts(model, placement, cfg, devs, profile, margin, table, n_past, n_prompt, depth)
     b = batch or cfg.n_seq_max

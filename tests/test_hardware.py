@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -15,13 +17,17 @@ from moeplace.hardware import (
     Device,
     catalog,
     device_set,
+    for_engine,
     host_device,
     link_bandwidth,
     parse_gpus,
     preset_files,
     ram_bandwidth,
     runtime_overhead,
+    speed_params,
 )
+from moeplace.testing import SPECS
+from moeplace.testing.tensors import tensor_plan
 
 PRESETS = preset_files()  # the one copy: moeplace/data/hardware-*.json, package data
 
@@ -194,3 +200,60 @@ def test_real_ram_figures_pass() -> None:
     assert ram_bandwidth("ddr5-6000x2") == 6000e6 * 8 * 2
     assert ram_bandwidth("lpddr5x-8533x8") == 8533e6 * 8 * 8
     assert ram_bandwidth("80") == 80 * GB
+
+
+# --- per-type CPU costs (speed-model.json, measured by benchmarks/quant_cost.py) ------------------------------------
+
+# The ggml types of the matrices of published rows (benchmarks/accuracy.py maps every quant label to one of these)
+# and of the factory's models: each needs a measured cost, or it would silently cost what Q4_K costs.
+COSTED_TYPES = ("MXFP4", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_XS", "IQ4_NL",
+                "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "BF16", "F16")
+
+
+def test_cpu_cost_tables_cost_every_type_in_use() -> None:
+    p = speed_params()
+    factory = {t.ggml_type.name for name in SPECS for t in tensor_plan(name) if len(t.ne) >= 2} - {"F32"}
+    for table in (p.cpu_quant_cost, p.cpu_prefill_cost):
+        assert set(COSTED_TYPES) | factory <= set(table)
+        assert table["Q4_K"] == 1.0 and all(v > 0 for v in table.values())
+
+
+I_QUANTS = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S")
+
+
+def test_iq_types_cost_more_than_q4_k_on_the_cpu() -> None:
+    """The i-quants dequantise through grid lookups: slower per element than Q4_K in decode, and in prompts on
+    builds without the tiled kernels (published: IQ3_XXS pp512 34 tok/s against Q4_K_S 108 on a Ryzen 9 7950X,
+    ik_llama.cpp discussion 164); the tiled kernels bring their prompts to about Q4_K's."""
+    p = speed_params()
+    older = json.loads(resources.files("moeplace").joinpath("data", "speed-model.json").read_text())
+    for t in I_QUANTS:
+        assert p.cpu_quant_cost[t] > 1.3, t
+        assert older["cpu_prefill_cost_vec_dot"][t] > 1.3 and older["cpu_prefill_cost_untiled"][t] > 1.3, t
+        assert 0.7 < p.cpu_prefill_cost[t] < 1.5, t
+
+
+def test_prompts_and_decode_order_types_differently() -> None:
+    """Why there are two tables: llamafile's sgemm makes Q8_0 prompts cheaper per element than its decode, relative
+    to Q4_K; without repacking (older builds) Q8_0 and F16 prompts (sgemm) beat Q4_K's (vec_dot) outright."""
+    p = speed_params()
+    older = json.loads(resources.files("moeplace").joinpath("data", "speed-model.json").read_text())
+    assert p.cpu_prefill_cost["Q8_0"] < p.cpu_quant_cost["Q8_0"] - 0.3
+    assert older["cpu_prefill_cost_vec_dot"]["Q8_0"] < 1 and older["cpu_prefill_cost_vec_dot"]["F16"] < 1
+
+
+def test_the_host_device_takes_both_cost_tables() -> None:
+    p = speed_params()
+    host = host_device(64 * GIB, 100, threads=8, cores=8)
+    assert dict(host.quant_cost) == dict(p.cpu_quant_cost)
+    assert dict(host.prefill_cost) == dict(p.cpu_prefill_cost)
+
+
+def test_another_engine_runs_the_host_at_its_fitted_rate() -> None:
+    """ik_llama.cpp's CPU kernels: the host's compute rates times engine_cpu_factor, the GPUs as they are."""
+    p = replace(speed_params(), engine_cpu_factor={"ik_llama.cpp": 2.0})
+    devs = device_set(parse_gpus(["rtx3090"]), host_device(64 * GIB, 100, threads=8, cores=8))
+    ik = for_engine(devs, "ik_llama.cpp", p)
+    assert ik["CPU"].decode_rate == 2 * devs["CPU"].decode_rate and ik["CPU"].flops == 2 * devs["CPU"].flops
+    assert ik["CUDA0"] == devs["CUDA0"]
+    assert for_engine(devs, "llama.cpp", p) == devs

@@ -287,3 +287,5 @@ def test_link_per_gpu(model_path: Callable[[str], Path]) -> None:
     assert two[1]["prompt_tokens_per_second"] < two[0]["prompt_tokens_per_second"] / 2
     code, _, err = run(*base, "--gpu", "rtx3060,rtx3060", "--link", "pcie4x16,pcie4x16,pcie4x16")
     assert code == 2 and "--link has 3 entries for 2 GPUs" in err
+    code, _, err = run(*base, "--gpu", "rtx3060", "--link=")
+    assert code == 2 and err.count("\n") == 1 and "--link is empty" in err

@@ -5,12 +5,14 @@ from __future__ import annotations
 import configparser
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from moeplace import hardware
 from moeplace.cli import main
 
 FILES = {
@@ -84,3 +86,19 @@ def test_unknown_target_and_bad_engine_bin_are_one_line_errors(model_path: Calla
     code, _, err = run("solve", str(model_path("qwen3-30b-a3b")), "--vram", "12G,12G", "--target", "ollama",
                        "--no-scripts")
     assert code == 2 and "one GPU" in err and len(err.strip().splitlines()) == 1
+
+
+def test_ik_llama_target_runs_the_host_at_its_engine_factor(model_path: Callable[[str], Path], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """solve --target ik_llama.cpp predicts with the host rates the accuracy report fits for that engine
+    (engine_cpu_factor, hardware.for_engine): a CPU-only prompt, compute-bound, runs that factor faster."""
+    shipped = hardware.speed_params()
+    monkeypatch.setattr(hardware, "speed_params", lambda: replace(shipped, engine_cpu_factor={"ik_llama.cpp": 2.0}))
+    tps = {}
+    for target in ("llama.cpp", "ik_llama.cpp"):
+        code, text, err = run("solve", str(model_path("qwen3-30b-a3b")), "--gpu", "none", "--ram", "64G", "--ram-bw",
+                              "400", "-t", "2", "-c", "4096", "--target", target, "--json", "-o",
+                              str(tmp_path / target))
+        assert code == 0, err
+        tps[target] = json.loads(text)["prediction"]["plan"]["prompt_tokens_per_second"]
+    assert tps["ik_llama.cpp"] == pytest.approx(2.0 * tps["llama.cpp"], rel=0.01)

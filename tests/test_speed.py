@@ -23,6 +23,7 @@ from moeplace.speed import (
     distinct_by_block,
     energy,
     estimate,
+    linear_seconds,
     normalise_probs,
     prefill_from_work,
     prefill_time,
@@ -337,6 +338,37 @@ def test_host_decode_is_the_larger_of_reading_and_computing(models: dict[str, Mo
     assert _cpu_only(m, replace(host, core_rate=1e8, threads=4)) == pytest.approx(2 * slow, rel=0.02)
     costly = tuple((t, 2.0) for t in TensorTable.build(m).type_names)
     assert _cpu_only(m, replace(host, core_rate=1e8, quant_cost=costly)) == pytest.approx(2 * slow, rel=0.02)
+
+
+def test_host_prompt_work_is_costed_by_the_prefill_table_in_estimate_and_solver(
+        models: dict[str, ModelDescription]) -> None:
+    """Prompt FLOPs on the host are costed by the prefill table (llama.cpp's batch kernels), not by the decode
+    table, and estimate and the solver's linear prefill (linear_seconds) apply the same rule."""
+    m = models["qwen3-30b-a3b"]
+    p = all_on(m, "CPU")
+    cfg = RunConfig(n_ctx=4096)
+    host = replace(host_device(64 * GIB, 100, threads=8, cores=8, available=64 * GIB), flops=1e10,
+                   quant_cost=(), prefill_cost=())
+    types = TensorTable.build(m).type_names
+    double = tuple((t, 2.0) for t in types)
+
+    def prompt(h: Device) -> tuple[float, float]:
+        """Host seconds of one ubatch per estimate, and per the solver's linear costs (prompt part only)."""
+        e = estimate(m, p, cfg, {"CPU": h}, n_prompt=cfg.n_ubatch).prefill.seconds_by_device["CPU"]
+        with_prompt, without = (linear_seconds(m, cfg, [h], prompt_per_generated=k).seconds[:, 0].sum()
+                                for k in (1.0, 0.0))
+        return e, (with_prompt - without) * cfg.n_ubatch
+
+    base_e, base_lin = prompt(host)
+    # compute-bound: the weight FLOPs, which the solver sees, plus the attention (3% here), which it does not
+    assert base_lin == pytest.approx(base_e, rel=0.05) and base_lin < base_e
+    e, lin = prompt(replace(host, prefill_cost=double))
+    assert lin == pytest.approx(2 * base_lin, rel=1e-6) and e - base_e == pytest.approx(base_lin, rel=1e-6)
+    e, lin = prompt(replace(host, quant_cost=double))  # the decode table leaves prompts alone
+    assert (e, lin) == pytest.approx((base_e, base_lin), rel=1e-6)
+    # a GPU's prompt kernels are not costed by the host's table
+    gpu = parse_gpus(["rtx3090"])[0]
+    assert np.all(TensorTable.build(m).prefill_cost(replace(gpu, prefill_cost=double)) == 1.0)
 
 
 def test_decode_and_prefill_at_a_depth(models: dict[str, ModelDescription]) -> None:
