@@ -372,7 +372,7 @@ DEFAULT_MARGIN = 256 * MIB
 # underestimate of a GPU buffer there, which benchmarks/memory_oracle.py --backend gpu reports and checks against this
 # figure, plus an allowance for what the software device cannot show (a real driver's alignments and its graph
 # optimiser's reordering), rounded up to 32 MiB.
-VULKAN_WORST_UNDER = 20 * MIB
+VULKAN_WORST_UNDER = 8 * MIB
 MARGIN_ALLOWANCE = 64 * MIB
 MARGINS = {"vulkan": pad(VULKAN_WORST_UNDER + MARGIN_ALLOWANCE, 32 * MIB)}
 

@@ -125,3 +125,30 @@ def test_default_margin_per_backend() -> None:
     assert default_margin([cuda]) == DEFAULT_MARGIN
     assert default_margin([vk, cuda]) == max(MARGINS["vulkan"], DEFAULT_MARGIN)
     assert default_margin([host_device(1 << 30, 10)]) == DEFAULT_MARGIN
+
+
+def test_recurrent_states_are_gathered_where_their_cache_lives(model_path: Callable[[str], Path]) -> None:
+    """build_rs clears and copies the states in place in the recurrent cache, so the gather runs with the cache: on
+    the host for a layer -ngl leaves there, though op offload sends that layer's projections to the device."""
+    cfg = RunConfig(n_ctx=4096)
+    md, gpu, placement = _setup(model_path, "qwen3-next-80b-a3b", LAVAPIPE, ngl=24)
+    graph = block_graph(md, cfg)
+    sched = schedule(graph, placement, [gpu], cfg)
+    where = {o.srcs[0]: b for o, b in zip(graph.ops, sched.backends, strict=True) if o.op == "GET_ROWS"
+             and o.srcs[0].startswith("rs:")}
+    assert where["rs:r0"] == where["rs:s0"] == HOST
+    assert where["rs:r46"] == where["rs:s46"] == "Vulkan0"
+    qkv = {b for o, b in zip(graph.ops, sched.backends, strict=True) if o.name.startswith("blk.0.attn_qkv")}
+    assert qkv == {"Vulkan0"}
+
+
+def test_the_delta_net_output_is_read_through_a_view(model_path: Callable[[str], Path]) -> None:
+    """qwen3next reshapes the delta net's projection before the residual add, which ggml-alloc never takes over:
+    the sum takes the block input's memory. The fused top-k router keeps its logits to the division."""
+    md = load_model(model_path("qwen3-next-80b-a3b"))
+    graph = block_graph(md, RunConfig(n_ctx=4096))
+    ops = {o.name: o for o in graph.ops}
+    add = next(o for o in graph.ops if o.name.startswith("ffn_inp"))
+    assert ops[add.srcs[0]].name.startswith("mul_mat") and add.viewed == (add.srcs[0],)
+    div = next(o for o in graph.ops if o.op == "DIV")
+    assert any(ops[s].name.startswith("blk.0.ffn_gate_inp") for s in div.srcs if s in ops)
