@@ -366,6 +366,8 @@ def _delta_net(b: _Builder, p: str, h: str, T: int, states: tuple[str, str]) -> 
         a = b.add("ADD", half, a, b.w(p + "ssm_dt.bias"), batch=T)
         a = b.add("UNARY", half, a, batch=T)  # softplus
         gate = b.add("MUL", half, a, b.w(p + "ssm_a"), batch=T)
+        # the views before it and before the delta rule are counted 2 and 2, as ggml-alloc's trace at -ub 2048 gives
+        # the order (4 and 1, as read from the host-layer trace, put the beta sigmoid beside the gate's SiLU: +32 MiB)
         beta = b.add("CONT", half, ba, batch=T, extra=2, through=True)
         beta = b.add("UNARY", half, beta, batch=T)  # sigmoid
     o = b.add("GATED_DELTA_NET", gw + sb, *heads, conv, gate, beta, state, batch=T, extra=2, through=True)
