@@ -631,20 +631,57 @@ _FUSES = frozenset({("RMS_NORM", "MUL"), ("UNARY", "MUL"), ("MUL_MAT", "ADD"), (
 OPTIMISER_WINDOW = 20
 
 
+_ORDERS: dict[tuple[int, int, int, tuple[tuple[str, ...], ...]], tuple[Sequence[Op], list[int]]] = {}
+
+
+def _optimised_cached(ops: Sequence[Op], srcs: Sequence[tuple[str, ...]], span: range) -> list[int]:
+    """:func:`_optimised`, remembered: a planner's placements share most splits (the graph keeps its ops, the
+    entry keeps the graph's, so an id is never reused under it)."""
+    key = (id(ops), span.start, span.stop, tuple(srcs[span.start:span.stop]))
+    hit = _ORDERS.get(key)
+    if hit is not None and hit[0] is ops:
+        return hit[1]
+    if len(_ORDERS) > 8192:
+        _ORDERS.clear()
+    order = _optimised(ops, srcs, span)
+    _ORDERS[key] = (ops, order)
+    return order
+
+
 def _optimised(ops: Sequence[Op], srcs: Sequence[tuple[str, ...]], span: range) -> list[int]:
     """The order ggml-vulkan's graph optimiser gives a split's ops (ggml_vk_graph_optimize): from the first op
     not yet placed, every later op within the window that reads no unplaced op of the window joins its set
     (a product's bias, a norm's weight: fused pairs join too), so independent products run together and their
     results are live together."""
-    index = {ops[i].name: i for i in span}
-    at = {}  # each op's position counting the graph nodes left out before it
-    n = 0
+    index: dict[str, int] = {}
+    at: dict[int, float] = {}  # each op's position counting the graph nodes left out before it
+    writers: dict[str, list[int]] = {}
+    unseen: list[int] = []  # ops reading views not yet placed
+    n = 0.0
     for i in span:
-        extra = ops[i].extra
-        n += 1.25 if extra is None else 1 + extra
+        o = ops[i]
+        index[o.name] = i
+        n += 1.25 if o.extra is None else 1 + o.extra
         at[i] = n
-    touched = {i: {*ops[i].srcs, ops[i].dst_of} for i in span}
-    seen = {i for i in span if not ops[i].through}  # ops whose views, if any, are placed
+        if o.dst_of:
+            writers.setdefault(o.dst_of, []).append(i)
+        if o.through:
+            unseen.append(i)
+    # ops that touch a cache another op writes stay behind that op while it is unplaced (is_src_of's views)
+    after: dict[int, list[int]] = {}
+    if writers:
+        users: dict[str, list[int]] = {}
+        for i in span:
+            for x in ops[i].srcs:
+                if x in writers:
+                    users.setdefault(x, []).append(i)
+            x = ops[i].dst_of
+            if x and (not users.get(x) or users[x][-1] != i):
+                users.setdefault(x, []).append(i)
+        for x, us in users.items():
+            for k, j in enumerate(us):
+                after.setdefault(j, []).extend(c for c in us[:k] if ops[c].dst_of == x or ops[j].dst_of == x)
+    pending = set(unseen)
     placed: set[int] = set()
     order: list[int] = []
     first = span.start
@@ -655,9 +692,7 @@ def _optimised(ops: Sequence[Op], srcs: Sequence[tuple[str, ...]], span: range) 
                 break
             if j in placed:
                 continue
-            # ops that touch a cache another unplaced op of the window writes stay behind it (is_src_of's views)
-            ok = j in seen and not any(c not in placed and (ops[c].dst_of in touched[j] or ops[j].dst_of in touched[c])
-                         for c in range(first, j) if ops[c].dst_of or ops[j].dst_of)
+            ok = j not in pending and not any(c >= first and c not in placed for c in after.get(j, ()))
             for s in srcs[j] if ok else ():
                 c = index.get(s)
                 if c is None or c < first or c in placed:
@@ -670,13 +705,15 @@ def _optimised(ops: Sequence[Op], srcs: Sequence[tuple[str, ...]], span: range) 
                 group.append(j)
         # second pass: the left-out views within the window whose sources are done (none after an ADD, which
         # would split a fusion); an op reading views can join only a later set
-        if ops[group[-1]].op != "ADD":
+        if pending and ops[group[-1]].op != "ADD":
             done = placed.union(group)
-            for j in range(first + 1, span.stop):
-                if at[j] - 1 >= at[first] + OPTIMISER_WINDOW:
+            limit = at[first] + OPTIMISER_WINDOW
+            for j in unseen:
+                if at[j] - 1 >= limit:
                     break
-                if j not in seen and all(index.get(x, -1) < first or index[x] in done for x in srcs[j]):
-                    seen.add(j)
+                if j > first and j in pending and all(index.get(x, -1) < first or index[x] in done for x in srcs[j]):
+                    pending.discard(j)
+            unseen = [j for j in unseen if j in pending and j > first]
         placed.update(group)
         order += group
         while first < span.stop and first in placed:
@@ -698,7 +735,7 @@ def allocate(graph: Graph, sched: Schedule, names: Sequence[str],
             seq.append(("dep:" + cp, "", (src,), False, ()))
             seq.append((cp, backends[start], (), True, ()))
         span = range(start, end)
-        for i in (span if backends[start] == HOST else _optimised(graph.ops, sched.srcs, span)):
+        for i in (span if backends[start] == HOST else _optimised_cached(graph.ops, sched.srcs, span)):
             o = graph.ops[i]
             own = tuple(c for s, c in zip(o.srcs, sched.srcs[i], strict=True) if s not in o.viewed)
             seq.append((o.name, backends[i], sched.srcs[i], o.dst_of is None and o.nbytes > 0,
