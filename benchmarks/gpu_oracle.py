@@ -121,8 +121,9 @@ def main() -> int:
             except oracle.EngineError as e:
                 measured = None
                 print(f"gpu_oracle: {label}: {e}", file=sys.stderr)
-            rows.append((label, predicted.tokens_per_second, predicted.prefill.tokens_per_second, measured,
-                         predicted.memory[name].total))
+            # a placement may leave the GPU empty (a tiny model plans faster on the host: per-block GPU costs)
+            used = predicted.memory[name].total if name in predicted.memory else 0
+            rows.append((label, predicted.tokens_per_second, predicted.prefill.tokens_per_second, measured, used))
             print(f"gpu_oracle: {label}: {measured}", file=sys.stderr)
     lines = [SECTION.format(device=name), "", f"## {name}: {description}", "",
              f"{args.model} with random weights, `-c 4096 -fa on`, planned for {format_size(budget)} of "
