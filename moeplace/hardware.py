@@ -572,7 +572,7 @@ def device_set(gpus: Sequence[Device], host: Device) -> dict[str, Device]:
 def for_engine(devices: Mapping[str, Device], engine: str, params: SpeedParams | None = None) -> dict[str, Device]:
     """The devices as ``engine`` drives them: another engine's CPU kernels (ik_llama.cpp's repacked and fused ones)
     do the host's work at ``engine_cpu_factor`` times llama.cpp's rate, in decode and in prompts (fitted on that
-    engine's published rows, docs/accuracy.md). The one place the factor is applied: solve's target and the
+    engine's published rows, docs/accuracy.md). The one place the factor is applied: solution.solve and the
     accuracy report."""
     f = (params or speed_params()).engine_cpu_factor.get(engine, 1.0)
     if f == 1.0:

@@ -18,7 +18,7 @@ import numpy as np
 
 from moeplace.configure import CONFIG_FIELDS, ConfigChoice, choose_config
 from moeplace.expert_cache import CacheChoice, choose_cache
-from moeplace.hardware import Device
+from moeplace.hardware import Device, for_engine
 from moeplace.memory import RunConfig, default_margin
 from moeplace.model import ModelDescription
 from moeplace.pins import Pin
@@ -49,6 +49,7 @@ def solve(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig
     costs little decode speed, then with ``expert_cache`` the cache size (``cache_sizes`` in MiB, default a
     ladder) that decodes fastest. ``time_limit`` is CP-SAT's budget for all of it."""
     budget = Budget(time_limit)
+    devices = for_engine(devices, target.name)  # the engine's CPU kernels run at their own rate
     margin = default_margin(devices, margin)
     if not target.tunes_run_settings:
         pinned = CONFIG_FIELDS

@@ -27,7 +27,7 @@ from moeplace.emit.args import LlamaArgs, RunSettings, build_args
 from moeplace.emit.scripts import plan_document, prediction, write_script_set
 from moeplace.errors import MoeplaceError
 from moeplace.expert_cache import CacheChoice
-from moeplace.hardware import Device, for_engine
+from moeplace.hardware import Device
 from moeplace.memory import RunConfig, default_margin
 from moeplace.model import load_model
 from moeplace.outfiles import output_path
@@ -353,7 +353,6 @@ def solve(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | Non
     build = engine_build(target, engine_bin)
     # a target whose rules depend on the build (ik_llama.cpp's --n-cpu-moe) is bound to it
     target = target.for_build(build) if hasattr(target, "for_build") else target
-    devices = for_engine(devices, target.name)  # the engine's CPU kernels run at their own rate
     wl = parse_workload(workload, n_seq_max, depth)
     pin_list = [parse_pin(x, list(devices)) for x in pins]
     profile = prof = None
