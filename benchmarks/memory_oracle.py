@@ -175,8 +175,9 @@ def render(rows: list[Row], version: str) -> str:
                "from the CPU's (graph splits between devices, CUDA's pool allocator, cuBLAS workspaces, op "
                "offload of host weights for prompt batches) and the driver takes memory no llama.cpp buffer "
                "reports (CUDA context and kernels, typically 300-600 MiB per GPU). moeplace adds the presets' "
-               "per-backend runtime overhead for the latter and keeps `--margin` (default 256 MiB) free on every "
-               "GPU for both; neither is measured here, so on a new GPU stack check the first plan with "
+               "per-backend runtime overhead for the latter and keeps `--margin` (default 256 MiB on CUDA, ROCm, "
+               "SYCL and Metal; Vulkan's, derived in its section below, is smaller) free on every GPU for both; "
+               "neither is measured here, so on a new GPU stack check the first plan with "
                "llama.cpp's own `--fit-print on` or `nvidia-smi`. The output buffer (logits for `-np` sequences) "
                "is checked too: moeplace counts it in the host's compute."),
         "",
