@@ -440,14 +440,15 @@ def _check_links(links: Sequence[str], n_gpus: int) -> list[str]:
 
 
 def with_links(gpus: Sequence[Device], links: Sequence[str], cat: Catalog | None = None) -> tuple[Device, ...]:
-    """The GPUs with their host links from ``--link`` values (one for all, or a comma list in GPU order); a GPU
-    sharing the host's memory (Apple) or reached over the network (RPC) keeps its own."""
+    """The GPUs with their host links from ``--link`` values: a comma list in GPU order gives each its own (an RPC
+    server's is its network, ``25gbe``); one value is every local card's PCIe link, and an RPC server keeps its
+    network. A GPU sharing the host's memory (Apple) has no link."""
     items = _check_links(links, len(gpus))
     if not items:
         return tuple(gpus)
     out = []
     for i, dev in enumerate(gpus):
-        if not dev.unified and dev.backend != "rpc":
+        if not dev.unified and (len(items) > 1 or dev.backend != "rpc"):
             spec = items[0] if len(items) == 1 else items[i]
             dev = replace(dev, link_bandwidth=link_bandwidth(spec, cat), link_assumed=False)
         out.append(dev)

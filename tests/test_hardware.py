@@ -102,6 +102,11 @@ def test_rpc_devices_take_their_llama_cpp_name() -> None:
     assert rpc.link_bandwidth == pytest.approx(10e9 / 8 * catalog().link_efficiency)
     with pytest.raises(MoeplaceError, match="twice"):
         parse_gpus(["rpc:h:1=24G", "rpc:h:1=24G"])
+    # --link: one value is the local cards' PCIe link (the RPC server keeps its network); a list sets each
+    one = parse_gpus(["rtx3090", "rpc:10.0.0.2:50052=rtx4090"], links=["pcie4x4"])
+    assert one[0].link_bandwidth == link_bandwidth("pcie4x4") and one[1].link_bandwidth == rpc.link_bandwidth
+    each = parse_gpus(["rtx3090", "rpc:10.0.0.2:50052=rtx4090"], links=["pcie4x4,25gbe"])
+    assert each[1].link_bandwidth == link_bandwidth("25gbe") == pytest.approx(25e9 / 8 * catalog().link_efficiency)
 
 
 @pytest.mark.parametrize("bad", ["rtx9999", "24", "fast", "vulkan:nonsense"])
