@@ -349,6 +349,29 @@ def _reasons(problem: Problem, sol: Solution) -> tuple[LayerReason, ...]:
 # --- the entry point -------------------------------------------------------------------------------------------
 
 
+def _solve(problem: Problem, solver: str, deadline: float
+           ) -> tuple[Solution, Solution, Solution | None, float, str]:
+    """The exact DP's answer, then with ``solver`` "cp-sat" CP-SAT's from it until ``deadline`` (the DP's time
+    counts against it too): the better solution, the DP's, CP-SAT's (None when not run or stopped without
+    one), the seconds CP-SAT was given, and a note on why it did not run."""
+    try:
+        dp = solve(problem)
+    except ValueError:  # the budgets were checked above; what is left is that no layer order fits them at all
+        raise PlanError("no placement fits the GPU budgets with these pins and this context: pin fewer tensors, "
+                        "give more VRAM, or lower -c") from None
+    cp, cp_limit, cp_note = None, 0.0, ""
+    if solver == "cp-sat":
+        cp_limit = deadline - time.perf_counter()
+        if cp_limit < MIN_CP_SAT_SECONDS:
+            cp_note = "CP-SAT not run: the --time-limit of the whole run was spent"
+        else:
+            try:
+                cp = solve_cp_sat(problem, time_limit=cp_limit, hint=dp)
+            except ValueError as e:  # stopped before it found a placement: the DP's answer stands
+                cp_note = f"CP-SAT: {e}"
+    return (cp if cp is not None and cp.objective < dp.objective else dp), dp, cp, cp_limit, cp_note
+
+
 def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig, *,
          workload: Workload = WORKLOADS["chat"], margin: int | None = None, pins: Sequence[Pin] = (),
          profile: ExpertProbs | None = None, solver: str = "dp", time_limit: float = 10.0,
@@ -390,24 +413,8 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
     if over_pins:
         raise PlanError(f"the tensors pinned to {', '.join(over_pins)} do not fit its budget: pin fewer")
     t0 = time.perf_counter()
-    for _ in range(REBUDGET_ROUNDS):
-        try:
-            sol = dp = solve(problem)
-        except ValueError:  # the budgets were checked above; what is left is that no layer order fits them at all
-            raise PlanError("no placement fits the GPU budgets with these pins and this context: pin fewer tensors, "
-                            "give more VRAM, or lower -c") from None
-        cp, cp_note = None, ""
-        if solver == "cp-sat":
-            cp_limit = time_limit - (time.perf_counter() - t0)  # the DP's time counts against the budget too
-            if cp_limit < MIN_CP_SAT_SECONDS:
-                cp_note = "CP-SAT not run: the --time-limit of the whole run was spent"
-            else:
-                try:
-                    cp = solve_cp_sat(problem, time_limit=cp_limit, hint=dp)
-                except ValueError as e:  # stopped before it found a placement: the DP's answer stands
-                    cp_note = f"CP-SAT: {e}"
-        if cp is not None and cp.objective < dp.objective:
-            sol = cp
+    for round_ in range(REBUDGET_ROUNDS):
+        sol, dp, cp, cp_limit, cp_note = _solve(problem, solver, t0 + time_limit)
         elapsed = time.perf_counter() - t0
         placement = _placement_of(model, problem, sol, pinned)
         chosen = score_placement(model, placement, cfg, devices, workload, profile, margin, "moeplace", table=table)
@@ -415,7 +422,7 @@ def plan(model: ModelDescription, devices: Mapping[str, Device], cfg: RunConfig,
         # op-offload copies, a device's size limit) can need more for this placement: take the shortfall off
         # that GPU's budget and solve again.
         short = {f.device: -f.free for f in chosen.estimate.fits.values() if not f.fits and f.device in budgets}
-        if not short:
+        if not short or round_ == REBUDGET_ROUNDS - 1:  # the budgets reported are the ones solved for
             break
         budgets = {n: b - short.get(n, 0) for n, b in budgets.items()}
         problem = build_problem(model, devs, cfg, costs, budgets, pinned, workload.batch)
