@@ -124,3 +124,15 @@ def test_compare_detects_the_machine_once(models: dict[str, Path], monkeypatch: 
     code, _, _ = _run("solve", str(models["Q4_K_M"]), "--gpu", "rtx3060", "--ram", "32G", "--compare",
                       "--gpu rtx3060,rtx3060", "--compare", "--ram 64G", "--json")
     assert code == 0 and len(calls) == 1, calls
+
+
+def test_compare_variants_take_link_and_ram_avail(models: dict[str, Path]) -> None:
+    """--link and --ram-avail live in the command's context, not its parameters: a --compare variant giving them
+    was accepted and planned as the command line's hardware. Now a narrow link slows the variant's prompts and
+    2 GiB of available RAM its decode (the host's experts re-read from disk)."""
+    code, out, _ = _run("solve", str(models["Q4_K_M"]), "--gpu", "rtx3060", "--ram", "32G", "--ram-bw",
+                        "ddr5-6000x2", "--compare", "--link pcie3x1", "--compare", "--ram-avail 2G", "--json")
+    assert code == 0
+    given, link, avail = json.loads(out)["variants"]
+    assert link["prompt_tokens_per_second"] < given["prompt_tokens_per_second"] / 4
+    assert avail["decode_tokens_per_second"] < given["decode_tokens_per_second"] / 2

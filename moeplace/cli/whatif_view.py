@@ -30,11 +30,14 @@ def _variant_options(**_: Any) -> None:
 def parse_variant(text: str, base: Mapping[str, Any]) -> dict[str, Any]:
     """The hardware options of a --compare variant: the command line's, with those the variant gives replaced."""
     try:
-        params = _variant_options.make_context("--compare", shlex.split(text)).params
+        ctx = _variant_options.make_context("--compare", shlex.split(text))
     except click.ClickException as e:
         raise click.UsageError(f"--compare '{text}': {e.format_message()}") from None
     merged = dict(base)
-    merged.update({k: v for k, v in params.items() if k in base and v not in (None, ())})
+    merged.update({k: v for k, v in ctx.params.items() if k in base and v not in (None, ())})
+    # the options kept in the context rather than passed (--link, --ram-avail): the variant's, else the command's
+    merged["links"] = ctx.meta.get("moeplace.link") or ()
+    merged["available"] = ctx.meta.get("moeplace.ram_avail")
     return merged
 
 
@@ -46,7 +49,8 @@ def whatif_report(md: ModelDescription, devices: dict[str, Device], base: Mappin
     sets = [("as given", devices)]
     for v in variants:
         o = parse_variant(v, base)
-        sets.append((v, devices_from(o["gpus"], o["backend"], o["ram"], o["ram_bw"], o["calibration"])))
+        sets.append((v, devices_from(o["gpus"], o["backend"], o["ram"], o["ram_bw"], o["calibration"],
+                                     links=o["links"], available=o["available"])))
     outcomes = compare(md, sets, config, workload=workload, margin=margin)
     target = least_vram(md, devices, config, target_tps, workload=workload, margin=margin) \
         if target_tps is not None and not variants else None
