@@ -43,7 +43,18 @@ from gguf import GGMLQuantizationType as QT
 
 from moeplace.cli.estimate_cmd import build_placement
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import GB, Device, SpeedParams, catalog, for_engine, host_device, parse_gpus, speed_params
+from moeplace.hardware import (
+    GB,
+    SIMD_REFERENCE,
+    Device,
+    SpeedParams,
+    catalog,
+    for_engine,
+    host_device,
+    host_flops,
+    parse_gpus,
+    speed_params,
+)
 from moeplace.llamacpp_cli import parse_command
 from moeplace.memory import RunConfig, resolve_flash_attn, validate
 from moeplace.model import ModelDescription, Role, load_model
@@ -131,6 +142,7 @@ class Hardware:
     threads: int | None
     cores: int | None
     prefill_table: str | None = None  # the era's host prompt cost table (PREFILL_ERAS); None: the current one
+    simd: str = ""  # the CPU's vector class (cpus.json); "": not known, the reference class
 
 
 @dataclass
@@ -196,11 +208,12 @@ def _hardware(row: dict[str, Any]) -> Hardware:
     mts, ch = row["ram_mts"], row["ram_channels"]
     cores = row["cpu_cores"]
     facts = next((f for f in _cpus() if re.search(f["match"], cpu)), None)
+    simd = facts.get("simd", "") if facts else ""
     if facts:
-        cores = cores or facts["cores"] * (2 if two else 1)
+        cores = cores or (facts["cores"] * (2 if two else 1) if "cores" in facts else None)
         if "unified_gbs" in facts and not mts:
             return Hardware(gpus, backend, links, round((row["ram_gib"] or 4096) * GIB), float(facts["unified_gbs"]),
-                            0, numa, row["flags"]["threads"], cores, _prefill_table(row))
+                            0, numa, row["flags"]["threads"], cores, _prefill_table(row), simd)
         mts = mts or facts.get("ram_mts")
         ch = ch or (facts["channels"] * (2 if two else 1) if "channels" in facts else None)
     plat = next((k for rx, k in PLATFORMS if re.search(rx, cpu)), None)
@@ -218,7 +231,7 @@ def _hardware(row: dict[str, Any]) -> Hardware:
         bw = None  # the Apple preset's pool bandwidth applies
     ram = round((row["ram_gib"] or 4096) * GIB)
     return Hardware(gpus, backend, links, ram, bw, ch or 0, numa, row["flags"]["threads"], cores,
-                    _prefill_table(row))
+                    _prefill_table(row), simd)
 
 
 def _prefill_table(row: dict[str, Any]) -> str | None:
@@ -254,7 +267,8 @@ def devices_for(hw: Hardware, params: SpeedParams, old: bool) -> dict[str, Devic
     bw = hw.ram_bw if hw.ram_bw is not None else (None if any(g.unified for g in gpus) else 51.2)
     host = host_device(hw.ram, bw, gpus, params=params, channels=hw.channels,
                        threads=8 if old else hw.threads, cores=None if old else hw.cores,
-                       numa_nodes=1 if old else hw.numa_nodes, available=hw.ram if old else None)
+                       numa_nodes=1 if old else hw.numa_nodes, available=hw.ram if old else None,
+                       simd="" if old else hw.simd)
     if hw.prefill_table and not old:
         host = replace(host, prefill_cost=_era_table(hw.prefill_table))
     return {**{g.name: g for g in gpus}, HOST: host}
@@ -374,13 +388,14 @@ OLD_FREE = ("core_gflops", "engine:ik_llama.cpp")
 # no device streams at more than 95% of its peak.
 BOUNDS = {"thread_gbs": (5.0, 40.0), "core_gelems": (5.0, 200.0), "core_gflops": (10.0, 1000.0),
           "compute": (0.05, 1.0), "numa_gain": (0.0, 1.0), "efficiency": (0.15, 0.95),
-          "gpu_layer_us": (1.0, 100.0), "cpu_layer_us": (0.5, 50.0), "engine": (0.5, 6.0)}
+          "gpu_layer_us": (1.0, 100.0), "cpu_layer_us": (0.5, 50.0), "engine": (0.5, 6.0), "simd": (0.1, 10.0)}
 # A row off by more than this factor counts as this much: rows the model cannot explain (page-cache thrashing
 # it does not see, another engine's kernels) must not steer the parameters that explain the others.
 LOSS_CAP = math.log(3.0)
 
 
-_MAPS = {"efficiency": "efficiency", "compute": "gpu_compute_efficiency", "engine": "engine_cpu_factor"}
+_MAPS = {"efficiency": "efficiency", "compute": "gpu_compute_efficiency", "engine": "engine_cpu_factor",
+         "simd": "cpu_simd_factor"}
 
 
 def _get(p: SpeedParams, key: str) -> float:
@@ -413,7 +428,7 @@ def _with_params(d: Device, params: SpeedParams, hw: Hardware, old: bool) -> Dev
     klass = params.host_class(hw.channels, d.bandwidth)
     return replace(d, efficiency=params.efficiency.get(klass, d.efficiency), numa_gain=params.numa_gain,
                    thread_bandwidth=params.thread_gbs * GB, core_rate=params.core_gelems * 1e9,
-                   flops=d.compute_threads * params.core_gflops * 1e9, layer_seconds=params.cpu_layer_us * 1e-6)
+                   flops=host_flops(d, params), layer_seconds=params.cpu_layer_us * 1e-6)
 
 
 def predict(case: Case, params: SpeedParams, old: bool) -> dict[str, float]:
@@ -433,10 +448,30 @@ def predict(case: Case, params: SpeedParams, old: bool) -> dict[str, float]:
     return out
 
 
-# Weak priors: each fitted parameter costs PRIOR_WEIGHT x |log(value / its value in speed-model.json before the
-# fit)|, so a parameter that the training rows do not constrain (a held-out source may carry the only rows that
-# do) stays at its physical default instead of drifting to a bound.
+# Weak priors: each fitted parameter costs PRIOR_WEIGHT x |log(value / PRIOR)|, so a parameter that the training
+# rows do not constrain (a held-out source may carry the only rows that do) stays at its physical default instead
+# of drifting to a bound. The priors, which are also where every fit starts, are literature values and mid-range
+# physical figures fixed here, not speed-model.json's: that file holds the fit on every source, held-out ones
+# included, and starting from it would leak each held-out source into its own prediction. Bandwidth
+# efficiencies: llama-bench tg128 tables (llama.cpp issue #34, discussion #4167); one core streams about 15 GB/s
+# and dequantises + dots tens of G elements/s; a GPU kernel launch is about 10 us, a CPU barrier a few. A CPU
+# vector class's prompt rate against the reference (AVX-512 VNNI, e.g. Zen 4's two 256-bit units): AVX2 and
+# AVX-512 without VNNI need about twice the instructions per int8 dot, Zen 5 has twice Zen 4's datapath width, and
+# Apple's four 128-bit NEON units with int8 dot instructions match the reference's width.
 PRIOR_WEIGHT = 0.5
+PRIOR = {"efficiency:cuda": 0.70, "efficiency:rocm": 0.60, "efficiency:vulkan": 0.60, "efficiency:sycl": 0.50,
+         "efficiency:metal": 0.60, "efficiency:cpu-desktop": 0.65, "efficiency:cpu-server": 0.65,
+         "compute:cuda": 0.40, "compute:rocm": 0.40, "compute:vulkan": 0.40, "compute:sycl": 0.40,
+         "compute:metal": 0.40, "thread_gbs": 15.0, "core_gelems": 30.0, "core_gflops": 100.0, "numa_gain": 0.5,
+         "gpu_layer_us": 10.0, "cpu_layer_us": 5.0, "engine:ik_llama.cpp": 1.0,
+         "simd:avx2": 0.5, "simd:avx512": 0.5, "simd:zen5": 2.0, "simd:neon": 1.0}
+
+
+def prior(base: SpeedParams, keys: Sequence[str]) -> SpeedParams:
+    """``base`` with every fitted parameter at its prior."""
+    for key in keys:
+        base = _set(base, key, PRIOR[key])
+    return base
 
 
 def _loss(cases: Sequence[Case], params: SpeedParams, old: bool, prior: SpeedParams | None = None,
@@ -478,8 +513,9 @@ def fit(cases: Sequence[Case], start: SpeedParams, keys: Sequence[str], old: boo
 def free_keys(cases: Sequence[Case], old: bool) -> list[str]:
     backends = sorted({b for c in cases for b in [c.hw.backend or ""] if b and c.hw.gpus})
     host = ["efficiency:cpu-desktop"] if old else ["efficiency:cpu-desktop", "efficiency:cpu-server"]
+    simd = [] if old else sorted({f"simd:{c.hw.simd}" for c in cases if c.hw.simd and c.hw.simd != SIMD_REFERENCE})
     return [*(f"efficiency:{b}" for b in backends), *(f"compute:{b}" for b in backends), *host,
-            *(OLD_FREE if old else NEW_FREE)]
+            *(OLD_FREE if old else NEW_FREE), *simd]
 
 
 def old_params(p: SpeedParams) -> SpeedParams:
@@ -693,8 +729,8 @@ def run(rows: list[dict[str, Any]], log: Callable[[str], None]) -> tuple[list[Ca
     sources = sorted({c.source for c in fitted_on})
     fitted: dict[str, SpeedParams] = {}
     for model, old in (("new", False), ("old", True)):
-        start = _tie(base, old)
         keys = free_keys(fitted_on, old)
+        start = _tie(prior(base, keys), old)
         for i, src in enumerate(sources):
             train = [c for c in fitted_on if c.source != src]
             p = _tie(fit(train, start, keys, old), old)
@@ -711,6 +747,7 @@ def write_params(p: SpeedParams) -> None:
     doc["efficiency"].update({k: round(v, 3) for k, v in p.efficiency.items()})
     doc["gpu_compute_efficiency"].update({k: round(v, 3) for k, v in p.gpu_compute_efficiency.items()})
     doc["engine_cpu_factor"].update({k: round(v, 3) for k, v in p.engine_cpu_factor.items()})
+    doc["cpu_simd_factor"].update({k: round(v, 3) for k, v in p.cpu_simd_factor.items()})
     for key in ("thread_gbs", "numa_gain", "core_gelems", "core_gflops", "gpu_layer_us", "cpu_layer_us"):
         doc[key] = round(float(getattr(p, key)), 3)
     PARAMS.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

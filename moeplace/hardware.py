@@ -83,6 +83,7 @@ class Device:
     # ordering differs. Types not listed cost 1; a GPU's prompt kernels are not costed per type.
     prefill_cost: tuple[tuple[str, float], ...] = field(default=(), compare=False)
     layer_seconds: float = 0.0  # fixed cost per block per decoded token here (kernel launches, thread barriers)
+    simd: str = ""  # the host CPU's vector class (SpeedParams.cpu_simd_factor); "": not known, the reference class
     available: int = 0  # host RAM free for llama.cpp (0: memory less the reserve in speed-model.json)
     link_assumed: bool = False  # the link is the preset's or generic default, not given with --link
 
@@ -145,6 +146,10 @@ class Preset:
     max_tensor: int = 0  # bytes; 0: the backend's default (Catalog.max_tensor)
 
 
+# The CPU vector class core_gflops is fitted in (speed-model.json's cpu_simd_factor is relative to it).
+SIMD_REFERENCE = "avx512-vnni"
+
+
 @dataclass(frozen=True)
 class SpeedParams:
     """The speed model's fitted and measured parameters (``moeplace/data/speed-model.json``; what each means is
@@ -164,6 +169,8 @@ class SpeedParams:
     gpu_layer_us: float = 0.0
     cpu_layer_us: float = 0.0
     engine_cpu_factor: Mapping[str, float] = field(default_factory=dict)  # CPU kernel speed vs llama.cpp's
+    # Prompt FLOP/s of one core by the CPU's vector class, relative to core_gflops (the AVX-512 VNNI class).
+    cpu_simd_factor: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> SpeedParams:
@@ -178,9 +185,16 @@ class SpeedParams:
                                   if not k.startswith("_")},
             gpu_layer_us=float(doc.get("gpu_layer_us", 0.0)), cpu_layer_us=float(doc.get("cpu_layer_us", 0.0)),
             engine_cpu_factor={k: float(v) for k, v in doc.get("engine_cpu_factor", {}).items()},
+            cpu_simd_factor={k: float(v) for k, v in doc.get("cpu_simd_factor", {}).items()},
             cpu_prefill_cost={k.upper(): float(v) for k, v in doc.get("cpu_prefill_cost", {}).items()
                               if not k.startswith("_")},
         )
+
+    def simd_factor(self, simd: str) -> float:
+        """A core's prompt FLOP/s in the vector class ``simd`` relative to the reference class (1 for "")."""
+        if simd and simd not in self.cpu_simd_factor:
+            raise HardwareError(f"unknown CPU vector class '{simd}': use one of {', '.join(self.cpu_simd_factor)}")
+        return self.cpu_simd_factor.get(simd or SIMD_REFERENCE, 1.0)
 
     def host_class(self, channels: int, bandwidth: float) -> str:
         """cpu-desktop up to two memory channels, cpu-server above (by peak bandwidth when channels are unknown:
@@ -505,12 +519,13 @@ def ram_channels(text: str | float | None, cat: Catalog | None = None) -> int:
 def host_device(ram: int | None = None, ram_bw: str | float | None = None, gpus: Sequence[Device] = (),
                 cat: Catalog | None = None, *, threads: int | None = None, cores: int | None = None,
                 numa_nodes: int = 1, channels: int | None = None, available: int | None = None,
-                params: SpeedParams | None = None) -> Device:
+                simd: str = "", params: SpeedParams | None = None) -> Device:
     """The host (``CPU``): ``ram`` bytes (default: this machine's RAM, or the unified pool of an Apple preset)
     at ``ram_bw`` (see :func:`ram_bandwidth`; default from the preset files, and an Apple GPU's bandwidth
     when the memory is unified). ``threads`` is llama.cpp's ``-t`` (default: ``cores``, as llama.cpp uses the
     physical cores, else the parameters' default, noted); ``available`` the RAM free for llama.cpp (default
-    ``ram`` less the parameters' reserve, noted); ``channels`` defaults to what ``ram_bw`` states."""
+    ``ram`` less the parameters' reserve, noted); ``channels`` defaults to what ``ram_bw`` states; ``simd`` is the
+    CPU's vector class (:meth:`SpeedParams.simd_factor`; "" for the reference class)."""
     cat = cat or catalog()
     params = params or speed_params()
     notes = []
@@ -553,9 +568,16 @@ def host_device(ram: int | None = None, ram_bw: str | float | None = None, gpus:
         numa_gain=params.numa_gain, thread_bandwidth=params.thread_gbs * GB, core_rate=params.core_gelems * 1e9,
         quant_cost=tuple(sorted(params.cpu_quant_cost.items())), available=int(available),
         prefill_cost=tuple(sorted(params.cpu_prefill_cost.items())),
-        layer_seconds=params.cpu_layer_us * 1e-6,
+        layer_seconds=params.cpu_layer_us * 1e-6, simd=simd,
     )
-    return replace(host, flops=host.compute_threads * params.core_gflops * 1e9)
+    return replace(host, flops=host_flops(host, params))
+
+
+def host_flops(host: Device, params: SpeedParams) -> float:
+    """The host's prompt FLOP/s: its compute threads x one core's rate in its vector class. Only prompts take the
+    class: decode is bound by memory on most hosts, and the class applied to decode fitted the published rows
+    worse (benchmarks/accuracy.py)."""
+    return host.compute_threads * params.core_gflops * 1e9 * params.simd_factor(host.simd)
 
 
 def runtime_overhead(device: Device, cat: Catalog | None = None) -> int:

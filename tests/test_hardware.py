@@ -262,3 +262,15 @@ def test_another_engine_runs_the_host_at_its_fitted_rate() -> None:
     assert ik["CPU"].decode_rate == 2 * devs["CPU"].decode_rate and ik["CPU"].flops == 2 * devs["CPU"].flops
     assert ik["CUDA0"] == devs["CUDA0"]
     assert for_engine(devs, "llama.cpp", p) == devs
+
+
+def test_cpu_vector_class_sets_the_host_prompt_rate() -> None:
+    params = speed_params()
+    ref = host_device(64 * GIB, "ddr5-6000x2", threads=16, cores=16)
+    for simd, factor in params.cpu_simd_factor.items():
+        host = host_device(64 * GIB, "ddr5-6000x2", threads=16, cores=16, simd=simd)
+        assert host.flops == pytest.approx(ref.flops * factor)
+        assert host.decode_rate == ref.decode_rate  # decode is not scaled by the class
+    assert params.cpu_simd_factor["avx512-vnni"] == 1.0  # the reference class core_gflops is fitted in
+    with pytest.raises(MoeplaceError, match=r"unknown CPU vector class 'sse2'.*avx2"):
+        host_device(64 * GIB, "ddr5-6000x2", threads=16, cores=16, simd="sse2")

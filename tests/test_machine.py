@@ -339,3 +339,30 @@ def test_amdgpu_sysfs(tmp_path: Path) -> None:
     assert devs[1].link_bandwidth == link_bandwidth("4.0x8") and not devs[1].link_assumed  # as the driver says
     assert machine.detect_gpus(str(tmp_path / "bin"), platform="linux", use_llamacpp=False,
                                sys_root=tmp_path / "none") == ([], [])
+
+
+# /proc/cpuinfo as the kernel writes it (first processor's block; later blocks repeat it).
+_CPUINFO = ("processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\nmodel name\t: {name}\n"
+            "flags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+
+
+@pytest.mark.parametrize(("vendor", "family", "name", "flags", "simd"), [
+    ("GenuineIntel", "6", "Intel(R) Xeon(R) CPU E5-2690 v3", "fpu sse avx avx2 fma", "avx2"),
+    ("GenuineIntel", "6", "Intel(R) Xeon(R) Gold 6138", "avx2 avx512f avx512bw", "avx512"),
+    ("GenuineIntel", "6", "Intel(R) Xeon(R) 6980P", "avx2 avx512f avx512_vnni amx_int8", "avx512-vnni"),
+    ("AuthenticAMD", "25", "AMD Ryzen 9 7950X 16-Core Processor", "avx2 avx512f avx512_vnni", "avx512-vnni"),
+    ("AuthenticAMD", "26", "AMD Ryzen 9 9950X 16-Core Processor", "avx2 avx512f avx512_vnni", "zen5"),
+    ("AuthenticAMD", "26", "AMD Ryzen AI 9 HX 370 w/ Radeon 890M", "avx2 avx512f avx512_vnni", "avx512-vnni"),
+    ("AuthenticAMD", "26", "AMD RYZEN AI MAX+ 395 w/ Radeon 8060S", "avx2 avx512f avx512_vnni", "zen5"),
+    ("AuthenticAMD", "23", "AMD Ryzen 5 3500 6-Core Processor", "sse avx2", "avx2"),
+    ("GenuineIntel", "6", "Intel(R) Atom(TM)", "sse sse2", ""),
+])
+def test_cpu_simd_reads_cpuinfo(tmp_path: Path, vendor: str, family: str, name: str, flags: str, simd: str) -> None:
+    (tmp_path / "cpuinfo").write_text(_CPUINFO.format(vendor=vendor, family=family, name=name, flags=flags))
+    assert machine.cpu_simd(tmp_path) == simd
+
+
+def test_cpu_simd_arm_and_missing(tmp_path: Path) -> None:
+    assert machine.cpu_simd(tmp_path) == ""  # no cpuinfo (macOS, Windows): the reference class
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nBogoMIPS\t: 48.00\nFeatures\t: fp asimd evtstrm aes asimddp\n")
+    assert machine.cpu_simd(tmp_path) == "neon"

@@ -175,7 +175,7 @@ def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ra
         if ram is None and available is None and host_ram is not None:
             available = host_ram  # already what is available, not the total
     host = host_device(host_ram, host_bw, gpu_devs, threads=threads, cores=cores, numa_nodes=numa_nodes,
-                       available=available)
+                       available=available, simd=found.simd if found is not None else "")
     devices = device_set(gpu_devs, host)
     return devices if calibration is None else apply_calibration(devices, load_calibration(calibration))
 

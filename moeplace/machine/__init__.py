@@ -15,7 +15,8 @@ GPUs, first source that answers wins:
 5. ``vulkaninfo --summary``: device names only, so sizes come from a matching preset.
 
 The host comes from ``/proc/meminfo`` (MemTotal, MemAvailable), ``/sys/devices/system/cpu`` (threads, physical
-cores) and ``/sys/devices/system/node`` (NUMA nodes). RAM bandwidth: the SMBIOS memory-device records (type 17:
+cores), ``/proc/cpuinfo`` (the CPU's vector class, which sets its prompt rate) and ``/sys/devices/system/node``
+(NUMA nodes). RAM bandwidth: the SMBIOS memory-device records (type 17:
 DDR generation, configured MT/s, channel from the bank locator) in ``/sys/firmware/dmi/tables/DMI`` where
 readable (root only on most systems); else a measured multi-threaded copy bandwidth when asked (``--measure``);
 else the presets' stated default.
@@ -45,13 +46,21 @@ from moeplace.machine.gpus import (
     gpus_vulkan,
     match_preset,
 )
-from moeplace.machine.host import cpu_topology, dimm_bandwidth, dmi_dimms, measure_copy_bandwidth, meminfo, numa_nodes
+from moeplace.machine.host import (
+    cpu_simd,
+    cpu_topology,
+    dimm_bandwidth,
+    dmi_dimms,
+    measure_copy_bandwidth,
+    meminfo,
+    numa_nodes,
+)
 from moeplace.sizes import format_size
 
-__all__ = ["Dimm", "Gpu", "Machine", "RamBandwidth", "apple_gpu_fraction", "cpu_topology", "detect", "detect_gpus",
-           "detect_ram_bandwidth", "dimm_bandwidth", "dmi_dimms", "gpu_devices", "gpu_names", "gpus_apple",
-           "gpus_llamacpp", "gpus_nvidia_smi", "gpus_nvml", "gpus_rocm_smi", "gpus_vulkan", "match_preset",
-           "measure_copy_bandwidth", "meminfo", "numa_nodes", "short_label"]
+__all__ = ["Dimm", "Gpu", "Machine", "RamBandwidth", "apple_gpu_fraction", "cpu_simd", "cpu_topology", "detect",
+           "detect_gpus", "detect_ram_bandwidth", "dimm_bandwidth", "dmi_dimms", "gpu_devices", "gpu_names",
+           "gpus_apple", "gpus_llamacpp", "gpus_nvidia_smi", "gpus_nvml", "gpus_rocm_smi", "gpus_vulkan",
+           "match_preset", "measure_copy_bandwidth", "meminfo", "numa_nodes", "short_label"]
 
 
 GpuDetector = Callable[[], "list[Gpu] | None"]
@@ -137,7 +146,7 @@ def detect(*, gpus: bool = True, measure: bool = False, path: str | None = None,
     threads, cores = cpu_topology(sys_root)
     bw, bw_notes = detect_ram_bandwidth(measure, sys_root / "firmware/dmi/tables/DMI", threads)
     return Machine(tuple(found), total, avail, threads, cores, numa_nodes(sys_root), bw, tuple(notes + bw_notes),
-                   searched_gpus=gpus)
+                   searched_gpus=gpus, simd=cpu_simd(proc))
 
 
 def gpu_devices(machine: Machine, backend: str | None = None, cat: Catalog | None = None) -> tuple[Device, ...]:

@@ -53,6 +53,33 @@ def cpu_topology(sys_root: Path = Path("/sys")) -> tuple[int, int]:
     return threads, max(1, len(cores))
 
 
+def cpu_simd(proc: Path = Path("/proc")) -> str:
+    """The CPU's vector class (:meth:`moeplace.hardware.SpeedParams.simd_factor`) from /proc/cpuinfo's flags: AMD
+    family 26 (Zen 5) with AVX-512 is zen5 except the Ryzen AI 300 laptop parts, whose AVX-512 runs on 256-bit
+    units; "" where the file is missing or says nothing known (the reference class is assumed)."""
+    try:
+        text = (proc / "cpuinfo").read_text(errors="replace")
+    except OSError:
+        return ""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            if fields:
+                break  # the first processor's block is enough
+            continue
+        fields.setdefault(key.strip().lower(), value.strip())
+    flags = set((fields.get("flags") or fields.get("features") or "").split())
+    if "asimd" in flags:
+        return "neon"
+    if "avx512f" not in flags:
+        return "avx2" if "avx2" in flags else ""
+    if "avx512_vnni" not in flags:
+        return "avx512"
+    mobile_zen5 = re.search(r"Ryzen AI (5|7|9)\b", fields.get("model name", ""), re.IGNORECASE)
+    return "zen5" if fields.get("cpu family") == "26" and not mobile_zen5 else "avx512-vnni"
+
+
 def numa_nodes(sys_root: Path = Path("/sys")) -> int:
     """NUMA nodes with memory or CPUs (/sys/devices/system/node/node<N>); 1 where the kernel does not say."""
     return max(1, len(list((sys_root / "devices/system/node").glob("node[0-9]*"))))
