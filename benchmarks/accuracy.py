@@ -88,6 +88,12 @@ SHAPES = (
     (r"^Qwen3(-Coder)?-Next", "qwen3-next-80b-a3b"),
     (r"^GLM-4\.5-Air", "glm-4.5-air"),
     (r"^Mixtral-8x7B", "mixtral-8x7b"),
+    (r"^(WizardLM-2-8x22B|Mixtral-8x22B)", "mixtral-8x22b"),
+    (r"^Qwen3-14B", "qwen3-14b"),
+    (r"^Qwen2\.5-14B", "qwen2.5-14b"),
+    (r"^Qwen2\.5-Coder-32B", "qwen2.5-coder-32b"),
+    (r"^Mistral-Small-24B", "mistral-small-24b"),
+    (r"^DeepSeek-Coder-V2-Lite", "deepseek-coder-v2-lite"),
 )
 # Quantisation label -> the ggml type of its large matrices (ik_llama.cpp's repacked _R4/_R8 types have their base
 # type's bits; its IQ*_K types are matched to the mainline type of the same bits per weight).
@@ -118,7 +124,8 @@ DESKTOP_CPU = re.compile(r"Ryzen|Core i\d|Core Ultra|Ryzen AI", re.IGNORECASE)
 PREFILL_ERAS = (("2025-03-11", "cpu_prefill_cost_vec_dot"), ("2026-09-11", "cpu_prefill_cost_untiled"))
 BACKENDS = {"CUDA": "cuda", "ROCm": "rocm", "Vulkan": "vulkan", "SYCL": "sycl", "Metal": "metal"}
 GPU_NAME = (("NVIDIA ", ""), ("GeForce ", ""), ("AMD ", ""), ("Radeon ", ""), ("Intel ", ""), ("Apple ", ""),
-            (" Blackwell Workstation", ""), (" Workstation", ""))
+            (" Blackwell Workstation", ""), (" Workstation", ""), (" (base)", ""), (" (Strix Halo iGPU)", ""),
+            (" (Meteor Lake iGPU)", "-mtl"))
 
 
 class Skip(Exception):

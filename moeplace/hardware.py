@@ -262,7 +262,7 @@ def build_catalog(texts: Iterable[str]) -> Catalog:
     for text in texts:
         data = json.loads(text)
         for key, spec in data.get("devices", {}).items():
-            unified = spec["backend"] == "metal"
+            unified = bool(spec.get("unified", spec["backend"] == "metal"))  # Apple, or an iGPU marked unified
             total = round(float(spec["memory_gib"]) * GIB)
             usable = round(total * float(spec.get("gpu_fraction", 1.0)))
             k = _norm(key)

@@ -162,6 +162,18 @@ def test_apple_memory_is_one_pool() -> None:
     assert host.unified and host.memory == 192 * GIB and host.bandwidth == gpu.bandwidth
 
 
+def test_an_integrated_gpu_marked_unified_shares_the_ram() -> None:
+    # Strix Halo on Vulkan: not Metal, but one LPDDR5X pool, no PCIe link, and the host reads the same RAM.
+    (gpu,) = parse_gpus(["8060s"])
+    assert gpu.backend == "vulkan" and gpu.name == "Vulkan0"
+    assert gpu.unified and gpu.pool == 128 * GIB and gpu.memory == round(128 * GIB * 0.75)
+    assert gpu.link_bandwidth == 0
+    host = host_device(gpus=[gpu])
+    assert host.unified and host.memory == 128 * GIB and host.bandwidth == gpu.bandwidth == 256 * GB
+    (card,) = parse_gpus(["w7800"])  # a discrete card stays behind its link
+    assert not card.unified and card.link_bandwidth > 0
+
+
 def test_device_set_and_overhead() -> None:
     gpus = parse_gpus(["rtx3090", "m4max"])
     devs = device_set(gpus, host_device(32 * GIB, 50))

@@ -308,6 +308,57 @@ _FULL_SPECS: tuple[ModelSpec, ...] = (
         ssm_state_size=128, ssm_group_count=16, ssm_time_step_rank=32, full_attention_interval=4,
         ftype=_Q4KM, header_only=True, **_QWEN_VOCAB,
     ),
+    # Qwen/Qwen3-14B (dense; the factory writes llama.cpp's qwen3 architecture: gguf-py's qwen3 tensor table).
+    # Sizes: the config.json copy in github.com/citsjtu2020/LLM-Prof sglang/Model_Config.md.
+    ModelSpec(
+        name="qwen3-14b", arch="qwen3", n_layer=40, n_embd=5120, n_head=40, n_head_kv=8, head_dim=128,
+        n_ff=17408, n_ctx=40960, explicit_head_dim=True, qk_norm=True, rope_theta=1e6, ftype=_Q4KM,
+        header_only=True, **_QWEN_VOCAB,
+    ),
+    # Qwen/Qwen2.5-14B (dense, QKV bias; vocabulary padded to 152064 rows, same tokenizer as Qwen3).
+    # Sizes: the config.json copy in github.com/citsjtu2020/LLM-Prof sglang/Model_Config.md.
+    ModelSpec(
+        name="qwen2.5-14b", arch="qwen2", n_layer=48, n_embd=5120, n_head=40, n_head_kv=8, head_dim=128,
+        n_ff=13824, n_ctx=131072, attn_bias=True, rope_theta=1e6, rms_eps=1e-5, ftype=_Q4KM, header_only=True,
+        **{**_QWEN_VOCAB, "n_vocab": 152064},
+    ),
+    # Qwen/Qwen2.5-Coder-32B-Instruct (dense, QKV bias). Layers, heads and the 32768 context: its model card
+    # (github.com/ZHUI/paddlenlp_model_readme Qwen/Qwen2.5-Coder-32B-Instruct/index.md); width, FFN and vocabulary
+    # are Qwen2.5-32B's config.json (LLM-Prof sglang/Model_Config.md): no stored copy of the Coder's own config found.
+    ModelSpec(
+        name="qwen2.5-coder-32b", arch="qwen2", n_layer=64, n_embd=5120, n_head=40, n_head_kv=8, head_dim=128,
+        n_ff=27648, n_ctx=32768, attn_bias=True, rope_theta=1e6, ftype=_Q4KM, header_only=True,
+        **{**_QWEN_VOCAB, "n_vocab": 152064},
+    ),
+    # mistralai/Mistral-Small-24B-2501 (dense; MistralForCausalLM converts to llama; head_dim 128 is not
+    # n_embd / n_head). Tekken vocabulary: 131072 tokens, 269443 merges as llama.cpp's loader lists them.
+    # Sizes: the Instruct-2501 config.json copy in github.com/OpenMOSE/RWKV-LM-RLHF main/tokenizer/mistralsmall3/.
+    ModelSpec(
+        name="mistral-small-24b", arch="llama", n_layer=40, n_embd=5120, n_head=32, n_head_kv=8, head_dim=128,
+        n_ff=32768, n_ctx=32768, explicit_head_dim=True, rope_theta=1e8, rms_eps=1e-5, n_vocab=131072,
+        tokenizer="gpt2", tokenizer_pre="tekken", n_merges=269443, bos_id=1, eos_id=2, ftype=_Q4KM, header_only=True,
+    ),
+    # deepseek-ai/DeepSeek-Coder-V2-Lite-Instruct (16B-A2.4B: MLA without a query LoRA, softmax routing with no
+    # score-correction bias, 2 shared experts, 1 leading dense block); 99757 merges as llama.cpp lists them for
+    # the DeepSeek-V2-Lite vocabulary. Sizes: the GGUF header of DeepSeek-Coder-V2-Lite-Instruct that
+    # github.com/ggml-org/llama.cpp/issues/7979 dumps (27 blocks, 2048, 10944, 16 heads, 163840), and the V2-Lite
+    # config.json it shares (64 experts of 1408, 6 used, 2 shared, 1 dense lead, MLA 512/128/64/128, YaRN 40/4096).
+    ModelSpec(
+        name="deepseek-coder-v2-lite", arch="deepseek2", n_layer=27, n_embd=2048, n_head=16, n_head_kv=1,
+        head_dim=192, n_ff=10944, n_ctx=163840, n_expert=64, n_expert_used=6, n_ff_exp=1408, n_expert_shared=2,
+        n_dense_lead=1, expert_gating=ExpertGatingFuncType.SOFTMAX, expert_weights_scale=1.0, kv_lora_rank=512,
+        qk_nope_dim=128, rope_dim=64, v_head_dim=128, rope_yarn=(40.0, 4096), yarn_log_mul=0.0707,
+        n_vocab=102400, tokenizer="gpt2", tokenizer_pre="deepseek-llm", n_merges=99757, bos_id=100000,
+        eos_id=100001, special_from=100000, ftype=_Q4KM, header_only=True,
+    ),
+    # mistral-community/Mixtral-8x22B-v0.1 (WizardLM-2-8x22B is a fine-tune of it: same shape, 32000 tokens).
+    # Sizes: the config.json copy in github.com/scaleapi/llm-engine
+    # model-engine/tests/unit/domain/test_llm_use_cases.py.
+    ModelSpec(
+        name="mixtral-8x22b", arch="llama", n_layer=56, n_embd=6144, n_head=48, n_head_kv=8, head_dim=128,
+        n_ff=16384, n_ctx=65536, n_expert=8, n_expert_used=2, rope_theta=1e6, rms_eps=1e-5, n_vocab=32000,
+        ftype=_Q4KM, header_only=True,
+    ),
 )
 
 # unsloth ships its DeepSeek-V3 Q4_K_M as 9 shards.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import gguf
-from gguf import MODEL_TENSOR
+from gguf import MODEL_TENSOR, ExpertGatingFuncType
 
 from moeplace.testing.quant import assign_types
 from moeplace.testing.specs import ROLES, Expected, ModelSpec, TensorSpec, resolve
@@ -113,7 +113,9 @@ def _ffn(p: _Plan, il: int) -> None:
     p.add(MODEL_TENSOR.FFN_GATE_INP, [E, X], "router", bid=il)
     if s.expert_bias:
         p.add(MODEL_TENSOR.FFN_GATE_INP, [X], "router", bid=il, suffix=".bias")
-    if s.arch in ("deepseek2", "glm4moe"):
+    # The score-correction bias belongs to sigmoid routing (DeepSeek-V3, GLM-4.5); DeepSeek-V2's softmax routing
+    # has none.
+    if s.arch in ("deepseek2", "glm4moe") and s.expert_gating == ExpertGatingFuncType.SIGMOID:
         p.add(MODEL_TENSOR.FFN_EXP_PROBS_B, [X], "router", bid=il, suffix=".bias")
     p.add(MODEL_TENSOR.FFN_GATE_EXP, [E, F, X], "routed_expert", bid=il)
     p.add(MODEL_TENSOR.FFN_DOWN_EXP, [F, E, X], "routed_expert", bid=il)
