@@ -61,6 +61,9 @@ class Device:
     idle_power: float = 0.0
     link_latency: float = 0.0  # seconds per switch of decoding to or from this device (graph split sync + copy)
     compute_efficiency: float = 1.0  # fraction of ``flops`` reached in prompt processing (GPU matrix kernels)
+    # A GPU's decode bandwidth on routed experts relative to its dense weights: MUL_MAT_ID runs many small
+    # per-expert matrices through indirect kernels, which stream below the dense rate on some backends.
+    expert_efficiency: float = 1.0
     pool: int = 0  # unified memory: the whole pool the GPU shares with the host (its ``memory`` is the GPU's part)
     # The largest weight the backend accepts on this device (0: no limit). llama.cpp's loader keeps a larger one in
     # host memory even at -ngl 999, and an -ot sending it to the device aborts (Vulkan: maxStorageBufferRange).
@@ -106,6 +109,11 @@ class Device:
         if self.thread_bandwidth > 0 and self.threads > 0:
             bw = min(bw, self.threads * self.thread_bandwidth)
         return bw
+
+    @property
+    def expert_cost(self) -> float:
+        """Decode time of a routed-expert byte here relative to a dense byte (1 on the host)."""
+        return 1.0 if self.is_host or self.expert_efficiency <= 0 else 1.0 / self.expert_efficiency
 
     @property
     def decode_rate(self) -> float:
@@ -171,6 +179,7 @@ class SpeedParams:
     engine_cpu_factor: Mapping[str, float] = field(default_factory=dict)  # CPU kernel speed vs llama.cpp's
     # Prompt FLOP/s of one core by the CPU's vector class, relative to core_gflops (the AVX-512 VNNI class).
     cpu_simd_factor: Mapping[str, float] = field(default_factory=dict)
+    gpu_expert_efficiency: Mapping[str, float] = field(default_factory=dict)  # per GPU backend (Device field)
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> SpeedParams:
@@ -186,6 +195,7 @@ class SpeedParams:
             gpu_layer_us=float(doc.get("gpu_layer_us", 0.0)), cpu_layer_us=float(doc.get("cpu_layer_us", 0.0)),
             engine_cpu_factor={k: float(v) for k, v in doc.get("engine_cpu_factor", {}).items()},
             cpu_simd_factor={k: float(v) for k, v in doc.get("cpu_simd_factor", {}).items()},
+            gpu_expert_efficiency={k: float(v) for k, v in doc.get("gpu_expert_efficiency", {}).items()},
             cpu_prefill_cost={k.upper(): float(v) for k, v in doc.get("cpu_prefill_cost", {}).items()
                               if not k.startswith("_")},
         )
@@ -410,8 +420,8 @@ def _gpu_from_item(item: str, backend: str | None, cat: Catalog, params: SpeedPa
 def _gpu_params(dev: Device, params: SpeedParams) -> Device:
     cost = tuple((t, 1.0 / e) for t, e in sorted(params.gpu_quant_efficiency.items()) if e > 0)
     compute = params.gpu_compute_efficiency.get(dev.backend, params.gpu_compute_efficiency.get("cuda", 0.4))
-    return replace(dev, compute_efficiency=compute, quant_cost=cost,
-                   layer_seconds=params.gpu_layer_us * 1e-6)
+    return replace(dev, compute_efficiency=compute, quant_cost=cost, layer_seconds=params.gpu_layer_us * 1e-6,
+                   expert_efficiency=params.gpu_expert_efficiency.get(dev.backend, 1.0))
 
 
 def parse_gpus(specs: Sequence[str], backend: str | None = None, cat: Catalog | None = None,

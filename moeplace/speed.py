@@ -26,7 +26,8 @@ The host is limited by memory AND compute: its effective bandwidth is peak x a p
 NUMA nodes after the first counting part, capped at threads x what one thread draws
 (:attr:`Device.effective_bandwidth`); a tensor's decode time there is the larger of reading it and
 dequantising + dotting its elements at ``threads x core_rate`` Q4_K elements/s x the type's relative cost
-(measured here, ``speed-model.json``). A GPU's kernel efficiency per type scales its bytes the same way. The host's
+(measured here, ``speed-model.json``). A GPU's kernel efficiency per type scales its bytes the same way, and its
+routed experts by a fitted expert efficiency per backend (small indirect MUL_MAT_ID matrices). The host's
 prompt FLOPs are costed by type with a table of their own (llama.cpp's batch kernels: repacking, sgemm).
 Host weights beyond the RAM available for llama.cpp thrash the page cache: they are read from disk again.
 
@@ -188,6 +189,11 @@ class TensorTable:
     def quant_cost(self, device: Device) -> np.ndarray:
         """Each tensor's decode cost per element relative to Q4_K on ``device`` (1 for types it does not list)."""
         return self._cost(device.quant_cost)
+
+    def expert_cost(self, device: Device) -> np.ndarray:
+        """Each tensor's decode time per byte on ``device`` relative to a dense weight: ``Device.expert_cost`` for
+        routed experts (a GPU's MUL_MAT_ID kernels), 1 for the rest."""
+        return np.where(self.is_expert, device.expert_cost, 1.0)
 
     def prefill_cost(self, device: Device) -> np.ndarray:
         """Each tensor's prompt-processing cost per FLOP relative to Q4_K on ``device``: the host's batch kernels
@@ -353,7 +359,8 @@ def linear_seconds(model: ModelDescription, cfg: RunConfig, devices: Sequence[De
     elements = _decode_elements(table, _resolve_routing(model, table, profile), batch)
     eff = np.array([d.effective_bandwidth for d in devices])
     rate = flops_rates(devices)
-    decode = np.stack([device_seconds(tc.decode_bytes, elements, d, table.quant_cost(d)) for d in devices], axis=1)
+    decode = np.stack([device_seconds(tc.decode_bytes * table.expert_cost(d), elements, d, table.quant_cost(d))
+                       for d in devices], axis=1)
     work = np.stack([tc.prefill_flops * table.prefill_cost(d) for d in devices], axis=1)
     prefill = np.maximum(tc.prefill_bytes[:, None] / eff[None, :], work / rate[None, :])
     gpu = next((i for i, d in enumerate(devices) if not d.is_host), None)
@@ -564,6 +571,7 @@ class DecodeWork:
     n_past: int
     weight_bytes: np.ndarray  # per device
     scaled_bytes: np.ndarray  # per device: bytes x the GPU kernel cost of their types
+    expert_bytes: np.ndarray  # per device: the routed experts' part of scaled_bytes (GPUs)
     host_bytes: np.ndarray  # per tensor on the host
     host_work: np.ndarray  # per tensor on the host: elements x the CPU cost of its type (Q4_K elements)
     kv_bytes: np.ndarray  # per device
@@ -582,10 +590,12 @@ def _decode_work(pr: _Prepared, batch: int, n_past: int | None, paged_fraction: 
     host = names.index(HOST)
     per_dev_bytes = np.bincount(pr.idx, weights=nbytes, minlength=n)
     scaled = np.zeros(n)
+    experts = np.zeros(n)
     for i in range(n):
         on = pr.idx == i
         if i != host and np.any(on):
             scaled[i] = float(np.sum(nbytes[on] * pr.cost[i][on]))
+            experts[i] = float(np.sum((nbytes * pr.cost[i])[on & pr.table.is_expert]))
     on_host = pr.idx == host
     shape = context_shape(model, cfg)
     pos = shape.n_ctx_seq if n_past is None else max(0, min(n_past, shape.n_ctx_seq))
@@ -594,6 +604,7 @@ def _decode_work(pr: _Prepared, batch: int, n_past: int | None, paged_fraction: 
                       dtype=np.int64)
     return DecodeWork(
         names=tuple(names), batch=batch, n_past=pos, weight_bytes=per_dev_bytes, scaled_bytes=scaled,
+        expert_bytes=experts,
         host_bytes=nbytes[on_host], host_work=elements[on_host] * pr.cost[host][on_host],
         kv_bytes=np.bincount(kv_idx, weights=kv_layer, minlength=n),
         blocks=np.bincount(np.array([names.index(pr.placement.layer_devices[b]) for b in pr.table.run_blocks],
@@ -604,14 +615,16 @@ def _decode_work(pr: _Prepared, batch: int, n_past: int | None, paged_fraction: 
 
 def decode_from_work(w: DecodeWork, devices: Sequence[Device]) -> DecodeTime:
     """The decode step's time on ``devices`` (in ``w.names`` order): on the host each tensor takes the larger
-    of reading it and computing it, a GPU reads its bytes scaled by its kernels' cost per type; KV reads at
+    of reading it and computing it, a GPU reads its bytes scaled by its kernels' cost per type (and routed
+    experts by its expert cost); KV reads at
     each device's bandwidth plus a fixed cost per block (kernel launches and thread barriers, counted with the
     attention), a fixed cost per device switch, and host weights beyond the available RAM read again from disk
     (page-cache thrashing)."""
     names = w.names
     host = names.index(HOST)
     eff = np.array([d.effective_bandwidth for d in devices])
-    weight_s = w.scaled_bytes / eff
+    # routed-expert bytes count Device.expert_cost times (TensorTable.expert_cost, the solver's per-tensor form)
+    weight_s = (w.scaled_bytes + w.expert_bytes * (np.array([d.expert_cost for d in devices]) - 1.0)) / eff
     hd = devices[host]
     if w.host_bytes.size:
         read = w.host_bytes / eff[host]
