@@ -224,6 +224,28 @@ def test_linearisation_reproduces_decode(models: dict[str, ModelDescription]) ->
     assert costs.decode_seconds(bw) == pytest.approx(sum(d.weight_seconds.values()), rel=1e-12)
 
 
+def test_gpu_expert_efficiency_slows_only_routed_experts_and_the_solver_sees_it(
+        models: dict[str, ModelDescription]) -> None:
+    """A GPU's routed experts decode at its expert efficiency (Device.expert_cost): the estimate's GPU weight time
+    grows by exactly the experts' bytes x (1/efficiency - 1) over its bandwidth, and the solver's per-tensor costs
+    (linear_seconds) say the same."""
+    m = models["qwen3-30b-a3b"]
+    devs = free_switch_devices()
+    slow = {**devs, "CUDA0": replace(devs["CUDA0"], expert_efficiency=0.5)}
+    p = all_on(m, "CUDA0")
+    base = decode_time(m, p, RunConfig(), devs, n_past=0).weight_seconds["CUDA0"]
+    both = decode_time(m, p, RunConfig(), slow, n_past=0).weight_seconds["CUDA0"]
+    costs = tensor_costs(m, RunConfig(), None, 1)
+    experts = sum(b for n, b in zip(costs.names, costs.decode_bytes) if ".ffn_" in n and "_exps" in n)
+    assert experts > 0
+    assert both - base == pytest.approx(experts * (2.0 - 1.0) / devs["CUDA0"].effective_bandwidth, rel=1e-9)
+    gpu = [slow["CUDA0"], slow["CPU"]]
+    # (the column prices every tensor on the GPU, the token embedding's one row too, which the estimate reads on
+    # the host: a few bytes of difference)
+    assert linear_seconds(m, RunConfig(), gpu).seconds[:, 0].sum() == pytest.approx(both, rel=1e-5)
+    assert replace(devs["CPU"], expert_efficiency=0.5).expert_cost == 1.0  # the host's experts are its bytes
+
+
 # --- prefill ------------------------------------------------------------------------------------------------------
 
 
