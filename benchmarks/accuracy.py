@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as QT
 
@@ -45,11 +46,15 @@ from moeplace.cli.estimate_cmd import build_placement
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import (
     GB,
+    GPU_VENDORS,
     SIMD_REFERENCE,
     Device,
     SpeedParams,
     catalog,
+    compute_efficiency,
     for_engine,
+    gpu_efficiency,
+    gpu_key,
     host_device,
     host_flops,
     parse_gpus,
@@ -372,8 +377,9 @@ def make_case(row: dict[str, Any], models: Models, params: SpeedParams) -> Case:
             validate(md, cfg)
         except MoeplaceError as e:
             raise Skip(f"config: {e}") from None
-        if old:  # the old headline: decode at the full context, one ubatch from position 0
-            works.append(workload(md, placement, cfg, devs, table=table, full_context=True))
+        if old:  # the old headline: decode at the full context (KV reads only), one ubatch from position 0
+            dw, pw = workload(md, placement, cfg, devs, table=table, full_context=True)
+            works.append((None if dw is None else replace(dw, attn_flops=np.zeros_like(dw.attn_flops)), pw))
         else:
             e = estimate(md, placement, cfg, devs, table=table, batch=1)
             if not all(f.fits for f in e.fits.values()):
@@ -388,7 +394,7 @@ def make_case(row: dict[str, Any], models: Models, params: SpeedParams) -> Case:
 # The fitted parameters: (name, key in SpeedParams, lower, upper). Efficiencies per backend appear only when rows
 # use that backend.
 NEW_FREE = ("thread_gbs", "core_gelems", "core_gflops", "numa_gain", "gpu_layer_us", "cpu_layer_us",
-            "engine:ik_llama.cpp")
+            "engine:ik_llama.cpp", "gpu_half_rate_rows")
 OLD_FREE = ("core_gflops", "engine:ik_llama.cpp")
 # Bounds are what is physically plausible: one core streams 5-40 GB/s from RAM and handles 5-200 G elements/s
 # (AVX2 to AVX-512 and NEON), a GPU kernel launch or a CPU thread barrier costs microseconds, not milliseconds;
@@ -396,6 +402,7 @@ OLD_FREE = ("core_gflops", "engine:ik_llama.cpp")
 BOUNDS = {"thread_gbs": (5.0, 40.0), "core_gelems": (5.0, 200.0), "core_gflops": (10.0, 1000.0),
           "compute": (0.05, 1.0), "numa_gain": (0.0, 1.0), "efficiency": (0.15, 0.95),
           "gpu_layer_us": (1.0, 100.0), "cpu_layer_us": (0.5, 50.0), "engine": (0.5, 6.0), "simd": (0.1, 10.0),
+          "gpu_half_rate_rows": (1.0, 1000.0),
           "expert": (0.2, 1.0)}
 # A row off by more than this factor counts as this much: rows the model cannot explain (page-cache thrashing
 # it does not see, another engine's kernels) must not steer the parameters that explain the others.
@@ -430,9 +437,10 @@ def _with_params(d: Device, params: SpeedParams, hw: Hardware, old: bool) -> Dev
     """``d`` (built by :func:`devices_for`) with ``params``' fitted values: what building it again under
     ``params`` would give, without parsing presets again on every trial of the fit."""
     if not d.is_host:
-        return replace(d, efficiency=params.efficiency.get(d.backend, d.efficiency),
-                       compute_efficiency=params.gpu_compute_efficiency.get(d.backend, d.compute_efficiency),
+        return replace(d, efficiency=gpu_efficiency(params, d.backend, d.label),
+                       compute_efficiency=compute_efficiency(params, d.backend, d.label),
                        expert_efficiency=params.gpu_expert_efficiency.get(d.backend, d.expert_efficiency),
+                       half_rate_rows=params.gpu_half_rate_rows,
                        layer_seconds=params.gpu_layer_us * 1e-6)
     klass = params.host_class(hw.channels, d.bandwidth)
     return replace(d, efficiency=params.efficiency.get(klass, d.efficiency), numa_gain=params.numa_gain,
@@ -464,7 +472,8 @@ def predict(case: Case, params: SpeedParams, old: bool) -> dict[str, float]:
 # included, and starting from it would leak each held-out source into its own prediction. Bandwidth
 # efficiencies: llama-bench tg128 tables (llama.cpp issue #34, discussion #4167); one core streams about 15 GB/s
 # and dequantises + dots tens of G elements/s; a GPU kernel launch is about 10 us, a CPU barrier a few; a GPU's
-# routed experts stream like its dense weights until the rows say otherwise. A CPU
+# routed experts stream like its dense weights until the rows say otherwise; GPU matrix kernels work in tiles of
+# 64-128 rows (llama.cpp's MMQ), so a multiplication of 32 rows is taken to run at half the large-batch rate. A CPU
 # vector class's prompt rate against the reference (AVX-512 VNNI, e.g. Zen 4's two 256-bit units): AVX2 and
 # AVX-512 without VNNI need about twice the instructions per int8 dot, Zen 5 has twice Zen 4's datapath width, and
 # Apple's four 128-bit NEON units with int8 dot instructions match the reference's width.
@@ -472,8 +481,10 @@ PRIOR_WEIGHT = 0.5
 PRIOR = {"efficiency:cuda": 0.70, "efficiency:rocm": 0.60, "efficiency:vulkan": 0.60, "efficiency:sycl": 0.50,
          "efficiency:metal": 0.60, "efficiency:cpu-desktop": 0.65, "efficiency:cpu-server": 0.65,
          "compute:cuda": 0.40, "compute:rocm": 0.40, "compute:vulkan": 0.40, "compute:sycl": 0.40,
-         "compute:metal": 0.40, "thread_gbs": 15.0, "core_gelems": 30.0, "core_gflops": 100.0, "numa_gain": 0.5,
-         "gpu_layer_us": 10.0, "cpu_layer_us": 5.0, "engine:ik_llama.cpp": 1.0,
+         "compute:metal": 0.40, **{f"compute:vulkan:{v}": 0.40 for v in GPU_VENDORS},
+         **{f"efficiency:vulkan:{v}": 0.60 for v in GPU_VENDORS},
+         "thread_gbs": 15.0, "core_gelems": 30.0, "core_gflops": 100.0, "numa_gain": 0.5,
+         "gpu_layer_us": 10.0, "cpu_layer_us": 5.0, "engine:ik_llama.cpp": 1.0, "gpu_half_rate_rows": 32.0,
          "simd:avx2": 0.5, "simd:avx512": 0.5, "simd:zen5": 2.0, "simd:neon": 1.0,
          **{f"expert:{b}": 1.0 for b in ("cuda", "rocm", "vulkan", "sycl", "metal")}}
 
@@ -523,20 +534,24 @@ def fit(cases: Sequence[Case], start: SpeedParams, keys: Sequence[str], old: boo
 
 def free_keys(cases: Sequence[Case], old: bool) -> list[str]:
     backends = sorted({b for c in cases for b in [c.hw.backend or ""] if b and c.hw.gpus})
+    gpus = backends if old else sorted({gpu_key(c.hw.backend, catalog().preset(g).label)  # type: ignore[union-attr]
+                                        for c in cases for g in c.hw.gpus if c.hw.backend})
     host = ["efficiency:cpu-desktop"] if old else ["efficiency:cpu-desktop", "efficiency:cpu-server"]
     simd = [] if old else sorted({f"simd:{c.hw.simd}" for c in cases if c.hw.simd and c.hw.simd != SIMD_REFERENCE})
     experts = [] if old else [f"expert:{b}" for b in backends]
-    return [*(f"efficiency:{b}" for b in backends), *(f"compute:{b}" for b in backends), *experts, *host,
+    return [*(f"efficiency:{k}" for k in gpus), *(f"compute:{k}" for k in gpus), *experts, *host,
             *(OLD_FREE if old else NEW_FREE), *simd]
 
 
 def old_params(p: SpeedParams) -> SpeedParams:
     """The pre-issue-9 structure: no thread cap, no compute term, no quant costs, the whole NUMA peak, one host
     efficiency (cpu-server tied to cpu-desktop)."""
-    eff = dict(p.efficiency)
+    eff = {k: v for k, v in p.efficiency.items() if ":" not in k}  # one per backend, not per vendor
     eff["cpu-server"] = eff["cpu-desktop"]
+    compute = {k: v for k, v in p.gpu_compute_efficiency.items() if ":" not in k}
     return replace(p, thread_gbs=0.0, core_gelems=0.0, numa_gain=1.0, cpu_quant_cost={}, gpu_quant_efficiency={},
-                   cpu_prefill_cost={}, efficiency=eff, gpu_layer_us=0.0, cpu_layer_us=0.0)
+                   cpu_prefill_cost={}, efficiency=eff, gpu_layer_us=0.0, cpu_layer_us=0.0, gpu_half_rate_rows=0.0,
+                   gpu_compute_efficiency=compute, gpu_expert_efficiency={})
 
 
 def _tie(p: SpeedParams, old: bool) -> SpeedParams:
@@ -672,10 +687,10 @@ def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, 
             "its prior when that source is held out;",
             "- a GPU's routed experts decode at one fitted efficiency per backend relative to its dense weights; "
             "expert size and count per layer (DeepSeek's 256 small experts against gpt-oss's 32) are not seen;",
-            "- GPU prompt rates are the presets' FP16 figures x one fitted efficiency per backend: RDNA3 (7900 XTX, "
-            "PRO W7800, Radeon 8060S) and Intel Arc figures count dual issue or matrix units that llama.cpp's "
-            "Vulkan kernels do not reach, so their prompts are predicted too fast, and prompt speed does not grow "
-            "with -ub on a GPU as the Qwen3-14B 7900 XTX series does;",
+            "- GPU prompt rates are the presets' FP16 figures x one fitted efficiency per backend (per vendor on "
+            "Vulkan) x rows / (rows + a fitted half-rate row count) per multiplication; the presets' FP16 figures "
+            "count different units per vendor and generation (tensor cores, RDNA3 dual issue, XMX), which one "
+            "efficiency per backend cannot undo within a vendor: RDNA3 and the two iGPUs stay predicted too fast;",
             "- ik399's GTX 1650 Super machine has 16 GB of RAM for a 15.3 GiB model: the page-cache thrashing its "
             "figures suggest is not predicted.", ""]
     if wrong:
@@ -774,7 +789,8 @@ def write_params(p: SpeedParams) -> None:
     doc["engine_cpu_factor"].update({k: round(v, 3) for k, v in p.engine_cpu_factor.items()})
     doc["cpu_simd_factor"].update({k: round(v, 3) for k, v in p.cpu_simd_factor.items()})
     doc["gpu_expert_efficiency"].update({k: round(v, 3) for k, v in p.gpu_expert_efficiency.items()})
-    for key in ("thread_gbs", "numa_gain", "core_gelems", "core_gflops", "gpu_layer_us", "cpu_layer_us"):
+    for key in ("thread_gbs", "numa_gain", "core_gelems", "core_gflops", "gpu_layer_us", "cpu_layer_us",
+                "gpu_half_rate_rows"):
         doc[key] = round(float(getattr(p, key)), 3)
     PARAMS.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 

@@ -64,6 +64,9 @@ class Device:
     # A GPU's decode bandwidth on routed experts relative to its dense weights: MUL_MAT_ID runs many small
     # per-expert matrices through indirect kernels, which stream below the dense rate on some backends.
     expert_efficiency: float = 1.0
+    # Tokens per matrix multiplication at which a GPU's prompt kernels reach half their large-batch rate (0: no
+    # such loss, the host): speed.gpu_flop_cost.
+    half_rate_rows: float = 0.0
     pool: int = 0  # unified memory: the whole pool the GPU shares with the host (its ``memory`` is the GPU's part)
     # The largest weight the backend accepts on this device (0: no limit). llama.cpp's loader keeps a larger one in
     # host memory even at -ngl 999, and an -ot sending it to the device aborts (Vulkan: maxStorageBufferRange).
@@ -180,6 +183,7 @@ class SpeedParams:
     # Prompt FLOP/s of one core by the CPU's vector class, relative to core_gflops (the AVX-512 VNNI class).
     cpu_simd_factor: Mapping[str, float] = field(default_factory=dict)
     gpu_expert_efficiency: Mapping[str, float] = field(default_factory=dict)  # per GPU backend (Device field)
+    gpu_half_rate_rows: float = 0.0  # Device.half_rate_rows of every GPU
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> SpeedParams:
@@ -196,6 +200,7 @@ class SpeedParams:
             engine_cpu_factor={k: float(v) for k, v in doc.get("engine_cpu_factor", {}).items()},
             cpu_simd_factor={k: float(v) for k, v in doc.get("cpu_simd_factor", {}).items()},
             gpu_expert_efficiency={k: float(v) for k, v in doc.get("gpu_expert_efficiency", {}).items()},
+            gpu_half_rate_rows=float(doc.get("gpu_half_rate_rows", 0.0)),
             cpu_prefill_cost={k.upper(): float(v) for k, v in doc.get("cpu_prefill_cost", {}).items()
                               if not k.startswith("_")},
         )
@@ -374,7 +379,7 @@ def _gpu_from_item(item: str, backend: str | None, cat: Catalog, params: SpeedPa
         link = link_bandwidth(preset.pcie, cat) if preset.pcie and not preset.unified else 0.0
         dev = Device(
             name="", backend=b, label=preset.label, memory=preset.memory, bandwidth=preset.bandwidth,
-            efficiency=params.efficiency.get(b, 0.6), power=preset.power, link_bandwidth=link,
+            efficiency=gpu_efficiency(params, b, preset.label), power=preset.power, link_bandwidth=link,
             link_assumed=bool(link),
             unified=preset.unified, flops=preset.flops, idle_power=0.1 * preset.power,
             pool=preset.total_memory if preset.unified else 0,
@@ -402,7 +407,7 @@ def _gpu_from_item(item: str, backend: str | None, cat: Catalog, params: SpeedPa
             notes.append(f"bandwidth not given: assumed {bw / GB:.0f} GB/s (write {m.group('size')}@GB/s)")
         power = float(gen.get("power_w", 200))
         dev = Device(
-            name="", backend=b, label=label, memory=size, bandwidth=bw, efficiency=params.efficiency.get(b, 0.6),
+            name="", backend=b, label=label, memory=size, bandwidth=bw, efficiency=gpu_efficiency(params, b, label),
             power=power, link_bandwidth=link_bandwidth(str(gen.get("pcie", "4.0x16")), cat), link_assumed=True,
             flops=float(gen.get("fp16_tflops", 50)) * 1e12, idle_power=0.1 * power, notes=tuple(notes),
             link_latency=cat.switch_latency.get("pcie", 2e-5), max_tensor=cat.max_tensor.get(b, 0),
@@ -417,11 +422,38 @@ def _gpu_from_item(item: str, backend: str | None, cat: Catalog, params: SpeedPa
     return dev.backend, dev
 
 
+# Backends that run on GPUs of several vendors: their kernels differ per vendor (Vulkan's cooperative-matrix paths,
+# memory subsystems from discrete GDDR to shared laptop LPDDR) and so do the quoted FP16 figures (NVIDIA's tensor
+# cores, AMD RDNA3's dual issue, Intel's XMX), so their bandwidth and prompt efficiencies are fitted per vendor.
+MULTI_VENDOR_BACKENDS = ("vulkan",)
+GPU_VENDORS = ("nvidia", "amd", "intel")
+
+
+def gpu_key(backend: str, label: str) -> str:
+    """A GPU's key in SpeedParams.efficiency and .gpu_compute_efficiency: the backend, with the vendor (the label's
+    first word) on a multi-vendor backend ("vulkan:amd")."""
+    vendor = (label.split() or [""])[0].lower()
+    return f"{backend}:{vendor}" if backend in MULTI_VENDOR_BACKENDS and vendor in GPU_VENDORS else backend
+
+
+def gpu_efficiency(params: SpeedParams, backend: str, label: str) -> float:
+    """A GPU's decode bandwidth efficiency: its vendor's on a multi-vendor backend, else its backend's."""
+    return params.efficiency.get(gpu_key(backend, label), params.efficiency.get(backend, 0.6))
+
+
+def compute_efficiency(params: SpeedParams, backend: str, label: str) -> float:
+    """A GPU's prompt efficiency: its vendor's on a multi-vendor backend, else its backend's (CUDA's when neither
+    is fitted)."""
+    eff = params.gpu_compute_efficiency
+    return eff.get(gpu_key(backend, label), eff.get(backend, eff.get("cuda", 0.4)))
+
+
 def _gpu_params(dev: Device, params: SpeedParams) -> Device:
     cost = tuple((t, 1.0 / e) for t, e in sorted(params.gpu_quant_efficiency.items()) if e > 0)
-    compute = params.gpu_compute_efficiency.get(dev.backend, params.gpu_compute_efficiency.get("cuda", 0.4))
+    compute = compute_efficiency(params, dev.backend, dev.label)
     return replace(dev, compute_efficiency=compute, quant_cost=cost, layer_seconds=params.gpu_layer_us * 1e-6,
-                   expert_efficiency=params.gpu_expert_efficiency.get(dev.backend, 1.0))
+                   expert_efficiency=params.gpu_expert_efficiency.get(dev.backend, 1.0),
+                   half_rate_rows=params.gpu_half_rate_rows)
 
 
 def parse_gpus(specs: Sequence[str], backend: str | None = None, cat: Catalog | None = None,

@@ -18,9 +18,12 @@ solver optimises: ``time = sum_i bytes_i / bandwidth(device_i) + boundary terms`
 Prefill runs a ubatch of ``n_ubatch`` tokens: a GPU reads each weight it holds once per ubatch and computes
 ``2 x elements x tokens`` FLOPs; weights in host memory are copied to the GPU for ops of at least 32 tokens
 (op offload, ``GGML_OP_OFFLOAD_MIN_BATCH``), since llama.cpp PR 15346 only the experts the ubatch uses;
-``--no-op-offload`` makes the CPU compute them instead. A prompt of ``n_prompt`` tokens at depth ``d`` (tokens
-already in the context, llama-bench ``-d``) runs in ubatches; each ubatch's attention reads the context before it,
-so its cost grows with the depth.
+``--no-op-offload`` makes the CPU compute them instead. A GPU's FLOPs of a multiplication over few rows cost more
+(:func:`gpu_flop_cost`: a small ubatch, or a routed expert that gets a few of its tokens). A prompt of
+``n_prompt`` tokens at depth ``d`` (tokens already in the context, llama-bench ``-d``) runs in ubatches; each
+ubatch's attention reads the context before it, so its cost grows with the depth. A decoded token's attention is
+the larger of reading the KV cache and computing over it (:func:`kv_seconds`; MLA's absorbed attention is
+compute-bound on a CPU at depth).
 
 The host is limited by memory AND compute: its effective bandwidth is peak x a platform-class efficiency, with
 NUMA nodes after the first counting part, capped at threads x what one thread draws
@@ -31,7 +34,7 @@ routed experts by a fitted expert efficiency per backend (small indirect MUL_MAT
 prompt FLOPs are costed by type with a table of their own (llama.cpp's batch kernels: repacking, sgemm).
 Host weights beyond the RAM available for llama.cpp thrash the page cache: they are read from disk again.
 
-Why one module of about 830 lines: the full estimate and the solver's linear objective (:func:`linear_seconds`)
+Why one module of about 900 lines: the full estimate and the solver's linear objective (:func:`linear_seconds`)
 must read the same terms (bytes and elements per tensor, device rates, link and copy rates, op offload); the
 planner once restated the prefill rules, and one module keeps them one copy. The accuracy report
 (``benchmarks/accuracy.py``) holds this one module to the published measurements.
@@ -252,7 +255,8 @@ class TensorCosts:
     """Per loaded tensor (``names`` order): what it costs wherever it is placed.
 
     ``decode_bytes``: bytes read per decode step at ``batch`` sequences; ``prefill_bytes``: bytes read (or
-    copied, when it sits in host memory under op offload) per ubatch; ``prefill_flops``: FLOPs per ubatch."""
+    copied, when it sits in host memory under op offload) per ubatch; ``prefill_flops``: FLOPs per ubatch;
+    ``prefill_rows``: tokens each of its matrix multiplications takes (:func:`gpu_flop_cost`)."""
 
     names: tuple[str, ...]
     decode_bytes: np.ndarray
@@ -260,6 +264,7 @@ class TensorCosts:
     prefill_flops: np.ndarray
     batch: int
     n_ubatch: int
+    prefill_rows: np.ndarray
 
     def decode_seconds(self, bandwidth: np.ndarray) -> float:
         """The linear part of the decode step time given each tensor's device bandwidth (bytes/s)."""
@@ -290,13 +295,26 @@ def device_seconds(nbytes: np.ndarray, elements: np.ndarray, device: Device, cos
 
 
 def _prefill_costs(table: TensorTable, routing: np.ndarray, ub: int, n_expert_used: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per tensor and ubatch of ``ub`` tokens: bytes read, FLOPs, and the tokens (rows) each of its matrix
+    multiplications takes: the whole ubatch for a dense weight, the ubatch's ``ub x k`` expert slots spread over
+    the distinct experts it uses for a routed one."""
     distinct = table.distinct(routing, ub)
-    read = np.where(table.is_expert, table.slice_bytes * distinct[table.block_index], table.nbytes)
+    per_block = distinct[table.block_index]
+    read = np.where(table.is_expert, table.slice_bytes * per_block, table.nbytes)
     read = np.where(table.is_embd, table.embd_row_bytes * ub, read)
     # Every token runs n_expert_used experts: expert FLOPs = 2 x slice elements x tokens x k; a lookup none.
     flops = np.where(table.is_expert, 2.0 * table.slice_elements * ub * n_expert_used, 2.0 * table.elements * ub)
-    return read, np.where(table.is_embd, 0.0, flops)
+    rows = np.where(table.is_expert, ub * n_expert_used / np.maximum(per_block, 1e-9), float(ub))
+    return read, np.where(table.is_embd, 0.0, flops), np.maximum(rows, 1.0)
+
+
+def gpu_flop_cost(device: Device, rows: np.ndarray) -> np.ndarray:
+    """What one FLOP of a matrix multiplication over ``rows`` tokens costs on ``device`` relative to a large
+    batch: a GPU's kernels work in tiles of many rows, so a multiplication of few rows (a small ubatch, or a
+    routed expert that gets a few of the ubatch's tokens) runs at ``rows / (rows + half_rate_rows)`` of the rate;
+    the host's are not costed by rows (1)."""
+    return 1.0 + device.half_rate_rows / rows
 
 
 def flops_rates(devices: Sequence[Device]) -> np.ndarray:
@@ -332,8 +350,8 @@ def tensor_costs(model: ModelDescription, cfg: RunConfig, profile: ExpertProbs |
     table = table or TensorTable.build(model)
     routing = _resolve_routing(model, table, profile)
     ub = context_shape(model, cfg).n_ubatch
-    read, flops = _prefill_costs(table, routing, ub, model.hparams.n_expert_used)
-    return TensorCosts(table.names, _decode_bytes(table, routing, batch), read, flops, batch, ub)
+    read, flops, rows = _prefill_costs(table, routing, ub, model.hparams.n_expert_used)
+    return TensorCosts(table.names, _decode_bytes(table, routing, batch), read, flops, batch, ub, rows)
 
 
 @dataclass(frozen=True)
@@ -361,20 +379,62 @@ def linear_seconds(model: ModelDescription, cfg: RunConfig, devices: Sequence[De
     rate = flops_rates(devices)
     decode = np.stack([device_seconds(tc.decode_bytes * table.expert_cost(d), elements, d, table.quant_cost(d))
                        for d in devices], axis=1)
-    work = np.stack([tc.prefill_flops * table.prefill_cost(d) for d in devices], axis=1)
+    work = np.stack([tc.prefill_flops * table.prefill_cost(d) * gpu_flop_cost(d, tc.prefill_rows) for d in devices],
+                    axis=1)
     prefill = np.maximum(tc.prefill_bytes[:, None] / eff[None, :], work / rate[None, :])
     gpu = next((i for i, d in enumerate(devices) if not d.is_host), None)
     host = next((i for i, d in enumerate(devices) if d.is_host), None)
     if gpu is not None and host is not None and op_offload_active(cfg, tc.n_ubatch, True):
         link = host_copy_bandwidth(devices[gpu], cfg)
         copy = tc.prefill_bytes / link if link else 0.0
-        prefill[:, host] = copy + tc.prefill_flops / rate[gpu]
+        prefill[:, host] = copy + tc.prefill_flops * gpu_flop_cost(devices[gpu], tc.prefill_rows) / rate[gpu]
     per_token = decode / batch + prompt_per_generated * prefill / tc.n_ubatch
-    kv = kv_read_bytes_per_layer(model, cfg, context_shape(model, cfg).n_ctx_seq)
-    return LinearCosts(tc.names, {n: i for i, n in enumerate(tc.names)}, per_token, kv[:, None] / eff[None, :])
+    n_ctx = context_shape(model, cfg).n_ctx_seq
+    kv = kv_seconds(kv_read_bytes_per_layer(model, cfg, n_ctx)[:, None],
+                    attention_flops_per_layer(model, n_ctx, table)[:, None], eff[None, :], rate[None, :])
+    return LinearCosts(tc.names, {n: i for i, n in enumerate(tc.names)}, per_token, kv)
 
 
 # --- KV reads ------------------------------------------------------------------------------------------------
+
+
+def attention_flops_per_position(model: ModelDescription, decode: bool) -> float:
+    """FLOPs of one token attending one cached position in one block: QK^T and PV, 2 x heads x (key + value
+    width). MLA decodes against the compressed latent with the projections absorbed (key kv_lora_rank + n_rot,
+    value kv_lora_rank), as llama.cpp and ik_llama.cpp do for single tokens: 128 heads share one 576-wide
+    latent, which makes DeepSeek's decode attention compute-bound on a CPU at depth."""
+    hp = model.hparams
+    if decode and hp.kv_lora_rank:
+        return 2.0 * hp.n_head * (2 * hp.kv_lora_rank + hp.n_rot)
+    return 2.0 * hp.n_head * (hp.head_dim_k + hp.head_dim_v)
+
+
+def _attention_layers(model: ModelDescription) -> list[tuple[int, bool]]:
+    """(block, sliding window) of every block with a KV cache."""
+    hp = model.hparams
+    return [(il, bool(hp.n_swa and il < len(hp.swa_layers) and hp.swa_layers[il]))
+            for il, layer in enumerate(model.layers) if layer.has_kv]
+
+
+def attention_flops_per_layer(model: ModelDescription, n_past: int, table: TensorTable | None = None
+                              ) -> np.ndarray:
+    """Decode attention FLOPs per block for one token at context position ``n_past`` (sliding-window blocks
+    attend at most their window); ``table`` remembers the per-block part across calls."""
+    memo = table.memo if table is not None else {}
+    if "attention" not in memo:
+        full = np.zeros(model.hparams.n_layer, dtype=np.float64)
+        swa = np.zeros(model.hparams.n_layer, dtype=np.float64)
+        per = attention_flops_per_position(model, decode=True)
+        for il, windowed in _attention_layers(model):
+            (swa if windowed else full)[il] = per
+        memo["attention"] = np.stack([full, swa])
+    full, swa = memo["attention"]
+    return full * n_past + swa * min(n_past, model.hparams.n_swa)
+
+
+def kv_seconds(kv_bytes: np.ndarray, attn_flops: np.ndarray, eff: np.ndarray, rate: np.ndarray) -> np.ndarray:
+    """Decode time of attention: the larger of reading the KV cache and computing over it, per device."""
+    return np.maximum(kv_bytes / eff, attn_flops / rate)
 
 
 def kv_read_bytes_per_layer(model: ModelDescription, cfg: RunConfig, n_past: int,
@@ -575,6 +635,7 @@ class DecodeWork:
     host_bytes: np.ndarray  # per tensor on the host
     host_work: np.ndarray  # per tensor on the host: elements x the CPU cost of its type (Q4_K elements)
     kv_bytes: np.ndarray  # per device
+    attn_flops: np.ndarray  # per device: attention FLOPs over the cached positions
     blocks: np.ndarray  # per device: blocks whose attention runs there (each costs the device's layer overhead)
     switch_seq: np.ndarray  # device indices along the layer sequence
     act_bytes: float
@@ -607,6 +668,7 @@ def _decode_work(pr: _Prepared, batch: int, n_past: int | None, paged_fraction: 
         expert_bytes=experts,
         host_bytes=nbytes[on_host], host_work=elements[on_host] * pr.cost[host][on_host],
         kv_bytes=np.bincount(kv_idx, weights=kv_layer, minlength=n),
+        attn_flops=np.bincount(kv_idx, weights=attention_flops_per_layer(model, pos, pr.table) * batch, minlength=n),
         blocks=np.bincount(np.array([names.index(pr.placement.layer_devices[b]) for b in pr.table.run_blocks],
                                     dtype=np.int64), minlength=n).astype(np.float64),
         switch_seq=_switch_sequence(pr),
@@ -630,7 +692,8 @@ def decode_from_work(w: DecodeWork, devices: Sequence[Device]) -> DecodeTime:
         read = w.host_bytes / eff[host]
         rate = hd.decode_rate
         weight_s[host] = float(np.sum(np.maximum(read, w.host_work / rate) if rate > 0 else read))
-    kv_s = w.kv_bytes / eff + w.blocks * np.array([d.layer_seconds for d in devices])
+    kv_s = kv_seconds(w.kv_bytes, w.attn_flops, eff, flops_rates(devices)) + w.blocks * np.array(
+        [d.layer_seconds for d in devices])
     switch_s = _switch_seconds(devices, w.switch_seq, w.act_bytes)
     # Weights beyond the RAM available thrash the page cache: a step's host reads miss it in that proportion
     # and come from disk again.
@@ -682,6 +745,9 @@ class PrefillWork:
     chunks: tuple[tuple[int, int], ...]  # (start position, tokens)
     read: Mapping[int, np.ndarray]  # ubatch size -> bytes read per device
     flops: Mapping[int, np.ndarray]  # ubatch size -> weight FLOPs per device (copied host weights on the GPU)
+    # ubatch size -> per device, the sum of each tensor's FLOPs over its rows: with flops, gpu_flop_cost summed
+    # (flops x (1 + half / rows) = flops + half x flops / rows)
+    flops_per_row: Mapping[int, np.ndarray]
     transfer: Mapping[int, float]  # ubatch size -> bytes copied from the host to the first GPU
     link_device: int  # the GPU host weights are copied to (-1: none)
     copy_factor: float  # the share of that link's pinned rate the copies reach (pageable with mmap)
@@ -699,22 +765,21 @@ def _prefill_work(pr: _Prepared, n_prompt: int | None = None, depth: int = 0) ->
     # Attention per KV block: QK^T and PV, 2 x H x d FLOPs per (token, attended position) each; a ubatch of u
     # tokens starting at position s attends u x (s + u/2) positions causally (at most the window on SWA blocks).
     hp = model.hparams
-    per_pair = 4.0 * hp.n_head * hp.head_dim_k
+    per_pair = attention_flops_per_position(model, decode=False)
     full = np.zeros(len(names))
     swa = np.zeros(len(names))
-    for il, layer in enumerate(model.layers):
-        if layer.has_kv:
-            d = host_i if cfg.no_kv_offload else names.index(pr.placement.layer_devices[il])
-            windowed = hp.n_swa and il < len(hp.swa_layers) and hp.swa_layers[il]
-            (swa if windowed else full)[d] += per_pair
+    for il, windowed in _attention_layers(model):
+        d = host_i if cfg.no_kv_offload else names.index(pr.placement.layer_devices[il])
+        (swa if windowed else full)[d] += per_pair
     chunks = tuple(_chunks(n_prompt, n_ubatch, depth))
     read: dict[int, np.ndarray] = {}
     flops: dict[int, np.ndarray] = {}
+    flops_per_row: dict[int, np.ndarray] = {}
     transfer: dict[int, float] = {}
     for _, u in chunks:
         if u in read:
             continue
-        prefill_bytes, prefill_flops = _prefill_costs(table, pr.routing, u, hp.n_expert_used)
+        prefill_bytes, prefill_flops, rows = _prefill_costs(table, pr.routing, u, hp.n_expert_used)
         compute_idx = idx
         transfer[u] = 0.0
         if op_offload_active(cfg, u, bool(gpus)):
@@ -728,8 +793,9 @@ def _prefill_work(pr: _Prepared, n_prompt: int | None = None, depth: int = 0) ->
         on_host = compute_idx == host_i
         prefill_flops = np.where(on_host, prefill_flops * pr.table.prefill_cost(devs[HOST]), prefill_flops)
         flops[u] = np.bincount(compute_idx, weights=prefill_flops, minlength=len(names))
+        flops_per_row[u] = np.bincount(compute_idx, weights=prefill_flops / rows, minlength=len(names))
     return PrefillWork(names=tuple(names), n_ubatch=n_ubatch, n_tokens=n_prompt, depth=depth, chunks=chunks,
-                       read=read, flops=flops, transfer=transfer,
+                       read=read, flops=flops, flops_per_row=flops_per_row, transfer=transfer,
                        link_device=names.index(gpus[0]) if gpus else -1,
                        copy_factor=copy_factor(cfg), attn_full=full, attn_swa=swa,
                        n_swa=hp.n_swa)
@@ -741,13 +807,14 @@ def prefill_from_work(w: PrefillWork, devices: Sequence[Device]) -> PrefillTime:
     first GPU's link under op offload (at the pageable rate with mmap, :func:`host_copy_bandwidth`)."""
     eff = np.array([d.effective_bandwidth for d in devices])
     rate = flops_rates(devices)
+    half = np.array([d.half_rate_rows for d in devices])
     link = devices[w.link_device].link_bandwidth * w.copy_factor if w.link_device >= 0 else 0.0
     per_dev = np.zeros(len(w.names))
     transfer_s = transfer_b = 0.0
     for start, u in w.chunks:
         attended = start + u / 2
         attn = u * (w.attn_full * attended + w.attn_swa * min(attended, w.n_swa or attended))
-        per_dev += np.maximum(w.read[u] / eff, (w.flops[u] + attn) / rate)
+        per_dev += np.maximum(w.read[u] / eff, (w.flops[u] + half * w.flops_per_row[u] + attn) / rate)
         transfer_b += w.transfer[u]
         transfer_s += w.transfer[u] / link if link else 0.0
     return PrefillTime(

@@ -286,3 +286,23 @@ def test_cpu_vector_class_sets_the_host_prompt_rate() -> None:
     assert params.cpu_simd_factor["avx512-vnni"] == 1.0  # the reference class core_gflops is fitted in
     with pytest.raises(MoeplaceError, match=r"unknown CPU vector class 'sse2'.*avx2"):
         host_device(64 * GIB, "ddr5-6000x2", threads=16, cores=16, simd="sse2")
+
+
+def test_multi_vendor_backends_take_the_vendors_efficiencies() -> None:
+    """Vulkan runs NVIDIA, AMD and Intel GPUs with different kernels and FP16 conventions: a vendor's fitted
+    efficiencies apply where present, the backend's otherwise; single-vendor backends keep theirs."""
+    from moeplace.hardware import gpu_key
+
+    assert gpu_key("vulkan", "NVIDIA GeForce RTX 3090") == "vulkan:nvidia"
+    assert gpu_key("vulkan", "AMD Radeon RX 7900 XTX") == "vulkan:amd"
+    assert gpu_key("vulkan", "Mesa lavapipe") == "vulkan"
+    assert gpu_key("cuda", "NVIDIA GeForce RTX 3090") == "cuda"
+    base = speed_params()
+    params = replace(base, efficiency={**base.efficiency, "vulkan": 0.5, "vulkan:amd": 0.3},
+                     gpu_compute_efficiency={**base.gpu_compute_efficiency, "vulkan": 0.45, "vulkan:amd": 0.2})
+    params = replace(params, efficiency={k: v for k, v in params.efficiency.items() if k != "vulkan:nvidia"},
+                     gpu_compute_efficiency={k: v for k, v in params.gpu_compute_efficiency.items()
+                                             if k != "vulkan:nvidia"})
+    amd, nvidia = parse_gpus(["rx7900xtx", "rtx3090"], "vulkan", params=params)
+    assert (amd.efficiency, amd.compute_efficiency) == (0.3, 0.2)
+    assert (nvidia.efficiency, nvidia.compute_efficiency) == (0.5, 0.45)

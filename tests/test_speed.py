@@ -246,6 +246,32 @@ def test_gpu_expert_efficiency_slows_only_routed_experts_and_the_solver_sees_it(
     assert replace(devs["CPU"], expert_efficiency=0.5).expert_cost == 1.0  # the host's experts are its bytes
 
 
+def test_gpu_prompt_kernels_lose_rate_on_few_rows(models: dict[str, ModelDescription]) -> None:
+    """Each FLOP of a multiplication over r tokens costs 1 + half_rate_rows / r on a GPU (speed.gpu_flop_cost): a
+    routed expert gets ub x k / (distinct experts) of a ubatch's tokens, a dense weight all of them. The prompt
+    estimate and the solver's per-tensor costs grow by the same amount."""
+    m = models["qwen3-30b-a3b"]
+    devs = free_switch_devices(gpu_bw=1e18)  # compute-bound
+    half = 48.0
+    slow = {**devs, "CUDA0": replace(devs["CUDA0"], half_rate_rows=half)}
+    p = all_on(m, "CUDA0")
+    cfg = RunConfig(n_ubatch=512)
+    extra = (prefill_time(m, p, cfg, slow).seconds_by_device["CUDA0"]
+             - prefill_time(m, p, cfg, devs).seconds_by_device["CUDA0"])
+    tc = tensor_costs(m, cfg)
+    rows = dict(zip(tc.names, tc.prefill_rows))
+    hp = m.hparams
+    expert = next(n for n in tc.names if "ffn_up_exps" in n)
+    distinct = expected_distinct(np.full(hp.n_expert, hp.n_expert_used / hp.n_expert), 512)
+    assert rows[expert] == pytest.approx(512 * hp.n_expert_used / distinct)
+    assert rows["blk.0.attn_q.weight"] == 512
+    rate = devs["CUDA0"].flops * devs["CUDA0"].compute_efficiency
+    assert extra == pytest.approx(half * float(np.sum(tc.prefill_flops / tc.prefill_rows)) / rate, rel=1e-9)
+    lin = [linear_seconds(m, cfg, [d["CUDA0"], d["CPU"]], prompt_per_generated=1).seconds[:, 0].sum()
+           for d in (devs, slow)]
+    assert (lin[1] - lin[0]) * tc.n_ubatch == pytest.approx(extra, rel=1e-9)
+
+
 # --- prefill ------------------------------------------------------------------------------------------------------
 
 
