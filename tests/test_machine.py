@@ -363,6 +363,8 @@ def test_cpu_simd_reads_cpuinfo(tmp_path: Path, vendor: str, family: str, name: 
 
 
 def test_cpu_simd_arm_and_missing(tmp_path: Path) -> None:
-    assert machine.cpu_simd(tmp_path) == ""  # no cpuinfo (macOS, Windows): the reference class
+    assert machine.cpu_simd(tmp_path, "win32", "AMD64") == ""  # no cpuinfo, nothing known: the reference class
+    assert machine.cpu_simd(tmp_path, "darwin", "arm64") == "neon"  # Apple silicon
+    assert machine.cpu_simd(tmp_path, "darwin", "x86_64") == ""
     (tmp_path / "cpuinfo").write_text("processor\t: 0\nBogoMIPS\t: 48.00\nFeatures\t: fp asimd evtstrm aes asimddp\n")
     assert machine.cpu_simd(tmp_path) == "neon"

@@ -4,8 +4,10 @@ probe."""
 from __future__ import annotations
 
 import os
+import platform
 import re
 import struct
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,14 +55,15 @@ def cpu_topology(sys_root: Path = Path("/sys")) -> tuple[int, int]:
     return threads, max(1, len(cores))
 
 
-def cpu_simd(proc: Path = Path("/proc")) -> str:
+def cpu_simd(proc: Path = Path("/proc"), system: str = sys.platform, machine: str = platform.machine()) -> str:
     """The CPU's vector class (:meth:`moeplace.hardware.SpeedParams.simd_factor`) from /proc/cpuinfo's flags: AMD
     family 26 (Zen 5) with AVX-512 is zen5 except the Ryzen AI 300 laptop parts, whose AVX-512 runs on 256-bit
-    units; "" where the file is missing or says nothing known (the reference class is assumed)."""
+    units. Without /proc (macOS) an arm64 machine is neon; "" where nothing known is said (the reference class is
+    assumed)."""
     try:
         text = (proc / "cpuinfo").read_text(errors="replace")
     except OSError:
-        return ""
+        return "neon" if system == "darwin" and machine in ("arm64", "aarch64") else ""
     fields: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
