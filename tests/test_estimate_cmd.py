@@ -279,3 +279,19 @@ def test_a_pasted_line_that_runs_no_llama_cpp_program_is_named(words: list[str])
     """The first word is neither a model nor a llama.cpp program: the error names it, not a flag after it."""
     code, out = run("--vram", "8G", "--", *words)
     assert code == 2 and f"'{words[0]}' is neither a model file nor a llama.cpp program" in out, out
+
+
+def test_cpu_class_sets_the_host_prompt_rate(paths: dict[str, Path]) -> None:
+    """--cpu-class states the vector class of a host that is not this machine: CPU-only prompts scale by the
+    class's factor (compute-bound at 16 threads on a fast memory), decode does not change."""
+    from moeplace.hardware import speed_params
+
+    base = [str(paths["qwen3-30b-a3b"]), "--gpu", "none", "--ram", "64G", "--ram-bw", "ddr5-6000x12", "-t", "16",
+            "--cores", "16"]
+    ref, avx2 = (_json(*base, "--cpu-class", c) for c in ("avx512-vnni", "avx2"))
+    factor = speed_params().cpu_simd_factor["avx2"]
+    assert avx2["prefill"]["tokens_per_second"] == pytest.approx(ref["prefill"]["tokens_per_second"] * factor,
+                                                                  rel=0.02)
+    assert avx2["decode"]["tokens_per_second"] == ref["decode"]["tokens_per_second"]
+    r = CliRunner().invoke(estimate, [*base, "--cpu-class", "sse2"])
+    assert r.exit_code == 2 and "sse2" in r.output

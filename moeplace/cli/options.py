@@ -124,8 +124,8 @@ def context_options(ctx_help: str = "Context size in tokens (0 = the model's tra
 
 def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ram_bw: str | None,
                  calibration: Path | None = None, *, threads: int | None = None, cores: int | None = None,
-                 numa_nodes: int = 1, available: int | None = None, links: tuple[str, ...] = ()
-                 ) -> dict[str, Device]:
+                 numa_nodes: int = 1, available: int | None = None, links: tuple[str, ...] = (),
+                 simd: str | None = None) -> dict[str, Device]:
     """The host and the GPUs the options describe, keyed by llama.cpp buffer name, with the measured bandwidths
     of a calibration file applied. What the options leave out is detected on this machine (moeplace.machine),
     and the 'detected:' line and its assumptions go to stderr; a flag always wins over detection."""
@@ -175,7 +175,7 @@ def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ra
         if ram is None and available is None and host_ram is not None:
             available = host_ram  # already what is available, not the total
     host = host_device(host_ram, host_bw, gpu_devs, threads=threads, cores=cores, numa_nodes=numa_nodes,
-                       available=available, simd=found.simd if found is not None else "")
+                       available=available, simd=simd or (found.simd if found is not None else ""))
     devices = device_set(gpu_devs, host)
     return devices if calibration is None else apply_calibration(devices, load_calibration(calibration))
 
