@@ -678,10 +678,10 @@ def _decode_work(pr: _Prepared, batch: int, n_past: int | None, paged_fraction: 
 def decode_from_work(w: DecodeWork, devices: Sequence[Device]) -> DecodeTime:
     """The decode step's time on ``devices`` (in ``w.names`` order): on the host each tensor takes the larger
     of reading it and computing it, a GPU reads its bytes scaled by its kernels' cost per type (and routed
-    experts by its expert cost); KV reads at
-    each device's bandwidth plus a fixed cost per block (kernel launches and thread barriers, counted with the
-    attention), a fixed cost per device switch, and host weights beyond the available RAM read again from disk
-    (page-cache thrashing)."""
+    experts by its expert cost); attention takes the larger of reading the KV cache at each device's bandwidth
+    and computing over it (:func:`kv_seconds`), plus a fixed cost per block (kernel launches and thread
+    barriers); then a fixed cost per device switch, and host weights beyond the available RAM read again from
+    disk (page-cache thrashing)."""
     names = w.names
     host = names.index(HOST)
     eff = np.array([d.effective_bandwidth for d in devices])
