@@ -45,18 +45,16 @@ from gguf import GGMLQuantizationType as QT
 from moeplace.cli.estimate_cmd import build_placement
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import (
-    GB,
     GPU_VENDORS,
     SIMD_REFERENCE,
     Device,
     SpeedParams,
     catalog,
-    compute_efficiency,
     for_engine,
-    gpu_efficiency,
     gpu_key,
+    gpu_params,
     host_device,
-    host_flops,
+    host_params,
     parse_gpus,
     speed_params,
 )
@@ -436,16 +434,7 @@ def _bounds(key: str) -> tuple[float, float]:
 def _with_params(d: Device, params: SpeedParams, hw: Hardware, old: bool) -> Device:
     """``d`` (built by :func:`devices_for`) with ``params``' fitted values: what building it again under
     ``params`` would give, without parsing presets again on every trial of the fit."""
-    if not d.is_host:
-        return replace(d, efficiency=gpu_efficiency(params, d.backend, d.label),
-                       compute_efficiency=compute_efficiency(params, d.backend, d.label),
-                       expert_efficiency=params.gpu_expert_efficiency.get(d.backend, d.expert_efficiency),
-                       half_rate_rows=params.gpu_half_rate_rows,
-                       layer_seconds=params.gpu_layer_us * 1e-6)
-    klass = params.host_class(hw.channels, d.bandwidth)
-    return replace(d, efficiency=params.efficiency.get(klass, d.efficiency), numa_gain=params.numa_gain,
-                   thread_bandwidth=params.thread_gbs * GB, core_rate=params.core_gelems * 1e9,
-                   flops=host_flops(d, params), layer_seconds=params.cpu_layer_us * 1e-6)
+    return host_params(d, params, hw.channels) if d.is_host else gpu_params(d, params)
 
 
 def predict(case: Case, params: SpeedParams, old: bool) -> dict[str, float]:

@@ -436,22 +436,28 @@ def gpu_key(backend: str, label: str) -> str:
     return f"{backend}:{vendor}" if backend in MULTI_VENDOR_BACKENDS and vendor in GPU_VENDORS else backend
 
 
+def _per_gpu(table: Mapping[str, float], backend: str, label: str, default: float) -> float:
+    """A GPU's entry in a parameter table: its vendor's on a multi-vendor backend, else its backend's."""
+    return table.get(gpu_key(backend, label), table.get(backend, default))
+
+
 def gpu_efficiency(params: SpeedParams, backend: str, label: str) -> float:
-    """A GPU's decode bandwidth efficiency: its vendor's on a multi-vendor backend, else its backend's."""
-    return params.efficiency.get(gpu_key(backend, label), params.efficiency.get(backend, 0.6))
+    """A GPU's decode bandwidth efficiency."""
+    return _per_gpu(params.efficiency, backend, label, 0.6)
 
 
 def compute_efficiency(params: SpeedParams, backend: str, label: str) -> float:
-    """A GPU's prompt efficiency: its vendor's on a multi-vendor backend, else its backend's (CUDA's when neither
-    is fitted)."""
-    eff = params.gpu_compute_efficiency
-    return eff.get(gpu_key(backend, label), eff.get(backend, eff.get("cuda", 0.4)))
+    """A GPU's prompt efficiency (CUDA's where neither its vendor's nor its backend's is fitted)."""
+    return _per_gpu(params.gpu_compute_efficiency, backend, label, params.gpu_compute_efficiency.get("cuda", 0.4))
 
 
-def _gpu_params(dev: Device, params: SpeedParams) -> Device:
+def gpu_params(dev: Device, params: SpeedParams) -> Device:
+    """``dev`` with the fitted speed parameters of its backend (and vendor, :func:`gpu_key`): what
+    :func:`parse_gpus` gives every GPU, and what benchmarks/accuracy.py varies while fitting."""
     cost = tuple((t, 1.0 / e) for t, e in sorted(params.gpu_quant_efficiency.items()) if e > 0)
-    compute = compute_efficiency(params, dev.backend, dev.label)
-    return replace(dev, compute_efficiency=compute, quant_cost=cost, layer_seconds=params.gpu_layer_us * 1e-6,
+    return replace(dev, efficiency=gpu_efficiency(params, dev.backend, dev.label),
+                   compute_efficiency=compute_efficiency(params, dev.backend, dev.label), quant_cost=cost,
+                   layer_seconds=params.gpu_layer_us * 1e-6,
                    expert_efficiency=params.gpu_expert_efficiency.get(dev.backend, 1.0),
                    half_rate_rows=params.gpu_half_rate_rows)
 
@@ -471,7 +477,7 @@ def parse_gpus(specs: Sequence[str], backend: str | None = None, cat: Catalog | 
     out = []
     for item in items:
         b, dev = _gpu_from_item(item, backend, cat, params)
-        dev = _gpu_params(dev, params)
+        dev = gpu_params(dev, params)
         if b != "rpc":
             n = counters.get(b, 0)
             counters[b] = n + 1
@@ -601,17 +607,24 @@ def host_device(ram: int | None = None, ram_bw: str | float | None = None, gpus:
         if int(ram) > reserve:
             notes.append(f"RAM available not given: assumed {format_size(available)} ({format_size(reserve)} "
                          "for the OS and other programs; give --ram-avail)")
-    klass = params.host_class(channels, bw)
     host = Device(
         name=HOST, backend="cpu", label="system RAM" + (" (unified)" if unified else ""), memory=int(ram),
-        bandwidth=bw, efficiency=params.efficiency.get(klass, 0.65), power=cat.cpu_power, link_bandwidth=0.0,
+        bandwidth=bw, efficiency=0.0, power=cat.cpu_power, link_bandwidth=0.0,  # efficiency: host_params
         unified=unified is not None, idle_power=0.15 * cat.cpu_power, notes=tuple(notes),
         threads=int(threads), cores=int(cores or 0), numa_nodes=max(1, int(numa_nodes)),
-        numa_gain=params.numa_gain, thread_bandwidth=params.thread_gbs * GB, core_rate=params.core_gelems * 1e9,
         quant_cost=tuple(sorted(params.cpu_quant_cost.items())), available=int(available),
-        prefill_cost=tuple(sorted(params.cpu_prefill_cost.items())),
-        layer_seconds=params.cpu_layer_us * 1e-6, simd=simd,
+        prefill_cost=tuple(sorted(params.cpu_prefill_cost.items())), simd=simd,
     )
+    return host_params(host, params, channels)
+
+
+def host_params(host: Device, params: SpeedParams, channels: int) -> Device:
+    """``host`` with the fitted speed parameters of its platform class (``channels`` memory channels): what
+    :func:`host_device` gives every host, and what benchmarks/accuracy.py varies while fitting."""
+    klass = params.host_class(channels, host.bandwidth)
+    host = replace(host, efficiency=params.efficiency.get(klass, 0.65), numa_gain=params.numa_gain,
+                   thread_bandwidth=params.thread_gbs * GB, core_rate=params.core_gelems * 1e9,
+                   layer_seconds=params.cpu_layer_us * 1e-6)
     return replace(host, flops=host_flops(host, params))
 
 

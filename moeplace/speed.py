@@ -656,7 +656,8 @@ def _decode_work(pr: _Prepared, batch: int, n_past: int | None, paged_fraction: 
         on = pr.idx == i
         if i != host and np.any(on):
             scaled[i] = float(np.sum(nbytes[on] * pr.cost[i][on]))
-            experts[i] = float(np.sum((nbytes * pr.cost[i])[on & pr.table.is_expert]))
+            ex = on & pr.table.is_expert
+            experts[i] = float(np.sum(nbytes[ex] * pr.cost[i][ex]))
     on_host = pr.idx == host
     shape = context_shape(model, cfg)
     pos = shape.n_ctx_seq if n_past is None else max(0, min(n_past, shape.n_ctx_seq))

@@ -146,7 +146,7 @@ def detect(*, gpus: bool = True, measure: bool = False, path: str | None = None,
     threads, cores = cpu_topology(sys_root)
     bw, bw_notes = detect_ram_bandwidth(measure, sys_root / "firmware/dmi/tables/DMI", threads)
     return Machine(tuple(found), total, avail, threads, cores, numa_nodes(sys_root), bw, tuple(notes + bw_notes),
-                   searched_gpus=gpus, simd=cpu_simd(proc))
+                   searched_gpus=gpus, simd=cpu_simd(proc, platform))
 
 
 def gpu_devices(machine: Machine, backend: str | None = None, cat: Catalog | None = None) -> tuple[Device, ...]:
