@@ -664,8 +664,6 @@ def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, 
             "a ratio moves by up to about 25%, which decides the closest pairs;",
             "- host decode at few threads is capped at threads x one fitted per-thread bandwidth for every CPU: "
             "ik164's 2-thread Q8_0 decode on the 7950X is predicted faster than measured;",
-            "- GPU decode of MoE models (gpt-oss, Qwen3-30B-A3B) is slower than bytes over bandwidth plus one "
-            "per-block cost: small-batch expert kernels are not modelled per backend;",
             "- hwc-3090-gptoss120b-*: a 64 GB host decoding at 1-2 tok/s; the RAM the rows state fits the host's "
             "share, so the page-cache thrashing the figures suggest is not predicted;",
             "- ik_llama.cpp rows differ by flags that change the work (-mla, -fmoe, -amb, -ser), not only by CPU "
