@@ -42,9 +42,10 @@ planner once restated the prefill rules, and one module keeps them one copy. The
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
+from typing import Any
 
 import numpy as np
 
@@ -81,6 +82,8 @@ PAGEABLE_COPY_FACTOR = 0.55
 
 _ROLE_CODE = {role: i for i, role in enumerate(Role)}
 _EMBD, _EXPERT = _ROLE_CODE[Role.TOKEN_EMBD], _ROLE_CODE[Role.ROUTED_EXPERT]
+# Routing matrices whose derived arrays a TensorTable keeps (a solver uses one, a routing sweep a few).
+ROUTED_MEMO = 8
 
 
 class SpeedError(MoeplaceError):
@@ -136,9 +139,9 @@ class TensorTable:
     type_names: tuple[str, ...]  # the ggml types present ...
     type_code: np.ndarray  # ... and each tensor's index into them
     embd_row_elements: np.ndarray  # elements of one row of the token embedding (0 for other tensors)
-    # Memo of what repeats across estimates of one model: distinct experts under uniform routing per token
-    # count, and per-type cost arrays per device cost table.
-    memo: dict[object, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    # Memo of what repeats across estimates of one model: what a routing matrix implies per token count
+    # (:meth:`routed`), per-type cost arrays per device cost table, the KV per layer per run configuration.
+    memo: dict[object, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, model: ModelDescription) -> TensorTable:
@@ -204,14 +207,27 @@ class TensorTable:
         prefill (:func:`linear_seconds`) apply."""
         return self._cost(device.prefill_cost if device.is_host else ())
 
+    def routed(self, routing: np.ndarray, key: object, make: Callable[[], Any]) -> Any:
+        """``make()``, remembered per routing matrix and ``key``: a solver or a fit estimates many placements under
+        one matrix. A matrix is recognised by identity (it is kept here, so its id cannot be reused; callers never
+        change one in place), for the last :data:`ROUTED_MEMO` matrices; the values are read-only."""
+        cache = self.memo.setdefault("routed", {})
+        entry = cache.get(id(routing))
+        if entry is None or entry[0] is not routing:
+            if len(cache) >= ROUTED_MEMO:
+                cache.pop(next(iter(cache)))
+            entry = cache[id(routing)] = (routing, {})
+        values = entry[1]
+        if key not in values:
+            value = make()
+            for a in value if isinstance(value, tuple) else (value,):
+                a.flags.writeable = False
+            values[key] = value
+        return values[key]
+
     def distinct(self, routing: np.ndarray, tokens: float) -> np.ndarray:
-        """:func:`distinct_by_block`, remembered for the uniform routing matrix."""
-        if routing is not self.uniform:
-            return distinct_by_block(routing, tokens)
-        key = ("distinct", tokens)
-        if key not in self.memo:
-            self.memo[key] = distinct_by_block(routing, tokens)
-        return self.memo[key]
+        """:func:`distinct_by_block`, remembered per routing matrix (:meth:`routed`)."""
+        return self.routed(routing, ("distinct", tokens), lambda: distinct_by_block(routing, tokens))
 
 
 def routing_matrix(model: ModelDescription, profile: ExpertProbs | np.ndarray | None) -> np.ndarray:
@@ -272,15 +288,19 @@ class TensorCosts:
 
 
 def _decode_bytes(table: TensorTable, routing: np.ndarray, batch: int) -> np.ndarray:
-    distinct = table.distinct(routing, batch)
-    out = np.where(table.is_expert, table.slice_bytes * distinct[table.block_index], table.nbytes)
-    return np.where(table.is_embd, table.embd_row_bytes * batch, out)
+    def make() -> np.ndarray:
+        distinct = table.distinct(routing, batch)
+        out = np.where(table.is_expert, table.slice_bytes * distinct[table.block_index], table.nbytes)
+        return np.where(table.is_embd, table.embd_row_bytes * batch, out)
+    return table.routed(routing, ("decode_bytes", batch), make)
 
 
 def _decode_elements(table: TensorTable, routing: np.ndarray, batch: int) -> np.ndarray:
-    distinct = table.distinct(routing, batch)
-    out = np.where(table.is_expert, table.slice_elements * distinct[table.block_index], table.elements)
-    return np.where(table.is_embd, table.embd_row_elements * batch, out)
+    def make() -> np.ndarray:
+        distinct = table.distinct(routing, batch)
+        out = np.where(table.is_expert, table.slice_elements * distinct[table.block_index], table.elements)
+        return np.where(table.is_embd, table.embd_row_elements * batch, out)
+    return table.routed(routing, ("decode_elements", batch), make)
 
 
 def device_seconds(nbytes: np.ndarray, elements: np.ndarray, device: Device, cost: np.ndarray) -> np.ndarray:
@@ -299,14 +319,17 @@ def _prefill_costs(table: TensorTable, routing: np.ndarray, ub: int, n_expert_us
     """Per tensor and ubatch of ``ub`` tokens: bytes read, FLOPs, and the tokens (rows) each of its matrix
     multiplications takes: the whole ubatch for a dense weight, the ubatch's ``ub x k`` expert slots spread over
     the distinct experts it uses for a routed one."""
-    distinct = table.distinct(routing, ub)
-    per_block = distinct[table.block_index]
-    read = np.where(table.is_expert, table.slice_bytes * per_block, table.nbytes)
-    read = np.where(table.is_embd, table.embd_row_bytes * ub, read)
-    # Every token runs n_expert_used experts: expert FLOPs = 2 x slice elements x tokens x k; a lookup none.
-    flops = np.where(table.is_expert, 2.0 * table.slice_elements * ub * n_expert_used, 2.0 * table.elements * ub)
-    rows = np.where(table.is_expert, ub * n_expert_used / np.maximum(per_block, 1e-9), float(ub))
-    return read, np.where(table.is_embd, 0.0, flops), np.maximum(rows, 1.0)
+    def make() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        distinct = table.distinct(routing, ub)
+        per_block = distinct[table.block_index]
+        read = np.where(table.is_expert, table.slice_bytes * per_block, table.nbytes)
+        read = np.where(table.is_embd, table.embd_row_bytes * ub, read)
+        # Every token runs n_expert_used experts: expert FLOPs = 2 x slice elements x tokens x k; a lookup none.
+        flops = np.where(table.is_expert, 2.0 * table.slice_elements * ub * n_expert_used,
+                         2.0 * table.elements * ub)
+        rows = np.where(table.is_expert, ub * n_expert_used / np.maximum(per_block, 1e-9), float(ub))
+        return read, np.where(table.is_embd, 0.0, flops), np.maximum(rows, 1.0)
+    return table.routed(routing, ("prefill", ub, n_expert_used), make)
 
 
 def gpu_flop_cost(device: Device, rows: np.ndarray) -> np.ndarray:
@@ -875,7 +898,10 @@ def _parts(model: ModelDescription, placement: Placement, cfg: RunConfig, devs: 
     pr = _prepare(model, placement, cfg, devs, profile, table)
     weights = np.bincount(pr.idx, weights=pr.table.nbytes, minlength=len(pr.names))
     host_experts = bool(np.any((pr.idx == pr.names.index(HOST)) & (pr.table.role == _EXPERT)))
-    layers = kv_bytes_per_layer(model, cfg)
+    memo = pr.table.memo
+    if ("kv_layers", cfg) not in memo:
+        memo["kv_layers", cfg] = kv_bytes_per_layer(model, cfg)
+    layers = memo["kv_layers", cfg]
     mem = memory_by_device(model, placement, cfg, devs,
                            weights={n: int(weights[i]) for i, n in enumerate(pr.names) if weights[i]},
                            host_experts=host_experts, kv_layers=layers)
@@ -885,7 +911,10 @@ def _parts(model: ModelDescription, placement: Placement, cfg: RunConfig, devs: 
     if n_past is None and depth is not None:
         n_past = depth
     pos = shape.n_ctx_seq if n_past is None else max(0, min(n_past, shape.n_ctx_seq))
-    kv_read = kv_read_bytes_per_layer(model, cfg, pos, layers)
+    if ("kv_read", cfg, pos) not in memo:
+        memo["kv_read", cfg, pos] = kv_read_bytes_per_layer(model, cfg, pos, layers)
+        memo["kv_read", cfg, pos].flags.writeable = False
+    kv_read = memo["kv_read", cfg, pos]
     return _Parts(pr, mem, fits, host, shape, pos, kv_read, _decode_work(pr, 1, pos, host.paged_fraction, kv_read),
                   _prefill_work(pr, n_prompt, depth or 0))
 

@@ -191,6 +191,34 @@ def test_skewed_routing_touches_fewer_experts_in_a_batch(models: dict[str, Model
     assert many_s.decode_bytes[expert].sum() < many_u.decode_bytes[expert].sum()
 
 
+def test_table_memo_follows_the_routing_matrix_and_run_config(models: dict[str, ModelDescription]) -> None:
+    """A shared TensorTable remembers what each routing matrix and run configuration imply: a second matrix
+    or configuration gets its own figures (the same as a fresh table's), the remembered arrays cannot be
+    changed in place, and only the last few matrices are kept."""
+    from moeplace.speed import ROUTED_MEMO, routing_matrix
+
+    m = models["qwen3-30b-a3b"]
+    hp = m.hparams
+    rng = np.random.default_rng(5)
+    devs = free_switch_devices()
+    p = layer_placement(m, ("CUDA0",) * hp.n_layer, "CUDA0",
+                        {t.name: "CPU" for t in m.tensors if t.role is Role.ROUTED_EXPERT})
+    table = TensorTable.build(m)
+    matrices = [routing_matrix(m, {layer.index: rng.zipf(1.3 + i / 4, hp.n_expert).astype(float)
+                                   for layer in m.layers if layer.moe}) for i in range(ROUTED_MEMO + 2)]
+    for cfg in (RunConfig(), RunConfig(n_ctx=16384, type_k="q8_0", n_ubatch=1024)):
+        for mat in matrices:
+            shared = estimate(m, p, cfg, devs, mat, table=table, batch=8, n_past=100)
+            fresh = estimate(m, p, cfg, devs, mat, table=TensorTable.build(m), batch=8, n_past=100)
+            assert shared.decode.seconds == fresh.decode.seconds
+            assert shared.prefill.seconds == fresh.prefill.seconds
+            assert shared.memory == fresh.memory
+    assert len(table.memo["routed"]) == ROUTED_MEMO
+    costs = tensor_costs(m, RunConfig(), matrices[-1], 8, table)
+    with pytest.raises(ValueError):
+        costs.decode_bytes[0] = 0.0
+
+
 def test_profile_checks() -> None:
     with pytest.raises(SpeedError):
         normalise_probs(np.ones(7), 8, 2)
