@@ -67,6 +67,10 @@ class Device:
     # Tokens per matrix multiplication at which a GPU's prompt kernels reach half their large-batch rate (0: no
     # such loss, the host): speed.gpu_flop_cost.
     half_rate_rows: float = 0.0
+    # Op offload of routed experts to this GPU: 0 moves a host expert tensor for every ubatch of at least
+    # OP_OFFLOAD_MIN_BATCH tokens (llama.cpp); N moves it only when each expert gets N of the ubatch's tokens on
+    # average (ubatch x experts used / experts), the rule of ik_llama.cpp's CUDA backend (ENGINE_MOE_OFFLOAD_ROWS).
+    moe_offload_rows: float = 0.0
     pool: int = 0  # unified memory: the whole pool the GPU shares with the host (its ``memory`` is the GPU's part)
     # The largest weight the backend accepts on this device (0: no limit). llama.cpp's loader keeps a larger one in
     # host memory even at -ngl 999, and an -ot sending it to the device aborts (Vulkan: maxStorageBufferRange).
@@ -647,13 +651,21 @@ def device_set(gpus: Sequence[Device], host: Device) -> dict[str, Device]:
     return {d.name: d for d in (*gpus, host)}
 
 
+# Device.moe_offload_rows by engine. ik_llama.cpp's ggml_backend_cuda_offload_op (since its PR 520, 2025-06-12;
+# ikawrakow/ik_llama.cpp@8337e4cd3861 ggml/src/ggml-cuda.cu) moves a MUL_MAT_ID or fused up/gate op only when
+# ubatch x experts used >= GGML_CUDA_MIN_BATCH_OFFLOAD (32) x experts: DeepSeek-V3 from -ub 1024, Qwen3-235B from
+# 512. llama.cpp moves every op of at least 32 tokens.
+ENGINE_MOE_OFFLOAD_ROWS = {"ik_llama.cpp": 32.0}
+
+
 def for_engine(devices: Mapping[str, Device], engine: str, params: SpeedParams | None = None) -> dict[str, Device]:
     """The devices as ``engine`` drives them: another engine's CPU kernels (ik_llama.cpp's repacked and fused ones)
     do the host's work at ``engine_cpu_factor`` times llama.cpp's rate, in decode and in prompts (fitted on that
-    engine's published rows, docs/accuracy.md). The one place the factor is applied: solution.solve and the
-    accuracy report."""
+    engine's published rows, docs/accuracy.md), and its GPU backends take host experts over for prompts by its
+    own rule (ENGINE_MOE_OFFLOAD_ROWS). The one place engines differ in speed: solution.solve and the accuracy
+    report."""
     f = (params or speed_params()).engine_cpu_factor.get(engine, 1.0)
-    if f == 1.0:
-        return dict(devices)
-    return {n: replace(d, core_rate=d.core_rate * f, flops=d.flops * f) if d.is_host else d
+    rows = ENGINE_MOE_OFFLOAD_ROWS.get(engine, 0.0)
+    return {n: (replace(d, core_rate=d.core_rate * f, flops=d.flops * f) if f != 1.0 else d) if d.is_host
+            else (replace(d, moe_offload_rows=rows) if rows != d.moe_offload_rows else d)
             for n, d in devices.items()}

@@ -363,6 +363,20 @@ def op_offload_active(cfg: RunConfig, n_ubatch: int, has_gpu: bool) -> bool:
     return cfg.op_offload and n_ubatch >= OP_OFFLOAD_MIN_BATCH and has_gpu
 
 
+def offloaded(table: TensorTable, cfg: RunConfig, n_ubatch: int, gpu: Device | None, n_expert_used: int,
+              n_expert: int) -> np.ndarray:
+    """Per tensor: whether, sitting in host memory, it is copied to the first GPU ``gpu`` and multiplied there for
+    a ubatch of ``n_ubatch`` tokens (:func:`op_offload_active`); never the token embedding (a lookup), and a routed
+    expert only when each expert gets ``gpu.moe_offload_rows`` of the tokens on average. The one rule
+    :func:`estimate` and the solver's :func:`linear_seconds` apply."""
+    if gpu is None or not op_offload_active(cfg, n_ubatch, True):
+        return np.zeros(len(table.names), dtype=bool)
+    moved = ~table.is_embd
+    if gpu.moe_offload_rows > 0 and n_ubatch * n_expert_used < gpu.moe_offload_rows * max(n_expert, 1):
+        moved = moved & ~table.is_expert
+    return moved
+
+
 def tensor_costs(model: ModelDescription, cfg: RunConfig, profile: ExpertProbs | np.ndarray | None = None,
                  batch: int = 1, table: TensorTable | None = None) -> TensorCosts:
     """The linearisation the solver uses: bytes each loaded tensor costs per decode step (``batch`` sequences)
@@ -407,10 +421,13 @@ def linear_seconds(model: ModelDescription, cfg: RunConfig, devices: Sequence[De
     prefill = np.maximum(tc.prefill_bytes[:, None] / eff[None, :], work / rate[None, :])
     gpu = next((i for i, d in enumerate(devices) if not d.is_host), None)
     host = next((i for i, d in enumerate(devices) if d.is_host), None)
-    if gpu is not None and host is not None and op_offload_active(cfg, tc.n_ubatch, True):
+    if gpu is not None and host is not None:
+        hp = model.hparams
+        moved = offloaded(table, cfg, tc.n_ubatch, devices[gpu], hp.n_expert_used, hp.n_expert)
         link = host_copy_bandwidth(devices[gpu], cfg)
-        copy = tc.prefill_bytes / link if link else 0.0
-        prefill[:, host] = copy + tc.prefill_flops * gpu_flop_cost(devices[gpu], tc.prefill_rows) / rate[gpu]
+        copy = tc.prefill_bytes[moved] / link if link else 0.0
+        prefill[moved, host] = copy + (tc.prefill_flops[moved] * gpu_flop_cost(devices[gpu], tc.prefill_rows[moved])
+                                       / rate[gpu])
     per_token = decode / batch + prompt_per_generated * prefill / tc.n_ubatch
     n_ctx = context_shape(model, cfg).n_ctx_seq
     kv = kv_seconds(kv_read_bytes_per_layer(model, cfg, n_ctx)[:, None],
@@ -804,15 +821,11 @@ def _prefill_work(pr: _Prepared, n_prompt: int | None = None, depth: int = 0) ->
         if u in read:
             continue
         prefill_bytes, prefill_flops, rows = _prefill_costs(table, pr.routing, u, hp.n_expert_used)
-        compute_idx = idx
-        transfer[u] = 0.0
-        if op_offload_active(cfg, u, bool(gpus)):
-            moved = (idx == host_i) & ~table.is_embd
-            transfer[u] = float(np.sum(prefill_bytes[moved]))
-            compute_idx = np.where(moved, names.index(gpus[0]), idx)
-            read[u] = np.bincount(idx[~moved], weights=prefill_bytes[~moved], minlength=len(names))
-        else:
-            read[u] = np.bincount(idx, weights=prefill_bytes, minlength=len(names))
+        moved = (idx == host_i) & offloaded(table, cfg, u, devs[gpus[0]] if gpus else None, hp.n_expert_used,
+                                             hp.n_expert)
+        transfer[u] = float(np.sum(prefill_bytes[moved]))
+        compute_idx = np.where(moved, names.index(gpus[0]), idx) if gpus else idx
+        read[u] = np.bincount(idx[~moved], weights=prefill_bytes[~moved], minlength=len(names))
         # The host's batch kernels cost per FLOP by type (TensorTable.prefill_cost); copied weights run on the GPU.
         on_host = compute_idx == host_i
         prefill_flops = np.where(on_host, prefill_flops * pr.table.prefill_cost(devs[HOST]), prefill_flops)

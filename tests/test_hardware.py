@@ -267,12 +267,17 @@ def test_the_host_device_takes_both_cost_tables() -> None:
 
 
 def test_another_engine_runs_the_host_at_its_fitted_rate() -> None:
-    """ik_llama.cpp's CPU kernels: the host's compute rates times engine_cpu_factor, the GPUs as they are."""
+    """ik_llama.cpp's CPU kernels: the host's compute rates times engine_cpu_factor; its GPUs as they are but for
+    its op-offload rule for routed experts (ENGINE_MOE_OFFLOAD_ROWS)."""
+    from moeplace.hardware import ENGINE_MOE_OFFLOAD_ROWS
+
     p = replace(speed_params(), engine_cpu_factor={"ik_llama.cpp": 2.0})
     devs = device_set(parse_gpus(["rtx3090"]), host_device(64 * GIB, 100, threads=8, cores=8))
     ik = for_engine(devs, "ik_llama.cpp", p)
     assert ik["CPU"].decode_rate == 2 * devs["CPU"].decode_rate and ik["CPU"].flops == 2 * devs["CPU"].flops
-    assert ik["CUDA0"] == devs["CUDA0"]
+    assert devs["CUDA0"].moe_offload_rows == 0
+    assert ik["CUDA0"].moe_offload_rows == ENGINE_MOE_OFFLOAD_ROWS["ik_llama.cpp"]
+    assert replace(ik["CUDA0"], moe_offload_rows=0.0) == devs["CUDA0"]
     assert for_engine(devs, "llama.cpp", p) == devs
 
 

@@ -320,6 +320,37 @@ def test_prefill_copies_only_host_experts_the_ubatch_uses(models: dict[str, Mode
     assert off.transfer_bytes == 0 and off.seconds_by_device["CPU"] > 0
 
 
+def test_ik_llama_cpp_offloads_host_experts_only_when_each_gets_enough_tokens(
+        models: dict[str, ModelDescription]) -> None:
+    """ik_llama.cpp's GPU takes a host expert tensor over for a prompt only when ubatch x experts used reaches
+    32 x experts (qwen3-30b-a3b: 128 experts, 8 used, so from -ub 512): below that the CPU computes the experts
+    (no copy) while dense host weights still move; estimate and the solver's linear form apply the same rule."""
+    from moeplace.hardware import for_engine
+
+    m = models["qwen3-30b-a3b"]
+    hp = m.hparams
+    assert (hp.n_expert, hp.n_expert_used) == (128, 8)
+    devs = for_engine(free_switch_devices(), "ik_llama.cpp")
+    host = {t.name: "CPU" for t in m.tensors
+            if t.block is not None and t.block < 10 and (t.role is Role.ROUTED_EXPERT or "attn_q" in t.name)}
+    p = layer_placement(m, ("CUDA0",) * hp.n_layer, "CUDA0", host)
+    dense = sum(t.nbytes for t in m.tensors if t.name in host and t.role is not Role.ROUTED_EXPERT)
+    expert = np.array([n in host and "_exps" in n for n in TensorTable.build(m).names])
+    for ub, experts_move in ((256, False), (511, False), (512, True), (1024, True)):
+        cfg = RunConfig(n_ubatch=ub, n_batch=max(ub, 2048))
+        pre = prefill_time(m, p, cfg, devs)
+        mainline = prefill_time(m, p, cfg, free_switch_devices())
+        assert (pre.transfer_bytes > dense * 1.5) is experts_move, ub
+        assert pre.transfer_bytes == pytest.approx(mainline.transfer_bytes if experts_move else dense), ub
+        cpu, cpu_mainline = (x.seconds_by_device.get("CPU", 0.0) for x in (pre, mainline))
+        assert cpu == pytest.approx(cpu_mainline) if experts_move else cpu > 10 * cpu_mainline  # it computes them
+        def host_column(d: dict, c: RunConfig) -> np.ndarray:
+            return linear_seconds(m, c, [d["CUDA0"], d["CPU"]], prompt_per_generated=1).seconds[:, 1]
+
+        same = cfg if experts_move else cfg.with_(op_offload=False)
+        assert host_column(devs, cfg)[expert] == pytest.approx(host_column(free_switch_devices(), same)[expert])
+
+
 # --- energy, paging, estimate -------------------------------------------------------------------------------------
 
 
