@@ -45,6 +45,7 @@ from gguf import GGMLQuantizationType as QT
 from moeplace.cli.estimate_cmd import build_placement
 from moeplace.errors import MoeplaceError
 from moeplace.hardware import (
+    ENGINE_MOE_OFFLOAD_ROWS,
     GPU_VENDORS,
     SIMD_REFERENCE,
     Device,
@@ -323,11 +324,30 @@ class Models:
         return self.loaded[name]
 
 
-def _repacked(row: dict[str, Any]) -> bool:
-    """ik_llama.cpp's run-time repacking (-rtr) or a repacked _R4/_R8 type: those tensors are CPU-only types,
-    so prompt processing computes them on the host instead of copying them to the GPU (no op offload)."""
+# ik_llama.cpp's op offload changed with its builds (ikawrakow/ik_llama.cpp pull requests): from PR 461
+# (2025-05-26) its IQ2_K_R4..IQ5_K_R4 types have CUDA kernels, so -rtr's repacked IQ*_K tensors still move to the
+# GPU for prompts (its other repacked types never do); from PR 520 (2025-06-12) routed experts move only when each
+# gets 32 of the ubatch's tokens (hardware.ENGINE_MOE_OFFLOAD_ROWS), before it at any ubatch of 32 tokens.
+IK_R4_CUDA, IK_MOE_RATIO = "2025-05-26", "2025-06-12"
+# Commit dates of the rows' ik_llama.cpp builds (git log of ikawrakow/ik_llama.cpp); other rows use their date.
+IK_BUILD_DATES = {"f2fb15de": "2025-03-16", "dcdfad29": "2025-03-18", "4084ca73": "2025-05-07",
+                  "a2b5057a": "2025-05-20", "c7ecd4e2": "2025-05-24", "14292913": "2025-05-26",
+                  "f6d5fbdc": "2025-06-03", "f26fe36": "2025-06-03", "3f54b497": "2025-06-11",
+                  "5236c98b": "2025-06-26"}
+
+
+def _build_date(row: dict[str, Any]) -> str:
+    commit = re.search(r"\b[0-9a-f]{7,8}\b", row["build"] or "")
+    return IK_BUILD_DATES.get(commit.group(0) if commit else "") or row["source_date"] or "9999"
+
+
+def _host_only(row: dict[str, Any]) -> bool:
+    """Whether the host's weights are in types no GPU multiplies, so prompts compute them on the host (no op
+    offload): ik_llama.cpp's run-time repacking (-rtr) or a repacked _R4/_R8 file, unless the types are its
+    IQ*_K ones and the build has their CUDA kernels (IK_R4_CUDA)."""
     other = " ".join(row["flags"]["other"])
-    return bool(re.search(r"(^|\s)-rtr\b(?!\s*0)", other) or re.search(r"_R[48]\b", row["quant"] or ""))
+    repacked = bool(re.search(r"(^|\s)-rtr\b(?!\s*0)", other) or re.search(r"_R[48]\b", row["quant"] or ""))
+    return repacked and not (re.match(r"IQ\d_K", row["quant"] or "") and _build_date(row) >= IK_R4_CUDA)
 
 
 def make_case(row: dict[str, Any], models: Models, params: SpeedParams) -> Case:
@@ -354,13 +374,16 @@ def make_case(row: dict[str, Any], models: Models, params: SpeedParams) -> Case:
     works = []
     for old in (False, True):
         devs = devices_for(hw, old_params(params) if old else params, old)
+        # the engine's rule for moving host experts to the GPU, as the row's build had it (IK_MOE_RATIO)
+        rows = 0.0 if old or _build_date(row) < IK_MOE_RATIO else ENGINE_MOE_OFFLOAD_ROWS.get(engine, 0.0)
+        devs = {n: d if d.is_host else replace(d, moe_offload_rows=rows) for n, d in devs.items()}
         gpus = [d for d in devs.values() if not d.is_host]
         # MLA models cache one latent per token: a lone -ctk sets it (ik_llama.cpp runs them that way).
         type_v = cmd.type_v or (cmd.type_k if md.hparams.kv_lora_rank else None) or "f16"
         cfg = RunConfig(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, type_k=cmd.type_k or "f16",
                         type_v=type_v, flash_attn=resolve_flash_attn(cmd.flash_attn or "auto"),
                         no_kv_offload=cmd.no_kv_offload, no_mmap=cmd.mmap is False,
-                        op_offload=not (cmd.no_op_offload or _repacked(row)))
+                        op_offload=not (cmd.no_op_offload or _host_only(row)))
         try:
             placement = build_placement(md, gpus, cmd.n_gpu_layers, False, 0, cmd.tensor_split,
                                         list(cmd.overrides))
