@@ -467,7 +467,14 @@ def predict(case: Case, params: SpeedParams, old: bool) -> dict[str, float]:
 # vector class's prompt rate against the reference (AVX-512 VNNI, e.g. Zen 4's two 256-bit units): AVX2 and
 # AVX-512 without VNNI need about twice the instructions per int8 dot, Zen 5 has twice Zen 4's datapath width, and
 # Apple's four 128-bit NEON units with int8 dot instructions match the reference's width.
+#
+# The GPU backends' efficiencies (bandwidth, compute, routed experts) are pooled: each is drawn toward the
+# geometric mean of its group (every GPU backend's value of that kind), and only that mean toward the fixed prior.
+# A backend that only a held-out source uses then takes what the other backends' rows say about GPUs in general,
+# not a number fixed before any row was seen (partial pooling; the CPU's vector classes are not pooled: their
+# priors are datapath widths, which a mean over unlike classes would lose).
 PRIOR_WEIGHT = 0.5
+POOLED = ("efficiency", "compute", "expert")
 PRIOR = {"efficiency:cuda": 0.70, "efficiency:rocm": 0.60, "efficiency:vulkan": 0.60, "efficiency:sycl": 0.50,
          "efficiency:metal": 0.60, "efficiency:cpu-desktop": 0.65, "efficiency:cpu-server": 0.65,
          "compute:cuda": 0.40, "compute:rocm": 0.40, "compute:vulkan": 0.40, "compute:sycl": 0.40,
@@ -486,14 +493,32 @@ def prior(base: SpeedParams, keys: Sequence[str]) -> SpeedParams:
     return base
 
 
+def _pool(key: str) -> str | None:
+    """The pooled group a parameter belongs to (a GPU backend's efficiency of one kind), or None."""
+    group, _, sub = key.partition(":")
+    return group if group in POOLED and sub and not sub.startswith("cpu-") else None
+
+
+def _prior_cost(params: SpeedParams, prior: SpeedParams, keys: Sequence[str], old: bool) -> float:
+    """PRIOR_WEIGHT x the log distance of each parameter from its prior; a pooled parameter's distance is to its
+    group's geometric mean, and the mean's to the mean of the group's priors (see PRIOR)."""
+    total, groups = 0.0, {}
+    for key in keys:
+        if (group := None if old else _pool(key)) is not None:
+            groups.setdefault(group, []).append(key)
+        elif (a := _get(params, key)) > 0 and (b := _get(prior, key)) > 0:
+            total += abs(math.log(a / b))
+    for group_keys in groups.values():
+        logs = [math.log(_get(params, k)) for k in group_keys]
+        mean = sum(logs) / len(logs)
+        total += abs(mean - sum(math.log(_get(prior, k)) for k in group_keys) / len(logs))
+        total += sum(abs(x - mean) for x in logs)
+    return PRIOR_WEIGHT * total
+
+
 def _loss(cases: Sequence[Case], params: SpeedParams, old: bool, prior: SpeedParams | None = None,
           keys: Sequence[str] = ()) -> float:
-    total = 0.0
-    if prior is not None:
-        for key in keys:
-            a, b = _get(params, key), _get(prior, key)
-            if a > 0 and b > 0:
-                total += PRIOR_WEIGHT * abs(math.log(a / b))
+    total = 0.0 if prior is None else _prior_cost(params, prior, keys, old)
     for c in cases:
         for k, v in predict(c, params, old).items():
             total += min(LOSS_CAP, abs(math.log(v / c.row[f"{k}_tps"])))
@@ -599,6 +624,25 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
+# Where a row's weights sit, for the report's breakdown: the hybrid rows are moeplace's own question.
+WHERE = ("all on GPUs", "GPU + host", "CPU only")
+
+
+def _where(c: Case) -> str:
+    """Which of WHERE a row is: by the share of weight bytes a decode step (a ubatch, for rows without decode)
+    takes from host memory; the token embedding's rows alone stay under 1%."""
+    if not c.hw.gpus:
+        return WHERE[2]
+    dw, pw = c.new
+    if dw is not None:
+        host, total = float(dw.weight_bytes[dw.names.index(HOST)]), float(np.sum(dw.weight_bytes))
+    else:
+        u = pw.chunks[0][1]
+        host = float(pw.read[u][pw.names.index(HOST)]) + pw.transfer[u]
+        total = float(np.sum(pw.read[u])) + pw.transfer[u]
+    return WHERE[1] if host > 0.01 * total else WHERE[0]
+
+
 def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, SpeedParams], seconds: float
            ) -> str:
     out = ["# How well moeplace predicts published llama.cpp speeds", "",
@@ -609,7 +653,8 @@ def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, 
            "from fixed physical priors (`PRIOR` in the script, not the stored fit, which has seen every source), "
            "then the held-out source is predicted. Error = |predicted / measured - 1|.", ""]
     groups = (("all replayed rows", cases), ("llama.cpp", [c for c in cases if c.engine == "llama.cpp"]),
-              ("ik_llama.cpp", [c for c in cases if c.engine != "llama.cpp"]))
+              ("ik_llama.cpp", [c for c in cases if c.engine != "llama.cpp"]),
+              *((f"weights: {w}", [c for c in cases if _where(c) == w]) for w in WHERE))
     out += ["ik_llama.cpp rows are fitted too: they share the memory side (bandwidth efficiencies, threads, NUMA, "
             "per-block costs) and differ by one fitted factor on the host's compute rates (`engine_cpu_factor`: "
             "its repacked and fused CPU kernels).", "",

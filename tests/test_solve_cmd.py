@@ -289,3 +289,22 @@ def test_link_per_gpu(model_path: Callable[[str], Path]) -> None:
     assert code == 2 and "--link has 3 entries for 2 GPUs" in err
     code, _, err = run(*base, "--gpu", "rtx3060", "--link=")
     assert code == 2 and err.count("\n") == 1 and "--link is empty" in err
+
+
+def test_host_cpu_options_are_hardware_options_of_solve(model_path: Callable[[str], Path]) -> None:
+    """--cores, --numa-nodes and --cpu-class describe a host that is not this machine, for solve as for estimate,
+    and solve's -t is the thread count its speed model uses: CPU-only, a host of AVX2 cores prompts slower than
+    one of AVX-512 VNNI cores, and one thread decodes slower than sixteen."""
+    base = ["solve", str(model_path("qwen3-30b-a3b")), "--gpu", "none", "--ram", "64G", "--ram-bw", "ddr5-6000x12",
+            "--cores", "16", "--numa-nodes", "1", "-c", "8192", "--no-scripts", "--json"]
+
+    def plan(*args: str) -> dict:
+        code, out, err = run(*base, *args)
+        assert code == 0, err
+        return json.loads(out)["prediction"]["plan"]
+
+    vnni, avx2 = (plan("-t", "16", "--cpu-class", c) for c in ("avx512-vnni", "avx2"))
+    assert avx2["prompt_tokens_per_second"] < vnni["prompt_tokens_per_second"] * 0.9
+    assert plan("-t", "1", "--cpu-class", "avx2")["decode_tokens_per_second"] < avx2["decode_tokens_per_second"]
+    code, _, err = run(*base, "--cpu-class", "sse2")
+    assert code == 2 and "sse2" in err

@@ -102,7 +102,7 @@ def bench(model: Path, n_plans: int, gpus: tuple[str, ...], backend: str | None,
           no_kv_offload: bool, no_op_offload: bool, n_prompt: int, n_gen: int, repetitions: int,
           threads: int | None, depth: int, llama_bench: Path | None, out_path: Path | None, as_json: bool) -> None:
     md = load_model(model)
-    devices = devices_from(gpus, backend, ram, ram_bw, calibration)
+    devices = devices_from(gpus, backend, ram, ram_bw, calibration, threads=threads)
     cfg = run_config_from(md, devices, n_ctx=n_ctx, type_k=type_k, type_v=type_v, n_batch=n_batch,
                           n_ubatch=n_ubatch, flash_attn=flash_attn, n_seq_max=n_seq_max, kv_unified=kv_unified,
                           swa_full=swa_full, no_kv_offload=no_kv_offload, no_op_offload=no_op_offload)

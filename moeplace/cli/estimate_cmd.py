@@ -22,7 +22,7 @@ from moeplace.cli.options import (
     run_config_from,
 )
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import Device, speed_params
+from moeplace.hardware import Device
 from moeplace.llamacpp import (
     Override,
     apply,
@@ -347,14 +347,6 @@ def _merge(ctx: click.Context, values: dict[str, Any], cmd: LlamaCommand) -> dic
 @click.option("--cpu-moe", "-cmoe", is_flag=True, help="Keep all routed experts in RAM.")
 @click.option("-t", "--threads", type=click.IntRange(min=1), default=None,
               help="llama.cpp threads (default: the cores given with --cores, else 8, stated).")
-@click.option("--cores", type=click.IntRange(min=1), default=None, help="Physical CPU cores of the host.")
-@click.option("--numa-nodes", type=click.IntRange(min=1), default=1, show_default=True,
-              help="NUMA nodes the host's RAM spans (sockets, or sub-NUMA clusters).")
-@click.option("--cpu-class", "simd", type=click.Choice(list(speed_params().cpu_simd_factor)), default=None,
-              help="The host CPU's vector class, which sets its prompt rate: avx2 (no AVX-512), avx512 (AVX-512 "
-                   "without VNNI: Skylake-SP/X), avx512-vnni (Intel Cascade Lake and later, AMD Zen 4, Zen 5 "
-                   "laptops), zen5 (AMD Zen 5 desktop and server), neon (ARM, Apple). Default: read from "
-                   "/proc/cpuinfo when this machine is the host, else avx512-vnni.")
 @click.option("-d", "--depth", type=click.IntRange(min=0), default=0, show_default=True,
               help="Tokens already in the context when decoding and prompting (llama-bench -d).")
 @click.option("-p", "--n-prompt", "n_prompt", type=click.IntRange(min=1), default=None,
@@ -371,7 +363,7 @@ def estimate(ctx: click.Context, words: tuple[str, ...], gpus: tuple[str, ...], 
              type_k: str, type_v: str, n_batch: int, n_ubatch: int, flash_attn: str, n_seq_max: int,
              kv_unified: bool, swa_full: bool, no_kv_offload: bool, no_op_offload: bool, n_gpu_layers: int | None,
              tensor_split: str | None, override_tensor: tuple[str, ...], n_cpu_moe: int | None, cpu_moe: bool,
-             threads: int | None, cores: int | None, numa_nodes: int, simd: str | None,
+             threads: int | None,
              depth: int, n_prompt: int | None, price: float, api_price: float | None,
              as_json: bool) -> None:
     model, pasted = _split_words(words)
@@ -395,8 +387,7 @@ def estimate(ctx: click.Context, words: tuple[str, ...], gpus: tuple[str, ...], 
         notes.extend(f"pasted command: {n}" for n in pasted.notes)
     assert model is not None
     md = load_model(model)
-    devices = devices_from(gpus, backend, ram, ram_bw, calibration, threads=v["threads"], cores=cores,
-                           numa_nodes=numa_nodes, simd=simd)
+    devices = devices_from(gpus, backend, ram, ram_bw, calibration, threads=v["threads"])
     gpu_devs = [d for d in devices.values() if not d.is_host]
     fa = v["flash_attn"]
     cfg = run_config_from(md, devices, n_ctx=v["n_ctx"], type_k=v["type_k"], type_v=v["type_v"],

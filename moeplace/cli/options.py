@@ -14,7 +14,7 @@ from moeplace.calibration import apply as apply_calibration
 from moeplace.calibration import load as load_calibration
 from moeplace.cli import INT32_MAX, POSITIVE_SIZE, SIZE
 from moeplace.errors import MoeplaceError
-from moeplace.hardware import GB, Device, catalog, device_set, host_device, parse_gpus, with_links
+from moeplace.hardware import GB, Device, catalog, device_set, host_device, parse_gpus, speed_params, with_links
 from moeplace.memory import CACHE_TYPES, DEFAULT_MARGIN, MARGINS, RunConfig, resolve_flash_attn, validate
 from moeplace.model import ModelDescription
 from moeplace.sizes import format_size
@@ -77,6 +77,17 @@ hardware_options = _stack(
                  help="The GPUs' host link: pcie4x8, 5.0x16, 4.0x4 for a card in an x4 slot or behind a riser; one "
                       "for all, or a comma list in GPU order (default: the preset's, or what was detected, stated "
                       "when it matters); prompt copies and expert-cache misses cross it."),
+    click.option("--cores", type=click.IntRange(min=1), default=None, expose_value=False, callback=_remember,
+                 help="Physical CPU cores of the host (default: this machine's; llama.cpp's -t defaults to them)."),
+    click.option("--numa-nodes", type=click.IntRange(min=1), default=None, expose_value=False, callback=_remember,
+                 help="NUMA nodes the host's RAM spans: sockets, or sub-NUMA clusters (default: this machine's, "
+                      "else 1)."),
+    click.option("--cpu-class", "simd", type=click.Choice(list(speed_params().cpu_simd_factor)), default=None,
+                 expose_value=False, callback=_remember,
+                 help="The host CPU's vector class, which sets its prompt rate: avx2 (no AVX-512), avx512 (AVX-512 "
+                      "without VNNI: Skylake-SP/X), avx512-vnni (Intel Cascade Lake and later, AMD Zen 4, Zen 5 "
+                      "laptops), zen5 (AMD Zen 5 desktop and server), neon (ARM, Apple). Default: read from "
+                      "/proc/cpuinfo when this machine is the host, else avx512-vnni."),
     click.option("--measure", is_flag=True, expose_value=False, callback=_remember,
                  help="Time a few seconds of memory copies for the RAM bandwidth when the DMI table is not "
                       "readable."),
@@ -124,7 +135,7 @@ def context_options(ctx_help: str = "Context size in tokens (0 = the model's tra
 
 def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ram_bw: str | None,
                  calibration: Path | None = None, *, threads: int | None = None, cores: int | None = None,
-                 numa_nodes: int = 1, available: int | None = None, links: tuple[str, ...] = (),
+                 numa_nodes: int | None = None, available: int | None = None, links: tuple[str, ...] = (),
                  simd: str | None = None) -> dict[str, Device]:
     """The host and the GPUs the options describe, keyed by llama.cpp buffer name, with the measured bandwidths
     of a calibration file applied. What the options leave out is detected on this machine (moeplace.machine),
@@ -133,6 +144,9 @@ def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ra
     meta = ctx_meta.meta if (ctx_meta := click.get_current_context(silent=True)) is not None else {}
     if available is None:
         available = meta.get("moeplace.ram_avail")
+    cores = cores or meta.get("moeplace.cores")
+    numa_nodes = numa_nodes or meta.get("moeplace.numa_nodes")
+    simd = simd or meta.get("moeplace.simd")
     found = None
     if not gpus or ram is None or ram_bw is None:
         ctx = click.get_current_context(silent=True)
@@ -170,11 +184,10 @@ def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ra
         _defer_report([found.line(), *(f"note: {n}" for n in notes)])
     if found is not None:  # what this machine has, where the options do not say
         cores = cores or found.cores
-        if numa_nodes == 1:
-            numa_nodes = found.numa_nodes
+        numa_nodes = numa_nodes or found.numa_nodes
         if ram is None and available is None and host_ram is not None:
             available = host_ram  # already what is available, not the total
-    host = host_device(host_ram, host_bw, gpu_devs, threads=threads, cores=cores, numa_nodes=numa_nodes,
+    host = host_device(host_ram, host_bw, gpu_devs, threads=threads, cores=cores, numa_nodes=numa_nodes or 1,
                        available=available, simd=simd or (found.simd if found is not None else ""))
     devices = device_set(gpu_devs, host)
     return devices if calibration is None else apply_calibration(devices, load_calibration(calibration))

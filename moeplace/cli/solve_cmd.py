@@ -326,7 +326,7 @@ def solve(model: str, gpus: tuple[str, ...], backend: str | None, ram: int | Non
                       f"{format_size(original.file_size)}); no such file was read")
         if not as_json:
             click.echo(projection)
-    devices = devices_from(gpus, backend, ram, ram_bw, calibration)
+    devices = devices_from(gpus, backend, ram, ram_bw, calibration, threads=threads)
     if variants or target_tps is not None:
         def config(devs: Mapping[str, Device]) -> RunConfig:
             return run_config_from(md, devs, n_ctx=4096 if n_ctx == "auto" else int(n_ctx), type_k=type_k,
