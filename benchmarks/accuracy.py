@@ -89,6 +89,7 @@ SHAPES = (
     (r"^gpt-oss-20b", "gpt-oss-20b"),
     (r"^gpt-oss-120b", "gpt-oss-120b"),
     (r"^Llama-3(\.1)?-8B", "llama-3-8b"),
+    (r"^(LLaMA|Llama)[- ]?2[- ]7B", "llama-2-7b"),
     (r"^Qwen3(-Coder)?-Next", "qwen3-next-80b-a3b"),
     (r"^GLM-4\.5-Air", "glm-4.5-air"),
     (r"^Mixtral-8x7B", "mixtral-8x7b"),

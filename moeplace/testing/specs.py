@@ -300,6 +300,14 @@ _FULL_SPECS: tuple[ModelSpec, ...] = (
         tokenizer_pre="llama-bpe", n_merges=280147, bos_id=128000, eos_id=128001, special_from=128000,
         ftype=_Q4KM, header_only=True,
     ),
+    # meta-llama/Llama-2-7b (dense, multi-head attention: 32 KV heads; SentencePiece vocabulary of 32000). The
+    # llama.cpp scoreboards' model: llama-2-7b.Q4_0.gguf, which llama-bench prints as 3.56 GiB, 6.74 B parameters;
+    # this spec at Q4_0 (output Q6_K, as llama-quantize makes it) is 6,738,415,616 parameters, 3.56 GiB.
+    ModelSpec(
+        name="llama-2-7b", arch="llama", n_layer=32, n_embd=4096, n_head=32, n_head_kv=32, head_dim=128,
+        n_ff=11008, n_ctx=4096, rope_theta=10000.0, rms_eps=1e-5, n_vocab=32000, tokenizer="llama",
+        ftype=LlamaFileType.MOSTLY_Q4_0, header_only=True,
+    ),
     # Qwen/Qwen3-Next-80B-A3B (hybrid: 3 of 4 blocks gated delta net)
     ModelSpec(
         name="qwen3-next-80b-a3b", arch="qwen3next", n_layer=48, n_embd=2048, n_head=16, n_head_kv=2,
