@@ -51,6 +51,7 @@ from moeplace.hardware import (
     Device,
     SpeedParams,
     catalog,
+    engine_simd,
     for_engine,
     gpu_key,
     gpu_params,
@@ -575,7 +576,8 @@ def free_keys(cases: Sequence[Case], old: bool) -> list[str]:
     gpus = backends if old else sorted({gpu_key(c.hw.backend, catalog().preset(g).label)  # type: ignore[union-attr]
                                         for c in cases for g in c.hw.gpus if c.hw.backend})
     host = ["efficiency:cpu-desktop"] if old else ["efficiency:cpu-desktop", "efficiency:cpu-server"]
-    simd = [] if old else sorted({f"simd:{c.hw.simd}" for c in cases if c.hw.simd and c.hw.simd != SIMD_REFERENCE})
+    simd = [] if old else sorted({f"simd:{s}" for c in cases for s in [engine_simd(c.engine, c.hw.simd)]
+                                  if s and s != SIMD_REFERENCE})
     experts = [] if old else [f"expert:{b}" for b in backends]
     return [*(f"efficiency:{k}" for k in gpus), *(f"compute:{k}" for k in gpus), *experts, *host,
             *(OLD_FREE if old else NEW_FREE), *simd]

@@ -656,16 +656,31 @@ def device_set(gpus: Sequence[Device], host: Device) -> dict[str, Device]:
 # ubatch x experts used >= GGML_CUDA_MIN_BATCH_OFFLOAD (32) x experts: DeepSeek-V3 from -ub 1024, Qwen3-235B from
 # 512. llama.cpp moves every op of at least 32 tokens.
 ENGINE_MOE_OFFLOAD_ROWS = {"ik_llama.cpp": 32.0}
+# The vector class an engine's CPU kernels run in, by the CPU's own class, where the two differ: ik_llama.cpp's
+# iqk kernels take their AVX-512 path only with VNNI (HAVE_FANCY_SIMD, ggml/src/iqk/iqk_config.h at 8337e4cd3861),
+# else their AVX2 one.
+ENGINE_SIMD = {"ik_llama.cpp": {"avx512": "avx2"}}
+
+
+def engine_simd(engine: str, simd: str) -> str:
+    """The vector class ``engine``'s CPU kernels use on a CPU of class ``simd`` (ENGINE_SIMD)."""
+    return ENGINE_SIMD.get(engine, {}).get(simd, simd)
 
 
 def for_engine(devices: Mapping[str, Device], engine: str, params: SpeedParams | None = None) -> dict[str, Device]:
     """The devices as ``engine`` drives them: another engine's CPU kernels (ik_llama.cpp's repacked and fused ones)
     do the host's work at ``engine_cpu_factor`` times llama.cpp's rate, in decode and in prompts (fitted on that
-    engine's published rows, docs/accuracy.md), and its GPU backends take host experts over for prompts by its
-    own rule (ENGINE_MOE_OFFLOAD_ROWS). The one place engines differ in speed: solution.solve and the accuracy
-    report."""
-    f = (params or speed_params()).engine_cpu_factor.get(engine, 1.0)
+    engine's published rows, docs/accuracy.md) and in the vector class its kernels use there (ENGINE_SIMD), and its
+    GPU backends take host experts over for prompts by its own rule (ENGINE_MOE_OFFLOAD_ROWS). The one place
+    engines differ in speed: solution.solve and the accuracy report."""
+    params = params or speed_params()
+    f = params.engine_cpu_factor.get(engine, 1.0)
     rows = ENGINE_MOE_OFFLOAD_ROWS.get(engine, 0.0)
-    return {n: (replace(d, core_rate=d.core_rate * f, flops=d.flops * f) if f != 1.0 else d) if d.is_host
-            else (replace(d, moe_offload_rows=rows) if rows != d.moe_offload_rows else d)
+
+    def host(d: Device) -> Device:
+        simd = engine_simd(engine, d.simd)
+        g = params.simd_factor(simd) / params.simd_factor(d.simd)
+        return d if f == 1.0 and simd == d.simd else replace(d, core_rate=d.core_rate * f, flops=d.flops * f * g,
+                                                               simd=simd)
+    return {n: host(d) if d.is_host else (replace(d, moe_offload_rows=rows) if rows != d.moe_offload_rows else d)
             for n, d in devices.items()}

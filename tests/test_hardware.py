@@ -279,6 +279,11 @@ def test_another_engine_runs_the_host_at_its_fitted_rate() -> None:
     assert ik["CUDA0"].moe_offload_rows == ENGINE_MOE_OFFLOAD_ROWS["ik_llama.cpp"]
     assert replace(ik["CUDA0"], moe_offload_rows=0.0) == devs["CUDA0"]
     assert for_engine(devs, "llama.cpp", p) == devs
+    # its kernels have no AVX-512 path without VNNI: such a CPU prompts at the AVX2 rate under it, not under llama.cpp
+    skx = device_set((), host_device(64 * GIB, 100, threads=8, cores=8, simd="avx512"))
+    avx2 = host_device(64 * GIB, 100, threads=8, cores=8, simd="avx2")
+    assert for_engine(skx, "ik_llama.cpp", p)["CPU"].flops == pytest.approx(2 * avx2.flops)
+    assert for_engine(skx, "ik_llama.cpp", p)["CPU"].simd == "avx2" and for_engine(skx, "llama.cpp", p) == skx
 
 
 def test_cpu_vector_class_sets_the_host_prompt_rate() -> None:
