@@ -738,11 +738,18 @@ def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, 
             "- hwc-3090-gptoss120b-*: a 64 GB host decoding at 1-2 tok/s; the RAM the rows state fits the host's "
             "share, so the page-cache thrashing the figures suggest is not predicted;",
             "- ik_llama.cpp rows differ by flags that change the work (-mla, -fmoe, -amb, -ser), not only by CPU "
-            "kernel speed;",
+            "kernel speed; its rows replay their build's op-offload rules (IQ*_K_R4 CUDA kernels from its PR 461, "
+            "the per-expert token rule from PR 520), but not the rule before its PR 405, when with -fmoe the fused "
+            "gate/up op never moved to the GPU (ik258-udq2kxl-q8kv-rtr0 is predicted copy-bound);",
             "- a CPU's prompt rate is one fitted factor per vector class (avx2, avx512, avx512-vnni, zen5, neon) on "
-            "the reference per-core rate: clocks and core generations within a class are not seen, and a class "
-            "with one source (avx512: ik385's Xeon Gold 6138; zen5: mostly ik629's EPYC 9355) is predicted from "
-            "its prior when that source is held out;",
+            "the reference per-core rate: clocks and core generations within a class are not seen. ik_llama.cpp runs "
+            "AVX-512 CPUs without VNNI (ik385, ik477) in its AVX2 path, so no row fits the avx512 class: it keeps its "
+            "prior; ik357's EPYC 9355 in a virtual machine prompts at a tenth of the other Zen 5 rows' rate on the "
+            "CPU alone, which the class cannot explain;",
+            "- the scoreboard rows (sb*) share one URL per scoreboard, so holding one out removes every full-offload "
+            "row of that backend at once (sb15013: all ten CUDA cards): their held-out figures are the hybrid rows' "
+            "CUDA efficiency, in-sample they fit within a few percent except the H100 and A100, whose Llama-2-7B "
+            "decode stays far below their HBM bandwidth;",
             "- a GPU's routed experts decode at one fitted efficiency per backend relative to its dense weights; "
             "expert size and count per layer (DeepSeek's 256 small experts against gpt-oss's 32) are not seen;",
             "- GPU prompt rates are the presets' FP16 figures x one fitted efficiency per backend (per vendor on "

@@ -21,7 +21,10 @@ Its placement rules, read from ikawrakow/ik_llama.cpp@8337e4cd3861 (2026-08-15):
   these patterns, so they stay with their layer.
 * ``-fmoe`` (fused MoE) is on by default and no longer a flag in current builds; older builds that list it get it.
 * ``-rtr`` repacks tensors at load time and turns mmap off: the host's weights are read into RAM, so it is only
-  written when host RAM holds them without paging.
+  written when host RAM holds them without paging. Its CUDA backend multiplies only some repacked types
+  (``ggml-cuda.cu`` supports_op: the IQ*_K family, IQ1_S, IQ1_M); a host tensor repacked to another type is never
+  moved to the GPU for prompts, so ``-rtr`` is also left out where the plan's prompts move such tensors (its CUDA
+  backend moves a host expert tensor when ``-ub`` x experts used >= 32 x experts: ``hardware.for_engine``).
 * ``-mla 3`` (the default) caches MLA models' compressed KV (``kv_lora_rank + n_rot`` per token for K, no V),
   which is what moeplace's memory model counts; it is written explicitly for MLA models. ``-amb`` caps the
   attention batch when flash attention is off and is written for MLA models then (``-amb 512``).
@@ -57,7 +60,27 @@ if TYPE_CHECKING:
     from moeplace.planner import Plan
 
 DEFAULT_HELP = "ik-llama-server-8337e4c.txt"
+# Types whose -rtr repacked form (_R4) ik_llama.cpp's CUDA backend still multiplies (ggml-cuda.cu supports_op at
+# 8337e4cd3861); other repacked types stay on the CPU for prompts at any ubatch.
+RTR_CUDA_TYPES = frozenset({"IQ1_S", "IQ1_M", "IQ2_K", "IQ3_K", "IQ4_K", "IQ4_KS", "IQ5_K", "IQ5_KS"})
 IK_EXPS = r"\.ffn_(up|down|gate|gate_up)_exps\.(weight|scale)"
+
+
+def rtr_stranded_types(plan: Plan) -> list[str]:
+    """The types of host tensors the plan's prompts move to the GPU (ik_llama.cpp's offload rule) that, repacked by
+    -rtr, its CUDA backend could no longer multiply (not in RTR_CUDA_TYPES)."""
+    from moeplace.hardware import for_engine
+    from moeplace.memory import context_shape
+    from moeplace.speed import TensorTable, offloaded
+
+    devices = for_engine(plan.devices, "ik_llama.cpp")
+    gpu = next((d for d in devices.values() if not d.is_host), None)
+    hp = plan.model.hparams
+    table = TensorTable.build(plan.model)
+    moved = offloaded(table, plan.cfg, context_shape(plan.model, plan.cfg).n_ubatch, gpu, hp.n_expert_used,
+                      hp.n_expert)
+    return sorted({t.ggml_type.upper() for t, m in zip(plan.model.loaded_tensors, moved)
+                   if m and is_host(plan.placement.tensor_devices[t.name])} - RTR_CUDA_TYPES)
 
 
 def layer_devices(n_layer: int, ngl: int, devices: Sequence[str]) -> tuple[tuple[str, ...], str]:
@@ -193,10 +216,15 @@ class IkLlamaCpp:
             if not plan.cfg.flash_attn:
                 args += ["-amb", "512"]
         host_weights = any(is_host(d) for d in plan.placement.tensor_devices.values())
-        if host_weights and plan.estimate.host.fits and build.has("-rtr"):
+        stranded = rtr_stranded_types(plan)
+        if host_weights and plan.estimate.host.fits and build.has("-rtr") and not stranded:
             args.append("-rtr")
             notes.append("-rtr repacks the host's weights for ik_llama.cpp's CPU kernels and turns mmap off: they "
                          "are read into RAM at start (they fit, so nothing pages)")
+        elif host_weights and stranded:
+            notes.append(f"no -rtr: the plan's prompts copy host experts to the GPU at -ub {plan.cfg.n_ubatch}, and "
+                         f"ik_llama.cpp has no CUDA kernels for repacked {', '.join(stranded)}, so they would be "
+                         "computed on the CPU instead")
         elif host_weights:
             notes.append("no -rtr: it turns mmap off, and host RAM does not hold the host's weights")
         return args, notes
