@@ -222,9 +222,12 @@ def _prompt_flops(md: ModelDescription, cfg: RunConfig) -> float:
 def _sample(r: Run, devices: dict[str, Device]) -> DecodeSample:
     """A run as the GPU fit sees it: predicted bytes per token per device (weights and KV), measured seconds, and
     as fixed seconds everything the prediction has beyond those bytes at each device's bandwidth (device
-    switches, per-block overheads, a host's compute beyond its reading)."""
+    switches, per-block overheads, a host's compute beyond its reading). A GPU's weights count as the bytes its
+    kernels' costs make them (per type, routed experts at the expert efficiency), so the time they take scales
+    with the one unknown, its bandwidth."""
     d = r.predicted.decode_batch1
-    read = dict(d.weight_bytes)
+    read = {n: b if devices[n].is_host else d.weight_seconds[n] * devices[n].effective_bandwidth
+            for n, b in d.weight_bytes.items()}
     for name, b in d.kv_bytes.items():
         read[name] = read.get(name, 0.0) + b
     streaming = sum(b / devices[n].effective_bandwidth for n, b in read.items())
