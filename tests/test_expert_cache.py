@@ -133,10 +133,10 @@ def test_solve_sizes_the_cache_from_a_profile_trace(model_path: Callable[[str], 
     argv = doc["llama_cpp"]["argv"]
     mib = int(argv[argv.index("--moe-cache-mib") + 1])
     assert mib == doc["expert_cache"]["mib"] > 0
-    r = CliRunner().invoke(main, [*base, "--pcie", "3.0x4"])
+    r = CliRunner().invoke(main, [*base, "--pcie", "3.0x1"])
     assert r.exit_code == 0, r.stderr
     command = r.stdout.split("command:\n")[1].splitlines()[0]
     assert "Expert cache (--moe-cache-mib" in r.stdout and "llama-server" in command
-    assert "--moe-cache-mib" not in command  # behind a x4 Gen3 link no cache size pays
+    assert "--moe-cache-mib" not in command  # behind a x1 Gen3 link no cache size pays (misses cross it)
     r = CliRunner().invoke(main, [*base[:-1], "lots"])
     assert r.exit_code == 2 and "--moe-cache-mib 'lots'" in r.stderr
