@@ -74,6 +74,7 @@ from moeplace.speed import (
     prefill_from_work,
     workload,
 )
+from moeplace.targets.ik_llama import RTR_CUDA_TYPES
 from moeplace.testing import write_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -345,11 +346,14 @@ def _build_date(row: dict[str, Any]) -> str:
 
 def _host_only(row: dict[str, Any]) -> bool:
     """Whether the host's weights are in types no GPU multiplies, so prompts compute them on the host (no op
-    offload): ik_llama.cpp's run-time repacking (-rtr) or a repacked _R4/_R8 file, unless the types are its
-    IQ*_K ones and the build has their CUDA kernels (IK_R4_CUDA)."""
+    offload): ik_llama.cpp's run-time repacking (-rtr) or a repacked _R4/_R8 file, unless the quant is one whose
+    repacked form its CUDA backend multiplies (RTR_CUDA_TYPES, the ik target's table) and the build has those
+    kernels (IK_R4_CUDA, the date of the IQ*_K ones)."""
     other = " ".join(row["flags"]["other"])
-    repacked = bool(re.search(r"(^|\s)-rtr\b(?!\s*0)", other) or re.search(r"_R[48]\b", row["quant"] or ""))
-    return repacked and not (re.match(r"IQ\d_K", row["quant"] or "") and _build_date(row) >= IK_R4_CUDA)
+    quant = (row["quant"] or "").upper()
+    repacked = bool(re.search(r"(^|\s)-rtr\b(?!\s*0)", other) or re.search(r"_R[48]\b", quant))
+    base = re.sub(r"_R[48]$", "", quant.split(" ")[0])
+    return repacked and not (base in RTR_CUDA_TYPES and _build_date(row) >= IK_R4_CUDA)
 
 
 def make_case(row: dict[str, Any], models: Models, params: SpeedParams) -> Case:
