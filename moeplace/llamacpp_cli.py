@@ -117,6 +117,12 @@ _IGNORED_VALUE = _flags("""
 -embd --embd-normalize --embd-output-format --embd-separator --cls-separator -lm --load-mode -nopo-draft
 """)
 
+# ik_llama.cpp's own flags among the ones read and ignored: they change its work and kernels (fused MoE, run-time
+# repacking, MLA mode, attention batch, expert reduction, offload policy), which an estimate of mainline llama.cpp
+# does not model, so the note says so instead of calling them without effect.
+_IK_ONLY = frozenset({"-fmoe", "--fused-moe", "-rtr", "--run-time-repack", "-ger", "--grouped-expert-routing",
+                      "-mla", "--mla-use", "-amb", "--attention-max-batch", "-ser", "--smart-expert-reduction"})
+
 _PROGRAMS = re.compile(r"^(llama-(server|cli|bench|mtmd-cli|run|simple|perplexity|batched-bench)|main|server|"
                        r"llama-sweep-bench)(\.exe)?$")
 _BOOL_TRUE = {"1", "true", "on", "yes", "enabled"}
@@ -338,7 +344,12 @@ def parse_command(command: str | Sequence[str]) -> LlamaCommand:
             raise CommandLineError(f"unknown {where} flag '{raw}': moeplace does not know what it does to placement"
                                    " or speed; remove it from the pasted line")
         i += 1
-    if ignored:
-        notes.append("read and ignored (no effect on placement or speed): " + " ".join(dict.fromkeys(ignored)))
+    ik = [f for f in dict.fromkeys(ignored) if f in _IK_ONLY]
+    rest = [f for f in dict.fromkeys(ignored) if f not in _IK_ONLY]
+    if ik:
+        notes.append(f"ik_llama.cpp flags {' '.join(ik)}: estimated as mainline llama.cpp, whose -ngl, prompt offload "
+                     "and CPU kernels differ from ik_llama.cpp's; plan for it with solve --target ik_llama.cpp")
+    if rest:
+        notes.append("read and ignored (no effect on placement or speed): " + " ".join(rest))
     return LlamaCommand(program=program, bench=bench, overrides=(*overrides, *n_cpu_moe_bench),
                         notes=tuple(notes), **v)  # type: ignore[arg-type]

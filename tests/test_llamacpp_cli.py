@@ -81,3 +81,13 @@ def test_model_or_command_is_told_by_the_first_word() -> None:
     assert not looks_like_command("model.gguf") and not looks_like_command("hf://org/repo/model.gguf")
     with pytest.raises(CommandLineError, match="at least one above zero"):
         parse_command("llama-server -m m.gguf -ts 0,0")
+
+
+def test_ik_llama_cpp_flags_are_named_not_called_without_effect() -> None:
+    """-fmoe, -rtr, -mla, -amb change ik_llama.cpp's work and kernels: the note says the estimate is mainline
+    llama.cpp's, and the flags without effect (--jinja) are listed apart."""
+    c = parse_command("llama-server -m m.gguf -ngl 99 -ot exps=CPU -fmoe -rtr -mla 3 -amb 512 --jinja")
+    ik = next(n for n in c.notes if n.startswith("ik_llama.cpp flags"))
+    assert "-fmoe -rtr -mla -amb" in ik and "solve --target ik_llama.cpp" in ik
+    plain = next(n for n in c.notes if n.startswith("read and ignored"))
+    assert "--jinja" in plain and "-rtr" not in plain
