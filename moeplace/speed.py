@@ -86,6 +86,18 @@ _EMBD, _EXPERT = _ROLE_CODE[Role.TOKEN_EMBD], _ROLE_CODE[Role.ROUTED_EXPERT]
 ROUTED_MEMO = 8
 
 
+def _remember(store: dict[object, Any], key: object, make: Callable[[], Any]) -> Any:
+    """``store[key]``, made by ``make()`` the first time; its arrays (a tuple's too) are made read-only, since every
+    later caller shares them."""
+    if key not in store:
+        value = make()
+        for a in value if isinstance(value, tuple) else (value,):
+            if isinstance(a, np.ndarray):
+                a.flags.writeable = False
+        store[key] = value
+    return store[key]
+
+
 class SpeedError(MoeplaceError):
     """An input the speed model cannot use (a routing profile of the wrong shape, an unknown device)."""
 
@@ -185,12 +197,14 @@ class TensorTable:
                                         else 0.0 for t in ts], dtype=np.float64),
         )
 
+    def remember(self, key: object, make: Callable[[], Any]) -> Any:
+        """``make()``, computed once per ``key`` for this model (:func:`_remember`)."""
+        return _remember(self.memo, key, make)
+
     def _cost(self, costs: tuple[tuple[str, float], ...]) -> np.ndarray:
-        key = ("cost", costs)
-        if key not in self.memo:
-            qc = dict(costs)
-            self.memo[key] = np.array([qc.get(t, 1.0) for t in self.type_names] or [1.0])[self.type_code]
-        return self.memo[key]
+        qc = dict(costs)
+        return self.remember(("cost", costs),
+                             lambda: np.array([qc.get(t, 1.0) for t in self.type_names] or [1.0])[self.type_code])
 
     def quant_cost(self, device: Device) -> np.ndarray:
         """Each tensor's decode cost per element relative to Q4_K on ``device`` (1 for types it does not list)."""
@@ -217,13 +231,7 @@ class TensorTable:
             if len(cache) >= ROUTED_MEMO:
                 cache.pop(next(iter(cache)))
             entry = cache[id(routing)] = (routing, {})
-        values = entry[1]
-        if key not in values:
-            value = make()
-            for a in value if isinstance(value, tuple) else (value,):
-                a.flags.writeable = False
-            values[key] = value
-        return values[key]
+        return _remember(entry[1], key, make)
 
     def distinct(self, routing: np.ndarray, tokens: float) -> np.ndarray:
         """:func:`distinct_by_block`, remembered per routing matrix (:meth:`routed`)."""
@@ -460,15 +468,14 @@ def attention_flops_per_layer(model: ModelDescription, n_past: int, table: Tenso
                               ) -> np.ndarray:
     """Decode attention FLOPs per block for one token at context position ``n_past`` (sliding-window blocks
     attend at most their window); ``table`` remembers the per-block part across calls."""
-    memo = table.memo if table is not None else {}
-    if "attention" not in memo:
+    def make() -> np.ndarray:
         full = np.zeros(model.hparams.n_layer, dtype=np.float64)
         swa = np.zeros(model.hparams.n_layer, dtype=np.float64)
         per = attention_flops_per_position(model, decode=True)
         for il, windowed in _attention_layers(model):
             (swa if windowed else full)[il] = per
-        memo["attention"] = np.stack([full, swa])
-    full, swa = memo["attention"]
+        return np.stack([full, swa])
+    full, swa = _remember(table.memo if table is not None else {}, "attention", make)
     return full * n_past + swa * min(n_past, model.hparams.n_swa)
 
 
@@ -801,7 +808,8 @@ def _prefill_work(pr: _Prepared, n_prompt: int | None = None, depth: int = 0) ->
     model, cfg, names, devs, idx, table = pr.model, pr.cfg, pr.names, pr.devs, pr.idx, pr.table
     n_ubatch = context_shape(model, cfg).n_ubatch
     n_prompt = n_ubatch if n_prompt is None else max(1, n_prompt)
-    gpus = [n for n in names if not devs[n].is_host]
+    first = next((i for i, n in enumerate(names) if not devs[n].is_host), -1)  # op offload's target GPU (-1: none)
+    gpu = devs[names[first]] if first >= 0 else None
     host_i = names.index(HOST)
     # Attention per KV block: QK^T and PV, 2 x H x d FLOPs per (token, attended position) each; a ubatch of u
     # tokens starting at position s attends u x (s + u/2) positions causally (at most the window on SWA blocks).
@@ -821,10 +829,9 @@ def _prefill_work(pr: _Prepared, n_prompt: int | None = None, depth: int = 0) ->
         if u in read:
             continue
         prefill_bytes, prefill_flops, rows = _prefill_costs(table, pr.routing, u, hp.n_expert_used)
-        moved = (idx == host_i) & offloaded(table, cfg, u, devs[gpus[0]] if gpus else None, hp.n_expert_used,
-                                             hp.n_expert)
+        moved = (idx == host_i) & offloaded(table, cfg, u, gpu, hp.n_expert_used, hp.n_expert)
         transfer[u] = float(np.sum(prefill_bytes[moved]))
-        compute_idx = np.where(moved, names.index(gpus[0]), idx) if gpus else idx
+        compute_idx = np.where(moved, first, idx)
         read[u] = np.bincount(idx[~moved], weights=prefill_bytes[~moved], minlength=len(names))
         # The host's batch kernels cost per FLOP by type (TensorTable.prefill_cost); copied weights run on the GPU.
         on_host = compute_idx == host_i
@@ -833,7 +840,7 @@ def _prefill_work(pr: _Prepared, n_prompt: int | None = None, depth: int = 0) ->
         flops_per_row[u] = np.bincount(compute_idx, weights=prefill_flops / rows, minlength=len(names))
     return PrefillWork(names=tuple(names), n_ubatch=n_ubatch, n_tokens=n_prompt, depth=depth, chunks=chunks,
                        read=read, flops=flops, flops_per_row=flops_per_row, transfer=transfer,
-                       link_device=names.index(gpus[0]) if gpus else -1,
+                       link_device=first,
                        copy_factor=copy_factor(cfg), attn_full=full, attn_swa=swa,
                        n_swa=hp.n_swa)
 
@@ -911,10 +918,7 @@ def _parts(model: ModelDescription, placement: Placement, cfg: RunConfig, devs: 
     pr = _prepare(model, placement, cfg, devs, profile, table)
     weights = np.bincount(pr.idx, weights=pr.table.nbytes, minlength=len(pr.names))
     host_experts = bool(np.any((pr.idx == pr.names.index(HOST)) & (pr.table.role == _EXPERT)))
-    memo = pr.table.memo
-    if ("kv_layers", cfg) not in memo:
-        memo["kv_layers", cfg] = kv_bytes_per_layer(model, cfg)
-    layers = memo["kv_layers", cfg]
+    layers = pr.table.remember(("kv_layers", cfg), lambda: kv_bytes_per_layer(model, cfg))
     mem = memory_by_device(model, placement, cfg, devs,
                            weights={n: int(weights[i]) for i, n in enumerate(pr.names) if weights[i]},
                            host_experts=host_experts, kv_layers=layers)
@@ -924,10 +928,7 @@ def _parts(model: ModelDescription, placement: Placement, cfg: RunConfig, devs: 
     if n_past is None and depth is not None:
         n_past = depth
     pos = shape.n_ctx_seq if n_past is None else max(0, min(n_past, shape.n_ctx_seq))
-    if ("kv_read", cfg, pos) not in memo:
-        memo["kv_read", cfg, pos] = kv_read_bytes_per_layer(model, cfg, pos, layers)
-        memo["kv_read", cfg, pos].flags.writeable = False
-    kv_read = memo["kv_read", cfg, pos]
+    kv_read = pr.table.remember(("kv_read", cfg, pos), lambda: kv_read_bytes_per_layer(model, cfg, pos, layers))
     return _Parts(pr, mem, fits, host, shape, pos, kv_read, _decode_work(pr, 1, pos, host.paged_fraction, kv_read),
                   _prefill_work(pr, n_prompt, depth or 0))
 
