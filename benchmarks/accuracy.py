@@ -754,12 +754,14 @@ def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, 
             "row of that backend at once (sb15013: all ten CUDA cards), and their held-out figures are the other "
             "rows' CUDA efficiencies. Fitted with them, the consumer cards' decode comes within 15% but the H100's "
             "and A100's is predicted nearly twice too fast (their Llama-2-7B decode stays far below their HBM "
-            "bandwidth), and their prompts 25-45% too slow: one CUDA compute efficiency also serves the hybrid rows;",
+            "bandwidth); their prompts come within 25% (-25% to +1%) since NVIDIA presets put every card's FP16 "
+            "rate on one scale, SMs x 1024 FLOP x clock (moeplace/data/hardware-gpus.json: A100/H100 prompts per "
+            "SM and clock match the GeForce cards', not their datasheets' 2-4x larger figures);",
             "- a GPU's routed experts decode at one fitted efficiency per backend relative to its dense weights; "
             "expert size and count per layer (DeepSeek's 256 small experts against gpt-oss's 32) are not seen;",
             "- GPU prompt rates are the presets' FP16 figures x one fitted efficiency per backend (per vendor on "
-            "Vulkan) x rows / (rows + a fitted half-rate row count) per multiplication; the presets' FP16 figures "
-            "count different units per vendor and generation (tensor cores, RDNA3 dual issue, XMX), which one "
+            "Vulkan) x rows / (rows + a fitted half-rate row count) per multiplication; outside NVIDIA the presets' "
+            "FP16 figures count different units per vendor and generation (RDNA3 dual issue, XMX), which one "
             "efficiency per backend cannot undo within a vendor: the W7800 on ROCm and the iGPUs are predicted too "
             "fast, the RX 7900 XTX on Vulkan (sb10879) far too slow;",
             "- ik399's GTX 1650 Super machine has 16 GB of RAM for a 15.3 GiB model: the page-cache thrashing its "

@@ -161,10 +161,11 @@ def solve(problem: Problem) -> Solution:
                 for o, (w, c) in enumerate(zip(units.tolist(), costs.tolist())):
                     if w >= size[d]:
                         continue
-                    cand = np.full(size[d], inf)
-                    cand[w:] = cost[d][: size[d] - w] + c
-                    better = cand < nc
-                    nc[better], no[better], nf[better] = cand[better], o, -1
+                    # states below w cannot take this option: compare only the shifted slice (views of nc/no/nf)
+                    cand = cost[d][: size[d] - w] + c
+                    tail_c, tail_o, tail_f = nc[w:], no[w:], nf[w:]
+                    better = cand < tail_c
+                    tail_c[better], tail_o[better], tail_f[better] = cand[better], o, -1
                     if best_q >= 0 and best_val + c + problem.switch_time < nc[w]:
                         nc[w], no[w], nf[w] = best_val + c + problem.switch_time, o, best_q
             back_opt[il].append(no)
