@@ -308,3 +308,25 @@ def test_host_cpu_options_are_hardware_options_of_solve(model_path: Callable[[st
     assert plan("-t", "1", "--cpu-class", "avx2")["decode_tokens_per_second"] < avx2["decode_tokens_per_second"]
     code, _, err = run(*base, "--cpu-class", "sse2")
     assert code == 2 and "sse2" in err
+
+
+def test_the_readme_session_is_what_solve_prints(model_path: Callable[[str], Path]) -> None:
+    """README.md's session with hardware given by flags shows this build's predictions: its placement and run
+    configuration tables are printed verbatim (they went stale once, when the speed model changed under them)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    prompt = ("$ moeplace solve examples/models/qwen3-30b-a3b.gguf --gpu rtx3060 --ram 32G --ram-bw ddr5-6000x2 "
+              "-c 32768\n")
+    shown = readme[readme.index(prompt) + len(prompt):]
+    shown = shown[:shown.index("```")].splitlines()
+    args = prompt.split()[3:]
+    code, out, err = run("solve", str(model_path("qwen3-30b-a3b")), *args[1:], "--no-scripts")
+    assert code == 0, err
+    printed = out.splitlines()
+
+    def table(lines: list[str], header: str) -> list[str]:
+        start = next(i for i, x in enumerate(lines) if x.startswith(header))
+        end = next(i for i in range(start, len(lines)) if not lines[i].strip() or lines[i].startswith("("))
+        return lines[start:end]
+
+    for header in ("placement ", " -ub "):
+        assert table(shown, header) == table(printed, header)
