@@ -310,6 +310,8 @@ def _command(row: dict[str, Any], model_path: str) -> list[str]:
         words += ["-c", str(f["ctx"])]
     if f["fa"] is not None:
         words += ["-fa", "1" if f["fa"] else "0"] if bench else ["-fa", "on" if f["fa"] else "off"]
+    if f["mmap"] is not None:  # --no-mmap puts host weights in pinned buffers: prompts copy them faster
+        words += ["-mmp", "1" if f["mmap"] else "0"] if bench else ([] if f["mmap"] else ["--no-mmap"])
     return words
 
 
@@ -332,6 +334,9 @@ class Models:
 # GPU for prompts (its other repacked types never do); from PR 520 (2025-06-12) routed experts move only when each
 # gets 32 of the ubatch's tokens (hardware.ENGINE_MOE_OFFLOAD_ROWS), before it at any ubatch of 32 tokens.
 IK_R4_CUDA, IK_MOE_RATIO = "2025-05-26", "2025-06-12"
+# From these dates op offload copies only the experts a ubatch uses, before them every expert of a host tensor
+# (Device.copies_all_experts): llama.cpp PR 15346 (2025-08-20), ik_llama.cpp PR 698 (2025-09-04, its git log).
+USED_EXPERTS_ONLY = {"llama.cpp": "2025-08-20", "ik_llama.cpp": "2025-09-04"}
 # Commit dates of the rows' ik_llama.cpp builds (git log of ikawrakow/ik_llama.cpp); other rows use their date.
 IK_BUILD_DATES = {"f2fb15de": "2025-03-16", "dcdfad29": "2025-03-18", "4084ca73": "2025-05-07",
                   "a2b5057a": "2025-05-20", "c7ecd4e2": "2025-05-24", "14292913": "2025-05-26",
@@ -382,7 +387,9 @@ def make_case(row: dict[str, Any], models: Models, params: SpeedParams) -> Case:
         devs = devices_for(hw, old_params(params) if old else params, old)
         # the engine's rule for moving host experts to the GPU, as the row's build had it (IK_MOE_RATIO)
         rows = 0.0 if old or _build_date(row) < IK_MOE_RATIO else ENGINE_MOE_OFFLOAD_ROWS.get(engine, 0.0)
-        devs = {n: d if d.is_host else replace(d, moe_offload_rows=rows) for n, d in devs.items()}
+        copy_all = old or _build_date(row) < USED_EXPERTS_ONLY[engine]
+        devs = {n: d if d.is_host else replace(d, moe_offload_rows=rows, copies_all_experts=copy_all)
+                for n, d in devs.items()}
         gpus = [d for d in devs.values() if not d.is_host]
         # MLA models cache one latent per token: a lone -ctk sets it (ik_llama.cpp runs them that way).
         type_v = cmd.type_v or (cmd.type_k if md.hparams.kv_lora_rank else None) or "f16"
@@ -757,6 +764,10 @@ def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, 
             "bandwidth); their prompts come within 25% (-25% to +1%) since NVIDIA presets put every card's FP16 "
             "rate on one scale, SMs x 1024 FLOP x clock (moeplace/data/hardware-gpus.json: A100/H100 prompts per "
             "SM and clock match the GeForce cards', not their datasheets' 2-4x larger figures);",
+            "- op offload copies the experts a prompt's ubatch uses, modelled from one published count (llama.cpp "
+            "PR 15346: 65% of Qwen3-30B-A3B's experts at -ub 512, a code prompt); llama-bench prompts random tokens, "
+            "whose routing nobody has counted, and the count's shape is assumed the same for every model; rows of "
+            "builds before that PR (ik_llama.cpp: its PR 698) are replayed copying every expert;",
             "- a GPU's routed experts decode at one fitted efficiency per backend relative to its dense weights; "
             "expert size and count per layer (DeepSeek's 256 small experts against gpt-oss's 32) are not seen;",
             "- GPU prompt rates are the presets' FP16 figures x one fitted efficiency per backend (per vendor on "

@@ -71,6 +71,10 @@ class Device:
     # OP_OFFLOAD_MIN_BATCH tokens (llama.cpp); N moves it only when each expert gets N of the ubatch's tokens on
     # average (ubatch x experts used / experts), the rule of ik_llama.cpp's CUDA backend (ENGINE_MOE_OFFLOAD_ROWS).
     moe_offload_rows: float = 0.0
+    # Op offload copies every expert of a host expert tensor, not only those the ubatch uses: llama.cpp before its
+    # PR 15346 (2025-08-20), ik_llama.cpp before its PR 698 (2025-09-04). Builds moeplace targets copy the used
+    # ones; the accuracy report sets it for older rows.
+    copies_all_experts: bool = False
     pool: int = 0  # unified memory: the whole pool the GPU shares with the host (its ``memory`` is the GPU's part)
     # The largest weight the backend accepts on this device (0: no limit). llama.cpp's loader keeps a larger one in
     # host memory even at -ngl 999, and an -ot sending it to the device aborts (Vulkan: maxStorageBufferRange).

@@ -17,7 +17,9 @@ solver optimises: ``time = sum_i bytes_i / bandwidth(device_i) + boundary terms`
 
 Prefill runs a ubatch of ``n_ubatch`` tokens: a GPU reads each weight it holds once per ubatch and computes
 ``2 x elements x tokens`` FLOPs; weights in host memory are copied to the GPU for ops of at least 32 tokens
-(op offload, ``GGML_OP_OFFLOAD_MIN_BATCH``), since llama.cpp PR 15346 only the experts the ubatch uses;
+(op offload, ``GGML_OP_OFFLOAD_MIN_BATCH``), since llama.cpp PR 15346 only the experts the ubatch uses (a
+prompt's tokens route alike, so a ubatch touches fewer experts than independent tokens: routing.py's
+``PROMPT_ROUTING_SHAPE``; ``Device.copies_all_experts`` for builds before that PR);
 ``--no-op-offload`` makes the CPU compute them instead. A GPU's FLOPs of a multiplication over few rows cost more
 (:func:`gpu_flop_cost`: a small ubatch, or a routed expert that gets a few of its tokens). A prompt of
 ``n_prompt`` tokens at depth ``d`` (tokens already in the context, llama-bench ``-d``) runs in ubatches; each
@@ -68,7 +70,7 @@ from moeplace.memory import (
 )
 from moeplace.model import ModelDescription, Role
 from moeplace.placement import HOST, Placement
-from moeplace.routing import expected_distinct, uniform_probs
+from moeplace.routing import PROMPT_ROUTING_SHAPE, expected_distinct, uniform_probs
 
 ExpertProbs = Mapping[int, np.ndarray]
 
@@ -233,9 +235,9 @@ class TensorTable:
             entry = cache[id(routing)] = (routing, {})
         return _remember(entry[1], key, make)
 
-    def distinct(self, routing: np.ndarray, tokens: float) -> np.ndarray:
+    def distinct(self, routing: np.ndarray, tokens: float, shape: float | None = None) -> np.ndarray:
         """:func:`distinct_by_block`, remembered per routing matrix (:meth:`routed`)."""
-        return self.routed(routing, ("distinct", tokens), lambda: distinct_by_block(routing, tokens))
+        return self.routed(routing, ("distinct", tokens, shape), lambda: distinct_by_block(routing, tokens, shape))
 
 
 def routing_matrix(model: ModelDescription, profile: ExpertProbs | np.ndarray | None) -> np.ndarray:
@@ -262,13 +264,16 @@ def _resolve_routing(model: ModelDescription, table: TensorTable, profile: Exper
     return table.uniform if profile is None else routing_matrix(model, profile)
 
 
-def distinct_by_block(routing: np.ndarray, tokens: float) -> np.ndarray:
-    """Expected distinct experts ``tokens`` tokens touch in each block (0 for blocks without experts)."""
+def distinct_by_block(routing: np.ndarray, tokens: float, shape: float | None = None) -> np.ndarray:
+    """Expected distinct experts ``tokens`` tokens touch in each block (0 for blocks without experts): tokens of
+    separate sequences (``shape`` None) or of one prompt (``shape``: routing.PROMPT_ROUTING_SHAPE), never fewer
+    than one token's own experts."""
     if routing.size == 0:
         return np.zeros(routing.shape[0])
+    one = np.sum(routing, axis=1)  # 1 - (1 - p)^1 = p
     if tokens == 1:
-        return np.sum(routing, axis=1)  # 1 - (1 - p)^1 = p
-    return np.asarray(expected_distinct(routing, tokens)).reshape(routing.shape[0])
+        return one
+    return np.maximum(np.asarray(expected_distinct(routing, tokens, shape)).reshape(routing.shape[0]), one)
 
 
 # --- linearisation -------------------------------------------------------------------------------------------
@@ -278,9 +283,10 @@ def distinct_by_block(routing: np.ndarray, tokens: float) -> np.ndarray:
 class TensorCosts:
     """Per loaded tensor (``names`` order): what it costs wherever it is placed.
 
-    ``decode_bytes``: bytes read per decode step at ``batch`` sequences; ``prefill_bytes``: bytes read (or
-    copied, when it sits in host memory under op offload) per ubatch; ``prefill_flops``: FLOPs per ubatch;
-    ``prefill_rows``: tokens each of its matrix multiplications takes (:func:`gpu_flop_cost`)."""
+    ``decode_bytes``: bytes read per decode step at ``batch`` sequences; ``prefill_bytes``: bytes read per
+    ubatch; ``prefill_flops``: FLOPs per ubatch; ``prefill_rows``: tokens each of its matrix multiplications takes
+    (:func:`gpu_flop_cost`); ``prefill_copy_bytes``: bytes copied per ubatch when it sits in host memory under op
+    offload (:func:`_prefill_costs`, :func:`copied_bytes`)."""
 
     names: tuple[str, ...]
     decode_bytes: np.ndarray
@@ -289,6 +295,7 @@ class TensorCosts:
     batch: int
     n_ubatch: int
     prefill_rows: np.ndarray
+    prefill_copy_bytes: np.ndarray
 
     def decode_seconds(self, bandwidth: np.ndarray) -> float:
         """The linear part of the decode step time given each tensor's device bandwidth (bytes/s)."""
@@ -323,21 +330,36 @@ def device_seconds(nbytes: np.ndarray, elements: np.ndarray, device: Device, cos
 
 
 def _prefill_costs(table: TensorTable, routing: np.ndarray, ub: int, n_expert_used: int
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per tensor and ubatch of ``ub`` tokens: bytes read, FLOPs, and the tokens (rows) each of its matrix
-    multiplications takes: the whole ubatch for a dense weight, the ubatch's ``ub x k`` expert slots spread over
-    the distinct experts it uses for a routed one."""
-    def make() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        distinct = table.distinct(routing, ub)
-        per_block = distinct[table.block_index]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per tensor and ubatch of ``ub`` tokens: bytes read, FLOPs, the tokens (rows) each of its matrix
+    multiplications takes (the whole ubatch for a dense weight, the ubatch's ``ub x k`` expert slots spread over
+    the distinct experts independent tokens use for a routed one), and the bytes op offload copies of it: of a
+    routed one, the experts one prompt's ubatch uses (routing.PROMPT_ROUTING_SHAPE: its tokens route alike).
+
+    Why two expert counts: the copy volume is what PR 15346 counted and what copy-bound rows (a 4070 prompting
+    faster than copying every expert over PCIe 4.0 x16 would allow) require; the GPU kernels' loss on few rows
+    (``half_rate_rows``) is fitted on the independent count, and prompts of all-GPU MoE rows show no gain from the
+    smaller one (docs/accuracy.md)."""
+    def make() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        per_block = table.distinct(routing, ub)[table.block_index]
+        used = table.distinct(routing, ub, PROMPT_ROUTING_SHAPE)[table.block_index]
         read = np.where(table.is_expert, table.slice_bytes * per_block, table.nbytes)
         read = np.where(table.is_embd, table.embd_row_bytes * ub, read)
         # Every token runs n_expert_used experts: expert FLOPs = 2 x slice elements x tokens x k; a lookup none.
         flops = np.where(table.is_expert, 2.0 * table.slice_elements * ub * n_expert_used,
                          2.0 * table.elements * ub)
         rows = np.where(table.is_expert, ub * n_expert_used / np.maximum(per_block, 1e-9), float(ub))
-        return read, np.where(table.is_embd, 0.0, flops), np.maximum(rows, 1.0)
+        copy = np.where(table.is_expert, table.slice_bytes * used, read)
+        return read, np.where(table.is_embd, 0.0, flops), np.maximum(rows, 1.0), copy
     return table.routed(routing, ("prefill", ub, n_expert_used), make)
+
+
+def copied_bytes(table: TensorTable, copy_bytes: np.ndarray, gpu: Device | None) -> np.ndarray:
+    """Bytes op offload copies per tensor to ``gpu``: ``copy_bytes`` (:func:`_prefill_costs`), or every expert of
+    a routed tensor on builds that copy them all (Device.copies_all_experts). The one rule :func:`estimate` and
+    the solver's :func:`linear_seconds` apply."""
+    return np.where(table.is_expert, table.nbytes, copy_bytes) if gpu is not None and gpu.copies_all_experts \
+        else copy_bytes
 
 
 def gpu_flop_cost(device: Device, rows: np.ndarray) -> np.ndarray:
@@ -395,8 +417,8 @@ def tensor_costs(model: ModelDescription, cfg: RunConfig, profile: ExpertProbs |
     table = table or TensorTable.build(model)
     routing = _resolve_routing(model, table, profile)
     ub = context_shape(model, cfg).n_ubatch
-    read, flops, rows = _prefill_costs(table, routing, ub, model.hparams.n_expert_used)
-    return TensorCosts(table.names, _decode_bytes(table, routing, batch), read, flops, batch, ub, rows)
+    read, flops, rows, copy = _prefill_costs(table, routing, ub, model.hparams.n_expert_used)
+    return TensorCosts(table.names, _decode_bytes(table, routing, batch), read, flops, batch, ub, rows, copy)
 
 
 @dataclass(frozen=True)
@@ -433,7 +455,7 @@ def linear_seconds(model: ModelDescription, cfg: RunConfig, devices: Sequence[De
         hp = model.hparams
         moved = offloaded(table, cfg, tc.n_ubatch, devices[gpu], hp.n_expert_used, hp.n_expert)
         link = host_copy_bandwidth(devices[gpu], cfg)
-        copy = tc.prefill_bytes[moved] / link if link else 0.0
+        copy = copied_bytes(table, tc.prefill_copy_bytes, devices[gpu])[moved] / link if link else 0.0
         prefill[moved, host] = copy + (tc.prefill_flops[moved] * gpu_flop_cost(devices[gpu], tc.prefill_rows[moved])
                                        / rate[gpu])
     per_token = decode / batch + prompt_per_generated * prefill / tc.n_ubatch
@@ -828,9 +850,9 @@ def _prefill_work(pr: _Prepared, n_prompt: int | None = None, depth: int = 0) ->
     for _, u in chunks:
         if u in read:
             continue
-        prefill_bytes, prefill_flops, rows = _prefill_costs(table, pr.routing, u, hp.n_expert_used)
+        prefill_bytes, prefill_flops, rows, copy = _prefill_costs(table, pr.routing, u, hp.n_expert_used)
         moved = (idx == host_i) & offloaded(table, cfg, u, gpu, hp.n_expert_used, hp.n_expert)
-        transfer[u] = float(np.sum(prefill_bytes[moved]))
+        transfer[u] = float(np.sum(copied_bytes(table, copy, gpu)[moved]))
         compute_idx = np.where(moved, first, idx)
         read[u] = np.bincount(idx[~moved], weights=prefill_bytes[~moved], minlength=len(names))
         # The host's batch kernels cost per FLOP by type (TensorTable.prefill_cost); copied weights run on the GPU.

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from moeplace.model import ModelDescription, load_model
 from moeplace.routing import (
+    PROMPT_ROUTING_SHAPE,
     ModelIdentity,
     ProfileError,
     RoutingProfile,
@@ -123,6 +124,25 @@ def test_skewed_profile_touches_fewer_experts_than_uniform_as_the_formula_says()
         assert d[0] < uniform - 1  # a real difference, not rounding
     # At batch 1 every token touches exactly k experts, skewed or not.
     assert distinct_by_layer(prof, 1)[0] == pytest.approx(k)
+
+
+def test_a_prompts_tokens_touch_fewer_experts_as_llama_cpp_pr_15346_counted() -> None:
+    """One prompt's tokens route alike (PROMPT_ROUTING_SHAPE): a 512-token ubatch of Qwen3-30B-A3B's shape (128
+    experts, 8 used) touches about 65% of the experts (PR 15346 counted 72-95 per block, 83 on average), where
+    independent tokens touch all of them; the formula is a gamma mixture of each expert's rate, as a Monte Carlo
+    of prompts that draw their own rates and then route tokens independently finds; it grows with the ubatch and
+    never exceeds the independent count."""
+    n, k = 128, 8
+    p = uniform_probs(n, k)
+    d512 = expected_distinct(p, 512, PROMPT_ROUTING_SHAPE)
+    assert 0.6 * n < d512 < 0.7 * n < expected_distinct(p, 512) - 0.25 * n
+    rng = np.random.default_rng(15346)
+    rates = rng.gamma(PROMPT_ROUTING_SHAPE, p / PROMPT_ROUTING_SHAPE, size=(20_000, n))  # per prompt, mean p
+    simulated = (1 - np.exp(-512 * rates)).sum(axis=1).mean()  # Poisson arrivals at each prompt's rates
+    assert d512 == pytest.approx(simulated, rel=0.02)
+    batches = (32, 128, 512, 2048, 8192)
+    sizes = [expected_distinct(p, b, PROMPT_ROUTING_SHAPE) for b in batches]
+    assert sizes == sorted(sizes) and all(d <= expected_distinct(p, b) for d, b in zip(sizes, batches))
 
 
 def test_only_k_experts_ever_chosen_means_k_distinct_at_any_batch() -> None:

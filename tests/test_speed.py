@@ -13,7 +13,7 @@ from moeplace.hardware import Device, catalog, device_set, host_device, parse_gp
 from moeplace.memory import RunConfig, kv_bytes_per_layer
 from moeplace.model import ModelDescription, Role, load_model, tensor_bytes_per_token
 from moeplace.placement import all_on, layer_placement
-from moeplace.routing import expected_distinct
+from moeplace.routing import PROMPT_ROUTING_SHAPE, expected_distinct
 from moeplace.sizes import GIB
 from moeplace.speed import (
     SpeedError,
@@ -23,6 +23,7 @@ from moeplace.speed import (
     distinct_by_block,
     energy,
     estimate,
+    host_copy_bandwidth,
     linear_seconds,
     normalise_probs,
     prefill_from_work,
@@ -304,20 +305,34 @@ def test_gpu_prompt_kernels_lose_rate_on_few_rows(models: dict[str, ModelDescrip
 
 
 def test_prefill_copies_only_host_experts_the_ubatch_uses(models: dict[str, ModelDescription]) -> None:
+    """A ubatch is one prompt's tokens, which route alike (routing.PROMPT_ROUTING_SHAPE): it uses fewer experts
+    than as many independent tokens would, and only those are copied; builds before llama.cpp PR 15346 copy every
+    expert (Device.copies_all_experts)."""
     m = models["qwen3-30b-a3b"]
     hp = m.hparams
     devs = free_switch_devices()
     host = [t for t in m.tensors if t.role is Role.ROUTED_EXPERT and t.block is not None and t.block < 10]
     p = layer_placement(m, ("CUDA0",) * hp.n_layer, "CUDA0", {t.name: "CPU" for t in host})
     ub = 64
-    used = hp.n_expert * (1 - (1 - hp.n_expert_used / hp.n_expert) ** ub)
+    rate = hp.n_expert_used / hp.n_expert
+    used = hp.n_expert * (1 - (1 + ub * rate / PROMPT_ROUTING_SHAPE) ** -PROMPT_ROUTING_SHAPE)
+    independent = hp.n_expert * (1 - (1 - rate) ** ub)
+    assert hp.n_expert_used < used < 0.75 * independent
     pre = prefill_time(m, p, RunConfig(n_ubatch=ub), devs)
     assert pre.transfer_bytes == pytest.approx(sum(t.nbytes / hp.n_expert * used for t in host))
     assert pre.transfer_seconds == pytest.approx(pre.transfer_bytes / devs["CUDA0"].link_bandwidth)
-    # below 32 tokens, or with --no-op-offload, the CPU computes them
-    assert prefill_time(m, p, RunConfig(n_ubatch=16), devs).transfer_bytes == 0
-    off = prefill_time(m, p, RunConfig(n_ubatch=ub, op_offload=False), devs)
-    assert off.transfer_bytes == 0 and off.seconds_by_device["CPU"] > 0
+    old = {**devs, "CUDA0": replace(devs["CUDA0"], copies_all_experts=True)}
+    assert prefill_time(m, p, RunConfig(n_ubatch=ub), old).transfer_bytes == pytest.approx(sum(t.nbytes for t in host))
+    # the solver's linear form copies the same bytes (host column: copy time at the link's rate)
+    cfg = RunConfig(n_ubatch=ub)
+    slow = {**devs, "CUDA0": replace(devs["CUDA0"], link_bandwidth=1e10)}
+    slow_old = {**slow, "CUDA0": replace(slow["CUDA0"], copies_all_experts=True)}
+    a = linear_seconds(m, cfg, list(slow.values()), prompt_per_generated=ub)
+    b = linear_seconds(m, cfg, list(slow_old.values()), prompt_per_generated=ub)
+    rows = [a.index[t.name] for t in host]
+    extra = float(np.sum(b.seconds[rows, 1] - a.seconds[rows, 1]))
+    more = prefill_time(m, p, cfg, slow_old).transfer_bytes - prefill_time(m, p, cfg, slow).transfer_bytes
+    assert more > 0 and extra == pytest.approx(more / host_copy_bandwidth(slow["CUDA0"], cfg), rel=1e-6)
 
 
 def test_ik_llama_cpp_offloads_host_experts_only_when_each_gets_enough_tokens(
