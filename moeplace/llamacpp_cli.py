@@ -344,8 +344,9 @@ def parse_command(command: str | Sequence[str]) -> LlamaCommand:
             raise CommandLineError(f"unknown {where} flag '{raw}': moeplace does not know what it does to placement"
                                    " or speed; remove it from the pasted line")
         i += 1
-    ik = [f for f in dict.fromkeys(ignored) if f in _IK_ONLY]
-    rest = [f for f in dict.fromkeys(ignored) if f not in _IK_ONLY]
+    seen = list(dict.fromkeys(ignored))
+    ik = [f for f in seen if f in _IK_ONLY]
+    rest = [f for f in seen if f not in _IK_ONLY]
     if ik:
         notes.append(f"ik_llama.cpp flags {' '.join(ik)}: estimated as mainline llama.cpp, whose -ngl, prompt offload "
                      "and CPU kernels differ from ik_llama.cpp's; plan for it with solve --target ik_llama.cpp")

@@ -302,20 +302,24 @@ class TensorCosts:
         return float(np.sum(self.decode_bytes / bandwidth))
 
 
-def _decode_bytes(table: TensorTable, routing: np.ndarray, batch: int) -> np.ndarray:
+def _touched(table: TensorTable, routing: np.ndarray, batch: int, key: str, per_expert: np.ndarray,
+             whole: np.ndarray, embd_row: np.ndarray) -> np.ndarray:
+    """Per tensor, the amount (bytes or elements) ``batch`` independent tokens touch: a routed expert tensor's
+    distinct experts, one row of the token embedding per token, every other tensor whole; remembered per routing
+    matrix under ``key``."""
     def make() -> np.ndarray:
         distinct = table.distinct(routing, batch)
-        out = np.where(table.is_expert, table.slice_bytes * distinct[table.block_index], table.nbytes)
-        return np.where(table.is_embd, table.embd_row_bytes * batch, out)
-    return table.routed(routing, ("decode_bytes", batch), make)
+        out = np.where(table.is_expert, per_expert * distinct[table.block_index], whole)
+        return np.where(table.is_embd, embd_row * batch, out)
+    return table.routed(routing, (key, batch), make)
+
+
+def _decode_bytes(table: TensorTable, routing: np.ndarray, batch: int) -> np.ndarray:
+    return _touched(table, routing, batch, "bytes", table.slice_bytes, table.nbytes, table.embd_row_bytes)
 
 
 def _decode_elements(table: TensorTable, routing: np.ndarray, batch: int) -> np.ndarray:
-    def make() -> np.ndarray:
-        distinct = table.distinct(routing, batch)
-        out = np.where(table.is_expert, table.slice_elements * distinct[table.block_index], table.elements)
-        return np.where(table.is_embd, table.embd_row_elements * batch, out)
-    return table.routed(routing, ("decode_elements", batch), make)
+    return _touched(table, routing, batch, "elements", table.slice_elements, table.elements, table.embd_row_elements)
 
 
 def device_seconds(nbytes: np.ndarray, elements: np.ndarray, device: Device, cost: np.ndarray) -> np.ndarray:
@@ -343,8 +347,7 @@ def _prefill_costs(table: TensorTable, routing: np.ndarray, ub: int, n_expert_us
     def make() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         per_block = table.distinct(routing, ub)[table.block_index]
         used = table.distinct(routing, ub, PROMPT_ROUTING_SHAPE)[table.block_index]
-        read = np.where(table.is_expert, table.slice_bytes * per_block, table.nbytes)
-        read = np.where(table.is_embd, table.embd_row_bytes * ub, read)
+        read = _decode_bytes(table, routing, ub)  # what ub independent tokens read, as a decode batch of ub
         # Every token runs n_expert_used experts: expert FLOPs = 2 x slice elements x tokens x k; a lookup none.
         flops = np.where(table.is_expert, 2.0 * table.slice_elements * ub * n_expert_used,
                          2.0 * table.elements * ub)
