@@ -164,7 +164,12 @@ def _why(model: ModelDescription, devices: Mapping[str, Device], win: Plan, trie
                        f"cache (it takes a quantized cache only above {KV_QUANT_MIN_GAIN:.0%})")
         else:
             q8 = min((p.chosen.seconds for p in tried if p.cfg.type_k == "q8_0"), default=None)
-            if q8 is not None:
+            if q8 is not None and q8 >= win.chosen.seconds:
+                cuda = any(d.backend == "cuda" for d in devices.values())
+                out.append(f"-ctk/-ctv f16: q8_0 would be {100 * (q8 / win.chosen.seconds - 1):.1f}% slower"
+                           + (": llama.cpp's CUDA backend decodes a quantized cache with its vector attention kernel, "
+                              "which reads the cache once per query head" if cuda else ""))
+            elif q8 is not None:
                 out.append(f"-ctk/-ctv f16: q8_0 would be {100 * (1 - q8 / win.chosen.seconds):.1f}% faster, below "
                            f"the {KV_QUANT_MIN_GAIN:.0%} that would pay for its accuracy cost")
     if "n_seq_max" not in fixed and c.n_seq_max > 1:

@@ -75,6 +75,13 @@ class Device:
     # PR 15346 (2025-08-20), ik_llama.cpp before its PR 698 (2025-09-04). Builds moeplace targets copy the used
     # ones; the accuracy report sets it for older rows.
     copies_all_experts: bool = False
+    # NVIDIA compute capability (8.6 Ampere GA10x, 8.9 Ada, 12.0 consumer Blackwell; 0: not known), by which
+    # llama.cpp's CUDA backend picks a decoded token's attention kernel (speed.kv_rereads).
+    cuda_cc: float = 0.0
+    # Share of the repeated K/V reads of that vector attention kernel (a block per query head, so each KV head is
+    # read once per query head sharing it) that reach memory instead of the L2 cache; 0 where decode attention
+    # reads each KV head once (GQA-aware kernels: other backends, ik_llama.cpp since its PR 370).
+    kv_reread_share: float = 0.0
     pool: int = 0  # unified memory: the whole pool the GPU shares with the host (its ``memory`` is the GPU's part)
     # The largest weight the backend accepts on this device (0: no limit). llama.cpp's loader keeps a larger one in
     # host memory even at -ngl 999, and an -ot sending it to the device aborts (Vulkan: maxStorageBufferRange).
@@ -163,6 +170,7 @@ class Preset:
     unified: bool
     source: str
     max_tensor: int = 0  # bytes; 0: the backend's default (Catalog.max_tensor)
+    cuda_cc: float = 0.0  # NVIDIA compute capability; 0: not an NVIDIA preset
 
 
 # The CPU vector class core_gflops is fitted in (speed-model.json's cpu_simd_factor is relative to it).
@@ -192,6 +200,7 @@ class SpeedParams:
     cpu_simd_factor: Mapping[str, float] = field(default_factory=dict)
     gpu_expert_efficiency: Mapping[str, float] = field(default_factory=dict)  # per GPU backend (Device field)
     gpu_half_rate_rows: float = 0.0  # Device.half_rate_rows of every GPU
+    gpu_kv_reread_share: float = 0.0  # Device.kv_reread_share of every GPU
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> SpeedParams:
@@ -209,6 +218,7 @@ class SpeedParams:
             cpu_simd_factor={k: float(v) for k, v in doc.get("cpu_simd_factor", {}).items()},
             gpu_expert_efficiency={k: float(v) for k, v in doc.get("gpu_expert_efficiency", {}).items()},
             gpu_half_rate_rows=float(doc.get("gpu_half_rate_rows", 0.0)),
+            gpu_kv_reread_share=float(doc.get("gpu_kv_reread_share", 0.0)),
             cpu_prefill_cost={k.upper(): float(v) for k, v in doc.get("cpu_prefill_cost", {}).items()
                               if not k.startswith("_")},
         )
@@ -294,6 +304,7 @@ def build_catalog(texts: Iterable[str]) -> Catalog:
                 bandwidth=float(spec["bandwidth_gbs"]) * GB, power=float(spec["power_w"]),
                 flops=float(spec.get("fp16_tflops", 0.0)) * 1e12, pcie=spec.get("pcie", ""), unified=unified,
                 source=spec.get("source", ""), max_tensor=int(spec.get("max_tensor_bytes", 0)),
+                cuda_cc=float(spec.get("cuda_cc", 0.0)),
             )
             for alias in spec.get("aliases", []):
                 aliases[_norm(alias)] = k
@@ -393,6 +404,7 @@ def _gpu_from_item(item: str, backend: str | None, cat: Catalog, params: SpeedPa
             pool=preset.total_memory if preset.unified else 0,
             link_latency=cat.switch_latency.get("unified" if preset.unified else "pcie", 2e-5),
             max_tensor=preset.max_tensor if b == preset.backend and preset.max_tensor else cat.max_tensor.get(b, 0),
+            cuda_cc=preset.cuda_cc,
         )
     else:
         m = _SIZE_AT_BW.match(text)
@@ -467,7 +479,7 @@ def gpu_params(dev: Device, params: SpeedParams) -> Device:
                    compute_efficiency=compute_efficiency(params, dev.backend, dev.label), quant_cost=cost,
                    layer_seconds=params.gpu_layer_us * 1e-6,
                    expert_efficiency=params.gpu_expert_efficiency.get(dev.backend, 1.0),
-                   half_rate_rows=params.gpu_half_rate_rows)
+                   half_rate_rows=params.gpu_half_rate_rows, kv_reread_share=params.gpu_kv_reread_share)
 
 
 def parse_gpus(specs: Sequence[str], backend: str | None = None, cat: Catalog | None = None,
@@ -660,6 +672,9 @@ def device_set(gpus: Sequence[Device], host: Device) -> dict[str, Device]:
 # ubatch x experts used >= GGML_CUDA_MIN_BATCH_OFFLOAD (32) x experts: DeepSeek-V3 from -ub 1024, Qwen3-235B from
 # 512. llama.cpp moves every op of at least 32 tokens.
 ENGINE_MOE_OFFLOAD_ROWS = {"ik_llama.cpp": 32.0}
+# Engines whose CUDA attention for one decoded token reads each KV head once for all the query heads sharing it,
+# whatever the cache type: ik_llama.cpp since its PR 370 (2025-05-04, "CUDA: faster FA TG for GQA models").
+ENGINE_GQA_DECODE_ATTENTION = ("ik_llama.cpp",)
 # The vector class an engine's CPU kernels run in, by the CPU's own class, where the two differ: ik_llama.cpp's
 # iqk kernels take their AVX-512 path only with VNNI (HAVE_FANCY_SIMD, ggml/src/iqk/iqk_config.h at 8337e4cd3861),
 # else their AVX2 one.
@@ -675,16 +690,22 @@ def for_engine(devices: Mapping[str, Device], engine: str, params: SpeedParams |
     """The devices as ``engine`` drives them: another engine's CPU kernels (ik_llama.cpp's repacked and fused ones)
     do the host's work at ``engine_cpu_factor`` times llama.cpp's rate, in decode and in prompts (fitted on that
     engine's published rows, docs/accuracy.md) and in the vector class its kernels use there (ENGINE_SIMD), and its
-    GPU backends take host experts over for prompts by its own rule (ENGINE_MOE_OFFLOAD_ROWS). The one place
+    GPU backends take host experts over for prompts by its own rule (ENGINE_MOE_OFFLOAD_ROWS) and, where it has
+    GQA-aware decode attention on CUDA (ENGINE_GQA_DECODE_ATTENTION), read each KV head once. The one place
     engines differ in speed: solution.solve and the accuracy report."""
     params = params or speed_params()
     f = params.engine_cpu_factor.get(engine, 1.0)
     rows = ENGINE_MOE_OFFLOAD_ROWS.get(engine, 0.0)
+    gqa_aware = engine in ENGINE_GQA_DECODE_ATTENTION
+
+    def gpu(d: Device) -> Device:
+        share = 0.0 if gqa_aware else d.kv_reread_share
+        return d if (rows, share) == (d.moe_offload_rows, d.kv_reread_share) else replace(
+            d, moe_offload_rows=rows, kv_reread_share=share)
 
     def host(d: Device) -> Device:
         simd = engine_simd(engine, d.simd)
         g = params.simd_factor(simd) / params.simd_factor(d.simd)
         return d if f == 1.0 and simd == d.simd else replace(d, core_rate=d.core_rate * f, flops=d.flops * f * g,
                                                                simd=simd)
-    return {n: host(d) if d.is_host else (replace(d, moe_offload_rows=rows) if rows != d.moe_offload_rows else d)
-            for n, d in devices.items()}
+    return {n: host(d) if d.is_host else gpu(d) for n, d in devices.items()}

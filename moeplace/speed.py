@@ -463,8 +463,10 @@ def linear_seconds(model: ModelDescription, cfg: RunConfig, devices: Sequence[De
                                        / rate[gpu])
     per_token = decode / batch + prompt_per_generated * prefill / tc.n_ubatch
     n_ctx = context_shape(model, cfg).n_ctx_seq
-    kv = kv_seconds(kv_read_bytes_per_layer(model, cfg, n_ctx)[:, None],
-                    attention_flops_per_layer(model, n_ctx, table)[:, None], eff[None, :], rate[None, :])
+    share = np.array([d.kv_reread_share for d in devices])
+    kv_bytes = kv_read_bytes_per_layer(model, cfg, n_ctx)[:, None] * (
+        1.0 + kv_rereads(model, cfg, devices, n_ctx) * share[None, :])
+    kv = kv_seconds(kv_bytes, attention_flops_per_layer(model, n_ctx, table)[:, None], eff[None, :], rate[None, :])
     return LinearCosts(tc.names, {n: i for i, n in enumerate(tc.names)}, per_token, kv)
 
 
@@ -507,6 +509,40 @@ def attention_flops_per_layer(model: ModelDescription, n_past: int, table: Tenso
 def kv_seconds(kv_bytes: np.ndarray, attn_flops: np.ndarray, eff: np.ndarray, rate: np.ndarray) -> np.ndarray:
     """Decode time of attention: the larger of reading the KV cache and computing over it, per device."""
     return np.maximum(kv_bytes / eff, attn_flops / rate)
+
+
+# llama.cpp's CUDA attention kernel choice for one decoded token (ggml_cuda_get_best_fattn_kernel in
+# ggml-cuda/fattn.cu): the vector kernel, one block per query head, unless a GQA-aware matrix kernel is faster,
+# which needs an even GQA ratio and f16 K and V (a quantized cache would have to be converted for it), and from
+# Ada Lovelace on also a GQA ratio above 4 and at least this many cells (PR 15454, 2025-08-20).
+CUDA_ADA_CC = 8.9
+CUDA_MMA_MIN_CELLS = 8192
+
+
+def kv_rereads(model: ModelDescription, cfg: RunConfig, devices: Sequence[Device], n_past: int) -> np.ndarray:
+    """[block, device]: how many more times than once one decoded token's attention reads the block's KV cache
+    on each device. llama.cpp's CUDA vector kernel reads a KV head once per query head sharing it (GQA ratio - 1
+    more times, of which Device.kv_reread_share reach memory); its matrix kernels, MLA's, other backends' and the
+    host's read it once (as does attention without flash attention, which is not modelled). The published depth
+    series show it: with a q8_0 cache, Qwen3-235B-A22B (16 query heads per KV head) decodes 1.6x slower at 32K
+    than at 512 on an RTX A6000, where reading the cache once explains 1.04x (benchmarks/published, rows
+    ik370-7965wx-lc-a6000-q8-*)."""
+    out = np.zeros((model.hparams.n_layer, len(devices)), dtype=np.float64)
+    hp = model.hparams
+    f16 = cfg.type_k == "f16" and cfg.type_v == "f16"
+    vec_shape = hp.head_dim_k <= 256 and hp.head_dim_k % 64 == 0
+    if not cfg.flash_attn or not vec_shape or hp.kv_lora_rank:
+        return out
+    for j, d in enumerate(devices):
+        if d.backend != "cuda":
+            continue
+        for il, layer in enumerate(model.layers):
+            if not layer.has_kv or not layer.n_head_kv or layer.attention in ("mla", "recurrent"):
+                continue
+            gqa = hp.n_head // layer.n_head_kv
+            mma = gqa % 2 == 0 and f16 and (d.cuda_cc < CUDA_ADA_CC or (gqa > 4 and n_past >= CUDA_MMA_MIN_CELLS))
+            out[il, j] = 0.0 if mma else gqa - 1
+    return out
 
 
 def kv_read_bytes_per_layer(model: ModelDescription, cfg: RunConfig, n_past: int,
@@ -707,6 +743,7 @@ class DecodeWork:
     host_bytes: np.ndarray  # per tensor on the host
     host_work: np.ndarray  # per tensor on the host: elements x the CPU cost of its type (Q4_K elements)
     kv_bytes: np.ndarray  # per device
+    kv_reread_bytes: np.ndarray  # per device: further KV reads of a vector attention kernel (kv_rereads)
     attn_flops: np.ndarray  # per device: attention FLOPs over the cached positions
     blocks: np.ndarray  # per device: blocks whose attention runs there (each costs the device's layer overhead)
     switch_seq: np.ndarray  # device indices along the layer sequence
@@ -736,11 +773,13 @@ def _decode_work(pr: _Prepared, batch: int, n_past: int | None, paged_fraction: 
     kv_layer = (kv_read_bytes_per_layer(model, cfg, pos) if kv_layers is None else kv_layers) * batch
     kv_idx = np.array([host if cfg.no_kv_offload else names.index(d) for d in pr.placement.layer_devices],
                       dtype=np.int64)
+    rereads = kv_rereads(model, cfg, list(pr.devs.values()), pos)[np.arange(len(kv_idx)), kv_idx]
     return DecodeWork(
         names=tuple(names), batch=batch, n_past=pos, weight_bytes=per_dev_bytes, scaled_bytes=scaled,
         expert_bytes=experts,
         host_bytes=nbytes[on_host], host_work=elements[on_host] * pr.cost[host][on_host],
         kv_bytes=np.bincount(kv_idx, weights=kv_layer, minlength=n),
+        kv_reread_bytes=np.bincount(kv_idx, weights=kv_layer * rereads, minlength=n),
         attn_flops=np.bincount(kv_idx, weights=attention_flops_per_layer(model, pos, pr.table) * batch, minlength=n),
         blocks=np.bincount(np.array([names.index(pr.placement.layer_devices[b]) for b in pr.table.run_blocks],
                                     dtype=np.int64), minlength=n).astype(np.float64),
@@ -765,7 +804,8 @@ def decode_from_work(w: DecodeWork, devices: Sequence[Device]) -> DecodeTime:
         read = w.host_bytes / eff[host]
         rate = hd.decode_rate
         weight_s[host] = float(np.sum(np.maximum(read, w.host_work / rate) if rate > 0 else read))
-    kv_s = kv_seconds(w.kv_bytes, w.attn_flops, eff, flops_rates(devices)) + w.blocks * np.array(
+    traffic = w.kv_bytes + w.kv_reread_bytes * np.array([d.kv_reread_share for d in devices])
+    kv_s = kv_seconds(traffic, w.attn_flops, eff, flops_rates(devices)) + w.blocks * np.array(
         [d.layer_seconds for d in devices])
     switch_s = _switch_seconds(devices, w.switch_seq, w.act_bytes)
     # Weights beyond the RAM available thrash the page cache: a step's host reads miss it in that proportion

@@ -67,6 +67,24 @@ def assert_kv_rule(c: ConfigChoice) -> None:
         assert all(p.chosen.seconds > f16 * (1 - KV_QUANT_MIN_GAIN) for p in c.trade)
 
 
+def test_a_quantized_cache_that_decodes_slower_is_said_so(model_path: Callable[[str], Path]) -> None:
+    """On an Ampere card llama.cpp decodes an f16 cache with its GQA-aware kernel and a q8_0 cache with the vector
+    kernel, which reads it once per query head (speed.kv_rereads): at a long context q8_0 is slower, and the
+    explanation says so instead of calling a loss a small gain."""
+    from dataclasses import replace
+
+    m = load_model(model_path("qwen3-30b-a3b"))
+    devs = one_3090()
+    devs = {n: replace(d, kv_reread_share=0.5) if not d.is_host else d for n, d in devs.items()}
+    c = choose_config(m, devs, RunConfig(n_ctx=32768), workload=WORKLOADS["chat"])
+    assert c.plan.cfg.type_k == "f16"
+    q8 = min(p.chosen.seconds for p in c.trade if p.cfg.type_k == "q8_0")
+    assert q8 > c.plan.chosen.seconds
+    line = next(w for w in c.why if w.startswith("-ctk/-ctv f16"))
+    assert f"{100 * (q8 / c.plan.chosen.seconds - 1):.1f}% slower" in line and "vector attention kernel" in line
+    assert_kv_rule(c)
+
+
 def test_batch_workload_plans_the_slots_it_launches(model_path: Callable[[str], Path]) -> None:
     m = load_model(model_path("qwen3-30b-a3b"))
     c = choose_config(m, one_3090(), RunConfig(n_ctx=32768), workload=WORKLOADS["batch"])

@@ -268,7 +268,7 @@ def test_the_host_device_takes_both_cost_tables() -> None:
 
 def test_another_engine_runs_the_host_at_its_fitted_rate() -> None:
     """ik_llama.cpp's CPU kernels: the host's compute rates times engine_cpu_factor; its GPUs as they are but for
-    its op-offload rule for routed experts (ENGINE_MOE_OFFLOAD_ROWS)."""
+    its op-offload rule for routed experts (ENGINE_MOE_OFFLOAD_ROWS) and its GQA-aware decode attention."""
     from moeplace.hardware import ENGINE_MOE_OFFLOAD_ROWS
 
     p = replace(speed_params(), engine_cpu_factor={"ik_llama.cpp": 2.0})
@@ -277,8 +277,14 @@ def test_another_engine_runs_the_host_at_its_fitted_rate() -> None:
     assert ik["CPU"].decode_rate == 2 * devs["CPU"].decode_rate and ik["CPU"].flops == 2 * devs["CPU"].flops
     assert devs["CUDA0"].moe_offload_rows == 0
     assert ik["CUDA0"].moe_offload_rows == ENGINE_MOE_OFFLOAD_ROWS["ik_llama.cpp"]
-    assert replace(ik["CUDA0"], moe_offload_rows=0.0) == devs["CUDA0"]
+    assert replace(ik["CUDA0"], moe_offload_rows=0.0, kv_reread_share=devs["CUDA0"].kv_reread_share) == devs["CUDA0"]
     assert for_engine(devs, "llama.cpp", p) == devs
+    # its CUDA decode attention reads each KV head once (its PR 370); llama.cpp-based engines keep the rereads
+    share = replace(p, gpu_kv_reread_share=0.6)
+    gpus = device_set(parse_gpus(["rtx3090"], params=share), host_device(64 * GIB, 100, threads=8, cores=8))
+    assert gpus["CUDA0"].kv_reread_share == 0.6 and gpus["CUDA0"].cuda_cc == 8.6
+    assert for_engine(gpus, "ik_llama.cpp", share)["CUDA0"].kv_reread_share == 0.0
+    assert for_engine(gpus, "lmstudio", share)["CUDA0"].kv_reread_share == 0.6
     # its kernels have no AVX-512 path without VNNI: such a CPU prompts at the AVX2 rate under it, not under llama.cpp
     skx = device_set((), host_device(64 * GIB, 100, threads=8, cores=8, simd="avx512"))
     avx2 = host_device(64 * GIB, 100, threads=8, cores=8, simd="avx2")

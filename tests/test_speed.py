@@ -24,6 +24,8 @@ from moeplace.speed import (
     energy,
     estimate,
     host_copy_bandwidth,
+    kv_read_bytes_per_layer,
+    kv_rereads,
     linear_seconds,
     normalise_probs,
     prefill_from_work,
@@ -508,6 +510,37 @@ def test_decode_and_prefill_at_a_depth(models: dict[str, ModelDescription]) -> N
     four = prefill_time(m, p, cfg, devs, n_prompt=2048, depth=0).seconds
     parts = sum(prefill_time(m, p, cfg, devs, n_prompt=512, depth=d).seconds for d in (0, 512, 1024, 1536))
     assert four == pytest.approx(parts, rel=1e-9) and four > 4 * one
+
+
+def test_cuda_vector_attention_rereads_the_kv_cache(models: dict[str, ModelDescription]) -> None:
+    """llama.cpp's CUDA kernel choice for a decoded token: a quantized cache (or Ada and later at a short context)
+    takes the vector kernel, which reads each KV head once per query head; an f16 cache with an even GQA ratio
+    takes the GQA-aware matrix kernel on Ampere, and on Ada from 8192 cells when the ratio is above 4; other
+    backends read the cache once."""
+    m = models["qwen3-30b-a3b"]  # 32 query heads per 4 KV heads: ratio 8
+    gqa = m.hparams.n_head // m.layers[0].n_head_kv
+    ampere, ada = parse_gpus(["rtx3090"])[0], parse_gpus(["rtx4090"])[0]
+    rocm = parse_gpus(["rocm:rtx3090"])[0]
+    devs = [ampere, ada, rocm]
+
+    def rereads(cfg: RunConfig, depth: int) -> list[float]:
+        return list(kv_rereads(m, cfg, devs, depth)[0])
+
+    q8, f16 = RunConfig(n_ctx=32768, type_k="q8_0", type_v="q8_0"), RunConfig(n_ctx=32768)
+    assert rereads(q8, 16384) == [gqa - 1, gqa - 1, 0]
+    assert rereads(f16, 4096) == [0, gqa - 1, 0]
+    assert rereads(f16, 8192) == [0, 0, 0]
+    assert not kv_rereads(m, replace(q8, flash_attn=False), devs, 16384).any()
+    # the time: the cache's bytes once, plus the rereads' bytes times the share that reaches memory
+    p = all_on(m, "CUDA0")
+    host = host_device(64 * GIB, 100, available=64 * GIB)
+
+    def kv_time(share: float) -> float:
+        d = device_set((replace(ampere, kv_reread_share=share, efficiency=0.5),), host)
+        return estimate(m, p, q8, d, depth=16384).decode_batch1.kv_seconds["CUDA0"]
+
+    once = kv_read_bytes_per_layer(m, q8, 16384).sum() / (ampere.bandwidth * 0.5)
+    assert kv_time(0.5) - kv_time(0.0) == pytest.approx(once * (gqa - 1) * 0.5, rel=1e-6)
 
 
 def test_link_decides_the_prompt_copy(models: dict[str, ModelDescription]) -> None:
