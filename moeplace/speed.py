@@ -583,6 +583,8 @@ class DecodeTime:
     switches: int  # device changes along the layer sequence
     switch_seconds: float
     paging_seconds: float  # host weights read again from disk because they do not fit in RAM
+    # per device: KV bytes read again from memory by a vector attention kernel (kv_rereads), beyond kv_bytes
+    kv_reread_bytes: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
@@ -804,8 +806,8 @@ def decode_from_work(w: DecodeWork, devices: Sequence[Device]) -> DecodeTime:
         read = w.host_bytes / eff[host]
         rate = hd.decode_rate
         weight_s[host] = float(np.sum(np.maximum(read, w.host_work / rate) if rate > 0 else read))
-    traffic = w.kv_bytes + w.kv_reread_bytes * np.array([d.kv_reread_share for d in devices])
-    kv_s = kv_seconds(traffic, w.attn_flops, eff, flops_rates(devices)) + w.blocks * np.array(
+    reread = w.kv_reread_bytes * np.array([d.kv_reread_share for d in devices])
+    kv_s = kv_seconds(w.kv_bytes + reread, w.attn_flops, eff, flops_rates(devices)) + w.blocks * np.array(
         [d.layer_seconds for d in devices])
     switch_s = _switch_seconds(devices, w.switch_seq, w.act_bytes)
     # Weights beyond the RAM available thrash the page cache: a step's host reads miss it in that proportion
@@ -819,6 +821,7 @@ def decode_from_work(w: DecodeWork, devices: Sequence[Device]) -> DecodeTime:
         weight_bytes={n: float(w.weight_bytes[i]) for i, n in enumerate(names) if w.weight_bytes[i] > 0},
         kv_bytes={n: float(w.kv_bytes[i]) for i, n in enumerate(names) if w.kv_bytes[i] > 0},
         switches=len(w.switch_seq) - 1, switch_seconds=switch_s, paging_seconds=paging,
+        kv_reread_bytes={n: float(reread[i]) for i, n in enumerate(names) if reread[i] > 0},
     )
 
 

@@ -45,6 +45,21 @@ def test_qwen3_report(paths: dict[str, Path]) -> None:
     assert f"{trained} (trained)" in out
 
 
+def test_kv_read_again_is_shown(paths: dict[str, Path]) -> None:
+    """A q8_0 cache on CUDA at depth: the step's KV line names the bytes llama.cpp's vector attention kernel reads
+    again, and --json carries them beside the cache's own bytes; with f16 on an Ampere card there are none."""
+    args = [str(paths["qwen3-30b-a3b"]), "--gpu", "rtx3090", "--ram", "64G", "--ram-bw", "ddr5-6000x2", "-ngl", "99",
+            "-c", "32768", "-d", "16384"]
+    code, out = run(*args, "-ctk", "q8_0", "-ctv", "q8_0")
+    assert code == 0, out
+    assert "read again: llama.cpp's vector attention kernel" in out
+    code, out = run(*args, "-ctk", "q8_0", "-ctv", "q8_0", "--json")
+    d = json.loads(out)["decode"]
+    assert d["kv_reread_bytes"]["CUDA0"] > d["kv_bytes"]["CUDA0"] > 0
+    code, out = run(*args, "--json")
+    assert json.loads(out)["decode"]["kv_reread_bytes"] == {}
+
+
 def test_deepseek_json(paths: dict[str, Path]) -> None:
     code, out = run(str(paths["deepseek-v3"]), "--gpu", "24G@936,24G@936", "--ram", "512G", "--ram-bw",
                     "epyc-9004", "--cpu-moe", "-c", "32768", "-ctk", "q8_0", "-ctv", "q8_0", "--json")

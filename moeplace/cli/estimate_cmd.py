@@ -131,6 +131,8 @@ def estimate_to_json(model: ModelDescription, placement: Placement, cfg: RunConf
                    "weight_seconds": dict(e.decode_batch1.weight_seconds),
                    "kv_seconds": dict(e.decode_batch1.kv_seconds),
                    "weight_bytes": dict(e.decode_batch1.weight_bytes),
+                   "kv_bytes": dict(e.decode_batch1.kv_bytes),
+                   "kv_reread_bytes": dict(e.decode_batch1.kv_reread_bytes),
                    "switches": e.decode_batch1.switches, "switch_seconds": e.decode_batch1.switch_seconds,
                    "paging_seconds": e.decode_batch1.paging_seconds},
         "prefill": {"n_ubatch": e.prefill.n_ubatch, "n_tokens": e.prefill.n_tokens or e.prefill.n_ubatch,
@@ -187,9 +189,12 @@ def render(model: ModelDescription, placement: Placement, cfg: RunConfig, device
                   if e.decode.batch > 1 else ""))
     for n in devices:
         if n in d1.weight_seconds or n in d1.kv_seconds:
+            again = d1.kv_reread_bytes.get(n, 0)
             out.append(f"  {n:8s} reads {format_size(d1.weight_bytes.get(n, 0))} of weights "
-                       f"+ {format_size(d1.kv_bytes.get(n, 0))} of KV per token: "
-                       f"{1e3 * d1.busy_seconds(n):.2f} ms")
+                       f"+ {format_size(d1.kv_bytes.get(n, 0))} of KV per token"
+                       + (f" (+ {format_size(again)} read again: llama.cpp's vector attention kernel reads the "
+                          "cache once per query head)" if again else "")
+                       + f": {1e3 * d1.busy_seconds(n):.2f} ms")
     if d1.switches:
         out.append(f"  {d1.switches} device switches along the layers: {1e3 * d1.switch_seconds:.2f} ms")
     if d1.paging_seconds:
