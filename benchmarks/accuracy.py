@@ -782,9 +782,11 @@ def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, 
             "- a decoded token's attention on CUDA follows llama.cpp's kernel choice (moeplace.speed.kv_rereads: the "
             "vector kernel reads each KV head once per query head, a share of the repeats from memory: "
             f"{fitted['new'].gpu_kv_reread_share:.2f} in the fit on every source, prior "
-            f"{PRIOR['gpu_kv_reread_share']}); every GPU depth series in the rows used a q8_0 cache (the vector "
-            "kernel), so the f16 cache's matrix kernels, Ada's carve-out and other backends' decode attention (ROCm, "
-            "Vulkan, Metal: read once here) are not checked by any row;",
+            f"{PRIOR['gpu_kv_reread_share']}); every mainline GPU depth series in the rows used a q8_0 cache (the "
+            "vector kernel) on Ampere cards (6 MB of L2 cache), so the f16 cache's matrix kernels, Ada's carve-out, "
+            "the larger L2 caches of Ada and Blackwell (32-128 MB, which may hold more of the repeats: the share is "
+            "the same for every card) and other backends' decode attention (ROCm, Vulkan, Metal: read once here) are "
+            "not checked by any row;",
             "- ik399's GTX 1650 Super machine has 16 GB of RAM for a 15.3 GiB model: the page-cache thrashing its "
             "figures suggest is not predicted.", ""]
     if wrong:
