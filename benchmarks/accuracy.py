@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 from pathlib import Path
@@ -632,30 +632,40 @@ def metrics(errors: Sequence[float]) -> Metrics | None:
                    sum(x <= 0.3 for x in a) / len(a))
 
 
-def pairs(cases: Sequence[Case], model: str) -> tuple[int, int, list[str]]:
-    """Ordering agreement over same-machine pairs whose measured difference exceeds 5%."""
+def _series(cases: Sequence[Case]) -> dict[str, list[Case]]:
+    """Rows by same-machine series (pair_id)."""
     groups: dict[str, list[Case]] = defaultdict(list)
     for c in cases:
         if c.row["pair_id"]:
             groups[c.row["pair_id"]].append(c)
-    agree = total = 0
-    wrong = []
-    for gid, members in groups.items():
+    return groups
+
+
+def _measured_pairs(cases: Sequence[Case], model: str) -> Iterator[tuple[str, str, Case, Case]]:
+    """(series, test, a, b) for every same-machine pair whose measured difference exceeds 5% and that ``model``
+    predicted."""
+    for gid, members in _series(cases).items():
         for k in ("tg", "pp"):
             ms = [c for c in members if c.row[f"{k}_tps"] and k in c.predicted.get(model, {})]
-            for i in range(len(ms)):
-                for j in range(i + 1, len(ms)):
-                    a, b = ms[i], ms[j]
-                    ma, mb = a.row[f"{k}_tps"], b.row[f"{k}_tps"]
-                    if abs(ma / mb - 1) <= 0.05:
-                        continue
-                    total += 1
-                    pa, pb = a.predicted[model][k], b.predicted[model][k]
-                    if (ma > mb) == (pa > pb):
-                        agree += 1
-                    else:
-                        wrong.append(f"{gid} {k}: {a.row['id']} {ma:g} vs {b.row['id']} {mb:g} measured, "
-                                     f"predicted {pa:.3g} vs {pb:.3g}")
+            for i, a in enumerate(ms):
+                for b in ms[i + 1:]:
+                    if abs(a.row[f"{k}_tps"] / b.row[f"{k}_tps"] - 1) > 0.05:
+                        yield gid, k, a, b
+
+
+def pairs(cases: Sequence[Case], model: str) -> tuple[int, int, list[str]]:
+    """Ordering agreement over same-machine pairs whose measured difference exceeds 5%."""
+    agree = total = 0
+    wrong = []
+    for gid, k, a, b in _measured_pairs(cases, model):
+        total += 1
+        ma, mb = a.row[f"{k}_tps"], b.row[f"{k}_tps"]
+        pa, pb = a.predicted[model][k], b.predicted[model][k]
+        if (ma > mb) == (pa > pb):
+            agree += 1
+        else:
+            wrong.append(f"{gid} {k}: {a.row['id']} {ma:g} vs {b.row['id']} {mb:g} measured, "
+                         f"predicted {pa:.3g} vs {pb:.3g}")
     return agree, total, wrong
 
 
@@ -858,14 +868,11 @@ def _bounds_section(cases: Sequence[Case]) -> list[str]:
 
 def _zigzags(cases: Sequence[Case]) -> list[str]:
     """Same-machine series over -t alone whose measured speed changes direction at least twice."""
-    groups: dict[str, list[Case]] = defaultdict(list)
-    for c in cases:
-        if c.row["pair_id"] and c.row["flags"]["threads"]:
-            groups[c.row["pair_id"]].append(c)
     out = []
-    for gid, members in sorted(groups.items()):
+    for gid, members in sorted(_series(cases).items()):
         for k in ("tg", "pp"):
-            ms = sorted((c for c in members if c.row[f"{k}_tps"]), key=lambda c: c.row["flags"]["threads"])
+            ms = sorted((c for c in members if c.row[f"{k}_tps"] and c.row["flags"]["threads"]),
+                        key=lambda c: c.row["flags"]["threads"])
             if len({c.row["flags"]["threads"] for c in ms}) < len(ms) or len(ms) < 4:
                 continue
             v = [c.row[f"{k}_tps"] for c in ms]
@@ -878,20 +885,8 @@ def _zigzags(cases: Sequence[Case]) -> list[str]:
 
 def _indistinct(cases: Sequence[Case]) -> list[str]:
     """Pairs (measured difference > 5%) the all-source fit predicts within 0.5% of each other."""
-    groups: dict[str, list[Case]] = defaultdict(list)
-    for c in cases:
-        if c.row["pair_id"]:
-            groups[c.row["pair_id"]].append(c)
-    out = []
-    for gid, members in groups.items():
-        for k in ("tg", "pp"):
-            ms = [c for c in members if c.row[f"{k}_tps"] and k in c.predicted.get("in-sample", {})]
-            for i, a in enumerate(ms):
-                for b in ms[i + 1:]:
-                    if (abs(a.row[f"{k}_tps"] / b.row[f"{k}_tps"] - 1) > 0.05
-                            and abs(a.predicted["in-sample"][k] / b.predicted["in-sample"][k] - 1) < 0.005):
-                        out.append(f"{gid} {k}: {a.row['id']} vs {b.row['id']}")
-    return out
+    return [f"{gid} {k}: {a.row['id']} vs {b.row['id']}" for gid, k, a, b in _measured_pairs(cases, "in-sample")
+            if abs(a.predicted["in-sample"][k] / b.predicted["in-sample"][k] - 1) < 0.005]
 
 
 def _why(c: Case) -> str:

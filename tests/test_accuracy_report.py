@@ -1,0 +1,59 @@
+"""The accuracy report's tallies (benchmarks/accuracy.py): pair ordering, pairs no stated input tells apart,
+thread series that change direction, and the share within a target with and without each source's offset."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "accuracy.py"
+
+
+@pytest.fixture(scope="module")
+def acc() -> Any:
+    spec = importlib.util.spec_from_file_location("accuracy_report", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["accuracy_report"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def case(acc: Any, rid: str, source: str, series: str | None, tg: float, predicted: float,
+         threads: int | None = None) -> Any:
+    row = {"id": rid, "pair_id": series, "tg_tps": tg, "pp_tps": None, "flags": {"threads": threads}}
+    return acc.Case(row=row, source=source, engine="llama.cpp", hw=None, new=(None, None), old=(None, None),
+                    predicted={"m": {"tg": predicted}})
+
+
+def test_pairs_skip_measured_ties_and_list_the_wrong_ones(acc: Any) -> None:
+    cs = [case(acc, "a", "s", "g", 10.0, 1.0), case(acc, "b", "s", "g", 12.0, 2.0), case(acc, "c", "s", "g", 12.2, 3.0)]
+    assert acc.pairs(cs, "m") == (2, 2, [])  # b-c differ by 1.7%: not a pair
+    cs[0].predicted["m"]["tg"] = 2.5
+    agree, total, wrong = acc.pairs(cs, "m")
+    assert (agree, total) == (1, 2) and wrong == ["g tg: a 10 vs b 12 measured, predicted 2.5 vs 2"]
+    cs[0].predicted["m"]["tg"] = 2.0
+    cs[0].predicted["in-sample"] = cs[0].predicted["m"]
+    for c in cs[1:]:
+        c.predicted["in-sample"] = c.predicted["m"]
+    assert acc._indistinct(cs) == ["g tg: a vs b"]
+
+
+def test_thread_series_that_change_direction_twice(acc: Any) -> None:
+    zig = [case(acc, f"z{t}", "s", "zig", v, 1.0, threads=t) for t, v in ((16, 8.29), (24, 9.49), (32, 6.89),
+                                                                          (48, 10.27))]
+    peak = [case(acc, f"p{t}", "s", "peak", v, 1.0, threads=t) for t, v in ((43, 3.7), (64, 4.9), (128, 6.6),
+                                                                           (172, 5.1))]
+    found = acc._zigzags(zig + peak)
+    assert len(found) == 1 and found[0].startswith("zig tg (-t 16: 8.29")
+
+
+def test_within_with_each_sources_offset_removed(acc: Any) -> None:
+    cs = [case(acc, f"r{i}", src, None, 10.0, 10.0 * f) for i, (src, f) in enumerate(
+        (("s1", 2.0), ("s1", 2.1), ("s2", 0.5), ("s2", 0.52)))]
+    assert acc._within(cs, "m", "tg", 0.2) == 0.0
+    assert acc._within(cs, "m", "tg", 0.2, scale=True) == 1.0
