@@ -313,6 +313,8 @@ def _command(row: dict[str, Any], model_path: str) -> list[str]:
         words += ["-fa", "1" if f["fa"] else "0"] if bench else ["-fa", "on" if f["fa"] else "off"]
     if f["mmap"] is not None:  # --no-mmap puts host weights in pinned buffers: prompts copy them faster
         words += ["-mmp", "1" if f["mmap"] else "0"] if bench else ([] if f["mmap"] else ["--no-mmap"])
+    if "--swa-full" in f["other"] and not bench:  # sliding-window layers keep, and read, every cell
+        words += ["--swa-full"]
     return words
 
 
@@ -396,7 +398,7 @@ def make_case(row: dict[str, Any], models: Models, params: SpeedParams) -> Case:
         type_v = cmd.type_v or (cmd.type_k if md.hparams.kv_lora_rank else None) or "f16"
         cfg = RunConfig(n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_ubatch, type_k=cmd.type_k or "f16",
                         type_v=type_v, flash_attn=resolve_flash_attn(cmd.flash_attn or "auto"),
-                        no_kv_offload=cmd.no_kv_offload, no_mmap=cmd.mmap is False,
+                        no_kv_offload=cmd.no_kv_offload, no_mmap=cmd.mmap is False, swa_full=cmd.swa_full,
                         op_offload=not (cmd.no_op_offload or _host_only(row)))
         try:
             placement = build_placement(md, gpus, cmd.n_gpu_layers, False, 0, cmd.tensor_split,
@@ -562,20 +564,41 @@ def _loss(cases: Sequence[Case], params: SpeedParams, old: bool, prior: SpeedPar
     return total
 
 
+# Parameters the rows fix mostly as a product: a GPU's decode of a MoE model reads routed experts (expert
+# efficiency x bandwidth efficiency) and little else, so along efficiency x s, expert / s the loss hardly changes
+# and a search that moves one parameter at a time stops in that valley (on the 323 rows it left CUDA at 0.55 with
+# its expert efficiency at the bound 1.0 and dense Llama-2-7B rows 17-34% slow; 0.65 and 0.75 had a lower loss).
+COUPLED = (("efficiency", "expert"),)
+
+
+def _moves(keys: Sequence[str]) -> list[tuple[tuple[str, int], ...]]:
+    """Each parameter alone, then each coupled pair of one backend moved in opposite directions."""
+    out: list[tuple[tuple[str, int], ...]] = [((k, 1),) for k in keys]
+    for g1, g2 in COUPLED:
+        for k in keys:
+            group, _, sub = k.partition(":")
+            if group == g1 and f"{g2}:{sub}" in keys:
+                out.append(((k, 1), (f"{g2}:{sub}", -1)))
+    return out
+
+
 def fit(cases: Sequence[Case], start: SpeedParams, keys: Sequence[str], old: bool, rounds: int = 4) -> SpeedParams:
-    """Coordinate search in log space: each parameter in turn tries multiplicative steps that shrink per round."""
+    """Coordinate search in log space: each parameter in turn (and each COUPLED pair along its valley) tries
+    multiplicative steps that shrink per round."""
     p = start
     best = _loss(cases, p, old, start, keys)
     for r in range(rounds):
         step = 1.6 ** (1 / (r + 1))
-        for key in keys:
-            lo, hi = _bounds(key)
+        for move in _moves(keys):
             for direction in (step, 1 / step):
                 while True:
-                    v = min(hi, max(lo, _get(p, key) * direction))
-                    if key == "numa_gain" and _get(p, key) == 0:
-                        v = 0.05
-                    trial = _set(p, key, v)
+                    trial = p
+                    for key, sign in move:
+                        lo, hi = _bounds(key)
+                        v = min(hi, max(lo, _get(p, key) * direction ** sign))
+                        if key == "numa_gain" and _get(p, key) == 0:
+                            v = 0.05
+                        trial = _set(trial, key, v)
                     loss = _loss(cases, trial, old, start, keys)
                     if loss < best - 1e-9:
                         p, best = trial, loss
@@ -790,13 +813,15 @@ def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, 
             "efficiency per backend cannot undo within a vendor: the W7800 on ROCm and the iGPUs are predicted too "
             "fast, the RX 7900 XTX on Vulkan (sb10879) far too slow;",
             "- a decoded token's attention on CUDA follows llama.cpp's kernel choice (moeplace.speed.kv_rereads: the "
-            "vector kernel reads each KV head once per query head, a share of the repeats from memory: "
+            "vector kernel reads each KV head once per query head; the repeats stay in the L2 cache while a block's K "
+            "and V fit there, and a share of them reach memory once they do not: "
             f"{fitted['new'].gpu_kv_reread_share:.2f} in the fit on every source, prior "
-            f"{PRIOR['gpu_kv_reread_share']}); every mainline GPU depth series in the rows used a q8_0 cache (the "
-            "vector kernel) on Ampere cards (6 MB of L2 cache), so the f16 cache's matrix kernels, Ada's carve-out, "
-            "the larger L2 caches of Ada and Blackwell (32-128 MB, which may hold more of the repeats: the share is "
-            "the same for every card) and other backends' decode attention (ROCm, Vulkan, Metal: read once here) are "
-            "not checked by any row;",
+            f"{PRIOR['gpu_kv_reread_share']}); the depth series that fix it are Ampere cards (RTX A6000, RTX 3090: 6 "
+            "MiB of L2) with q8_0 and f16 caches and an RTX 4080 with f16; the L2 rule is a step (a block's cache "
+            "fits or not), taken from one Ada table (llama.cpp PR 15035, whose model has no factory shape); builds "
+            "before llama.cpp PR 15454 (2025-08-20) ran the vector kernel on Ada at every depth, which the replay "
+            "does not (ik357-7950x-lc-4080 rows); other backends' decode attention (ROCm, Vulkan, Metal) reads the "
+            "cache once here;",
             "- ik399's GTX 1650 Super machine has 16 GB of RAM for a 15.3 GiB model: the page-cache thrashing its "
             "figures suggest is not predicted.", ""]
     if wrong:

@@ -78,6 +78,7 @@ class Device:
     # NVIDIA compute capability (8.6 Ampere GA10x, 8.9 Ada, 12.0 consumer Blackwell; 0: not known), by which
     # llama.cpp's CUDA backend picks a decoded token's attention kernel (speed.kv_rereads).
     cuda_cc: float = 0.0
+    l2_cache: int = 0  # bytes of L2 cache (0: not known): where a vector attention kernel's repeated KV reads stay
     # Share of the repeated K/V reads of that vector attention kernel (a block per query head, so each KV head is
     # read once per query head sharing it) that reach memory instead of the L2 cache; 0 where decode attention
     # reads each KV head once (GQA-aware kernels: other backends, ik_llama.cpp since its PR 370).
@@ -171,6 +172,7 @@ class Preset:
     source: str
     max_tensor: int = 0  # bytes; 0: the backend's default (Catalog.max_tensor)
     cuda_cc: float = 0.0  # NVIDIA compute capability; 0: not an NVIDIA preset
+    l2_cache: int = 0  # bytes of L2 cache; 0: not known
 
 
 # The CPU vector class core_gflops is fitted in (speed-model.json's cpu_simd_factor is relative to it).
@@ -304,7 +306,7 @@ def build_catalog(texts: Iterable[str]) -> Catalog:
                 bandwidth=float(spec["bandwidth_gbs"]) * GB, power=float(spec["power_w"]),
                 flops=float(spec.get("fp16_tflops", 0.0)) * 1e12, pcie=spec.get("pcie", ""), unified=unified,
                 source=spec.get("source", ""), max_tensor=int(spec.get("max_tensor_bytes", 0)),
-                cuda_cc=float(spec.get("cuda_cc", 0.0)),
+                cuda_cc=float(spec.get("cuda_cc", 0.0)), l2_cache=round(float(spec.get("l2_mib", 0.0)) * (1 << 20)),
             )
             for alias in spec.get("aliases", []):
                 aliases[_norm(alias)] = k
@@ -404,7 +406,7 @@ def _gpu_from_item(item: str, backend: str | None, cat: Catalog, params: SpeedPa
             pool=preset.total_memory if preset.unified else 0,
             link_latency=cat.switch_latency.get("unified" if preset.unified else "pcie", 2e-5),
             max_tensor=preset.max_tensor if b == preset.backend and preset.max_tensor else cat.max_tensor.get(b, 0),
-            cuda_cc=preset.cuda_cc,
+            cuda_cc=preset.cuda_cc, l2_cache=preset.l2_cache,
         )
     else:
         m = _SIZE_AT_BW.match(text)

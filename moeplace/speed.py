@@ -464,8 +464,8 @@ def linear_seconds(model: ModelDescription, cfg: RunConfig, devices: Sequence[De
     per_token = decode / batch + prompt_per_generated * prefill / tc.n_ubatch
     n_ctx = context_shape(model, cfg).n_ctx_seq
     share = np.array([d.kv_reread_share for d in devices])
-    kv_bytes = kv_read_bytes_per_layer(model, cfg, n_ctx)[:, None] * (
-        1.0 + kv_rereads(model, cfg, devices, n_ctx) * share[None, :])
+    layer_kv = kv_read_bytes_per_layer(model, cfg, n_ctx)
+    kv_bytes = layer_kv[:, None] * (1.0 + kv_rereads(model, cfg, devices, n_ctx, layer_kv) * share[None, :])
     kv = kv_seconds(kv_bytes, attention_flops_per_layer(model, n_ctx, table)[:, None], eff[None, :], rate[None, :])
     return LinearCosts(tc.names, {n: i for i, n in enumerate(tc.names)}, per_token, kv)
 
@@ -519,14 +519,17 @@ CUDA_ADA_CC = 8.9
 CUDA_MMA_MIN_CELLS = 8192
 
 
-def kv_rereads(model: ModelDescription, cfg: RunConfig, devices: Sequence[Device], n_past: int) -> np.ndarray:
+def kv_rereads(model: ModelDescription, cfg: RunConfig, devices: Sequence[Device], n_past: int,
+               layer_kv: np.ndarray) -> np.ndarray:
     """[block, device]: how many more times than once one decoded token's attention reads the block's KV cache
-    on each device. llama.cpp's CUDA vector kernel reads a KV head once per query head sharing it (GQA ratio - 1
-    more times, of which Device.kv_reread_share reach memory); its matrix kernels, MLA's, other backends' and the
-    host's read it once (as does attention without flash attention, which is not modelled). The published depth
-    series show it: with a q8_0 cache, Qwen3-235B-A22B (16 query heads per KV head) decodes 1.6x slower at 32K
-    than at 512 on an RTX A6000, where reading the cache once explains 1.04x (benchmarks/published, rows
-    ik370-7965wx-lc-a6000-q8-*)."""
+    (``layer_kv``: its bytes per block at ``n_past``) from memory on each device. llama.cpp's CUDA vector kernel
+    reads a KV head once per query head sharing it: GQA ratio - 1 more times, which stay in the GPU's L2 cache
+    while the block's K and V fit there, and of which Device.kv_reread_share reach memory once they do not. Its
+    matrix kernels, MLA's, other backends' and the host's read it once (as does attention without flash
+    attention, which is not modelled). The published depth series show both sides: with a q8_0 cache,
+    Qwen3-235B-A22B (16 query heads per KV head) decodes 1.6x slower at 32K than at 512 on an RTX A6000 (6 MiB of
+    L2), where reading the cache once explains 1.04x (rows ik370-7965wx-lc-a6000-q8-*); on an RTX 4090 (72 MiB),
+    Qwen2.5-3B decodes as fast with the vector kernel as with the matrix kernel up to 32K (llama.cpp PR 15035)."""
     out = np.zeros((model.hparams.n_layer, len(devices)), dtype=np.float64)
     hp = model.hparams
     f16 = cfg.type_k == "f16" and cfg.type_v == "f16"
@@ -541,7 +544,7 @@ def kv_rereads(model: ModelDescription, cfg: RunConfig, devices: Sequence[Device
                 continue
             gqa = hp.n_head // layer.n_head_kv
             mma = gqa % 2 == 0 and f16 and (d.cuda_cc < CUDA_ADA_CC or (gqa > 4 and n_past >= CUDA_MMA_MIN_CELLS))
-            out[il, j] = 0.0 if mma else gqa - 1
+            out[il, j] = 0.0 if mma or layer_kv[il] <= d.l2_cache else gqa - 1
     return out
 
 
@@ -560,7 +563,10 @@ def kv_read_bytes_per_layer(model: ModelDescription, cfg: RunConfig, n_past: int
             continue
         per_cell = x.total / (x.cells * (1 if cfg.kv_unified else cfg.n_seq_max))
         used = n_past
-        if x.kind in ("swa", "chunked"):
+        # with --swa-full the window's layers keep every cell, and a decoded token's attention reads them all (the
+        # mask hides them from the result, not from the kernel): ik_llama.cpp discussion 758's gpt-oss-20b on an
+        # RTX 4080 decodes at 28K at 0.62 of its depth-0 speed with it, 0.74 without
+        if x.kind in ("swa", "chunked") and not cfg.swa_full:
             used = min(n_past, hp.n_swa)
         used = min(used, x.cells)
         out[x.layer] = per_cell * used
@@ -772,10 +778,11 @@ def _decode_work(pr: _Prepared, batch: int, n_past: int | None, paged_fraction: 
     on_host = pr.idx == host
     shape = context_shape(model, cfg)
     pos = shape.n_ctx_seq if n_past is None else max(0, min(n_past, shape.n_ctx_seq))
-    kv_layer = (kv_read_bytes_per_layer(model, cfg, pos) if kv_layers is None else kv_layers) * batch
+    seq_kv = kv_read_bytes_per_layer(model, cfg, pos) if kv_layers is None else kv_layers
+    kv_layer = seq_kv * batch
     kv_idx = np.array([host if cfg.no_kv_offload else names.index(d) for d in pr.placement.layer_devices],
                       dtype=np.int64)
-    rereads = kv_rereads(model, cfg, list(pr.devs.values()), pos)[np.arange(len(kv_idx)), kv_idx]
+    rereads = kv_rereads(model, cfg, list(pr.devs.values()), pos, seq_kv)[np.arange(len(kv_idx)), kv_idx]
     return DecodeWork(
         names=tuple(names), batch=batch, n_past=pos, weight_bytes=per_dev_bytes, scaled_bytes=scaled,
         expert_bytes=experts,

@@ -57,3 +57,12 @@ def test_within_with_each_sources_offset_removed(acc: Any) -> None:
         (("s1", 2.0), ("s1", 2.1), ("s2", 0.5), ("s2", 0.52)))]
     assert acc._within(cs, "m", "tg", 0.2) == 0.0
     assert acc._within(cs, "m", "tg", 0.2, scale=True) == 1.0
+
+
+def test_coupled_parameters_also_move_together(acc: Any) -> None:
+    """A backend's bandwidth and expert efficiencies are fixed by MoE rows mostly as a product: the search also
+    moves them in opposite directions, pair by pair, and only where both are free."""
+    moves = acc._moves(["efficiency:cuda", "expert:cuda", "efficiency:rocm", "thread_gbs"])
+    assert (("efficiency:cuda", 1), ("expert:cuda", -1)) in moves
+    assert [m for m in moves if len(m) == 2] == [(("efficiency:cuda", 1), ("expert:cuda", -1))]
+    assert len(moves) == 5

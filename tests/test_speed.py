@@ -103,6 +103,9 @@ def test_sliding_window_reads_at_most_the_window(models: dict[str, ModelDescript
     d = decode_time(m, all_on(m, "CUDA0"), RunConfig(n_ctx=16384), devs, n_past=10000)
     r = 2 * s.head_dim * s.n_head_kv * 2
     assert d.kv_bytes["CUDA0"] == s.n_layer // 2 * r * (10000 + s.sliding_window)
+    # --swa-full keeps every cell in the window's layers, and a decoded token reads them all
+    full = decode_time(m, all_on(m, "CUDA0"), RunConfig(n_ctx=16384, swa_full=True), devs, n_past=10000)
+    assert full.kv_bytes["CUDA0"] == s.n_layer * r * 10000
 
 
 def test_kv_read_on_host_with_nkvo(models: dict[str, ModelDescription]) -> None:
@@ -516,21 +519,26 @@ def test_cuda_vector_attention_rereads_the_kv_cache(models: dict[str, ModelDescr
     """llama.cpp's CUDA kernel choice for a decoded token: a quantized cache (or Ada and later at a short context)
     takes the vector kernel, which reads each KV head once per query head; an f16 cache with an even GQA ratio
     takes the GQA-aware matrix kernel on Ampere, and on Ada from 8192 cells when the ratio is above 4; other
-    backends read the cache once."""
+    backends read the cache once. The repeats stay in the L2 cache while a block's K and V fit there."""
     m = models["qwen3-30b-a3b"]  # 32 query heads per 4 KV heads: ratio 8
     gqa = m.hparams.n_head // m.layers[0].n_head_kv
     ampere, ada = parse_gpus(["rtx3090"])[0], parse_gpus(["rtx4090"])[0]
+    assert (ampere.l2_cache, ada.l2_cache) == (6 << 20, 72 << 20)
+    small_l2 = replace(ada, l2_cache=1 << 20)
     rocm = parse_gpus(["rocm:rtx3090"])[0]
-    devs = [ampere, ada, rocm]
+    devs = [ampere, small_l2, rocm, ada]
 
     def rereads(cfg: RunConfig, depth: int) -> list[float]:
-        return list(kv_rereads(m, cfg, devs, depth)[0])
+        return list(kv_rereads(m, cfg, devs, depth, kv_read_bytes_per_layer(m, cfg, depth))[0])
 
     q8, f16 = RunConfig(n_ctx=32768, type_k="q8_0", type_v="q8_0"), RunConfig(n_ctx=32768)
-    assert rereads(q8, 16384) == [gqa - 1, gqa - 1, 0]
-    assert rereads(f16, 4096) == [0, gqa - 1, 0]
-    assert rereads(f16, 8192) == [0, 0, 0]
-    assert not kv_rereads(m, replace(q8, flash_attn=False), devs, 16384).any()
+    # a block's q8_0 cache at 16K is 17 MiB: over the 3090's 6 MiB of L2, within the 4090's 72 MiB
+    assert rereads(q8, 16384) == [gqa - 1, gqa - 1, 0, 0]
+    assert rereads(f16, 4096) == [0, gqa - 1, 0, 0]
+    assert rereads(f16, 8192) == [0, 0, 0, 0]
+    assert rereads(q8, 1024) == [0, gqa - 1, 0, 0]  # 1.1 MiB a block: within the 3090's L2 too
+    assert not kv_rereads(m, replace(q8, flash_attn=False), devs, 16384,
+                          kv_read_bytes_per_layer(m, q8, 16384)).any()
     # the time: the cache's bytes once, plus the rereads' bytes times the share that reaches memory
     p = all_on(m, "CUDA0")
     host = host_device(64 * GIB, 100, available=64 * GIB)
