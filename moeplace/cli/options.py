@@ -113,7 +113,9 @@ def context_options(ctx_help: str = "Context size in tokens (0 = the model's tra
         click.option("-c", "--ctx", "--ctx-size", "n_ctx", type=ctx_type, default=ctx_default, show_default=True,
                      help=ctx_help),
         click.option("-ctk", "--cache-type-k", "type_k", type=click.Choice(list(CACHE_TYPES)), default="f16",
-                     show_default=True, help="KV cache type for K."),
+                     show_default=True, help="KV cache type for K. A quantized cache takes less memory, but on CUDA "
+                     "llama.cpp decodes it with its vector attention kernel, which reads it once per query head: "
+                     "slower at long contexts once a block's cache outgrows the GPU's L2."),
         click.option("-ctv", "--cache-type-v", "type_v", type=click.Choice(list(CACHE_TYPES)), default="f16",
                      show_default=True, help="KV cache type for V (quantized V needs flash attention)."),
         click.option("-b", "--batch-size", "n_batch", type=_COUNT, default=2048, show_default=True,
