@@ -536,15 +536,13 @@ def kv_rereads(model: ModelDescription, cfg: RunConfig, devices: Sequence[Device
     vec_shape = hp.head_dim_k <= 256 and hp.head_dim_k % 64 == 0
     if not cfg.flash_attn or not vec_shape or hp.kv_lora_rank:
         return out
+    # query heads per KV head of each block; 1 (read once) where the block keeps no attention KV cache
+    gqa = np.array([hp.n_head // x.n_head_kv if x.has_kv and x.n_head_kv and x.attention not in ("mla", "recurrent")
+                    else 1 for x in model.layers], dtype=np.int64)
     for j, d in enumerate(devices):
-        if d.backend != "cuda":
-            continue
-        for il, layer in enumerate(model.layers):
-            if not layer.has_kv or not layer.n_head_kv or layer.attention in ("mla", "recurrent"):
-                continue
-            gqa = hp.n_head // layer.n_head_kv
-            mma = gqa % 2 == 0 and f16 and (d.cuda_cc < CUDA_ADA_CC or (gqa > 4 and n_past >= CUDA_MMA_MIN_CELLS))
-            out[il, j] = 0.0 if mma or layer_kv[il] <= d.l2_cache else gqa - 1
+        if d.backend == "cuda":
+            mma = (gqa % 2 == 0) & f16 & ((d.cuda_cc < CUDA_ADA_CC) | ((gqa > 4) & (n_past >= CUDA_MMA_MIN_CELLS)))
+            out[:, j] = np.where(mma | (layer_kv <= d.l2_cache), 0.0, gqa - 1)
     return out
 
 
