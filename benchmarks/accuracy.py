@@ -158,6 +158,7 @@ class Hardware:
     cores: int | None
     prefill_table: str | None = None  # the era's host prompt cost table (PREFILL_ERAS); None: the current one
     simd: str = ""  # the CPU's vector class (cpus.json); "": not known, the reference class
+    ccds: int = 0  # AMD core dies, all sockets (cpus.json); 0: monolithic or not known
 
 
 @dataclass
@@ -224,11 +225,12 @@ def _hardware(row: dict[str, Any]) -> Hardware:
     cores = row["cpu_cores"]
     facts = next((f for f in _cpus() if re.search(f["match"], cpu)), None)
     simd = facts.get("simd", "") if facts else ""
+    ccds = facts.get("ccds", 0) * (2 if two else 1) if facts else 0
     if facts:
         cores = cores or (facts["cores"] * (2 if two else 1) if "cores" in facts else None)
         if "unified_gbs" in facts and not mts:
             return Hardware(gpus, backend, links, round((row["ram_gib"] or 4096) * GIB), float(facts["unified_gbs"]),
-                            0, numa, row["flags"]["threads"], cores, _prefill_table(row), simd)
+                            0, numa, row["flags"]["threads"], cores, _prefill_table(row), simd, ccds)
         mts = mts or facts.get("ram_mts")
         ch = ch or (facts["channels"] * (2 if two else 1) if "channels" in facts else None)
     plat = next((k for rx, k in PLATFORMS if re.search(rx, cpu)), None)
@@ -246,7 +248,7 @@ def _hardware(row: dict[str, Any]) -> Hardware:
         bw = None  # the Apple preset's pool bandwidth applies
     ram = round((row["ram_gib"] or 4096) * GIB)
     return Hardware(gpus, backend, links, ram, bw, ch or 0, numa, row["flags"]["threads"], cores,
-                    _prefill_table(row), simd)
+                    _prefill_table(row), simd, ccds)
 
 
 def _prefill_table(row: dict[str, Any]) -> str | None:
@@ -283,7 +285,7 @@ def devices_for(hw: Hardware, params: SpeedParams, old: bool) -> dict[str, Devic
     host = host_device(hw.ram, bw, gpus, params=params, channels=hw.channels,
                        threads=8 if old else hw.threads, cores=None if old else hw.cores,
                        numa_nodes=1 if old else hw.numa_nodes, available=hw.ram if old else None,
-                       simd="" if old else hw.simd)
+                       simd="" if old else hw.simd, ccds=0 if old else hw.ccds)
     if hw.prefill_table and not old:
         host = replace(host, prefill_cost=_era_table(hw.prefill_table))
     return {**{g.name: g for g in gpus}, HOST: host}
@@ -431,16 +433,18 @@ def make_case(row: dict[str, Any], models: Models, params: SpeedParams) -> Case:
 # The fitted parameters: (name, key in SpeedParams, lower, upper). Efficiencies per backend appear only when rows
 # use that backend.
 NEW_FREE = ("thread_gbs", "core_gelems", "core_gflops", "numa_gain", "gpu_layer_us", "cpu_layer_us",
-            "engine:ik_llama.cpp", "gpu_half_rate_rows", "gpu_kv_reread_share")
+            "engine:ik_llama.cpp", "gpu_half_rate_rows", "gpu_kv_reread_share", "ccd_gbs", "gpu_expert_compute")
 OLD_FREE = ("core_gflops", "engine:ik_llama.cpp")
 # Bounds are what is physically plausible: one core streams 5-40 GB/s from RAM and handles 5-200 G elements/s
 # (AVX2 to AVX-512 and NEON), a GPU kernel launch or a CPU thread barrier costs microseconds, not milliseconds;
-# no device streams at more than 95% of its peak.
+# no device streams at more than 95% of its peak; one CCD's fabric link reads at 32 bytes per fabric clock (1.0-2.0
+# GHz), or twice that where a part links each CCD twice (GMI-wide).
 BOUNDS = {"thread_gbs": (5.0, 40.0), "core_gelems": (5.0, 200.0), "core_gflops": (10.0, 1000.0),
           "compute": (0.05, 1.0), "numa_gain": (0.0, 1.0), "efficiency": (0.15, 0.95),
           "gpu_layer_us": (1.0, 100.0), "cpu_layer_us": (0.5, 50.0), "engine": (0.5, 6.0), "simd": (0.1, 10.0),
           "gpu_half_rate_rows": (1.0, 1000.0), "gpu_kv_reread_share": (0.01, 1.0),
-          "expert": (0.2, 1.0)}
+          "expert": (0.2, 1.0), "ccd_gbs": (32.0, 128.0),
+          "gpu_expert_compute": (0.1, 1.0)}
 # A row off by more than this factor counts as this much: rows the model cannot explain (page-cache thrashing
 # it does not see, another engine's kernels) must not steer the parameters that explain the others.
 LOSS_CAP = math.log(3.0)
@@ -501,10 +505,13 @@ def predict(case: Case, params: SpeedParams, old: bool) -> dict[str, float]:
 # efficiencies: llama-bench tg128 tables (llama.cpp issue #34, discussion #4167); one core streams about 15 GB/s
 # and dequantises + dots tens of G elements/s; a GPU kernel launch is about 10 us, a CPU barrier a few; a GPU's
 # routed experts stream like its dense weights until the rows say otherwise; GPU matrix kernels work in tiles of
-# 64-128 rows (llama.cpp's MMQ), so a multiplication of 32 rows is taken to run at half the large-batch rate. A CPU
+# 64-128 rows (llama.cpp's MMQ), so a multiplication of 32 rows is taken to run at half the large-batch rate, and
+# MUL_MAT_ID, which gathers each expert's rows and multiplies expert by expert, at half a dense one's. A CPU
 # vector class's prompt rate against the reference (AVX-512 VNNI, e.g. Zen 4's two 256-bit units): AVX2 and
 # AVX-512 without VNNI need about twice the instructions per int8 dot, Zen 5 has twice Zen 4's datapath width, and
-# Apple's four 128-bit NEON units with int8 dot instructions match the reference's width.
+# Apple's four 128-bit NEON units with int8 dot instructions match the reference's width. An AMD CCD's link to the
+# I/O die reads 32 bytes per fabric clock (Chips and Cheese, "Pushing AMD's Infinity Fabric to its Limits",
+# https://chipsandcheese.com/p/pushing-amds-infinity-fabric-to-its), 64 GB/s at a 2 GHz fabric clock.
 #
 # The GPU backends' efficiencies (bandwidth, compute, routed experts) are pooled: each is drawn toward the
 # geometric mean of its group (every GPU backend's value of that kind), and only that mean toward the fixed prior.
@@ -520,7 +527,7 @@ PRIOR = {"efficiency:cuda": 0.70, "efficiency:rocm": 0.60, "efficiency:vulkan": 
          **{f"efficiency:vulkan:{v}": 0.60 for v in GPU_VENDORS},
          "thread_gbs": 15.0, "core_gelems": 30.0, "core_gflops": 100.0, "numa_gain": 0.5,
          "gpu_layer_us": 10.0, "cpu_layer_us": 5.0, "engine:ik_llama.cpp": 1.0, "gpu_half_rate_rows": 32.0,
-         "gpu_kv_reread_share": 0.5,
+         "gpu_kv_reread_share": 0.5, "ccd_gbs": 64.0, "gpu_expert_compute": 0.5,
          "simd:avx2": 0.5, "simd:avx512": 0.5, "simd:zen5": 2.0, "simd:neon": 1.0,
          **{f"expert:{b}": 1.0 for b in ("cuda", "rocm", "vulkan", "sycl", "metal")}}
 
@@ -568,17 +575,21 @@ def _loss(cases: Sequence[Case], params: SpeedParams, old: bool, prior: SpeedPar
 # efficiency x bandwidth efficiency) and little else, so along efficiency x s, expert / s the loss hardly changes
 # and a search that moves one parameter at a time stops in that valley (on the 323 rows it left CUDA at 0.55 with
 # its expert efficiency at the bound 1.0 and dense Llama-2-7B rows 17-34% slow; 0.65 and 0.75 had a lower loss).
-COUPLED = (("efficiency", "expert"),)
+# Prompts of MoE models likewise fix a backend's compute efficiency x the expert compute rate (a global parameter:
+# each backend's compute is paired with it).
+COUPLED = (("efficiency", "expert"), ("compute", "gpu_expert_compute"))
 
 
 def _moves(keys: Sequence[str]) -> list[tuple[tuple[str, int], ...]]:
-    """Each parameter alone, then each coupled pair of one backend moved in opposite directions."""
+    """Each parameter alone, then each coupled pair of one backend (or a backend's and a global one) moved in
+    opposite directions."""
     out: list[tuple[tuple[str, int], ...]] = [((k, 1),) for k in keys]
     for g1, g2 in COUPLED:
         for k in keys:
             group, _, sub = k.partition(":")
-            if group == g1 and f"{g2}:{sub}" in keys:
-                out.append(((k, 1), (f"{g2}:{sub}", -1)))
+            partner = g2 if g2 in keys else f"{g2}:{sub}"
+            if group == g1 and partner in keys:
+                out.append(((k, 1), (partner, -1)))
     return out
 
 
@@ -627,7 +638,7 @@ def old_params(p: SpeedParams) -> SpeedParams:
     compute = {k: v for k, v in p.gpu_compute_efficiency.items() if ":" not in k}
     return replace(p, thread_gbs=0.0, core_gelems=0.0, numa_gain=1.0, cpu_quant_cost={}, gpu_quant_efficiency={},
                    cpu_prefill_cost={}, efficiency=eff, gpu_layer_us=0.0, cpu_layer_us=0.0, gpu_half_rate_rows=0.0,
-                   gpu_kv_reread_share=0.0,
+                   gpu_kv_reread_share=0.0, ccd_gbs=0.0, gpu_expert_compute=1.0,
                    gpu_compute_efficiency=compute, gpu_expert_efficiency={})
 
 
@@ -789,6 +800,10 @@ def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, 
             "kernel speed; its rows replay their build's op-offload rules (IQ*_K_R4 CUDA kernels from its PR 461, "
             "the per-expert token rule from PR 520), but not the rule before its PR 405, when with -fmoe the fused "
             "gate/up op never moved to the GPU (ik258-udq2kxl-q8kv-rtr0 is predicted copy-bound);",
+            "- an AMD chiplet CPU reads RAM through one fabric link per core die (CCD), so its peak counts at most "
+            f"CCDs x {fitted['new'].ccd_gbs:.0f} GB/s in the fit on every source (prior {PRIOR['ccd_gbs']:.0f}: 32 "
+            "bytes per fabric clock at 2 GHz); the CCD counts come from the L3 sizes the vendor lists (cpus.json). It "
+            f"binds on {_ccd_bound(cases, fitted['new'])}; each machine's fabric clock is not known;",
             "- a CPU's prompt rate is one fitted factor per vector class (avx2, avx512, avx512-vnni, zen5, neon) on "
             "the reference per-core rate: clocks and core generations within a class are not seen. ik_llama.cpp runs "
             "AVX-512 CPUs without VNNI (ik385, ik477) in its AVX2 path, so no row fits the avx512 class: it keeps its "
@@ -808,7 +823,10 @@ def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, 
             "- a GPU's routed experts decode at one fitted efficiency per backend relative to its dense weights; "
             "expert size and count per layer (DeepSeek's 256 small experts against gpt-oss's 32) are not seen;",
             "- GPU prompt rates are the presets' FP16 figures x one fitted efficiency per backend (per vendor on "
-            "Vulkan) x rows / (rows + a fitted half-rate row count) per multiplication; outside NVIDIA the presets' "
+            "Vulkan) x rows / (rows + a fitted half-rate row count) per multiplication, and routed experts' "
+            f"multiplications (MUL_MAT_ID) at {fitted['new'].gpu_expert_compute:.2f} of that (prior "
+            f"{PRIOR['gpu_expert_compute']}; what sets it: the dense Llama-2-7B rows of the CUDA scoreboard against "
+            "the all-GPU MoE rows); outside NVIDIA the presets' "
             "FP16 figures count different units per vendor and generation (RDNA3 dual issue, XMX), which one "
             "efficiency per backend cannot undo within a vendor: the W7800 on ROCm and the iGPUs are predicted too "
             "fast, the RX 7900 XTX on Vulkan (sb10879) far too slow;",
@@ -853,6 +871,12 @@ def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, 
                           sort_keys=True))
     out += ["```", "", f"Run time: {seconds:.0f} s.", ""]
     return "\n".join(out)
+
+
+def _ccd_bound(cases: Sequence[Case], p: SpeedParams) -> str:
+    """The CPUs of the rows whose RAM peak their CCDs' links cap under ``p``, in words."""
+    cpus = sorted({c.row["cpu"] for c in cases if c.hw.ccds and c.hw.ram_bw and c.hw.ccds * p.ccd_gbs < c.hw.ram_bw})
+    return ", ".join(cpus) or "none of the rows"
 
 
 def _within(cases: Sequence[Case], model: str, k: str, target: float, scale: bool = False) -> float:
@@ -985,7 +1009,7 @@ def write_params(p: SpeedParams) -> None:
     doc["cpu_simd_factor"].update({k: round(v, 3) for k, v in p.cpu_simd_factor.items()})
     doc["gpu_expert_efficiency"].update({k: round(v, 3) for k, v in p.gpu_expert_efficiency.items()})
     for key in ("thread_gbs", "numa_gain", "core_gelems", "core_gflops", "gpu_layer_us", "cpu_layer_us",
-                "gpu_half_rate_rows", "gpu_kv_reread_share"):
+                "gpu_half_rate_rows", "gpu_kv_reread_share", "ccd_gbs", "gpu_expert_compute"):
         doc[key] = round(float(getattr(p, key)), 3)
     PARAMS.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 

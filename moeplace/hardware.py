@@ -64,6 +64,9 @@ class Device:
     # A GPU's decode bandwidth on routed experts relative to its dense weights: MUL_MAT_ID runs many small
     # per-expert matrices through indirect kernels, which stream below the dense rate on some backends.
     expert_efficiency: float = 1.0
+    # The same in prompts, of a GPU's prompt FLOP rate: MUL_MAT_ID gathers each expert's tokens and multiplies
+    # expert by expert, below the rate of one dense multiplication of as many rows.
+    expert_compute: float = 1.0
     # Tokens per matrix multiplication at which a GPU's prompt kernels reach half their large-batch rate (0: no
     # such loss, the host): speed.gpu_flop_cost.
     half_rate_rows: float = 0.0
@@ -97,6 +100,11 @@ class Device:
     numa_gain: float = 1.0
     thread_bandwidth: float = 0.0
     core_rate: float = 0.0
+    # AMD chiplet CPUs: each core die (CCD) reads memory over one Infinity Fabric link, so a part with few CCDs
+    # cannot draw all its channels' bandwidth (EPYC 9115: 2 CCDs, 12 channels). 0: no such limit (monolithic, or
+    # not known).
+    ccds: int = 0
+    ccd_bandwidth: float = 0.0  # peak read bytes/s of one CCD's link
     # Cost per weight element relative to Q4_K by ggml type: the CPU's decode cost on the host, the inverse of
     # the kernel efficiency on a GPU. Types not listed cost 1.
     quant_cost: tuple[tuple[str, float], ...] = field(default=(), compare=False)
@@ -120,9 +128,10 @@ class Device:
 
     @property
     def effective_bandwidth(self) -> float:
-        """Bytes/s llama.cpp actually streams weights at: peak x efficiency, with the NUMA nodes after the first
-        counting ``numa_gain`` each, and at most what ``threads`` threads can draw (the host)."""
-        bw = self.bandwidth * self.efficiency
+        """Bytes/s llama.cpp actually streams weights at: peak x efficiency, where the host's peak is at most what
+        its CCDs' fabric links read, with the NUMA nodes after the first counting ``numa_gain`` each, and at most
+        what ``threads`` threads can draw (the host)."""
+        bw = self.read_peak * self.efficiency
         if self.numa_nodes > 1:
             bw *= (1 + (self.numa_nodes - 1) * self.numa_gain) / self.numa_nodes
         if self.thread_bandwidth > 0 and self.threads > 0:
@@ -130,9 +139,27 @@ class Device:
         return bw
 
     @property
+    def read_peak(self) -> float:
+        """Peak bytes/s: the memory's, or on a chiplet host what its CCDs' fabric links read, if less."""
+        cap = self.ccds * self.ccd_bandwidth
+        return min(self.bandwidth, cap) if cap > 0 else self.bandwidth
+
+    def peak_text(self) -> str:
+        """``576 GB/s peak``, and where the CCDs' links read less, ``, 162 through 2 CCDs``."""
+        text = f"{self.bandwidth / GB:.0f} GB/s peak"
+        if self.read_peak < self.bandwidth:
+            text += f", {self.read_peak / GB:.0f} through {self.ccds} CCDs"
+        return text
+
+    @property
     def expert_cost(self) -> float:
         """Decode time of a routed-expert byte here relative to a dense byte (1 on the host)."""
         return 1.0 if self.is_host or self.expert_efficiency <= 0 else 1.0 / self.expert_efficiency
+
+    @property
+    def expert_flop_cost(self) -> float:
+        """Prompt time of a routed-expert FLOP here relative to a dense FLOP of as many rows (1 on the host)."""
+        return 1.0 if self.is_host or self.expert_compute <= 0 else 1.0 / self.expert_compute
 
     @property
     def decode_rate(self) -> float:
@@ -145,11 +172,10 @@ class Device:
         if not 0 < efficiency <= 1.5:
             raise HardwareError(f"{self.name}: efficiency {efficiency} is outside (0, 1.5]")
         return replace(self, efficiency=efficiency, numa_nodes=1, thread_bandwidth=0.0, core_rate=0.0,
-                       layer_seconds=0.0)
+                       layer_seconds=0.0, ccds=0)
 
     def describe(self) -> str:
-        bw = f"{self.bandwidth / GB:.0f} GB/s x {self.efficiency:.2f}"
-        return f"{self.name}: {self.label}, {format_size(self.memory)}, {bw}"
+        return f"{self.name}: {self.label}, {format_size(self.memory)}, {self.peak_text()} x {self.efficiency:.2f}"
 
 
 # --- presets -------------------------------------------------------------------------------------------------
@@ -202,7 +228,9 @@ class SpeedParams:
     cpu_simd_factor: Mapping[str, float] = field(default_factory=dict)
     gpu_expert_efficiency: Mapping[str, float] = field(default_factory=dict)  # per GPU backend (Device field)
     gpu_half_rate_rows: float = 0.0  # Device.half_rate_rows of every GPU
+    gpu_expert_compute: float = 1.0  # Device.expert_compute of every GPU
     gpu_kv_reread_share: float = 0.0  # Device.kv_reread_share of every GPU
+    ccd_gbs: float = 0.0  # Device.ccd_bandwidth of every chiplet host, GB/s
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> SpeedParams:
@@ -220,7 +248,9 @@ class SpeedParams:
             cpu_simd_factor={k: float(v) for k, v in doc.get("cpu_simd_factor", {}).items()},
             gpu_expert_efficiency={k: float(v) for k, v in doc.get("gpu_expert_efficiency", {}).items()},
             gpu_half_rate_rows=float(doc.get("gpu_half_rate_rows", 0.0)),
+            gpu_expert_compute=float(doc.get("gpu_expert_compute", 1.0)),
             gpu_kv_reread_share=float(doc.get("gpu_kv_reread_share", 0.0)),
+            ccd_gbs=float(doc.get("ccd_gbs", 0.0)),
             cpu_prefill_cost={k.upper(): float(v) for k, v in doc.get("cpu_prefill_cost", {}).items()
                               if not k.startswith("_")},
         )
@@ -481,7 +511,8 @@ def gpu_params(dev: Device, params: SpeedParams) -> Device:
                    compute_efficiency=compute_efficiency(params, dev.backend, dev.label), quant_cost=cost,
                    layer_seconds=params.gpu_layer_us * 1e-6,
                    expert_efficiency=params.gpu_expert_efficiency.get(dev.backend, 1.0),
-                   half_rate_rows=params.gpu_half_rate_rows, kv_reread_share=params.gpu_kv_reread_share)
+                   half_rate_rows=params.gpu_half_rate_rows, kv_reread_share=params.gpu_kv_reread_share,
+                   expert_compute=params.gpu_expert_compute)
 
 
 def parse_gpus(specs: Sequence[str], backend: str | None = None, cat: Catalog | None = None,
@@ -589,13 +620,14 @@ def ram_channels(text: str | float | None, cat: Catalog | None = None) -> int:
 def host_device(ram: int | None = None, ram_bw: str | float | None = None, gpus: Sequence[Device] = (),
                 cat: Catalog | None = None, *, threads: int | None = None, cores: int | None = None,
                 numa_nodes: int = 1, channels: int | None = None, available: int | None = None,
-                simd: str = "", params: SpeedParams | None = None) -> Device:
+                simd: str = "", ccds: int = 0, params: SpeedParams | None = None) -> Device:
     """The host (``CPU``): ``ram`` bytes (default: this machine's RAM, or the unified pool of an Apple preset)
     at ``ram_bw`` (see :func:`ram_bandwidth`; default from the preset files, and an Apple GPU's bandwidth
     when the memory is unified). ``threads`` is llama.cpp's ``-t`` (default: ``cores``, as llama.cpp uses the
     physical cores, else the parameters' default, noted); ``available`` the RAM free for llama.cpp (default
     ``ram`` less the parameters' reserve, noted); ``channels`` defaults to what ``ram_bw`` states; ``simd`` is the
-    CPU's vector class (:meth:`SpeedParams.simd_factor`; "" for the reference class)."""
+    CPU's vector class (:meth:`SpeedParams.simd_factor`; "" for the reference class); ``ccds`` its core dies
+    (AMD chiplet CPUs, all sockets; 0: no limit from them)."""
     cat = cat or catalog()
     params = params or speed_params()
     notes = []
@@ -629,13 +661,16 @@ def host_device(ram: int | None = None, ram_bw: str | float | None = None, gpus:
         if int(ram) > reserve:
             notes.append(f"RAM available not given: assumed {format_size(available)} ({format_size(reserve)} "
                          "for the OS and other programs; give --ram-avail)")
+    if ccds and 0 < ccds * params.ccd_gbs * GB < bw:
+        notes.append(f"RAM read at most {ccds * params.ccd_gbs:.0f} GB/s of its {bw / GB:.0f} GB/s peak: {ccds} "
+                     f"CCD{'s' if ccds != 1 else ''} x {params.ccd_gbs:.0f} GB/s per fabric link (--ccds)")
     host = Device(
         name=HOST, backend="cpu", label="system RAM" + (" (unified)" if unified else ""), memory=int(ram),
         bandwidth=bw, efficiency=0.0, power=cat.cpu_power, link_bandwidth=0.0,  # efficiency: host_params
         unified=unified is not None, idle_power=0.15 * cat.cpu_power, notes=tuple(notes),
         threads=int(threads), cores=int(cores or 0), numa_nodes=max(1, int(numa_nodes)),
         quant_cost=tuple(sorted(params.cpu_quant_cost.items())), available=int(available),
-        prefill_cost=tuple(sorted(params.cpu_prefill_cost.items())), simd=simd,
+        prefill_cost=tuple(sorted(params.cpu_prefill_cost.items())), simd=simd, ccds=max(0, int(ccds)),
     )
     return host_params(host, params, channels)
 
@@ -646,7 +681,7 @@ def host_params(host: Device, params: SpeedParams, channels: int) -> Device:
     klass = params.host_class(channels, host.bandwidth)
     host = replace(host, efficiency=params.efficiency.get(klass, 0.65), numa_gain=params.numa_gain,
                    thread_bandwidth=params.thread_gbs * GB, core_rate=params.core_gelems * 1e9,
-                   layer_seconds=params.cpu_layer_us * 1e-6)
+                   ccd_bandwidth=params.ccd_gbs * GB, layer_seconds=params.cpu_layer_us * 1e-6)
     return replace(host, flops=host_flops(host, params))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from moeplace.model import ModelDescription, Role, Tensor
 
@@ -31,8 +32,12 @@ class Placement:
 
     def devices(self) -> tuple[str, ...]:
         """Every device used, in first-use order."""
-        seen = dict.fromkeys([*self.layer_devices, self.output_device, *self.tensor_devices.values()])
-        return tuple(seen)
+        return self._devices
+
+    @cached_property
+    def _devices(self) -> tuple[str, ...]:
+        # once per placement: the estimate asks on every call, and a placement is not changed once built
+        return tuple(dict.fromkeys([*self.layer_devices, self.output_device, *self.tensor_devices.values()]))
 
 
 def default_tensor_device(t: Tensor, layer_devices: tuple[str, ...], output_device: str) -> str:

@@ -27,8 +27,9 @@ ubatch's attention reads the context before it, so its cost grows with the depth
 the larger of reading the KV cache and computing over it (:func:`kv_seconds`; MLA's absorbed attention is
 compute-bound on a CPU at depth).
 
-The host is limited by memory AND compute: its effective bandwidth is peak x a platform-class efficiency, with
-NUMA nodes after the first counting part, capped at threads x what one thread draws
+The host is limited by memory AND compute: its effective bandwidth is peak (on an AMD chiplet CPU at most what its
+core dies' fabric links read) x a platform-class efficiency, with NUMA nodes after the first counting part,
+capped at threads x what one thread draws
 (:attr:`Device.effective_bandwidth`); a tensor's decode time there is the larger of reading it and
 dequantising + dotting its elements at ``threads x core_rate`` Q4_K elements/s x the type's relative cost
 (measured here, ``speed-model.json``). A GPU's kernel efficiency per type scales its bytes the same way, and its
@@ -216,6 +217,12 @@ class TensorTable:
         """Each tensor's decode time per byte on ``device`` relative to a dense weight: ``Device.expert_cost`` for
         routed experts (a GPU's MUL_MAT_ID kernels), 1 for the rest."""
         return np.where(self.is_expert, device.expert_cost, 1.0)
+
+    def expert_flop_cost(self, device: Device) -> np.ndarray:
+        """Each tensor's prompt time per FLOP on ``device`` relative to a dense weight's multiplication of as many
+        rows: ``Device.expert_flop_cost`` for routed experts, 1 for the rest. The one rule both :func:`estimate`
+        (through PrefillWork.expert_flops) and the solver's :func:`linear_seconds` apply."""
+        return np.where(self.is_expert, device.expert_flop_cost, 1.0)
 
     def prefill_cost(self, device: Device) -> np.ndarray:
         """Each tensor's prompt-processing cost per FLOP relative to Q4_K on ``device``: the host's batch kernels
@@ -449,8 +456,8 @@ def linear_seconds(model: ModelDescription, cfg: RunConfig, devices: Sequence[De
     rate = flops_rates(devices)
     decode = np.stack([device_seconds(tc.decode_bytes * table.expert_cost(d), elements, d, table.quant_cost(d))
                        for d in devices], axis=1)
-    work = np.stack([tc.prefill_flops * table.prefill_cost(d) * gpu_flop_cost(d, tc.prefill_rows) for d in devices],
-                    axis=1)
+    work = np.stack([tc.prefill_flops * table.prefill_cost(d) * table.expert_flop_cost(d)
+                     * gpu_flop_cost(d, tc.prefill_rows) for d in devices], axis=1)
     prefill = np.maximum(tc.prefill_bytes[:, None] / eff[None, :], work / rate[None, :])
     gpu = next((i for i, d in enumerate(devices) if not d.is_host), None)
     host = next((i for i, d in enumerate(devices) if d.is_host), None)
@@ -460,7 +467,7 @@ def linear_seconds(model: ModelDescription, cfg: RunConfig, devices: Sequence[De
         link = host_copy_bandwidth(devices[gpu], cfg)
         copy = copied_bytes(table, tc.prefill_copy_bytes, devices[gpu])[moved] / link if link else 0.0
         prefill[moved, host] = copy + (tc.prefill_flops[moved] * gpu_flop_cost(devices[gpu], tc.prefill_rows[moved])
-                                       / rate[gpu])
+                                       * table.expert_flop_cost(devices[gpu])[moved] / rate[gpu])
     per_token = decode / batch + prompt_per_generated * prefill / tc.n_ubatch
     n_ctx = context_shape(model, cfg).n_ctx_seq
     share = np.array([d.kv_reread_share for d in devices])
@@ -765,20 +772,18 @@ def _decode_work(pr: _Prepared, batch: int, n_past: int | None, paged_fraction: 
     n = len(names)
     host = names.index(HOST)
     per_dev_bytes = np.bincount(pr.idx, weights=nbytes, minlength=n)
-    scaled = np.zeros(n)
-    experts = np.zeros(n)
-    for i in range(n):
-        on = pr.idx == i
-        if i != host and np.any(on):
-            scaled[i] = float(np.sum(nbytes[on] * pr.cost[i][on]))
-            ex = on & pr.table.is_expert
-            experts[i] = float(np.sum(nbytes[ex] * pr.cost[i][ex]))
+    # each tensor's bytes at the kernel cost of its type on its own device; the host's are costed apart (host_work)
+    own = nbytes * np.stack(pr.cost)[pr.idx, np.arange(len(pr.idx))]
+    scaled = np.bincount(pr.idx, weights=own, minlength=n)
+    experts = np.bincount(pr.idx, weights=np.where(pr.table.is_expert, own, 0.0), minlength=n)
+    scaled[host] = experts[host] = 0.0
     on_host = pr.idx == host
     shape = context_shape(model, cfg)
     pos = shape.n_ctx_seq if n_past is None else max(0, min(n_past, shape.n_ctx_seq))
     seq_kv = kv_read_bytes_per_layer(model, cfg, pos) if kv_layers is None else kv_layers
     kv_layer = seq_kv * batch
-    kv_idx = np.array([host if cfg.no_kv_offload else names.index(d) for d in pr.placement.layer_devices],
+    pos_of = {d: i for i, d in enumerate(names)}
+    kv_idx = np.array([host if cfg.no_kv_offload else pos_of[d] for d in pr.placement.layer_devices],
                       dtype=np.int64)
     rereads = kv_rereads(model, cfg, list(pr.devs.values()), pos, seq_kv)[np.arange(len(kv_idx)), kv_idx]
     return DecodeWork(
@@ -788,7 +793,7 @@ def _decode_work(pr: _Prepared, batch: int, n_past: int | None, paged_fraction: 
         kv_bytes=np.bincount(kv_idx, weights=kv_layer, minlength=n),
         kv_reread_bytes=np.bincount(kv_idx, weights=kv_layer * rereads, minlength=n),
         attn_flops=np.bincount(kv_idx, weights=attention_flops_per_layer(model, pos, pr.table) * batch, minlength=n),
-        blocks=np.bincount(np.array([names.index(pr.placement.layer_devices[b]) for b in pr.table.run_blocks],
+        blocks=np.bincount(np.array([pos_of[pr.placement.layer_devices[b]] for b in pr.table.run_blocks],
                                     dtype=np.int64), minlength=n).astype(np.float64),
         switch_seq=_switch_sequence(pr),
         act_bytes=4.0 * model.hparams.n_embd * batch, paged_fraction=paged_fraction)
@@ -869,6 +874,9 @@ class PrefillWork:
     # ubatch size -> per device, the sum of each tensor's FLOPs over its rows: with flops, gpu_flop_cost summed
     # (flops x (1 + half / rows) = flops + half x flops / rows)
     flops_per_row: Mapping[int, np.ndarray]
+    # the same two for routed experts alone, which cost Device.expert_flop_cost (TensorTable.expert_flop_cost)
+    expert_flops: Mapping[int, np.ndarray]
+    expert_flops_per_row: Mapping[int, np.ndarray]
     transfer: Mapping[int, float]  # ubatch size -> bytes copied from the host to the first GPU
     link_device: int  # the GPU host weights are copied to (-1: none)
     copy_factor: float  # the share of that link's pinned rate the copies reach (pageable with mmap)
@@ -897,6 +905,8 @@ def _prefill_work(pr: _Prepared, n_prompt: int | None = None, depth: int = 0) ->
     read: dict[int, np.ndarray] = {}
     flops: dict[int, np.ndarray] = {}
     flops_per_row: dict[int, np.ndarray] = {}
+    expert_flops: dict[int, np.ndarray] = {}
+    expert_flops_per_row: dict[int, np.ndarray] = {}
     transfer: dict[int, float] = {}
     for _, u in chunks:
         if u in read:
@@ -909,10 +919,14 @@ def _prefill_work(pr: _Prepared, n_prompt: int | None = None, depth: int = 0) ->
         # The host's batch kernels cost per FLOP by type (TensorTable.prefill_cost); copied weights run on the GPU.
         on_host = compute_idx == host_i
         prefill_flops = np.where(on_host, prefill_flops * pr.table.prefill_cost(devs[HOST]), prefill_flops)
+        per_row = prefill_flops / rows
         flops[u] = np.bincount(compute_idx, weights=prefill_flops, minlength=len(names))
-        flops_per_row[u] = np.bincount(compute_idx, weights=prefill_flops / rows, minlength=len(names))
+        flops_per_row[u] = np.bincount(compute_idx, weights=per_row, minlength=len(names))
+        expert_flops[u] = np.bincount(compute_idx, weights=prefill_flops * table.is_expert, minlength=len(names))
+        expert_flops_per_row[u] = np.bincount(compute_idx, weights=per_row * table.is_expert, minlength=len(names))
     return PrefillWork(names=tuple(names), n_ubatch=n_ubatch, n_tokens=n_prompt, depth=depth, chunks=chunks,
-                       read=read, flops=flops, flops_per_row=flops_per_row, transfer=transfer,
+                       read=read, flops=flops, flops_per_row=flops_per_row, expert_flops=expert_flops,
+                       expert_flops_per_row=expert_flops_per_row, transfer=transfer,
                        link_device=first,
                        copy_factor=copy_factor(cfg), attn_full=full, attn_swa=swa,
                        n_swa=hp.n_swa)
@@ -920,18 +934,21 @@ def _prefill_work(pr: _Prepared, n_prompt: int | None = None, depth: int = 0) ->
 
 def prefill_from_work(w: PrefillWork, devices: Sequence[Device]) -> PrefillTime:
     """The prompt's time on ``devices``: per ubatch, each device the larger of reading its weights and computing
-    its FLOPs (attention over the context before the ubatch included), plus the copy of host weights over the
-    first GPU's link under op offload (at the pageable rate with mmap, :func:`host_copy_bandwidth`)."""
+    its FLOPs (routed experts' at Device.expert_flop_cost; attention over the context before the ubatch included),
+    plus the copy of host weights over the first GPU's link under op offload (at the pageable rate with mmap,
+    :func:`host_copy_bandwidth`)."""
     eff = np.array([d.effective_bandwidth for d in devices])
     rate = flops_rates(devices)
     half = np.array([d.half_rate_rows for d in devices])
+    extra = np.array([d.expert_flop_cost for d in devices]) - 1.0  # routed experts' further cost per FLOP
     link = devices[w.link_device].link_bandwidth * w.copy_factor if w.link_device >= 0 else 0.0
     per_dev = np.zeros(len(w.names))
     transfer_s = transfer_b = 0.0
     for start, u in w.chunks:
         attended = start + u / 2
         attn = u * (w.attn_full * attended + w.attn_swa * min(attended, w.n_swa or attended))
-        per_dev += np.maximum(w.read[u] / eff, (w.flops[u] + half * w.flops_per_row[u] + attn) / rate)
+        work = w.flops[u] + half * w.flops_per_row[u] + extra * (w.expert_flops[u] + half * w.expert_flops_per_row[u])
+        per_dev += np.maximum(w.read[u] / eff, (work + attn) / rate)
         transfer_b += w.transfer[u]
         transfer_s += w.transfer[u] / link if link else 0.0
     return PrefillTime(

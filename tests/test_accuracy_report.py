@@ -66,3 +66,19 @@ def test_coupled_parameters_also_move_together(acc: Any) -> None:
     assert (("efficiency:cuda", 1), ("expert:cuda", -1)) in moves
     assert [m for m in moves if len(m) == 2] == [(("efficiency:cuda", 1), ("expert:cuda", -1))]
     assert len(moves) == 5
+
+
+def test_a_rows_chiplet_cpu_takes_its_ccds_from_cpus_json(acc: Any) -> None:
+    """A dual-socket EPYC 9115 row: two CCDs per socket (cpus.json), four in all; the report names the CPUs whose
+    RAM peak the CCD links cap, and a 16-CCD EPYC 9175F's is not."""
+    def row(cpu: str) -> dict[str, Any]:
+        return {"id": cpu, "gpus": [], "cpu": cpu, "numa_nodes": None, "ram_mts": None, "ram_channels": None,
+                "cpu_cores": None, "ram_gib": 768, "flags": {"threads": 32}, "source_date": "2025-06-03",
+                "engine": "llama.cpp"}
+
+    two, wide = (acc._hardware(row(c)) for c in ("2x EPYC 9115 (dual socket)", "EPYC 9175F"))
+    assert (two.ccds, two.numa_nodes, two.ram_bw) == (4, 2, 6000 * 8 * 24 / 1000)
+    assert wide.ccds == 16
+    cases = [acc.Case(row=row(c), source="s", engine="llama.cpp", hw=hw, new=(None, None), old=(None, None))
+             for c, hw in (("2x EPYC 9115 (dual socket)", two), ("EPYC 9175F", wide))]
+    assert acc._ccd_bound(cases, acc.speed_params()) == "2x EPYC 9115 (dual socket)"

@@ -257,6 +257,22 @@ def test_link_threads_and_available_ram_change_the_figures(paths: dict[str, Path
     assert short["decode"]["tokens_per_second"] < fits["decode"]["tokens_per_second"] / 3
 
 
+def test_ccds_cap_a_chiplet_hosts_decode(paths: dict[str, Path]) -> None:
+    """--ccds: an EPYC 9115's two core dies read less than its 12 channels could deliver, so a CPU-only decode is
+    slower by the ratio, and the note says why; 0 lifts the limit."""
+    from moeplace.hardware import speed_params
+
+    base = [str(paths["qwen3-30b-a3b"]), "--gpu", "none", "--ram", "256G", "--ram-bw", "ddr5-6000x12", "-t", "16",
+            "--cores", "16"]
+    free, two, none = (_json(*base, *extra) for extra in ([], ["--ccds", "2"], ["--ccds", "0"]))
+    ratio = 2 * speed_params().ccd_gbs / (6000 * 8 * 12 / 1000)
+    assert two["decode"]["tokens_per_second"] < free["decode"]["tokens_per_second"] * (ratio + 1) / 2
+    assert none["decode"] == free["decode"]
+    assert any("2 CCDs" in n for n in two["notes"]) and not any("CCD" in n for n in free["notes"])
+    r = CliRunner().invoke(estimate, [*base, "--ccds", "-1"])
+    assert r.exit_code == 2 and "--ccds" in r.output
+
+
 def test_estimate_reproduces_a_published_row_from_its_command_line(tmp_path: Path) -> None:
     """benchmarks/published row lc21024-3090vk-llama8b-q4_0: llama-bench of a Llama-3-8B Q4_0 on an RTX 3090 with
     the Vulkan backend, pasted as it was run (the factory's llama-3-8b written as Q4_0 is that file's shape)."""

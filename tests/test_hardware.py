@@ -189,6 +189,24 @@ def test_calibration_replaces_efficiency() -> None:
         d.with_efficiency(0)
 
 
+def test_a_chiplet_hosts_peak_is_what_its_ccds_links_read() -> None:
+    """An EPYC 9115 (2 CCDs) on 12 channels of DDR5-6000 reads at most 2 x ccd_gbs, not 576 GB/s; enough CCDs
+    leave the channels' peak; a calibrated host's measurement already holds the limit."""
+    p = speed_params()
+    kw = {"threads": 16, "cores": 16}
+    free = host_device(256 * GIB, "ddr5-6000x12", [], **kw)
+    two = host_device(256 * GIB, "ddr5-6000x12", [], ccds=2, **kw)
+    many = host_device(256 * GIB, "ddr5-6000x12", [], ccds=16, **kw)
+    assert 2 * p.ccd_gbs * GB < 576 * GB < 16 * p.ccd_gbs * GB
+    assert two.effective_bandwidth == pytest.approx(free.effective_bandwidth * 2 * p.ccd_gbs / 576)
+    assert many.effective_bandwidth == free.effective_bandwidth
+    assert any("2 CCDs" in n and "--ccds" in n for n in two.notes)
+    assert not any("CCD" in n for n in many.notes + free.notes)
+    assert two.with_efficiency(0.5).effective_bandwidth == pytest.approx(576 * GB * 0.5)
+    assert f"576 GB/s peak, {2 * p.ccd_gbs:.0f} through 2 CCDs x" in two.describe()
+    assert "CCD" not in many.describe()
+
+
 @pytest.mark.parametrize(("spec", "message"), [
     ("24G@1.2.3", "unknown GPU"),
     ("24G@0", "not a real bandwidth"),

@@ -368,3 +368,42 @@ def test_cpu_simd_arm_and_missing(tmp_path: Path) -> None:
     assert machine.cpu_simd(tmp_path, "darwin", "x86_64") == ""
     (tmp_path / "cpuinfo").write_text("processor\t: 0\nBogoMIPS\t: 48.00\nFeatures\t: fp asimd evtstrm aes asimddp\n")
     assert machine.cpu_simd(tmp_path) == "neon"
+
+
+def _caches(root: Path, l3: list[str]) -> Path:
+    """A /sys tree whose CPUs share the given L3 caches (one shared_cpu_list per cache), with an L2 per CPU."""
+    cpu = 0
+    for shared in l3:
+        first, last = (int(x) for x in shared.split("-"))
+        for cpu in range(first, last + 1):
+            for index, level, who in ((2, 2, str(cpu)), (3, 3, shared)):
+                d = root / "devices/system/cpu" / f"cpu{cpu}" / "cache" / f"index{index}"
+                d.mkdir(parents=True)
+                (d / "level").write_text(f"{level}\n")
+                (d / "shared_cpu_list").write_text(who + "\n")
+    return root
+
+
+@pytest.mark.parametrize(("vendor", "family", "model", "name", "l3", "ccds"), [
+    ("AuthenticAMD", "26", "2", "AMD EPYC 9115 16-Core Processor", ["0-7", "8-15"], 2),
+    ("AuthenticAMD", "26", "2", "AMD EPYC 9115 16-Core Processor", ["0-7", "8-15", "16-23", "24-31"], 4),  # 2 sockets
+    ("AuthenticAMD", "25", "24", "AMD Ryzen Threadripper PRO 7965WX 24-Cores", ["0-5", "6-11", "12-17", "18-23"], 4),
+    ("AuthenticAMD", "26", "68", "AMD Ryzen 7 9700X 8-Core Processor", ["0-7"], 1),
+    ("AuthenticAMD", "23", "113", "AMD Ryzen 5 3500 6-Core Processor", ["0-2", "3-5"], 1),  # Zen 2: two L3 per CCD
+    ("AuthenticAMD", "23", "8", "AMD Ryzen 7 2700X Eight-Core Processor", ["0-3", "4-7"], 0),  # Zen+: one die
+    ("AuthenticAMD", "25", "117", "AMD Ryzen 7 8700G w/ Radeon 780M Graphics", ["0-7"], 0),  # an APU: one die
+    ("AuthenticAMD", "26", "36", "AMD Ryzen AI 9 HX 370 w/ Radeon 890M", ["0-3", "4-11"], 0),
+    ("GenuineIntel", "6", "207", "INTEL(R) XEON(R) PLATINUM 8592+", ["0-63"], 0),
+])
+def test_cpu_ccds_counts_an_amd_chiplet_cpus_l3_caches(tmp_path: Path, vendor: str, family: str, model: str,
+                                                        name: str, l3: list[str], ccds: int) -> None:
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "cpuinfo").write_text(f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: {family}\n"
+                                  f"model\t\t: {model}\nmodel name\t: {name}\nflags\t\t: avx2\n")
+    sys_root = _caches(tmp_path / "sys", l3)
+    assert machine.cpu_ccds(proc, sys_root) == ccds
+    assert machine.cpu_ccds(tmp_path / "none", sys_root) == 0  # no /proc/cpuinfo: nothing known
+    if ccds:
+        m = machine.detect(gpus=False, proc=proc, sys_root=sys_root)
+        assert m.ccds == ccds and f"{ccds} CCD" in m.line()

@@ -498,6 +498,38 @@ def test_host_prompt_work_is_costed_by_the_prefill_table_in_estimate_and_solver(
     assert np.all(TensorTable.build(m).prefill_cost(replace(gpu, prefill_cost=double)) == 1.0)
 
 
+def test_a_gpus_routed_experts_cost_more_per_prompt_flop_in_estimate_and_solver(
+        models: dict[str, ModelDescription]) -> None:
+    """MUL_MAT_ID runs below a dense multiplication's rate (Device.expert_compute): on a GPU the routed experts'
+    prompt FLOPs cost 1 / expert_compute each, in the estimate and in the solver's linear prefill alike; the
+    dense weights' FLOPs and the host are not affected."""
+    from moeplace.speed import tensor_costs
+
+    m = models["qwen3-30b-a3b"]
+    cfg = RunConfig(n_ctx=4096)
+    gpu = replace(parse_gpus(["rtx3090"])[0], expert_compute=1.0, half_rate_rows=0.0)
+    host = host_device(64 * GIB, 100, threads=8, cores=8, available=64 * GIB)
+    p = all_on(m, "CUDA0")
+    table = TensorTable.build(m)
+    flops = tensor_costs(m, cfg, table=table).prefill_flops
+    share = float(np.sum(flops[table.is_expert]) / np.sum(flops))
+
+    def prompt(g: Device) -> tuple[float, float]:
+        e = estimate(m, p, cfg, {"CUDA0": g, "CPU": host}, n_prompt=cfg.n_ubatch).prefill.seconds_by_device
+        with_prompt, without = (linear_seconds(m, cfg, [g, host], prompt_per_generated=k).seconds[:, 0].sum()
+                                for k in (1.0, 0.0))
+        return e["CUDA0"], (with_prompt - without) * cfg.n_ubatch
+
+    base_e, base_lin = prompt(gpu)
+    e, lin = prompt(replace(gpu, expert_compute=0.5))
+    # compute-bound at 512 rows: the experts' share of the FLOPs takes twice the time (a few small tensors are
+    # bound by their reads, so a little less in the solver's per-tensor sum); the estimate adds the same
+    assert 0.5 < share < 1
+    assert base_lin * (1 + 0.95 * share) < lin <= base_lin * (1 + share)
+    assert e - base_e == pytest.approx(lin - base_lin, rel=0.03)
+    assert replace(host, expert_compute=0.5).expert_flop_cost == 1.0
+
+
 def test_decode_and_prefill_at_a_depth(models: dict[str, ModelDescription]) -> None:
     m = models["qwen3-30b-a3b"]
     devs = free_switch_devices()

@@ -153,7 +153,7 @@ def render(model: ModelDescription, placement: Placement, cfg: RunConfig, device
     out = [f"{model.name}  ({hp.arch}, {model.file_type or 'unknown quantisation'}, "
            f"{format_size(model.loaded_bytes)} loaded)"]
     for d in devices.values():
-        out.append(f"  {d.name:8s} {d.label}: {format_size(d.memory)}, {d.bandwidth / 1e9:.0f} GB/s peak x "
+        out.append(f"  {d.name:8s} {d.label}: {format_size(d.memory)}, {d.peak_text()} x "
                    f"{d.efficiency:.2f} = {d.effective_bandwidth / 1e9:.0f} GB/s effective")
     ctx = e.context
     out.append(f"  placement: {_placement_text(model, placement)}")

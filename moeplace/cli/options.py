@@ -82,6 +82,11 @@ hardware_options = _stack(
     click.option("--numa-nodes", type=click.IntRange(min=1), default=None, expose_value=False, callback=_remember,
                  help="NUMA nodes the host's RAM spans: sockets, or sub-NUMA clusters (default: this machine's, "
                       "else 1)."),
+    click.option("--ccds", type=click.IntRange(min=0), default=None, expose_value=False, callback=_remember,
+                 help="AMD chiplet CPUs: the core dies (CCDs) of all sockets, e.g. 2 for an EPYC 9115 or a Ryzen 9 "
+                      "9950X (L3 size / 32 MB on Zen 3-5). Each CCD reads RAM over one fabric link, so a part with "
+                      "few CCDs cannot use all its channels. Default: counted here on AMD EPYC, Threadripper and "
+                      "desktop Ryzen; 0 for none."),
     click.option("--cpu-class", "simd", type=click.Choice(list(speed_params().cpu_simd_factor)), default=None,
                  expose_value=False, callback=_remember,
                  help="The host CPU's vector class, which sets its prompt rate: avx2 (no AVX-512), avx512 (AVX-512 "
@@ -149,6 +154,7 @@ def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ra
     cores = cores or meta.get("moeplace.cores")
     numa_nodes = numa_nodes or meta.get("moeplace.numa_nodes")
     simd = simd or meta.get("moeplace.simd")
+    ccds = meta.get("moeplace.ccds")
     found = None
     if not gpus or ram is None or ram_bw is None:
         ctx = click.get_current_context(silent=True)
@@ -187,10 +193,11 @@ def devices_from(gpus: tuple[str, ...], backend: str | None, ram: int | None, ra
     if found is not None:  # what this machine has, where the options do not say
         cores = cores or found.cores
         numa_nodes = numa_nodes or found.numa_nodes
+        ccds = found.ccds if ccds is None else ccds
         if ram is None and available is None and host_ram is not None:
             available = host_ram  # already what is available, not the total
     host = host_device(host_ram, host_bw, gpu_devs, threads=threads, cores=cores, numa_nodes=numa_nodes or 1,
-                       available=available, simd=simd or (found.simd if found is not None else ""))
+                       available=available, simd=simd or (found.simd if found is not None else ""), ccds=ccds or 0)
     devices = device_set(gpu_devs, host)
     return devices if calibration is None else apply_calibration(devices, load_calibration(calibration))
 

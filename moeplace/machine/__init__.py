@@ -47,6 +47,7 @@ from moeplace.machine.gpus import (
     match_preset,
 )
 from moeplace.machine.host import (
+    cpu_ccds,
     cpu_simd,
     cpu_topology,
     dimm_bandwidth,
@@ -57,7 +58,8 @@ from moeplace.machine.host import (
 )
 from moeplace.sizes import format_size
 
-__all__ = ["Dimm", "Gpu", "Machine", "RamBandwidth", "apple_gpu_fraction", "cpu_simd", "cpu_topology", "detect",
+__all__ = ["Dimm", "Gpu", "Machine", "RamBandwidth", "apple_gpu_fraction", "cpu_ccds", "cpu_simd", "cpu_topology",
+           "detect",
            "detect_gpus", "detect_ram_bandwidth", "dimm_bandwidth", "dmi_dimms", "gpu_devices", "gpu_names",
            "gpus_apple", "gpus_llamacpp", "gpus_nvidia_smi", "gpus_nvml", "gpus_rocm_smi", "gpus_vulkan",
            "match_preset", "measure_copy_bandwidth", "meminfo", "numa_nodes", "short_label"]
@@ -146,7 +148,7 @@ def detect(*, gpus: bool = True, measure: bool = False, path: str | None = None,
     threads, cores = cpu_topology(sys_root)
     bw, bw_notes = detect_ram_bandwidth(measure, sys_root / "firmware/dmi/tables/DMI", threads)
     return Machine(tuple(found), total, avail, threads, cores, numa_nodes(sys_root), bw, tuple(notes + bw_notes),
-                   searched_gpus=gpus, simd=cpu_simd(proc, platform))
+                   searched_gpus=gpus, simd=cpu_simd(proc, platform), ccds=cpu_ccds(proc, sys_root))
 
 
 def gpu_devices(machine: Machine, backend: str | None = None, cat: Catalog | None = None) -> tuple[Device, ...]:

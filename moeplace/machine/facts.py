@@ -59,6 +59,7 @@ class Machine:
     notes: tuple[str, ...]  # every assumption and fallback, in words
     searched_gpus: bool = True  # False when the user named the GPUs and none were looked for
     simd: str = ""  # the CPU's vector class from /proc/cpuinfo ("": not known)
+    ccds: int = 0  # an AMD chiplet CPU's core dies (moeplace.machine.host.cpu_ccds; 0: none or not known)
 
     def line(self) -> str:
         """``detected: CUDA0 RTX 3090 24.00 GiB (22.9 free), RAM 64 GiB (51 available), 2x DDR5-6000, ...``"""
@@ -70,7 +71,8 @@ class Machine:
             parts.append("no GPU")
         parts.append(f"RAM {self.ram_total / GIB:.0f} GiB ({self.ram_available / GIB:.0f} available)")
         parts.append(self.ram_bw.spec)
-        parts.append(f"{self.threads} threads ({self.cores} cores{', ' + self.simd if self.simd else ''})")
+        ccds = f", {self.ccds} CCD" + ("s" if self.ccds != 1 else "") if self.ccds else ""
+        parts.append(f"{self.threads} threads ({self.cores} cores{', ' + self.simd if self.simd else ''}{ccds})")
         parts.append(f"{self.numa_nodes} NUMA node" + ("s" if self.numa_nodes != 1 else ""))
         return "detected: " + ", ".join(parts)
 

@@ -55,23 +55,31 @@ def cpu_topology(sys_root: Path = Path("/sys")) -> tuple[int, int]:
     return threads, max(1, len(cores))
 
 
-def cpu_simd(proc: Path = Path("/proc"), system: str = sys.platform, machine: str = platform.machine()) -> str:
-    """The CPU's vector class (:meth:`moeplace.hardware.SpeedParams.simd_factor`) from /proc/cpuinfo's flags: AMD
-    family 26 (Zen 5) with AVX-512 is zen5 except the Ryzen AI 300 laptop parts, whose AVX-512 runs on 256-bit
-    units. Without /proc (macOS) an arm64 machine is neon; "" where nothing known is said (the reference class is
-    assumed)."""
+def _cpuinfo(proc: Path) -> dict[str, str] | None:
+    """The first processor's fields of /proc/cpuinfo (later blocks repeat it), keys lower-cased; None without it."""
     try:
         text = (proc / "cpuinfo").read_text(errors="replace")
     except OSError:
-        return "neon" if system == "darwin" and machine in ("arm64", "aarch64") else ""
+        return None
     fields: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
         if not sep:
             if fields:
-                break  # the first processor's block is enough
+                break
             continue
         fields.setdefault(key.strip().lower(), value.strip())
+    return fields
+
+
+def cpu_simd(proc: Path = Path("/proc"), system: str = sys.platform, machine: str = platform.machine()) -> str:
+    """The CPU's vector class (:meth:`moeplace.hardware.SpeedParams.simd_factor`) from /proc/cpuinfo's flags: AMD
+    family 26 (Zen 5) with AVX-512 is zen5 except the Ryzen AI 300 laptop parts, whose AVX-512 runs on 256-bit
+    units. Without /proc (macOS) an arm64 machine is neon; "" where nothing known is said (the reference class is
+    assumed)."""
+    fields = _cpuinfo(proc)
+    if fields is None:
+        return "neon" if system == "darwin" and machine in ("arm64", "aarch64") else ""
     flags = set((fields.get("flags") or fields.get("features") or "").split())
     if "asimd" in flags:
         return "neon"
@@ -81,6 +89,34 @@ def cpu_simd(proc: Path = Path("/proc"), system: str = sys.platform, machine: st
         return "avx512"
     mobile_zen5 = re.search(r"Ryzen AI (5|7|9)\b", fields.get("model name", ""), re.IGNORECASE)
     return "zen5" if fields.get("cpu family") == "26" and not mobile_zen5 else "avx512-vnni"
+
+
+# AMD parts whose cores sit on core dies (CCDs) linked to a separate I/O die: EPYC, Threadripper and desktop Ryzen
+# numbered without a suffix other than X/X3D (G and F parts, laptop parts and the Ryzen AI line are one die).
+_CHIPLET_NAME = re.compile(r"EPYC|Threadripper|Ryzen \d+ \d{4}(X3D|X)?\b", re.IGNORECASE)
+
+
+def cpu_ccds(proc: Path = Path("/proc"), sys_root: Path = Path("/sys")) -> int:
+    """The core dies (CCDs) of an AMD chiplet CPU, all sockets: the distinct L3 caches sysfs lists (one per CCD
+    from Zen 3 on, one per four-core complex, two per CCD, on Zen 2). 0 for other CPUs (their cores reach memory
+    without one link per die), Zen and Zen+ (no I/O die), and where /proc or sysfs do not say."""
+    fields = _cpuinfo(proc)
+    name = (fields or {}).get("model name", "")
+    if fields is None or fields.get("vendor_id") != "AuthenticAMD" or not _CHIPLET_NAME.search(name) \
+            or "radeon" in name.lower():
+        return 0
+    family, model = fields.get("cpu family", ""), fields.get("model", "")
+    zen2 = family == "23"
+    if zen2 and not (model.isdigit() and int(model) >= 0x30):
+        return 0  # Zen, Zen+: the memory controllers sit on the core dies
+    l3 = set()
+    for cache in (sys_root / "devices/system/cpu").glob("cpu[0-9]*/cache/index[0-9]*"):
+        try:
+            if (cache / "level").read_text().strip() == "3":
+                l3.add((cache / "shared_cpu_list").read_text().strip())
+        except OSError:
+            continue
+    return max(1, len(l3) // 2) if zen2 and l3 else len(l3)
 
 
 def numa_nodes(sys_root: Path = Path("/sys")) -> int:
