@@ -875,8 +875,8 @@ def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, 
 
 def _ccd_bound(cases: Sequence[Case], p: SpeedParams) -> str:
     """The CPUs of the rows whose RAM peak their CCDs' links cap under ``p``, in words."""
-    cpus = sorted({c.row["cpu"] for c in cases if c.hw.ccds and c.hw.ram_bw and c.hw.ccds * p.ccd_gbs < c.hw.ram_bw})
-    return ", ".join(cpus) or "none of the rows"
+    hosts = {c.row["cpu"]: devices_for(c.hw, p, False)[HOST] for c in cases if c.hw.ccds}
+    return ", ".join(sorted(cpu for cpu, h in hosts.items() if h.read_peak < h.bandwidth)) or "none of the rows"
 
 
 def _within(cases: Sequence[Case], model: str, k: str, target: float, scale: bool = False) -> float:
@@ -1008,8 +1008,7 @@ def write_params(p: SpeedParams) -> None:
     doc["engine_cpu_factor"].update({k: round(v, 3) for k, v in p.engine_cpu_factor.items()})
     doc["cpu_simd_factor"].update({k: round(v, 3) for k, v in p.cpu_simd_factor.items()})
     doc["gpu_expert_efficiency"].update({k: round(v, 3) for k, v in p.gpu_expert_efficiency.items()})
-    for key in ("thread_gbs", "numa_gain", "core_gelems", "core_gflops", "gpu_layer_us", "cpu_layer_us",
-                "gpu_half_rate_rows", "gpu_kv_reread_share", "ccd_gbs", "gpu_expert_compute"):
+    for key in (k for k in NEW_FREE if ":" not in k):  # the fitted scalars
         doc[key] = round(float(getattr(p, key)), 3)
     PARAMS.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 

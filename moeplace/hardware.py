@@ -661,9 +661,6 @@ def host_device(ram: int | None = None, ram_bw: str | float | None = None, gpus:
         if int(ram) > reserve:
             notes.append(f"RAM available not given: assumed {format_size(available)} ({format_size(reserve)} "
                          "for the OS and other programs; give --ram-avail)")
-    if ccds and 0 < ccds * params.ccd_gbs * GB < bw:
-        notes.append(f"RAM read at most {ccds * params.ccd_gbs:.0f} GB/s of its {bw / GB:.0f} GB/s peak: {ccds} "
-                     f"CCD{'s' if ccds != 1 else ''} x {params.ccd_gbs:.0f} GB/s per fabric link (--ccds)")
     host = Device(
         name=HOST, backend="cpu", label="system RAM" + (" (unified)" if unified else ""), memory=int(ram),
         bandwidth=bw, efficiency=0.0, power=cat.cpu_power, link_bandwidth=0.0,  # efficiency: host_params
@@ -672,7 +669,13 @@ def host_device(ram: int | None = None, ram_bw: str | float | None = None, gpus:
         quant_cost=tuple(sorted(params.cpu_quant_cost.items())), available=int(available),
         prefill_cost=tuple(sorted(params.cpu_prefill_cost.items())), simd=simd, ccds=max(0, int(ccds)),
     )
-    return host_params(host, params, channels)
+    host = host_params(host, params, channels)
+    if host.read_peak < host.bandwidth:
+        host = replace(host, notes=(*host.notes, (
+            f"RAM read at most {host.read_peak / GB:.0f} GB/s of its {host.bandwidth / GB:.0f} GB/s peak: "
+            f"{host.ccds} CCD{'s' if host.ccds != 1 else ''} x {host.ccd_bandwidth / GB:.0f} GB/s per fabric link "
+            "(--ccds)")))
+    return host
 
 
 def host_params(host: Device, params: SpeedParams, channels: int) -> Device:
