@@ -16,8 +16,10 @@ are predicted. The *old* model is the structure moeplace had before issue 9: hos
 efficiency (no threads, compute or NUMA), decode at the full context, prefill of one ubatch at depth 0, the
 preset's link, all of the RAM available; its free parameters (efficiency per backend and for the host, GPU
 compute efficiency, one host FLOP rate) are fitted too, so the comparison is of structure, not of defaults.
-ik_llama.cpp rows use other CPU kernels: they are reported apart, and fitted with one more factor on the host's
-compute rates (engine_cpu_factor, applied by moeplace.hardware.for_engine as solve --target ik_llama.cpp applies it).
+ik_llama.cpp rows use other CPU kernels: they are reported apart, costed per type as that engine's kernels cost
+each type against llama.cpp's (engine_cpu_quant_factor and engine_cpu_prefill_factor, both engines timed on one
+machine by quant_cost.py --bench), and fitted with one more factor on the host's compute rates
+(engine_cpu_factor); moeplace.hardware applies both as solve --target ik_llama.cpp does.
 Host prompt work takes the per-type cost table of the CPU kernels llama.cpp builds had when the row was published
 (PREFILL_ERAS); the model's default is the table of the build measured here.
 """
@@ -52,6 +54,7 @@ from moeplace.hardware import (
     Device,
     SpeedParams,
     catalog,
+    engine_costs,
     engine_simd,
     for_engine,
     gpu_key,
@@ -393,8 +396,9 @@ def make_case(row: dict[str, Any], models: Models, params: SpeedParams) -> Case:
         # the engine's rule for moving host experts to the GPU, as the row's build had it (IK_MOE_RATIO)
         rows = 0.0 if old or _build_date(row) < IK_MOE_RATIO else ENGINE_MOE_OFFLOAD_ROWS.get(engine, 0.0)
         copy_all = old or _build_date(row) < USED_EXPERTS_ONLY[engine]
-        devs = {n: d if d.is_host else replace(d, moe_offload_rows=rows, copies_all_experts=copy_all)
-                for n, d in devs.items()}
+        # and its own CPU kernels' cost by type (baked into the work below, as solve's for_engine does)
+        devs = {n: (d if old else engine_costs(d, engine, params)) if d.is_host
+                else replace(d, moe_offload_rows=rows, copies_all_experts=copy_all) for n, d in devs.items()}
         gpus = [d for d in devs.values() if not d.is_host]
         # MLA models cache one latent per token: a lone -ctk sets it (ik_llama.cpp runs them that way).
         type_v = cmd.type_v or (cmd.type_k if md.hparams.kv_lora_rank else None) or "f16"
@@ -740,7 +744,9 @@ def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, 
               *((f"weights: {w}", [c for c in cases if _where(c) == w]) for w in WHERE))
     out += ["ik_llama.cpp rows are fitted too: they share the memory side (bandwidth efficiencies, threads, NUMA, "
             "per-block costs) and differ by one fitted factor on the host's compute rates (`engine_cpu_factor`: "
-            "its repacked and fused CPU kernels).", "",
+            "its repacked and fused CPU kernels) and by its kernels' cost per type against llama.cpp's, both timed on "
+            "one machine (`engine_cpu_quant_factor`, `engine_cpu_prefill_factor`: benchmarks/quant_cost.py "
+            "--bench).", "",
             "| rows | model | test | n | median error | worst | within 20% | within 30% |",
             "|---|---|---|---|---|---|---|---|"]
     summary: dict[tuple[str, str], Metrics | None] = {}

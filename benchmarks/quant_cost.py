@@ -5,8 +5,13 @@ llama.cpp on this machine.
                                                                  cpu_quant_cost, cpu_prefill_cost
     python benchmarks/quant_cost.py --kernels untiled --write    prompt table of older builds' kernels:
     python benchmarks/quant_cost.py --kernels vec_dot --write    cpu_prefill_cost_untiled, cpu_prefill_cost_vec_dot
+    python benchmarks/quant_cost.py --bench ik_llama.cpp/build/bin/llama-bench --engine ik_llama.cpp --write
+                                                                 another engine's kernels against this
+                                                                 llama.cpp's: engine_cpu_quant_factor[ENGINE],
+                                                                 engine_cpu_prefill_factor[ENGINE]
 
-(without --write the tables are printed only; each run takes about 3 minutes on 2 shared cores.)
+(without --write the tables are printed only; each run takes about 3 minutes on 2 shared cores, a --bench run
+about 12 at --runs 7: it times both engines.)
 
 A dense factory model with real F16 weights (2 blocks of a 1024-wide llama, 23M elements in its matrices: small
 enough that the quantized weights stay in this machine's last-level cache, so decode is bound by dequantising and
@@ -34,6 +39,19 @@ elements is the type's cost per element, and each table is that cost relative to
 other CPUs of the same SIMD class (x86 with AVX2/AVX-512) better than an absolute rate would (``core_gelems`` and
 ``core_gflops`` carry the absolute rates, fitted on published rows); ARM (NEON) repacks and dots other types.
 
+Another engine's kernels (``--bench``, ``--engine``): each round times every file with this llama.cpp and then with
+that engine's own llama-bench (same settings: one thread, ``-p 512 -n 128 -b 512 -ub 512``, best of two runs, Q4_K
+right before each type), and stores, per type, the engine's ratio to its Q4_K over llama.cpp's ratio in the same
+round: ``engine_cpu_quant_factor`` and ``engine_cpu_prefill_factor`` under the engine's name, which
+``moeplace.hardware.engine_costs`` multiplies into the tables above when a plan targets that engine. A factor
+compares two engines on one machine, so it does not carry the machine's own ordering of types, which the tables
+above carry: llama.cpp's own table timed on an Intel Xeon with AVX-512 VNNI (9 rounds) puts the K- and i-quants
+within 11% of the stored table's (an AMD EPYC's), but BF16 at 5.3 against 2.5 and Q8_0 at 1.3 against 1.7.
+ik_llama.cpp's iqk kernels decode Q2_K, Q3_K, Q5_K and IQ4_XS at 0.6-0.8 of llama.cpp's cost relative to Q4_K
+(Q4_K itself at the same rate, Q6_K at about the same cost), MXFP4 at twice it, and prompts at 0.3-0.9 of it for
+most types (its Q4_K prompt 1.6x llama.cpp's). ``--bench-arg`` passes the engine more flags (``-rtr 1``:
+ik_llama.cpp's run-time repacking), for factors that are printed, not stored.
+
 How each file is made. llama.cpp's own quantizer where it will: it refuses IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S
 and IQ3_XXS without an importance matrix (``tensor_requires_imatrix`` in src/llama-quant.cpp), and its C API takes
 the matrix only as a C++ map, which Python cannot build. Those files are written directly instead: the Q4_K file's
@@ -55,14 +73,18 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from moeplace import oracle
+from moeplace.bench import run_llama_bench
+from moeplace.errors import MoeplaceError
 from moeplace.memory import RunConfig
 from moeplace.model import load_model
 from moeplace.oracle.loading import captured_log, load, load_llama
@@ -226,6 +248,17 @@ def measure(path: Path, n_gen: int = N_GEN, n_prompt: int = N_PROMPT) -> tuple[f
     return 1.0 / max(s.tg_runs), 1.0 / max(s.pp_runs)
 
 
+def measure_with(bench: Path, path: Path, n_gen: int, n_prompt: int, extra: tuple[str, ...]
+                 ) -> tuple[float, float, str]:
+    """:func:`measure` by an external llama-bench binary (llama.cpp's or a fork's), and the build it reports: the
+    best of two runs each, one thread, the prompt in one ubatch. Only flags every llama-bench since 2024 takes
+    (ik_llama.cpp's has no -d)."""
+    args = [str(bench), "-m", str(path), "-t", "1", "-p", str(n_prompt), "-n", str(n_gen), "-b", str(n_prompt),
+            "-ub", str(n_prompt), "-r", "2", "-o", "json", *extra]
+    s = run_llama_bench(args, timeout=600)
+    return 1.0 / max(s.tg_runs), 1.0 / max(s.pp_runs), s.engine
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--write", action="store_true", help="store the tables in moeplace/data/speed-model.json")
@@ -237,7 +270,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-prompt", type=int, default=N_PROMPT,
                     help=f"prompt tokens, one ubatch (default {N_PROMPT}, llama-bench's pp512); other values are "
                          "printed, never written")
+    ap.add_argument("--bench", type=Path, metavar="LLAMA_BENCH",
+                    help="time each file with this llama-bench binary instead of the llama.cpp library moeplace "
+                         "loads: another engine's kernels (needs --engine)")
+    ap.add_argument("--engine", help="the engine --bench runs (e.g. ik_llama.cpp): --write stores its factors as "
+                                     "engine_cpu_quant_factor[ENGINE] and engine_cpu_prefill_factor[ENGINE]")
+    ap.add_argument("--bench-arg", action="append", default=[], metavar="ARG",
+                    help="an extra argument for --bench, repeatable (e.g. --bench-arg=-rtr --bench-arg=1); "
+                         "printed, never written")
     args = ap.parse_args(argv)
+    if (args.bench is None) != (args.engine is None):
+        ap.error("--bench and --engine go together: the binary and the name its tables are stored under")
+    if args.bench is not None and args.kernels != "current":
+        ap.error("--kernels switches this library's kernels; another engine's --bench runs its own")
     if args.kernels != "current":  # read once by ggml-cpu, at its first batch multiplication (after this)
         os.environ["GGML_CPU_TILED_MM"] = "0"
     if args.kernels == "vec_dot":
@@ -252,9 +297,10 @@ def main(argv: list[str] | None = None) -> int:
         src = write_model(SPEC, Path(d) / "f16.gguf")[0]
         md = load_model(src)
         matrix_elements = sum(t.n_elements for t in md.tensors if len(t.shape) >= 2 and t.role.value != "token_embd")
-        print(f"{SPEC.name}: {matrix_elements / 1e6:.0f}M matrix elements; {oracle.version()}; {cpu_name()}; "
+        timer = oracle.version() if args.bench is None else f"{args.engine} by {args.bench}"
+        print(f"{SPEC.name}: {matrix_elements / 1e6:.0f}M matrix elements; {timer}; {cpu_name()}; "
               f"{os.cpu_count()} logical CPUs, measured with 1 thread; tg{n_gen}, pp{args.n_prompt} in one ubatch; "
-              f"kernels: {args.kernels}",
+              f"kernels: {args.kernels if args.bench is None else 'each engine its own'}",
               file=sys.stderr)
         files, how = make_files(src, Path(d))
         if args.types:
@@ -264,35 +310,77 @@ def main(argv: list[str] | None = None) -> int:
         if "Q4_K" not in files:
             print("Q4_K could not be made", file=sys.stderr)
             return 1
-        tg: dict[str, list[float]] = {t: [] for t in files if t != "Q4_K"}
-        pp: dict[str, list[float]] = {t: [] for t in files if t != "Q4_K"}
-        ref_tg: list[float] = []
-        ref_pp: list[float] = []
+        bench_build = ""
+
+        def by_bench(f: Path) -> tuple[float, float]:
+            nonlocal bench_build
+            tg_s, pp_s, bench_build = measure_with(args.bench, f, n_gen, args.n_prompt, tuple(args.bench_arg))
+            return tg_s, pp_s
+
+        # the timers each round runs: this library's llama.cpp, and with --bench the other engine after it
+        timers: dict[str, Callable[[Path], tuple[float, float]]] = {
+            "llama.cpp": lambda f: measure(f, n_gen, args.n_prompt)}
+        if args.bench is not None:
+            timers[args.engine] = by_bench
+            for gtype, path in list(files.items()):  # a type the engine cannot load is left out, not the table
+                try:
+                    by_bench(path)
+                except MoeplaceError as e:
+                    print(f"  {gtype:8s} skipped: {e}", file=sys.stderr)
+                    del files[gtype]
+            if "Q4_K" not in files:
+                return 1
+        # per timer: each type's ratio to the Q4_K run just before it, round after round
+        tg = {name: {t: [] for t in files if t != "Q4_K"} for name in timers}
+        pp = {name: {t: [] for t in files if t != "Q4_K"} for name in timers}
+        ref_tg: dict[str, list[float]] = {name: [] for name in timers}
+        ref_pp: dict[str, list[float]] = {name: [] for name in timers}
         for r in range(args.runs):
             for gtype, path in files.items():
                 if gtype == "Q4_K":
                     continue
-                (a_tg, a_pp), (b_tg, b_pp) = (measure(f, n_gen, args.n_prompt)
-                                              for f in (files["Q4_K"], path))
-                ref_tg.append(a_tg)
-                ref_pp.append(a_pp)
-                tg[gtype].append(b_tg / a_tg)
-                pp[gtype].append(b_pp / a_pp)
-            print(f"round {r + 1} (decode/prompt): "
-                  + ", ".join(f"{t} {v[-1]:.2f}/{pp[t][-1]:.2f}" for t, v in tg.items()), file=sys.stderr)
-    decode = {"Q4_K": 1.0, **{t: round(statistics.median(v), 3) for t, v in tg.items()}}
-    prefill = {"Q4_K": 1.0, **{t: round(statistics.median(v), 3) for t, v in pp.items()}}
-    decode, prefill = dict(sorted(decode.items())), dict(sorted(prefill.items()))
-    q4k_tg, q4k_pp = min(ref_tg), min(ref_pp)
-    print(f"Q4_K: {1 / q4k_tg:.1f} tok/s decode ({matrix_elements / q4k_tg / 1e9:.2f} G elements/s), "
-          f"{1 / q4k_pp:.1f} tok/s prompt ({2 * matrix_elements / q4k_pp / 1e9:.1f} GFLOP/s of matrix work), 1 thread",
-          file=sys.stderr)
-    print(json.dumps({"decode": decode, "prefill": prefill}, indent=1))
-    if args.write and args.n_prompt == N_PROMPT:
+                for name, timer in timers.items():
+                    (a_tg, a_pp), (b_tg, b_pp) = (timer(f) for f in (files["Q4_K"], path))
+                    ref_tg[name].append(a_tg)
+                    ref_pp[name].append(a_pp)
+                    tg[name][gtype].append(b_tg / a_tg)
+                    pp[name][gtype].append(b_pp / a_pp)
+            for name in timers:
+                print(f"round {r + 1}, {name} (decode/prompt): "
+                      + ", ".join(f"{t} {v[-1]:.2f}/{pp[name][t][-1]:.2f}" for t, v in tg[name].items()),
+                      file=sys.stderr)
+
+    def table(ratios: dict[str, list[float]]) -> dict[str, float]:
+        return dict(sorted({"Q4_K": 1.0, **{t: round(statistics.median(v), 3) for t, v in ratios.items()}}.items()))
+
+    for name in timers:
+        q4k_tg, q4k_pp = min(ref_tg[name]), min(ref_pp[name])
+        print(f"{name} Q4_K: {1 / q4k_tg:.1f} tok/s decode ({matrix_elements / q4k_tg / 1e9:.2f} G elements/s), "
+              f"{1 / q4k_pp:.1f} tok/s prompt ({2 * matrix_elements / q4k_pp / 1e9:.1f} GFLOP/s of matrix work), "
+              "1 thread", file=sys.stderr)
+    decode, prefill = table(tg["llama.cpp"]), table(pp["llama.cpp"])
+    result: dict[str, Any] = {"decode": decode, "prefill": prefill}
+    if args.bench is not None:  # the engine's cost per type over llama.cpp's, paired within each round
+        def relative(ratios: dict[str, dict[str, list[float]]]) -> dict[str, float]:
+            return table({t: [e / b for e, b in zip(v, ratios["llama.cpp"][t], strict=True)]
+                          for t, v in ratios[args.engine].items()})
+
+        own = {"decode": table(tg[args.engine]), "prefill": table(pp[args.engine])}
+        result = {"llama.cpp": result, args.engine: own, "relative": {"decode": relative(tg), "prefill": relative(pp)}}
+    print(json.dumps(result, indent=1))
+    if args.write and args.n_prompt == N_PROMPT and not args.bench_arg:
         doc = json.loads(PARAMS.read_text(encoding="utf-8"))
         base = f"benchmarks/quant_cost.py on {cpu_name()}, 1 thread, {oracle.version()}"
         pp_how = f"{base}: pp{N_PROMPT} in one {N_PROMPT}-token ubatch; {KERNELS[args.kernels]}"
-        if args.kernels == "current":
+        if args.bench is not None:
+            how = (f"benchmarks/quant_cost.py on {cpu_name()}, 1 thread: {args.engine}'s llama-bench "
+                   f"({bench_build}) against {oracle.version()}, each type's cost relative to Q4_K in the one over "
+                   f"the same in the other")
+            doc.setdefault("engine_cpu_quant_factor", {})[args.engine] = {"_measured": f"{how}: tg{N_GEN} (decode)",
+                                                                          **result["relative"]["decode"]}
+            doc.setdefault("engine_cpu_prefill_factor", {})[args.engine] = {
+                "_measured": f"{how}: pp{N_PROMPT} in one {N_PROMPT}-token ubatch", **result["relative"]["prefill"]}
+        elif args.kernels == "current":
             doc["cpu_quant_cost"] = {"_measured": f"{base}: tg{N_GEN} (decode)", **decode}
             doc["cpu_prefill_cost"] = {"_measured": pp_how, **prefill}
         else:

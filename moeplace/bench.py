@@ -122,8 +122,9 @@ def parse_llama_bench_json(text: str, origin: str = "llama-bench") -> oracle.Eng
         raise MoeplaceError(f"{origin} printed {len(pp)} prompt and {len(tg)} generation tests; expected one each")
     p, g = pp[0], tg[0]
     try:
-        build = (f"llama-bench build {g.get('build_number', '?')} ({g.get('build_commit', '?')}), "
-                 f"{g.get('backends', '?')}")
+        build = f"llama-bench build {g.get('build_number', '?')} ({g.get('build_commit', '?')})"
+        if g.get("backends"):  # forks' llama-bench (ik_llama.cpp's) do not list them
+            build += f", {g['backends']}"
         return oracle.EngineSpeed(
             pp_tps=float(p["avg_ts"]), tg_tps=float(g["avg_ts"]), n_prompt=int(p["n_prompt"]), n_gen=int(g["n_gen"]),
             repetitions=len(g.get("samples_ts") or [0]), n_threads=int(g.get("n_threads", 0)),

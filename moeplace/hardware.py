@@ -205,6 +205,11 @@ class Preset:
 SIMD_REFERENCE = "avx512-vnni"
 
 
+def _type_table(doc: Mapping[str, Any]) -> dict[str, float]:
+    """A per-type table of speed-model.json: ggml type names (upper case) -> value; ``_``-keys are notes."""
+    return {k.upper(): float(v) for k, v in doc.items() if not k.startswith("_")}
+
+
 @dataclass(frozen=True)
 class SpeedParams:
     """The speed model's fitted and measured parameters (``moeplace/data/speed-model.json``; what each means is
@@ -231,6 +236,11 @@ class SpeedParams:
     gpu_expert_compute: float = 1.0  # Device.expert_compute of every GPU
     gpu_kv_reread_share: float = 0.0  # Device.kv_reread_share of every GPU
     ccd_gbs: float = 0.0  # Device.ccd_bandwidth of every chiplet host, GB/s
+    # Another engine's own CPU kernels, by type: engine -> type -> its cost relative to its Q4_K over llama.cpp's,
+    # in decode and in prompts, both timed on one machine (benchmarks/quant_cost.py --bench): the factor the host's
+    # tables take for that engine. Types not listed: 1.
+    engine_cpu_quant_factor: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    engine_cpu_prefill_factor: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> SpeedParams:
@@ -240,9 +250,8 @@ class SpeedParams:
             core_gelems=float(doc["core_gelems"]), core_gflops=float(doc["core_gflops"]),
             gpu_compute_efficiency={k: float(v) for k, v in doc["gpu_compute_efficiency"].items()},
             default_threads=int(doc["default_threads"]), ram_reserve_gib=float(doc["ram_reserve_gib"]),
-            cpu_quant_cost={k.upper(): float(v) for k, v in doc["cpu_quant_cost"].items() if not k.startswith("_")},
-            gpu_quant_efficiency={k.upper(): float(v) for k, v in doc["gpu_quant_efficiency"].items()
-                                  if not k.startswith("_")},
+            cpu_quant_cost=_type_table(doc["cpu_quant_cost"]),
+            gpu_quant_efficiency=_type_table(doc["gpu_quant_efficiency"]),
             gpu_layer_us=float(doc.get("gpu_layer_us", 0.0)), cpu_layer_us=float(doc.get("cpu_layer_us", 0.0)),
             engine_cpu_factor={k: float(v) for k, v in doc.get("engine_cpu_factor", {}).items()},
             cpu_simd_factor={k: float(v) for k, v in doc.get("cpu_simd_factor", {}).items()},
@@ -251,8 +260,10 @@ class SpeedParams:
             gpu_expert_compute=float(doc.get("gpu_expert_compute", 1.0)),
             gpu_kv_reread_share=float(doc.get("gpu_kv_reread_share", 0.0)),
             ccd_gbs=float(doc.get("ccd_gbs", 0.0)),
-            cpu_prefill_cost={k.upper(): float(v) for k, v in doc.get("cpu_prefill_cost", {}).items()
-                              if not k.startswith("_")},
+            cpu_prefill_cost=_type_table(doc.get("cpu_prefill_cost", {})),
+            engine_cpu_quant_factor={k: _type_table(v) for k, v in doc.get("engine_cpu_quant_factor", {}).items()},
+            engine_cpu_prefill_factor={k: _type_table(v)
+                                       for k, v in doc.get("engine_cpu_prefill_factor", {}).items()},
         )
 
     def simd_factor(self, simd: str) -> float:
@@ -726,11 +737,26 @@ def engine_simd(engine: str, simd: str) -> str:
     return ENGINE_SIMD.get(engine, {}).get(simd, simd)
 
 
+def engine_costs(host: Device, engine: str, params: SpeedParams) -> Device:
+    """The host's per-type cost tables as ``engine``'s own CPU kernels have them: llama.cpp's times the engine's
+    measured factor per type (``engine_cpu_quant_factor``, ``engine_cpu_prefill_factor``; 1 where none is)."""
+    def scaled(table: tuple[tuple[str, float], ...], factor: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
+        return tuple((t, c * factor.get(t, 1.0)) for t, c in table)
+
+    decode = params.engine_cpu_quant_factor.get(engine)
+    prompt = params.engine_cpu_prefill_factor.get(engine)
+    if not decode and not prompt:
+        return host
+    return replace(host, quant_cost=scaled(host.quant_cost, decode or {}),
+                   prefill_cost=scaled(host.prefill_cost, prompt or {}))
+
+
 def for_engine(devices: Mapping[str, Device], engine: str, params: SpeedParams | None = None) -> dict[str, Device]:
     """The devices as ``engine`` drives them: another engine's CPU kernels (ik_llama.cpp's repacked and fused ones)
     do the host's work at ``engine_cpu_factor`` times llama.cpp's rate, in decode and in prompts (fitted on that
-    engine's published rows, docs/accuracy.md) and in the vector class its kernels use there (ENGINE_SIMD), and its
-    GPU backends take host experts over for prompts by its own rule (ENGINE_MOE_OFFLOAD_ROWS) and, where it has
+    engine's published rows, docs/accuracy.md), with that engine's own cost per type where it was measured
+    (:func:`engine_costs`) and in the vector class its kernels use there (ENGINE_SIMD), and its GPU backends take
+    host experts over for prompts by its own rule (ENGINE_MOE_OFFLOAD_ROWS) and, where it has
     GQA-aware decode attention on CUDA (ENGINE_GQA_DECODE_ATTENTION), read each KV head once. The one place
     engines differ in speed: solution.solve and the accuracy report."""
     params = params or speed_params()
@@ -746,6 +772,7 @@ def for_engine(devices: Mapping[str, Device], engine: str, params: SpeedParams |
     def host(d: Device) -> Device:
         simd = engine_simd(engine, d.simd)
         g = params.simd_factor(simd) / params.simd_factor(d.simd)
+        d = engine_costs(d, engine, params)
         return d if f == 1.0 and simd == d.simd else replace(d, core_rate=d.core_rate * f, flops=d.flops * f * g,
                                                                simd=simd)
     return {n: host(d) if d.is_host else gpu(d) for n, d in devices.items()}

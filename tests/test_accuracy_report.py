@@ -4,6 +4,7 @@ thread series that change direction, and the share within a target with and with
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -82,3 +83,18 @@ def test_a_rows_chiplet_cpu_takes_its_ccds_from_cpus_json(acc: Any) -> None:
     cases = [acc.Case(row=row(c), source="s", engine="llama.cpp", hw=hw, new=(None, None), old=(None, None))
              for c, hw in (("2x EPYC 9115 (dual socket)", two), ("EPYC 9175F", wide))]
     assert acc._ccd_bound(cases, acc.speed_params()) == "2x EPYC 9115 (dual socket)"
+
+
+def test_an_ik_llama_cpp_rows_host_work_is_costed_by_its_kernels(acc: Any, tmp_path: Path) -> None:
+    """A CPU-only Q2_K row of ik_llama.cpp: its host decode work carries llama.cpp's Q2_K cost times ik_llama.cpp's
+    measured factor for Q2_K; the same row run by llama.cpp carries llama.cpp's alone."""
+    rows = [json.loads(x) for x in acc.DATA.read_text(encoding="utf-8").splitlines() if x.strip()]
+    row = next(r for r in rows if r["id"] == "ik259-6980p-ud-q2_k_xl-t64")
+    assert row["engine"] == "ik_llama.cpp" and acc._qtype(row["quant"]) == "Q2_K" and not row["gpus"]
+    p = acc.speed_params()
+    models = acc.Models(tmp_path)
+    ik = acc.make_case(row, models, p).new[0]
+    lc = acc.make_case({**row, "engine": "llama.cpp"}, models, p).new[0]
+    ratio = p.engine_cpu_quant_factor["ik_llama.cpp"]["Q2_K"]
+    assert abs(ratio - 1.0) > 0.1
+    assert ik.host_work.sum() / lc.host_work.sum() == pytest.approx(ratio, rel=0.05)

@@ -217,3 +217,17 @@ def test_llama_bench_failures_are_one_line_errors(model_path: Callable[[str], Pa
 def test_depth_without_llama_bench_is_refused(model_path: Callable[[str], Path]) -> None:
     code, _, err = run(str(model_path("qwen3moe-tiny")), "-d", "512")
     assert code == 2 and "--llama-bench" in err
+
+
+def test_a_forks_llama_bench_json_without_backends_names_its_build_only() -> None:
+    """ik_llama.cpp's llama-bench lists no backends: the build reads 'build N (commit)', not '..., ?'."""
+    from moeplace.bench import parse_llama_bench_json
+
+    common = {"build_commit": "8337e4cd3", "build_number": 4840, "n_threads": 1}
+    text = json.dumps([{**common, "n_prompt": 512, "n_gen": 0, "avg_ts": 4470.0, "samples_ts": [4460.0, 4480.0]},
+                       {**common, "n_prompt": 0, "n_gen": 128, "avg_ts": 987.8, "samples_ts": [987.0, 988.6]}])
+    s = parse_llama_bench_json(text)
+    assert s.engine == "llama-bench build 4840 (8337e4cd3)"
+    assert (s.tg_runs, s.pp_runs) == ((987.0, 988.6), (4460.0, 4480.0))
+    with_backends = parse_llama_bench_json(text.replace('"n_threads"', '"backends": "CPU", "n_threads"'))
+    assert with_backends.engine == "llama-bench build 4840 (8337e4cd3), CPU"

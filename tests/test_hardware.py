@@ -256,6 +256,19 @@ def test_cpu_cost_tables_cost_every_type_in_use() -> None:
 I_QUANTS = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S")
 
 
+def test_ik_llama_cpp_costs_types_by_its_own_kernels() -> None:
+    """ik_llama.cpp's CPU kernels (iqk) cost types otherwise than llama.cpp's, both timed on one machine
+    (quant_cost.py --bench): its K-quant decode is cheaper against its Q4_K than llama.cpp's is, its MXFP4 dearer."""
+    p = speed_params()
+    for factor in (p.engine_cpu_quant_factor["ik_llama.cpp"], p.engine_cpu_prefill_factor["ik_llama.cpp"]):
+        assert set(COSTED_TYPES) <= set(factor)
+        assert factor["Q4_K"] == 1.0 and all(0.1 < v < 10 for v in factor.values())
+    ik = p.engine_cpu_quant_factor["ik_llama.cpp"]
+    for t in ("Q3_K", "Q5_K"):
+        assert ik[t] < 0.85, t
+    assert ik["MXFP4"] > 1.5
+
+
 def test_iq_types_cost_more_than_q4_k_on_the_cpu() -> None:
     """The i-quants dequantise through grid lookups: slower per element than Q4_K in decode, and in prompts on
     builds without the tiled kernels (published: IQ3_XXS pp512 34 tok/s against Q4_K_S 108 on a Ryzen 9 7950X,
@@ -308,6 +321,24 @@ def test_another_engine_runs_the_host_at_its_fitted_rate() -> None:
     avx2 = host_device(64 * GIB, 100, threads=8, cores=8, simd="avx2")
     assert for_engine(skx, "ik_llama.cpp", p)["CPU"].flops == pytest.approx(2 * avx2.flops)
     assert for_engine(skx, "ik_llama.cpp", p)["CPU"].simd == "avx2" and for_engine(skx, "llama.cpp", p) == skx
+
+
+def test_another_engine_costs_the_hosts_types_by_its_own_tables() -> None:
+    """for_engine multiplies the host's per-type tables by the engine's measured factors (types it lists; the rest
+    as llama.cpp's); engines without factors, and llama.cpp, keep llama.cpp's tables; GPUs take none."""
+    p = replace(speed_params(), engine_cpu_quant_factor={"ik_llama.cpp": {"Q4_K": 1.0, "Q8_0": 0.5}},
+                engine_cpu_prefill_factor={"ik_llama.cpp": {"Q4_K": 1.0, "Q8_0": 3.0}})
+    devs = device_set(parse_gpus(["rtx3090"]), host_device(64 * GIB, 100, threads=8, cores=8, params=p))
+    ik = for_engine(devs, "ik_llama.cpp", p)
+    decode, prompt = dict(ik["CPU"].quant_cost), dict(ik["CPU"].prefill_cost)
+    assert decode["Q8_0"] == pytest.approx(0.5 * p.cpu_quant_cost["Q8_0"])
+    assert prompt["Q8_0"] == pytest.approx(3.0 * p.cpu_prefill_cost["Q8_0"])
+    assert decode["Q6_K"] == p.cpu_quant_cost["Q6_K"] and decode["Q4_K"] == 1.0
+    assert ik["CUDA0"].quant_cost == devs["CUDA0"].quant_cost
+    for other in ("llama.cpp", "lmstudio"):
+        assert dict(for_engine(devs, other, p)["CPU"].quant_cost) == dict(p.cpu_quant_cost)
+    only_decode = replace(p, engine_cpu_prefill_factor={})
+    assert dict(for_engine(devs, "ik_llama.cpp", only_decode)["CPU"].prefill_cost) == dict(p.cpu_prefill_cost)
 
 
 def test_cpu_vector_class_sets_the_host_prompt_rate() -> None:

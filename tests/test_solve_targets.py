@@ -91,9 +91,11 @@ def test_unknown_target_and_bad_engine_bin_are_one_line_errors(model_path: Calla
 def test_ik_llama_target_runs_the_host_at_its_engine_factor(model_path: Callable[[str], Path], tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """solve --target ik_llama.cpp predicts with the host rates the accuracy report fits for that engine
-    (engine_cpu_factor, hardware.for_engine): a CPU-only prompt, compute-bound, runs that factor faster."""
+    (engine_cpu_factor, hardware.for_engine): a CPU-only prompt, compute-bound, runs that factor faster (its
+    measured per-type factors set aside here: test_hardware checks them)."""
     shipped = hardware.speed_params()
-    monkeypatch.setattr(hardware, "speed_params", lambda: replace(shipped, engine_cpu_factor={"ik_llama.cpp": 2.0}))
+    monkeypatch.setattr(hardware, "speed_params", lambda: replace(
+        shipped, engine_cpu_factor={"ik_llama.cpp": 2.0}, engine_cpu_quant_factor={}, engine_cpu_prefill_factor={}))
     tps = {}
     for target in ("llama.cpp", "ik_llama.cpp"):
         code, text, err = run("solve", str(model_path("qwen3-30b-a3b")), "--gpu", "none", "--ram", "64G", "--ram-bw",
