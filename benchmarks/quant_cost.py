@@ -271,8 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"prompt tokens, one ubatch (default {N_PROMPT}, llama-bench's pp512); other values are "
                          "printed, never written")
     ap.add_argument("--bench", type=Path, metavar="LLAMA_BENCH",
-                    help="time each file with this llama-bench binary instead of the llama.cpp library moeplace "
-                         "loads: another engine's kernels (needs --engine)")
+                    help="also time each file with this llama-bench binary, after the llama.cpp library moeplace "
+                         "loads: another engine's kernels against llama.cpp's (needs --engine)")
     ap.add_argument("--engine", help="the engine --bench runs (e.g. ik_llama.cpp): --write stores its factors as "
                                      "engine_cpu_quant_factor[ENGINE] and engine_cpu_prefill_factor[ENGINE]")
     ap.add_argument("--bench-arg", action="append", default=[], metavar="ARG",
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         src = write_model(SPEC, Path(d) / "f16.gguf")[0]
         md = load_model(src)
         matrix_elements = sum(t.n_elements for t in md.tensors if len(t.shape) >= 2 and t.role.value != "token_embd")
-        timer = oracle.version() if args.bench is None else f"{args.engine} by {args.bench}"
+        timer = oracle.version() if args.bench is None else f"{oracle.version()} and {args.engine} by {args.bench}"
         print(f"{SPEC.name}: {matrix_elements / 1e6:.0f}M matrix elements; {timer}; {cpu_name()}; "
               f"{os.cpu_count()} logical CPUs, measured with 1 thread; tg{n_gen}, pp{args.n_prompt} in one ubatch; "
               f"kernels: {args.kernels if args.bench is None else 'each engine its own'}",

@@ -59,8 +59,7 @@ from moeplace.machine.host import (
 from moeplace.sizes import format_size
 
 __all__ = ["Dimm", "Gpu", "Machine", "RamBandwidth", "apple_gpu_fraction", "cpu_ccds", "cpu_simd", "cpu_topology",
-           "detect",
-           "detect_gpus", "detect_ram_bandwidth", "dimm_bandwidth", "dmi_dimms", "gpu_devices", "gpu_names",
+           "detect", "detect_gpus", "detect_ram_bandwidth", "dimm_bandwidth", "dmi_dimms", "gpu_devices", "gpu_names",
            "gpus_apple", "gpus_llamacpp", "gpus_nvidia_smi", "gpus_nvml", "gpus_rocm_smi", "gpus_vulkan",
            "match_preset", "measure_copy_bandwidth", "meminfo", "numa_nodes", "short_label"]
 
