@@ -98,3 +98,49 @@ def test_an_ik_llama_cpp_rows_host_work_is_costed_by_its_kernels(acc: Any, tmp_p
     ratio = p.engine_cpu_quant_factor["ik_llama.cpp"]["Q2_K"]
     assert abs(ratio - 1.0) > 0.1
     assert ik.host_work.sum() / lc.host_work.sum() == pytest.approx(ratio, rel=0.05)
+
+
+def _cases(acc: Any, tmp_path: Path, ids: list[str]) -> dict[str, Any]:
+    rows = {r["id"]: r for r in (json.loads(x) for x in acc.DATA.read_text(encoding="utf-8").splitlines() if x.strip())}
+    models, p = acc.Models(tmp_path), acc.speed_params()
+    return {i: acc.make_case(rows[i], models, p) for i in ids}
+
+
+def test_a_missed_rows_why_names_what_its_held_out_fit_rested_on(acc: Any, tmp_path: Path) -> None:
+    """Three rows of the CUDA scoreboard and one other source's CUDA row: the H100's bandwidth is beyond every
+    other source's card, the scoreboard holds most all-GPU CUDA rows, and rows whose source's other rows are all
+    off the same way say so; a row within its target has no why."""
+    cs = _cases(acc, tmp_path, ["sb15013-h100", "sb15013-rtx3060", "sb15013-rtx4090", "lc16991-pro6000-gptoss20b-d0"])
+    for i, c in cs.items():
+        c.predicted["new"] = {k: c.row[f"{k}_tps"] * (1.5 if i.startswith("sb") else 1.0) for k in ("tg", "pp")}
+    apart = acc._fitted_apart(list(cs.values()))
+    h100 = acc._why(cs["sb15013-h100"], apart)
+    assert h100.startswith("tg +50%; pp +50%: ")
+    assert "card's GB/s (3350) above every other source's (at most 1792): extrapolated" in h100
+    assert "its source holds 3 of the 4 all-GPU cuda rows" in h100
+    assert "its source's other 2 tg rows off the same way (median +50%)" in h100
+    assert "extrapolated" not in acc._why(cs["sb15013-rtx3060"], apart)
+    assert acc._why(cs["lc16991-pro6000-gptoss20b-d0"], apart) == ""
+    cs["sb15013-rtx3060"].predicted["new"]["tg"] = cs["sb15013-rtx3060"].row["tg_tps"] * 0.5
+    why = acc._why(cs["sb15013-rtx3060"], acc._fitted_apart(list(cs.values())))
+    assert why.startswith("tg -50%; pp +50%") and "other 2 pp rows off" in why and "tg rows off" not in why
+
+
+def test_a_series_with_wrong_pairs_says_what_it_varies_and_what_its_rows_share(acc: Any, tmp_path: Path) -> None:
+    """ik629's two Q8_0 rows (one GPU against two) ran on Windows: a pair ordered wrong is listed under its series
+    with the series' varied field and the hints both rows share."""
+    cs = _cases(acc, tmp_path, ["ik629-q8-multi-d0", "ik629-q8-5090-d0"])
+    multi, one = cs["ik629-q8-multi-d0"], cs["ik629-q8-5090-d0"]
+    multi.predicted["new"], one.predicted["new"] = {"tg": 12.0}, {"tg": 11.0}
+    _, _, wrong = acc.pairs(list(cs.values()), "new")
+    assert len(wrong) == 1
+    (line,) = acc._series_why(list(cs.values()), wrong)
+    assert line.startswith("- ik629-q8-gpus tg: 1 (varies: gpus (5090 only vs 5090+4090)): ")
+    assert "Windows (moeplace has no OS input)" in line and "ik_llama.cpp kernels" in line
+
+
+def test_apple_decode_over_prediction_is_reported_by_chip_size(acc: Any, tmp_path: Path) -> None:
+    cs = _cases(acc, tmp_path, ["nb3-m4-llama8b", "sb4167-m4pro", "sb4167-m1ultra", "sb4167-m2ultra"])
+    for c, f in zip(cs.values(), (0.5, 0.8, 1.25, 2.0)):
+        c.predicted["in-sample"] = {"tg": c.row["tg_tps"] * f}
+    assert acc._metal_by_size(list(cs.values())) == "base 2.00 (1 rows), Pro 1.25 (1 rows), Ultra 0.65 (2 rows)"
