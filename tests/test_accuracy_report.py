@@ -115,7 +115,7 @@ def test_a_missed_rows_why_names_what_its_held_out_fit_rested_on(acc: Any, tmp_p
         c.predicted["new"] = {k: c.row[f"{k}_tps"] * (1.5 if i.startswith("sb") else 1.0) for k in ("tg", "pp")}
     apart = acc._fitted_apart(list(cs.values()))
     h100 = acc._why(cs["sb15013-h100"], apart)
-    assert h100.startswith("tg +50%; pp +50%: ")
+    assert h100.startswith("tg +50%: ") and "; pp +50%: " in h100
     assert "card's GB/s (3350) above every other source's (at most 1792): extrapolated" in h100
     assert "its source holds 3 of the 4 all-GPU cuda rows" in h100
     assert "its source's other 2 tg rows off the same way (median +50%)" in h100
@@ -123,7 +123,13 @@ def test_a_missed_rows_why_names_what_its_held_out_fit_rested_on(acc: Any, tmp_p
     assert acc._why(cs["lc16991-pro6000-gptoss20b-d0"], apart) == ""
     cs["sb15013-rtx3060"].predicted["new"]["tg"] = cs["sb15013-rtx3060"].row["tg_tps"] * 0.5
     why = acc._why(cs["sb15013-rtx3060"], acc._fitted_apart(list(cs.values())))
-    assert why.startswith("tg -50%; pp +50%") and "other 2 pp rows off" in why and "tg rows off" not in why
+    tg, pp = why.split("; ")
+    assert pp.startswith("pp +50%: ") and "other 2 pp rows off" in pp
+    assert tg == ("tg -50%: its source holds 3 of the 4 all-GPU cuda rows: held out, that backend's efficiencies "
+                  "rest on the rest")
+    assert acc._why(cs["lc16991-pro6000-gptoss20b-d0"], {}) == ""
+    cs["lc16991-pro6000-gptoss20b-d0"].predicted["new"]["tg"] *= 2
+    assert acc._why(cs["lc16991-pro6000-gptoss20b-d0"], {}) == "tg +100%: none of the known gaps"
 
 
 def test_a_series_with_wrong_pairs_says_what_it_varies_and_what_its_rows_share(acc: Any, tmp_path: Path) -> None:
