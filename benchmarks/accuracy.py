@@ -776,11 +776,12 @@ def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, 
             f"- every pair ordered right: {agree} of {total} {'met' if agree == total else 'NOT met'}", ""]
     out += _bounds_section(cases)
     apart = _fitted_apart(cases)
-    missed = [c for c in cases if _misses(c, apart)]
+    misses = {c.row["id"]: _misses(c, apart) for c in cases}
+    missed = [c for c in cases if misses[c.row["id"]]]
     tally: dict[str, int] = defaultdict(int)
     for c in missed:
         kinds = {re.sub(r"(?<![A-Za-z0-9])[+-]?\d+", "N", h)  # one line per kind, whatever its figures
-                 for _, hints in _misses(c, apart) for h in (hints or ["none of the known gaps (for one test)"])}
+                 for _, hints in misses[c.row["id"]] for h in (hints or ["none of the known gaps (for one test)"])}
         for h in kinds:
             tally[h] += 1
     out += ["### Why the targets are missed", "",
@@ -865,7 +866,7 @@ def render(cases: list[Case], skipped: list[tuple[str, str]], fitted: dict[str, 
         def cell(model: str, k: str, c: Case = c) -> str:
             v = c.predicted.get(model, {}).get(k)
             return "" if v is None else f"{v:.3g}"
-        why = _why(c, apart)
+        why = _why(misses[c.row["id"]])
         out.append(f"| {c.row['id']} | {c.engine} | {c.row['tg_tps'] or ''} | {cell('new', 'tg')} | {cell('old', 'tg')}"
                    f" | {c.row['pp_tps'] or ''} | {cell('new', 'pp')} | {cell('old', 'pp')} | {why} |")
     out.append("")
@@ -953,7 +954,8 @@ def _series_why(cases: Sequence[Case], wrong: Sequence[str]) -> list[str]:
     for (gid, k), n in Counter(tuple(w.split(":")[0].split(" ")) for w in wrong).most_common():
         members = [c for c in groups[gid] if c.row[f"{k}_tps"]]
         varied = next((c.row["varied"] for c in members if c.row["varied"]), None) or "not stated"
-        shared = [h for h in _row_hints(members[0], k) if all(h in _row_hints(c, k) for c in members[1:])]
+        each = [_row_hints(c, k) for c in members]
+        shared = [h for h in each[0] if all(h in hs for hs in each[1:])]
         out.append(f"- {gid} {k}: {n} (varies: {varied})" + (": " + " / ".join(shared) if shared else ""))
     return out
 
@@ -997,10 +999,10 @@ def _misses(c: Case, fitted_apart: dict[str, dict[str, list[str]]] | None = None
     return out
 
 
-def _why(c: Case, fitted_apart: dict[str, dict[str, list[str]]] | None = None) -> str:
-    """The row's misses (``_misses``) as the report's ``why`` cell; "" when it is within both targets."""
+def _why(misses: Sequence[tuple[str, list[str]]]) -> str:
+    """A row's misses (``_misses``) as the report's ``why`` cell; "" when it is within both targets."""
     return "; ".join(miss + (": " + " / ".join(hints) if hints else ": none of the known gaps")
-                     for miss, hints in _misses(c, fitted_apart))
+                     for miss, hints in misses)
 
 
 def _row_hints(c: Case, k: str) -> list[str]:
@@ -1123,13 +1125,18 @@ def write_params(p: SpeedParams) -> None:
     PARAMS.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
 
+def load_rows() -> list[dict[str, Any]]:
+    """The published dataset's rows, in file order."""
+    return [json.loads(x) for x in DATA.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--write-params", action="store_true", help="store the all-source fit of the new model")
     ap.add_argument("-o", "--output", type=Path, default=REPORT)
     args = ap.parse_args(argv)
     t0 = time.time()
-    rows = [json.loads(x) for x in DATA.read_text(encoding="utf-8").splitlines() if x.strip()]
+    rows = load_rows()
     cases, skipped, fitted = run(rows, lambda s: print(s, file=sys.stderr))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(render(cases, skipped, fitted, time.time() - t0), encoding="utf-8")

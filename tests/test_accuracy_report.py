@@ -4,7 +4,6 @@ thread series that change direction, and the share within a target with and with
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -88,7 +87,7 @@ def test_a_rows_chiplet_cpu_takes_its_ccds_from_cpus_json(acc: Any) -> None:
 def test_an_ik_llama_cpp_rows_host_work_is_costed_by_its_kernels(acc: Any, tmp_path: Path) -> None:
     """A CPU-only Q2_K row of ik_llama.cpp: its host decode work carries llama.cpp's Q2_K cost times ik_llama.cpp's
     measured factor for Q2_K; the same row run by llama.cpp carries llama.cpp's alone."""
-    rows = [json.loads(x) for x in acc.DATA.read_text(encoding="utf-8").splitlines() if x.strip()]
+    rows = acc.load_rows()
     row = next(r for r in rows if r["id"] == "ik259-6980p-ud-q2_k_xl-t64")
     assert row["engine"] == "ik_llama.cpp" and acc._qtype(row["quant"]) == "Q2_K" and not row["gpus"]
     p = acc.speed_params()
@@ -101,7 +100,7 @@ def test_an_ik_llama_cpp_rows_host_work_is_costed_by_its_kernels(acc: Any, tmp_p
 
 
 def _cases(acc: Any, tmp_path: Path, ids: list[str]) -> dict[str, Any]:
-    rows = {r["id"]: r for r in (json.loads(x) for x in acc.DATA.read_text(encoding="utf-8").splitlines() if x.strip())}
+    rows = {r["id"]: r for r in acc.load_rows()}
     models, p = acc.Models(tmp_path), acc.speed_params()
     return {i: acc.make_case(rows[i], models, p) for i in ids}
 
@@ -114,22 +113,22 @@ def test_a_missed_rows_why_names_what_its_held_out_fit_rested_on(acc: Any, tmp_p
     for i, c in cs.items():
         c.predicted["new"] = {k: c.row[f"{k}_tps"] * (1.5 if i.startswith("sb") else 1.0) for k in ("tg", "pp")}
     apart = acc._fitted_apart(list(cs.values()))
-    h100 = acc._why(cs["sb15013-h100"], apart)
+    h100 = acc._why(acc._misses(cs["sb15013-h100"], apart))
     assert h100.startswith("tg +50%: ") and "; pp +50%: " in h100
     assert "card's GB/s (3350) above every other source's (at most 1792): extrapolated" in h100
     assert "its source holds 3 of the 4 all-GPU cuda rows" in h100
     assert "its source's other 2 tg rows off the same way (median +50%)" in h100
-    assert "extrapolated" not in acc._why(cs["sb15013-rtx3060"], apart)
-    assert acc._why(cs["lc16991-pro6000-gptoss20b-d0"], apart) == ""
+    assert "extrapolated" not in acc._why(acc._misses(cs["sb15013-rtx3060"], apart))
+    assert acc._why(acc._misses(cs["lc16991-pro6000-gptoss20b-d0"], apart)) == ""
     cs["sb15013-rtx3060"].predicted["new"]["tg"] = cs["sb15013-rtx3060"].row["tg_tps"] * 0.5
-    why = acc._why(cs["sb15013-rtx3060"], acc._fitted_apart(list(cs.values())))
+    why = acc._why(acc._misses(cs["sb15013-rtx3060"], acc._fitted_apart(list(cs.values()))))
     tg, pp = why.split("; ")
     assert pp.startswith("pp +50%: ") and "other 2 pp rows off" in pp
     assert tg == ("tg -50%: its source holds 3 of the 4 all-GPU cuda rows: held out, that backend's efficiencies "
                   "rest on the rest")
-    assert acc._why(cs["lc16991-pro6000-gptoss20b-d0"], {}) == ""
+    assert acc._why(acc._misses(cs["lc16991-pro6000-gptoss20b-d0"])) == ""
     cs["lc16991-pro6000-gptoss20b-d0"].predicted["new"]["tg"] *= 2
-    assert acc._why(cs["lc16991-pro6000-gptoss20b-d0"], {}) == "tg +100%: none of the known gaps"
+    assert acc._why(acc._misses(cs["lc16991-pro6000-gptoss20b-d0"])) == "tg +100%: none of the known gaps"
 
 
 def test_a_series_with_wrong_pairs_says_what_it_varies_and_what_its_rows_share(acc: Any, tmp_path: Path) -> None:
